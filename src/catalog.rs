@@ -1,0 +1,378 @@
+//! The catalog: versioned JSON manifests of group snapshots, and per-group locks.
+//!
+//! Layout under the catalog directory (default `/var/lib/cgsnap`):
+//! `snapshots/<ID>.json` (one manifest per snapshot) and `locks/<GROUP>.lock`.
+//!
+//! Invariants:
+//! - A manifest is written to a temporary file, fsynced, renamed over the old one and the
+//!   directory fsynced: a reader sees the old or the new manifest, never a torn one.
+//! - A manifest is written *before* anything is frozen (state `pending`), so a crash at any
+//!   later point leaves a record of every overlay that may exist; `release` can finish it.
+//! - A group lock is an `flock` on its lock file: the kernel drops it when the holder dies, so
+//!   a killed run never blocks the next one.
+
+use crate::exit::{Classify, ExitCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const DEFAULT_DIR: &str = "/var/lib/cgsnap";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapState {
+    /// Recorded before the freeze; overlays may or may not exist yet.
+    Pending,
+    /// Every disk of every member writes to its overlay; base images are frozen.
+    Taken,
+    /// Failed and rolled back: no overlay is in use; nothing to release.
+    Aborted,
+    /// Failed and not fully rolled back: some overlays may still be in use; run release.
+    Failed,
+    /// Release started and has not finished.
+    Releasing,
+    /// Every overlay was committed back and removed.
+    Released,
+}
+
+impl SnapState {
+    /// Overlays of this snapshot may still be in use: the group cannot be snapshotted again.
+    pub fn outstanding(self) -> bool {
+        !matches!(self, SnapState::Aborted | SnapState::Released)
+    }
+}
+
+impl std::fmt::Display for SnapState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phases {
+    pub preflight_ms: f64,
+    pub pause_ms: f64,
+    pub snapshot_ms: f64,
+    pub resume_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRecord {
+    pub target: String,
+    /// The image the disk wrote to before the snapshot: frozen while the snapshot is held.
+    pub image: String,
+    /// The qcow2 overlay the disk writes to while the snapshot is held.
+    pub overlay: String,
+    pub format: String,
+    pub virtual_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRecord {
+    pub domain: String,
+    pub uri: String,
+    /// Time this member was paused (its own pause call start to its resume call end).
+    pub freeze_ms: Option<f64>,
+    pub pause_ms: Option<f64>,
+    pub snapshot_ms: Option<f64>,
+    pub resume_ms: Option<f64>,
+    pub domain_xml: String,
+    pub disks: Vec<DiskRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: String,
+    pub group: String,
+    pub state: SnapState,
+    pub created_at: DateTime<Utc>,
+    /// Wall-clock instant at which every member was paused.
+    pub consistency_point: Option<DateTime<Utc>>,
+    /// First pause to last resume.
+    pub freeze_window_ms: Option<f64>,
+    pub phases: Phases,
+    pub members: Vec<MemberRecord>,
+    pub error: Option<String>,
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source} (check --catalog / CGSNAP_CATALOG and permissions)")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "malformed manifest {path}: {detail}; restore it from a copy or move it out of the catalog"
+    )]
+    Malformed { path: PathBuf, detail: String },
+    #[error("unknown snapshot {id:?}: see `cgsnap list`")]
+    UnknownSnapshot { id: String },
+    #[error("group {group} has no snapshot in the catalog: nothing to release")]
+    NoSnapshot { group: String },
+    #[error(
+        "another cgsnap run (pid {pid}) holds the lock on group {group}: wait for it to finish, or check `ps -p {pid}`"
+    )]
+    Busy { group: String, pid: String },
+}
+
+impl Classify for CatalogError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CatalogError::Io { .. } => ExitCode::Internal,
+            CatalogError::Malformed { .. } => ExitCode::Malformed,
+            CatalogError::UnknownSnapshot { .. } | CatalogError::NoSnapshot { .. } => {
+                ExitCode::NotFound
+            }
+            CatalogError::Busy { .. } => ExitCode::Busy,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
+    move |source| CatalogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Snapshot IDs sort by time and name their group: `GROUP-YYYYMMDDTHHMMSSmmmZ`.
+pub fn new_id(group: &str, now: DateTime<Utc>) -> String {
+    format!("{group}-{}", now.format("%Y%m%dT%H%M%S%3fZ"))
+}
+
+pub struct Catalog {
+    dir: PathBuf,
+}
+
+/// An exclusive lock on one group, released on drop (or by the kernel if the process dies).
+pub struct GroupLock {
+    _file: File,
+}
+
+impl Catalog {
+    pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+        for sub in ["snapshots", "locks"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join("snapshots").join(format!("{id}.json"))
+    }
+
+    /// Atomically replace the manifest of `m.id`.
+    pub fn write(&self, m: &Manifest) -> Result<(), CatalogError> {
+        let path = self.path_of(&m.id);
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(m).map_err(|e| CatalogError::Malformed {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&body).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        let dir = self.dir.join("snapshots");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        Ok(())
+    }
+
+    pub fn parse(path: &Path, body: &[u8]) -> Result<Manifest, CatalogError> {
+        let m: Manifest = serde_json::from_slice(body).map_err(|e| CatalogError::Malformed {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        if m.format_version != FORMAT_VERSION {
+            return Err(CatalogError::Malformed {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "format_version {} is not supported (this cgsnap reads {FORMAT_VERSION})",
+                    m.format_version
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    pub fn load(&self, id: &str) -> Result<Manifest, CatalogError> {
+        let path = self.path_of(id);
+        let body = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CatalogError::UnknownSnapshot { id: id.to_string() });
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        Self::parse(&path, &body)
+    }
+
+    /// All manifests, oldest first. A malformed manifest is an error naming its file.
+    pub fn list(&self) -> Result<Vec<Manifest>, CatalogError> {
+        let dir = self.dir.join("snapshots");
+        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            let body = fs::read(&p).map_err(io(&p))?;
+            out.push(Self::parse(&p, &body)?);
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// The newest manifest of a group.
+    pub fn latest(&self, group: &str) -> Result<Option<Manifest>, CatalogError> {
+        Ok(self.list()?.into_iter().rev().find(|m| m.group == group))
+    }
+
+    /// Manifests of a group whose overlays may still be in use.
+    pub fn outstanding(&self, group: &str) -> Result<Vec<Manifest>, CatalogError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|m| m.group == group && m.state.outstanding())
+            .collect())
+    }
+
+    /// Take the group lock without waiting.
+    pub fn lock(&self, group: &str) -> Result<GroupLock, CatalogError> {
+        let path = self.dir.join("locks").join(format!("{group}.lock"));
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut pid = String::new();
+                let _ = f.read_to_string(&mut pid);
+                return Err(CatalogError::Busy {
+                    group: group.to_string(),
+                    pid: pid.trim().to_string(),
+                });
+            }
+            return Err(io(&path)(err));
+        }
+        // The pid is informational (named in the Busy error); the flock is the lock.
+        f.set_len(0).map_err(io(&path))?;
+        f.rewind().map_err(io(&path))?;
+        writeln!(f, "{}", std::process::id()).map_err(io(&path))?;
+        Ok(GroupLock { _file: f })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, group: &str, state: SnapState) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: id.into(),
+            group: group.into(),
+            state,
+            created_at: Utc::now(),
+            consistency_point: None,
+            freeze_window_ms: None,
+            phases: Phases::default(),
+            members: vec![],
+            error: None,
+            released_at: None,
+        }
+    }
+
+    #[test]
+    fn write_load_roundtrip_and_outstanding() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let c = Catalog::open(t.path()).expect("open");
+        c.write(&manifest("g-1", "g", SnapState::Released))
+            .expect("write");
+        c.write(&manifest("g-2", "g", SnapState::Taken))
+            .expect("write");
+        assert_eq!(c.load("g-2").expect("load").state, SnapState::Taken);
+        let out = c.outstanding("g").expect("outstanding");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "g-2");
+        assert_eq!(
+            c.latest("g").expect("latest").map(|m| m.id),
+            Some("g-2".into())
+        );
+        assert!(matches!(
+            c.load("nope"),
+            Err(CatalogError::UnknownSnapshot { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_and_unknown_fields_are_rejected() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let c = Catalog::open(t.path()).expect("open");
+        let p = t.path().join("snapshots/bad.json");
+        fs::write(&p, b"{\"format_version\": 1, \"id\": ").expect("write");
+        let e = c.load("bad").unwrap_err();
+        assert_eq!(e.exit_code(), ExitCode::Malformed);
+        assert!(e.to_string().contains("bad.json"));
+        let mut v = serde_json::to_value(manifest("x", "g", SnapState::Taken)).expect("json");
+        v["surprise"] = serde_json::json!(1);
+        assert!(Catalog::parse(&p, v.to_string().as_bytes()).is_err());
+        let mut v = serde_json::to_value(manifest("x", "g", SnapState::Taken)).expect("json");
+        v["format_version"] = serde_json::json!(99);
+        let e = Catalog::parse(&p, v.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("format_version 99"));
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let c = Catalog::open(t.path()).expect("open");
+        let l = c.lock("g").expect("first lock");
+        let e = c.lock("g").err().expect("second lock must fail");
+        assert_eq!(e.exit_code(), ExitCode::Busy);
+        assert!(e.to_string().contains(&std::process::id().to_string()));
+        drop(l);
+        c.lock("g").expect("lock after drop");
+    }
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = new_id("g", DateTime::from_timestamp(1_000, 0).expect("ts"));
+        let b = new_id("g", DateTime::from_timestamp(1_001, 5_000_000).expect("ts"));
+        assert!(a < b, "{a} {b}");
+        assert_eq!(b, "g-19700101T001641005Z");
+    }
+}

@@ -1,0 +1,426 @@
+//! The `cgsnap` command line: parse, call the library, print, map errors to exit codes.
+//!
+//! Invariant: every failure is printed as one line `cgsnap: error: ...` on stderr and exits with
+//! the code of [`crate::exit::ExitCode`] its error classifies as.
+
+use crate::catalog::{self, Catalog, Manifest};
+use crate::exit::{Classify, ExitCode};
+use crate::hypervisor::Host;
+use crate::hypervisor::pool::Pool;
+use crate::{duration, group, hook, release, snapshot};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "cgsnap",
+    version,
+    about = "Crash-consistent snapshots of groups of libvirt/QEMU VMs"
+)]
+pub struct Cli {
+    /// libvirt URI of a host holding group members (repeatable).
+    /// Default: $LIBVIRT_DEFAULT_URI, else qemu:///system.
+    #[arg(long = "connect", short = 'c', global = true, value_name = "URI")]
+    pub connect: Vec<String>,
+    /// Catalog directory for manifests and locks.
+    #[arg(long, global = true, env = "CGSNAP_CATALOG", default_value = catalog::DEFAULT_DIR)]
+    pub catalog: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Define consistency groups (stored in each domain's libvirt metadata).
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
+    /// Take a crash-consistent snapshot of every disk of every member of GROUP.
+    Snapshot(SnapArgs),
+    /// Commit a snapshot's overlays back into their images and remove them.
+    Release(ReleaseArgs),
+    /// List the snapshots in the catalog with their states.
+    List {
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one manifest as JSON.
+    Show { id: String },
+    /// Entry points for backup schedulers: pre = snapshot, post = release.
+    Hook {
+        phase: Phase,
+        #[command(flatten)]
+        snap: SnapTuning,
+        #[arg(long)]
+        group: String,
+        /// Longest wait for one disk's commit to become ready (post).
+        #[arg(long, default_value = "300s", value_parser = duration::parse)]
+        timeout: Duration,
+    },
+    /// Build a demo group of small VMs, snapshot and release it, tear it down.
+    Demo(crate::demo::DemoArgs),
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Phase {
+    Pre,
+    Post,
+}
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// Add domains to a group (creating it).
+    Add { name: String, domains: Vec<String> },
+    /// Remove domains from a group (all of them when none is named).
+    Remove { name: String, domains: Vec<String> },
+    /// List groups and their members.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the members of one group with their state.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct SnapTuning {
+    /// Longest time any member may stay paused before the watchdog resumes it.
+    #[arg(long, default_value = "2s", value_parser = duration::parse)]
+    pub freeze_budget: Duration,
+    /// Directory for overlays (default: next to each image).
+    #[arg(long)]
+    pub overlay_dir: Option<PathBuf>,
+    /// Free bytes required in each overlay directory.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub min_free: u64,
+    /// Let libvirt create the overlays inside the freeze instead of pre-creating them.
+    #[arg(long)]
+    pub no_precreate: bool,
+}
+
+#[derive(Args)]
+pub struct SnapArgs {
+    pub group: String,
+    #[command(flatten)]
+    pub tuning: SnapTuning,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ReleaseArgs {
+    /// Snapshot ID (see `cgsnap list`).
+    pub id: Option<String>,
+    /// Release the newest snapshot of this group instead.
+    #[arg(long, conflicts_with = "id")]
+    pub group: Option<String>,
+    /// Longest wait for one disk's commit to become ready.
+    #[arg(long, default_value = "300s", value_parser = duration::parse)]
+    pub timeout: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A failure ready to print: one line and an exit code.
+pub struct Failure {
+    pub code: ExitCode,
+    pub msg: String,
+}
+
+impl<E: Classify + std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let mut msg = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            let t = s.to_string();
+            if !msg.contains(&t) {
+                msg.push_str(": ");
+                msg.push_str(&t);
+            }
+            src = s.source();
+        }
+        Failure {
+            code: e.exit_code(),
+            msg: msg.replace('\n', " "),
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure {
+        code: ExitCode::Usage,
+        msg: msg.into(),
+    }
+}
+
+fn internal(msg: impl Into<String>) -> Failure {
+    Failure {
+        code: ExitCode::Internal,
+        msg: msg.into(),
+    }
+}
+
+pub fn uris(cli: &Cli) -> Vec<String> {
+    if !cli.connect.is_empty() {
+        return cli.connect.clone();
+    }
+    match std::env::var("LIBVIRT_DEFAULT_URI") {
+        Ok(u) if !u.is_empty() => vec![u],
+        _ => vec!["qemu:///system".into()],
+    }
+}
+
+pub struct Ctx {
+    pub pool: Pool,
+    pub uris: Vec<String>,
+}
+
+impl Ctx {
+    pub fn hosts(&self) -> Result<Vec<Arc<dyn Host>>, Failure> {
+        Ok(self.pool.get_all(&self.uris)?)
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, Failure> {
+    serde_json::to_string_pretty(v).map_err(|e| internal(e.to_string()))
+}
+
+pub fn snap_options(
+    t: &SnapTuning,
+    group: &str,
+    rel_timeout: Duration,
+) -> Result<snapshot::Options, Failure> {
+    let exe =
+        std::env::current_exe().map_err(|e| internal(format!("cannot find own binary: {e}")))?;
+    // Test-only fault injection: keep members frozen to exercise the watchdog.
+    let hold_frozen = std::env::var("CGSNAP_TEST_HOLD_FROZEN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    Ok(snapshot::Options {
+        group: group.to_string(),
+        freeze_budget: t.freeze_budget,
+        overlay_dir: t.overlay_dir.clone(),
+        min_free: t.min_free,
+        precreate: !t.no_precreate,
+        exe,
+        hold_frozen,
+        release: release::Options {
+            timeout: rel_timeout,
+            ..Default::default()
+        },
+    })
+}
+
+fn print_manifest_summary(m: &Manifest) {
+    println!(
+        "snapshot {} of group {}: {} (freeze window {:.1} ms, consistency point {})",
+        m.id,
+        m.group,
+        m.state,
+        m.freeze_window_ms.unwrap_or_default(),
+        m.consistency_point
+            .map(|c| c.to_rfc3339())
+            .unwrap_or_else(|| "-".into())
+    );
+    for mem in &m.members {
+        println!(
+            "  {} ({}) freeze {:.1} ms",
+            mem.domain,
+            mem.uri,
+            mem.freeze_ms.unwrap_or_default()
+        );
+        for d in &mem.disks {
+            println!(
+                "    {}: frozen {} -> overlay {}",
+                d.target, d.image, d.overlay
+            );
+        }
+    }
+}
+
+fn run_group(ctx: &Ctx, cmd: &GroupCmd) -> Result<(), Failure> {
+    let hosts = ctx.hosts()?;
+    match cmd {
+        GroupCmd::Add { name, domains } => {
+            if domains.is_empty() {
+                return Err(usage("group add needs at least one DOMAIN"));
+            }
+            group::add(&hosts, name, domains)?;
+            println!("group {name}: added {}", domains.join(", "));
+        }
+        GroupCmd::Remove { name, domains } => {
+            let n = group::remove(&hosts, name, domains)?;
+            println!("group {name}: removed {n} member(s)");
+        }
+        GroupCmd::List { json: as_json } => {
+            let all = group::list(&hosts)?;
+            if *as_json {
+                let v: serde_json::Map<String, serde_json::Value> = all
+                    .iter()
+                    .map(|(g, ms)| (g.clone(), members_json(ms)))
+                    .collect();
+                println!("{}", json(&v)?);
+            } else if all.is_empty() {
+                println!("no groups on {}", ctx.uris.join(", "));
+            } else {
+                for (g, ms) in &all {
+                    let names: Vec<_> = ms.iter().map(|m| m.domain.as_str()).collect();
+                    println!("{g}: {}", names.join(" "));
+                }
+            }
+        }
+        GroupCmd::Show {
+            name,
+            json: as_json,
+        } => {
+            let ms = group::resolve(&hosts, name)?;
+            if *as_json {
+                println!("{}", json(&members_json(&ms))?);
+            } else {
+                for m in &ms {
+                    println!("{}\t{}\t{}", m.domain, m.host.uri(), m.state);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn members_json(ms: &[group::Member]) -> serde_json::Value {
+    serde_json::Value::Array(
+        ms.iter()
+            .map(|m| {
+                serde_json::json!({"domain": m.domain, "uri": m.host.uri(), "state": m.state.to_string()})
+            })
+            .collect(),
+    )
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx {
+        pool: Pool::libvirt(),
+        uris: uris(&cli),
+    };
+    let open_catalog = || Catalog::open(&cli.catalog);
+    match &cli.cmd {
+        Cmd::Watchdog => std::process::exit(crate::watchdog::main()),
+        Cmd::Group { cmd } => run_group(&ctx, cmd),
+        Cmd::Snapshot(a) => {
+            let cat = open_catalog()?;
+            let opts = snap_options(&a.tuning, &a.group, Duration::from_secs(300))?;
+            let m = snapshot::take(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?;
+            if a.json {
+                println!("{}", json(&m)?);
+            } else {
+                print_manifest_summary(&m);
+            }
+            Ok(())
+        }
+        Cmd::Release(a) => {
+            let cat = open_catalog()?;
+            let id = match (&a.id, &a.group) {
+                (Some(id), _) => id.clone(),
+                (None, Some(g)) => cat
+                    .latest(g)?
+                    .map(|m| m.id)
+                    .ok_or(catalog::CatalogError::NoSnapshot { group: g.clone() })?,
+                (None, None) => return Err(usage("release needs a snapshot ID or --group GROUP")),
+            };
+            let opts = release::Options {
+                timeout: a.timeout,
+                ..Default::default()
+            };
+            let m = release::release_snapshot(&ctx.pool, &cat, &id, &opts)?;
+            if a.json {
+                println!("{}", json(&m)?);
+            } else {
+                println!("snapshot {} of group {}: {}", m.id, m.group, m.state);
+            }
+            Ok(())
+        }
+        Cmd::List {
+            group,
+            json: as_json,
+        } => {
+            let cat = open_catalog()?;
+            let all: Vec<Manifest> = cat
+                .list()?
+                .into_iter()
+                .filter(|m| group.as_ref().is_none_or(|g| &m.group == g))
+                .collect();
+            if *as_json {
+                println!("{}", json(&all)?);
+            } else {
+                println!(
+                    "{:<40} {:<16} {:<10} {:>10} {:>7}",
+                    "ID", "GROUP", "STATE", "FREEZE_MS", "MEMBERS"
+                );
+                for m in &all {
+                    println!(
+                        "{:<40} {:<16} {:<10} {:>10.1} {:>7}",
+                        m.id,
+                        m.group,
+                        m.state.to_string(),
+                        m.freeze_window_ms.unwrap_or_default(),
+                        m.members.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Show { id } => {
+            let m = open_catalog()?.load(id)?;
+            println!("{}", json(&m)?);
+            Ok(())
+        }
+        Cmd::Hook {
+            phase,
+            snap,
+            group,
+            timeout,
+        } => {
+            let cat = open_catalog()?;
+            let line = match phase {
+                Phase::Pre => {
+                    let opts = snap_options(snap, group, *timeout)?;
+                    hook::pre(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?
+                }
+                Phase::Post => {
+                    let opts = release::Options {
+                        timeout: *timeout,
+                        ..Default::default()
+                    };
+                    hook::post(&ctx.pool, &cat, group, &opts)?
+                }
+            };
+            println!("{line}");
+            Ok(())
+        }
+        Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
+    }
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::Ok.code(),
+        Err(f) => {
+            eprintln!("cgsnap: error: {}", f.msg);
+            f.code.code()
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Reading libvirt domain XML and writing snapshot XML (pure functions).
+//!
+//! Invariants: parsing never guesses. A disk whose source cannot be read is reported as such
+//! (kind "network", no source, ...) and preflight decides; the snapshot XML lists every disk of
+//! the domain exactly once, either `external` with an overlay path or `no`.
+
+use std::fmt::Write as _;
+
+#[derive(Debug, thiserror::Error)]
+#[error("domain XML of {domain} is not valid XML: {source}")]
+pub struct XmlError {
+    pub domain: String,
+    #[source]
+    pub source: roxmltree::Error,
+}
+
+impl crate::exit::Classify for XmlError {
+    fn exit_code(&self) -> crate::exit::ExitCode {
+        crate::exit::ExitCode::Malformed
+    }
+}
+
+/// One `<disk>` element of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskInfo {
+    pub target: String,
+    /// `disk`, `cdrom`, `floppy`, `lun`.
+    pub device: String,
+    /// `file`, `block`, `network`, `volume`, ...
+    pub kind: String,
+    /// Driver format (`qcow2`, `raw`), when given.
+    pub format: Option<String>,
+    /// The file or block device the guest currently writes to.
+    pub source: Option<String>,
+    pub readonly: bool,
+    pub shareable: bool,
+    /// A block job (copy, commit) is mirroring this disk.
+    pub mirror: bool,
+    /// Backing files below the top image, nearest first, as libvirt reports them.
+    pub backing: Vec<String>,
+}
+
+impl DiskInfo {
+    /// Read-only and shareable disks are not snapshotted: their content cannot diverge through
+    /// this guest alone, and QEMU refuses external snapshots of some of them.
+    pub fn is_snapshotted(&self) -> bool {
+        self.device == "disk" && !self.readonly && !self.shareable
+    }
+}
+
+fn source_path(node: roxmltree::Node) -> Option<String> {
+    let src = node.children().find(|c| c.has_tag_name("source"))?;
+    src.attribute("file")
+        .or_else(|| src.attribute("dev"))
+        .map(str::to_string)
+}
+
+fn backing_chain(disk: roxmltree::Node) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = disk.children().find(|c| c.has_tag_name("backingStore"));
+    while let Some(b) = cur {
+        if let Some(p) = source_path(b) {
+            out.push(p);
+        }
+        cur = b.children().find(|c| c.has_tag_name("backingStore"));
+    }
+    out
+}
+
+/// All `<disk>` elements under `<devices>`.
+pub fn disks(domain: &str, xml: &str) -> Result<Vec<DiskInfo>, XmlError> {
+    let doc = roxmltree::Document::parse(xml).map_err(|source| XmlError {
+        domain: domain.to_string(),
+        source,
+    })?;
+    let devices = doc.descendants().find(|n| n.has_tag_name("devices"));
+    let Some(devices) = devices else {
+        return Ok(Vec::new());
+    };
+    Ok(devices
+        .children()
+        .filter(|n| n.has_tag_name("disk"))
+        .map(|d| DiskInfo {
+            target: d
+                .children()
+                .find(|c| c.has_tag_name("target"))
+                .and_then(|t| t.attribute("dev"))
+                .unwrap_or_default()
+                .to_string(),
+            device: d.attribute("device").unwrap_or("disk").to_string(),
+            kind: d.attribute("type").unwrap_or("file").to_string(),
+            format: d
+                .children()
+                .find(|c| c.has_tag_name("driver"))
+                .and_then(|t| t.attribute("type"))
+                .map(str::to_string),
+            source: source_path(d),
+            readonly: d.children().any(|c| c.has_tag_name("readonly")),
+            shareable: d.children().any(|c| c.has_tag_name("shareable")),
+            mirror: d.children().any(|c| c.has_tag_name("mirror")),
+            backing: backing_chain(d),
+        })
+        .collect())
+}
+
+/// Escape text for use inside an XML attribute value.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Snapshot XML: `(target, Some(overlay))` disks get an external qcow2 overlay, `(target,
+/// None)` disks are left out of the snapshot explicitly (`snapshot='no'`).
+pub fn snapshot_xml(name: &str, disks: &[(String, Option<String>)]) -> String {
+    let mut x = String::new();
+    let _ = write!(
+        x,
+        "<domainsnapshot><name>{}</name><description>cgsnap group snapshot</description><disks>",
+        escape(name)
+    );
+    for (target, overlay) in disks {
+        match overlay {
+            Some(path) => {
+                let _ = write!(
+                    x,
+                    "<disk name='{}' snapshot='external' type='file'><driver type='qcow2'/><source file='{}'/></disk>",
+                    escape(target),
+                    escape(path)
+                );
+            }
+            None => {
+                let _ = write!(x, "<disk name='{}' snapshot='no'/>", escape(target));
+            }
+        }
+    }
+    x.push_str("</disks></domainsnapshot>");
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='qemu'><name>a</name><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+        <source file='/img/a.ovl'/>
+        <backingStore type='file'><format type='qcow2'/><source file='/img/a.qcow2'/><backingStore/></backingStore>
+        <target dev='vda' bus='virtio'/></disk>
+      <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/sdb'/>
+        <target dev='vdb' bus='virtio'/><mirror type='file' job='active-commit'/></disk>
+      <disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='hdc'/><readonly/></disk>
+      <disk type='network' device='disk'><source protocol='rbd' name='p/i'/><target dev='vdc'/></disk>
+    </devices></domain>"#;
+
+    #[test]
+    fn parses_disks_and_chain() {
+        let d = disks("a", XML).expect("parse");
+        assert_eq!(d.len(), 4);
+        assert_eq!(d[0].target, "vda");
+        assert_eq!(d[0].source.as_deref(), Some("/img/a.ovl"));
+        assert_eq!(d[0].backing, vec!["/img/a.qcow2".to_string()]);
+        assert_eq!(d[0].format.as_deref(), Some("qcow2"));
+        assert!(d[0].is_snapshotted());
+        assert_eq!(d[1].kind, "block");
+        assert_eq!(d[1].source.as_deref(), Some("/dev/sdb"));
+        assert!(d[1].mirror);
+        assert!(!d[2].is_snapshotted());
+        assert_eq!(d[3].kind, "network");
+        assert_eq!(d[3].source, None);
+    }
+
+    #[test]
+    fn malformed_xml_names_domain() {
+        let e = disks("web1", "<domain>").unwrap_err();
+        assert!(e.to_string().contains("web1"));
+    }
+
+    #[test]
+    fn snapshot_xml_escapes_and_lists_every_disk() {
+        let x = snapshot_xml(
+            "g'1",
+            &[
+                ("vda".into(), Some("/a&b.ovl".into())),
+                ("hdc".into(), None),
+            ],
+        );
+        let doc = roxmltree::Document::parse(&x).expect("valid xml");
+        let names: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("disk"))
+            .map(|n| (n.attribute("name"), n.attribute("snapshot")))
+            .collect();
+        assert_eq!(
+            names,
+            vec![(Some("vda"), Some("external")), (Some("hdc"), Some("no"))]
+        );
+        assert!(x.contains("/a&amp;b.ovl"));
+        assert!(x.contains("g&apos;1"));
+    }
+}

@@ -1,0 +1,53 @@
+//! Process exit codes: a documented, stable contract for scripts and backup schedulers.
+//!
+//! Invariants: every library error maps to exactly one code through [`Classify`]; codes never
+//! change meaning between releases (README "Exit codes" lists the same table).
+
+use crate::hypervisor::{HvError, HvErrorKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// Unexpected internal error (a bug, or an I/O error outside the cases below).
+    Internal = 1,
+    /// Bad command line or invalid name (clap also uses 2).
+    Usage = 2,
+    /// Unknown group, domain or snapshot.
+    NotFound = 3,
+    /// A precondition failed: member not running, unsupported disk, block job, no space.
+    Precondition = 4,
+    /// Another cgsnap run holds the group lock.
+    Busy = 5,
+    /// The group already has an unreleased snapshot (e.g. a pre hook called twice).
+    Outstanding = 6,
+    /// A manifest or config file is malformed.
+    Malformed = 7,
+    /// libvirt failed (connection or operation); the snapshot was rolled back, VMs resumed.
+    Hypervisor = 8,
+    /// The freeze budget expired; the watchdog resumed the members and the snapshot was rolled back.
+    FreezeBudget = 9,
+    /// Release incomplete (a commit did not converge or a member is unavailable); safe to retry.
+    ReleaseIncomplete = 10,
+}
+
+impl ExitCode {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Maps an error to its exit code.
+pub trait Classify {
+    fn exit_code(&self) -> ExitCode;
+}
+
+impl Classify for HvError {
+    fn exit_code(&self) -> ExitCode {
+        match self.kind {
+            HvErrorKind::NoDomain => ExitCode::NotFound,
+            _ => ExitCode::Hypervisor,
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! An in-memory [`Host`] for unit tests of pure logic (protocol ordering, abort paths).
+//!
+//! It records every call in order, can be told to fail a given operation on a given domain,
+//! and models only what the protocol observes: run state, metadata and which file each disk
+//! currently writes to. It is never the only test of a feature: the libvirt adapter and the
+//! real-VM integration tests cover the same paths against real libvirtd and QEMU.
+
+use super::{BlockJob, DomState, DomainSummary, Host, HvError, HvErrorKind, HvResult};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone)]
+pub struct FakeDomain {
+    pub state: DomState,
+    pub xml: String,
+    pub metadata: Option<String>,
+    /// disk target -> overlay it was switched to by a snapshot.
+    pub overlays: BTreeMap<String, String>,
+    pub jobs: BTreeMap<String, BlockJob>,
+}
+
+#[derive(Default)]
+pub struct FakeHost {
+    pub uri: String,
+    pub domains: Mutex<BTreeMap<String, FakeDomain>>,
+    /// (operation, domain) pairs that fail.
+    pub fail: Mutex<HashSet<(String, String)>>,
+    /// "op:domain" in call order.
+    pub log: Mutex<Vec<String>>,
+}
+
+impl FakeHost {
+    pub fn new(uri: &str) -> Self {
+        Self {
+            uri: uri.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn add(&self, name: &str, xml: &str) {
+        self.lock_domains().insert(
+            name.to_string(),
+            FakeDomain {
+                state: DomState::Running,
+                xml: xml.to_string(),
+                metadata: None,
+                overlays: BTreeMap::new(),
+                jobs: BTreeMap::new(),
+            },
+        );
+    }
+
+    pub fn fail_on(&self, op: &str, dom: &str) {
+        self.fail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((op.to_string(), dom.to_string()));
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn state_of(&self, dom: &str) -> Option<DomState> {
+        self.lock_domains().get(dom).map(|d| d.state)
+    }
+
+    fn lock_domains(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FakeDomain>> {
+        self.domains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self, op: &'static str, dom: &str) -> HvResult<()> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{op}:{dom}"));
+        let failing = self
+            .fail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(op.to_string(), dom.to_string()));
+        if failing {
+            return Err(self.error(op, dom, HvErrorKind::Other, "injected failure"));
+        }
+        Ok(())
+    }
+
+    fn error(&self, op: &'static str, dom: &str, kind: HvErrorKind, msg: &str) -> HvError {
+        HvError {
+            uri: self.uri.clone(),
+            op,
+            target: dom.to_string(),
+            message: msg.to_string(),
+            kind,
+        }
+    }
+
+    fn with<T>(
+        &self,
+        op: &'static str,
+        dom: &str,
+        f: impl FnOnce(&mut FakeDomain) -> HvResult<T>,
+    ) -> HvResult<T> {
+        self.enter(op, dom)?;
+        let mut doms = self.lock_domains();
+        match doms.get_mut(dom) {
+            Some(d) => f(d),
+            None => Err(self.error(op, dom, HvErrorKind::NoDomain, "no such domain")),
+        }
+    }
+}
+
+impl Host for FakeHost {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn list_domains(&self) -> HvResult<Vec<DomainSummary>> {
+        Ok(self
+            .lock_domains()
+            .iter()
+            .map(|(n, d)| DomainSummary {
+                name: n.clone(),
+                state: d.state,
+                persistent: true,
+            })
+            .collect())
+    }
+
+    fn state(&self, dom: &str) -> HvResult<DomState> {
+        self.with("state", dom, |d| Ok(d.state))
+    }
+
+    fn xml(&self, dom: &str) -> HvResult<String> {
+        self.with("xml", dom, |d| Ok(d.xml.clone()))
+    }
+
+    fn persistent(&self, dom: &str) -> HvResult<bool> {
+        self.with("persistent", dom, |_| Ok(true))
+    }
+
+    fn capacity(&self, dom: &str, _disk: &str) -> HvResult<u64> {
+        self.with("capacity", dom, |_| Ok(64 << 20))
+    }
+
+    fn metadata(&self, dom: &str, _ns: &str) -> HvResult<Option<String>> {
+        self.with("metadata", dom, |d| Ok(d.metadata.clone()))
+    }
+
+    fn set_metadata(&self, dom: &str, _ns: &str, _key: &str, xml: Option<&str>) -> HvResult<()> {
+        self.with("set_metadata", dom, |d| {
+            d.metadata = xml.map(str::to_string);
+            Ok(())
+        })
+    }
+
+    fn suspend(&self, dom: &str) -> HvResult<()> {
+        self.with("suspend", dom, |d| {
+            d.state = DomState::PausedByUser;
+            Ok(())
+        })
+    }
+
+    fn resume(&self, dom: &str) -> HvResult<()> {
+        self.with("resume", dom, |d| {
+            d.state = DomState::Running;
+            Ok(())
+        })
+    }
+
+    fn snapshot(&self, dom: &str, snapshot_xml: &str, _reuse: bool) -> HvResult<()> {
+        let xml = snapshot_xml.to_string();
+        self.with("snapshot", dom, move |d| {
+            let doc = roxmltree::Document::parse(&xml).map_err(|e| HvError {
+                uri: String::new(),
+                op: "snapshot",
+                target: String::new(),
+                message: e.to_string(),
+                kind: HvErrorKind::Other,
+            })?;
+            for disk in doc.descendants().filter(|n| n.has_tag_name("disk")) {
+                if disk.attribute("snapshot") != Some("external") {
+                    continue;
+                }
+                let name = disk.attribute("name").unwrap_or_default().to_string();
+                let file = disk
+                    .descendants()
+                    .find(|n| n.has_tag_name("source"))
+                    .and_then(|s| s.attribute("file"))
+                    .unwrap_or_default()
+                    .to_string();
+                d.overlays.insert(name, file);
+            }
+            Ok(())
+        })
+    }
+
+    fn commit_active(&self, dom: &str, disk: &str) -> HvResult<()> {
+        self.with("commit", dom, |d| {
+            d.jobs
+                .insert(disk.to_string(), BlockJob { cur: 10, end: 10 });
+            Ok(())
+        })
+    }
+
+    fn block_job(&self, dom: &str, disk: &str) -> HvResult<Option<BlockJob>> {
+        self.with("block_job", dom, |d| Ok(d.jobs.get(disk).copied()))
+    }
+
+    fn pivot(&self, dom: &str, disk: &str) -> HvResult<()> {
+        self.with("pivot", dom, |d| {
+            d.jobs.remove(disk);
+            d.overlays.remove(disk);
+            Ok(())
+        })
+    }
+
+    fn abort_job(&self, dom: &str, disk: &str) -> HvResult<()> {
+        self.with("abort_job", dom, |d| {
+            d.jobs.remove(disk);
+            Ok(())
+        })
+    }
+}

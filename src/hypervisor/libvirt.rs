@@ -1,0 +1,270 @@
+//! The libvirt adapter: the only module that calls libvirt (through the `virt` crate, and its
+//! raw `sys` bindings for the block-job calls the safe wrapper does not expose).
+//!
+//! Invariants: every libvirt error is turned into an [`HvError`] naming the operation, the domain
+//! or disk, and the connection URI; nothing here retries or sleeps, policy lives in the callers.
+
+use super::{BlockJob, DomState, DomainSummary, Host, HvError, HvErrorKind, HvResult};
+use std::ffi::CString;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::error::ErrorNumber;
+use virt::sys;
+
+pub struct LibvirtHost {
+    uri: String,
+    conn: Connect,
+}
+
+impl LibvirtHost {
+    pub fn open(uri: &str) -> HvResult<Self> {
+        // libvirt prints every error to stderr by default; we report them ourselves.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri)).map_err(|e| HvError {
+            uri: uri.to_string(),
+            op: "connect",
+            target: uri.to_string(),
+            message: e.message().to_string(),
+            kind: HvErrorKind::Connection,
+        })?;
+        Ok(Self {
+            uri: uri.to_string(),
+            conn,
+        })
+    }
+
+    fn err(&self, op: &'static str, target: &str, e: virt::error::Error) -> HvError {
+        let kind = match e.code() {
+            virt::enumutil::Enum::Known(ErrorNumber::NoDomain) => HvErrorKind::NoDomain,
+            virt::enumutil::Enum::Known(ErrorNumber::NoDomainMetadata) => HvErrorKind::NoMetadata,
+            _ => HvErrorKind::Other,
+        };
+        HvError {
+            uri: self.uri.clone(),
+            op,
+            target: target.to_string(),
+            message: e.message().to_string(),
+            kind,
+        }
+    }
+
+    fn last_err(&self, op: &'static str, target: &str) -> HvError {
+        self.err(op, target, virt::error::Error::last_error())
+    }
+
+    fn dom(&self, name: &str) -> HvResult<Domain> {
+        self.conn
+            .lookup_domain_by_name(name)
+            .map_err(|e| self.err("lookup domain", name, e))
+    }
+
+    fn cstr(&self, op: &'static str, target: &str, s: &str) -> HvResult<CString> {
+        CString::new(s).map_err(|_| HvError {
+            uri: self.uri.clone(),
+            op,
+            target: target.to_string(),
+            message: "string contains a NUL byte".into(),
+            kind: HvErrorKind::Other,
+        })
+    }
+}
+
+fn map_state(state: i32, reason: i32) -> DomState {
+    match state as u32 {
+        sys::VIR_DOMAIN_RUNNING => DomState::Running,
+        sys::VIR_DOMAIN_PAUSED if reason as u32 == sys::VIR_DOMAIN_PAUSED_USER => {
+            DomState::PausedByUser
+        }
+        sys::VIR_DOMAIN_PAUSED => DomState::PausedOther,
+        sys::VIR_DOMAIN_SHUTOFF => DomState::ShutOff,
+        _ => DomState::Other,
+    }
+}
+
+fn raw_state(d: &Domain) -> Option<DomState> {
+    let (mut state, mut reason) = (-1, -1);
+    // SAFETY: `d` holds a valid domain pointer for the duration of the call.
+    let rc = unsafe { sys::virDomainGetState(d.as_ptr(), &mut state, &mut reason, 0) };
+    (rc >= 0).then(|| map_state(state, reason))
+}
+
+impl Host for LibvirtHost {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn list_domains(&self) -> HvResult<Vec<DomainSummary>> {
+        let doms = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|e| self.err("list domains", &self.uri, e))?;
+        let mut out = Vec::with_capacity(doms.len());
+        for d in doms {
+            // A domain can vanish between listing and inspection; skip it rather than fail.
+            let Ok(name) = d.name() else { continue };
+            let Some(state) = raw_state(&d) else { continue };
+            let persistent = d.is_persistent().unwrap_or(false);
+            out.push(DomainSummary {
+                name,
+                state,
+                persistent,
+            });
+        }
+        Ok(out)
+    }
+
+    fn state(&self, dom: &str) -> HvResult<DomState> {
+        let d = self.dom(dom)?;
+        raw_state(&d).ok_or_else(|| self.last_err("get state", dom))
+    }
+
+    fn xml(&self, dom: &str) -> HvResult<String> {
+        self.dom(dom)?
+            .xml_desc(0)
+            .map_err(|e| self.err("get XML", dom, e))
+    }
+
+    fn persistent(&self, dom: &str) -> HvResult<bool> {
+        self.dom(dom)?
+            .is_persistent()
+            .map_err(|e| self.err("get persistence", dom, e))
+    }
+
+    fn capacity(&self, dom: &str, disk: &str) -> HvResult<u64> {
+        self.dom(dom)?
+            .block_info(disk, 0)
+            .map(|b| b.capacity)
+            .map_err(|e| self.err("get block info", &format!("{dom}/{disk}"), e))
+    }
+
+    fn metadata(&self, dom: &str, ns: &str) -> HvResult<Option<String>> {
+        let d = self.dom(dom)?;
+        match d.metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(ns), 0) {
+            Ok(x) => Ok(Some(x)),
+            Err(e) => {
+                let e = self.err("get metadata", dom, e);
+                if e.kind == HvErrorKind::NoMetadata {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn set_metadata(&self, dom: &str, ns: &str, key: &str, xml: Option<&str>) -> HvResult<()> {
+        let d = self.dom(dom)?;
+        let active = d.is_active().map_err(|e| self.err("get state", dom, e))?;
+        let persistent = d
+            .is_persistent()
+            .map_err(|e| self.err("get persistence", dom, e))?;
+        // Membership must survive a restart of the VM, so write the persistent config too.
+        let mut flags = 0;
+        if active {
+            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        if persistent {
+            flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
+        }
+        d.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            xml,
+            xml.map(|_| key),
+            Some(ns),
+            flags,
+        )
+        .map_err(|e| self.err("set metadata", dom, e))
+    }
+
+    fn suspend(&self, dom: &str) -> HvResult<()> {
+        self.dom(dom)?
+            .suspend()
+            .map_err(|e| self.err("suspend", dom, e))
+    }
+
+    fn resume(&self, dom: &str) -> HvResult<()> {
+        self.dom(dom)?
+            .resume()
+            .map_err(|e| self.err("resume", dom, e))
+    }
+
+    fn snapshot(&self, dom: &str, snapshot_xml: &str, reuse: bool) -> HvResult<()> {
+        let mut flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+            | sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+            | sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA;
+        if reuse {
+            flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT;
+        }
+        self.dom(dom)?
+            .create_snapshot_xml(snapshot_xml, flags)
+            .map(|_| ())
+            .map_err(|e| self.err("create disk-only snapshot", dom, e))
+    }
+
+    fn commit_active(&self, dom: &str, disk: &str) -> HvResult<()> {
+        let d = self.dom(dom)?;
+        let target = format!("{dom}/{disk}");
+        let c = self.cstr("block commit", &target, disk)?;
+        // SAFETY: valid domain pointer and NUL-terminated disk name; NULL base/top mean
+        // "the active layer into its immediate backing file".
+        let rc = unsafe {
+            sys::virDomainBlockCommit(
+                d.as_ptr(),
+                c.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE,
+            )
+        };
+        if rc < 0 {
+            return Err(self.last_err("block commit", &target));
+        }
+        Ok(())
+    }
+
+    fn block_job(&self, dom: &str, disk: &str) -> HvResult<Option<BlockJob>> {
+        let d = self.dom(dom)?;
+        let target = format!("{dom}/{disk}");
+        let c = self.cstr("block job info", &target, disk)?;
+        let mut info = sys::virDomainBlockJobInfo {
+            type_: 0,
+            bandwidth: 0,
+            cur: 0,
+            end: 0,
+        };
+        // SAFETY: `info` is a properly sized out-parameter.
+        let rc = unsafe { sys::virDomainGetBlockJobInfo(d.as_ptr(), c.as_ptr(), &mut info, 0) };
+        match rc {
+            0 => Ok(None),
+            r if r > 0 => Ok(Some(BlockJob {
+                cur: info.cur,
+                end: info.end,
+            })),
+            _ => Err(self.last_err("block job info", &target)),
+        }
+    }
+
+    fn pivot(&self, dom: &str, disk: &str) -> HvResult<()> {
+        self.job_abort(dom, disk, sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT, "pivot")
+    }
+
+    fn abort_job(&self, dom: &str, disk: &str) -> HvResult<()> {
+        self.job_abort(dom, disk, 0, "abort block job")
+    }
+}
+
+impl LibvirtHost {
+    fn job_abort(&self, dom: &str, disk: &str, flags: u32, op: &'static str) -> HvResult<()> {
+        let d = self.dom(dom)?;
+        let target = format!("{dom}/{disk}");
+        let c = self.cstr(op, &target, disk)?;
+        // SAFETY: valid domain pointer and NUL-terminated disk name. Without the ASYNC flag the
+        // call returns once the job is gone (pivoted or cancelled).
+        let rc = unsafe { sys::virDomainBlockJobAbort(d.as_ptr(), c.as_ptr(), flags) };
+        if rc < 0 {
+            return Err(self.last_err(op, &target));
+        }
+        Ok(())
+    }
+}

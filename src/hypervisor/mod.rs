@@ -1,0 +1,110 @@
+//! The hypervisor boundary: every call cgsnap makes to libvirt goes through [`Host`].
+//!
+//! Invariants:
+//! - Only `hypervisor::libvirt` talks to libvirt; the protocol, release and group logic see this
+//!   trait, so their abort paths can be unit-tested with [`fake::FakeHost`].
+//! - A `Host` is one libvirt connection (one URI). Implementations are `Send + Sync` and may be
+//!   called from several threads at once (libvirt connections are thread-safe).
+//! - Domains are addressed by name; a name is unique within one host.
+
+pub mod fake;
+pub mod libvirt;
+pub mod pool;
+
+use std::fmt;
+
+/// Run state of a domain, reduced to what the protocol needs to distinguish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomState {
+    Running,
+    /// Paused by a user/API call (what `suspend` produces; the watchdog only resumes these).
+    PausedByUser,
+    /// Paused for another reason (I/O error, migration, ...): never resumed by cgsnap.
+    PausedOther,
+    ShutOff,
+    Other,
+}
+
+impl fmt::Display for DomState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            DomState::Running => "running",
+            DomState::PausedByUser => "paused",
+            DomState::PausedOther => "paused (not by user)",
+            DomState::ShutOff => "shut off",
+            DomState::Other => "not running",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Progress of a block job on one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockJob {
+    pub cur: u64,
+    pub end: u64,
+}
+
+impl BlockJob {
+    /// An active commit is ready to pivot when it has mirrored everything it knows of.
+    pub fn is_ready(&self) -> bool {
+        self.end > 0 && self.cur == self.end
+    }
+}
+
+/// Summary of one domain as listed by a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSummary {
+    pub name: String,
+    pub state: DomState,
+    pub persistent: bool,
+}
+
+/// A libvirt error, with the operation and object it concerned.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op} on {target} via {uri}: {message}")]
+pub struct HvError {
+    pub uri: String,
+    pub op: &'static str,
+    pub target: String,
+    pub message: String,
+    pub kind: HvErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HvErrorKind {
+    NoDomain,
+    NoMetadata,
+    Connection,
+    Other,
+}
+
+pub type HvResult<T> = Result<T, HvError>;
+
+/// One libvirt connection.
+pub trait Host: Send + Sync {
+    fn uri(&self) -> &str;
+    fn list_domains(&self) -> HvResult<Vec<DomainSummary>>;
+    fn state(&self, dom: &str) -> HvResult<DomState>;
+    /// Live XML of a running domain (inactive XML otherwise).
+    fn xml(&self, dom: &str) -> HvResult<String>;
+    fn persistent(&self, dom: &str) -> HvResult<bool>;
+    /// Virtual size in bytes of the disk with this target.
+    fn capacity(&self, dom: &str, disk: &str) -> HvResult<u64>;
+    /// Our metadata element, or `None` when the domain has none.
+    fn metadata(&self, dom: &str, ns: &str) -> HvResult<Option<String>>;
+    /// Replace (or with `None` remove) our metadata element, live and in the persistent config.
+    fn set_metadata(&self, dom: &str, ns: &str, key: &str, xml: Option<&str>) -> HvResult<()>;
+    fn suspend(&self, dom: &str) -> HvResult<()>;
+    fn resume(&self, dom: &str) -> HvResult<()>;
+    /// Disk-only, atomic, external snapshot without libvirt metadata.
+    /// `reuse` says the overlay files already exist (pre-created) and must be used as they are.
+    fn snapshot(&self, dom: &str, snapshot_xml: &str, reuse: bool) -> HvResult<()>;
+    /// Start an active block commit of the top image of `disk` into its backing file.
+    fn commit_active(&self, dom: &str, disk: &str) -> HvResult<()>;
+    fn block_job(&self, dom: &str, disk: &str) -> HvResult<Option<BlockJob>>;
+    /// Finish a ready active commit: switch the disk to the base image.
+    fn pivot(&self, dom: &str, disk: &str) -> HvResult<()>;
+    /// Cancel a block job, leaving the disk on its current top image.
+    fn abort_job(&self, dom: &str, disk: &str) -> HvResult<()>;
+}

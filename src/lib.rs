@@ -1,0 +1,24 @@
+//! cgsnap: crash-consistent snapshots of groups of libvirt/QEMU virtual machines.
+//!
+//! Module map (each file one concern):
+//! - [`group`]: consistency groups stored in domain metadata, resolved live;
+//! - [`hypervisor`]: the one boundary to libvirt (trait, adapter, fake, connection pool);
+//! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
+//! - [`release`]: committing overlays back;
+//! - [`catalog`]: manifests and locks; [`hook`]: the backup-scheduler contract;
+//! - [`exit`]: the documented exit codes.
+
+pub mod catalog;
+pub mod cli;
+pub mod demo;
+pub mod domxml;
+pub mod duration;
+pub mod exit;
+pub mod group;
+pub mod hook;
+pub mod hypervisor;
+pub mod preflight;
+pub mod protocol;
+pub mod release;
+pub mod snapshot;
+pub mod watchdog;

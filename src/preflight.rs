@@ -1,0 +1,330 @@
+//! Preflight: everything that can be checked or prepared before any member is frozen.
+//!
+//! Invariants: preflight only reads (libvirt state, XML, file system); it never pauses, writes
+//! metadata or creates files. Any failure names the domain, the disk and the fix. The plan it
+//! returns is complete: the frozen window only executes it.
+
+use crate::catalog::DiskRecord;
+use crate::domxml::{self, DiskInfo};
+use crate::exit::{Classify, ExitCode};
+use crate::group::Member;
+use crate::hypervisor::{DomState, HvError};
+use std::path::{Path, PathBuf};
+
+/// File-name suffix of every overlay, so backup tools can exclude `*.cgsnap-overlay`.
+pub const OVERLAY_SUFFIX: &str = "cgsnap-overlay";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "member {domain} ({uri}) is {state}: start or resume it (`virsh start {domain}`), or remove it from the group (`cgsnap group remove GROUP {domain}`)"
+    )]
+    NotRunning {
+        domain: String,
+        uri: String,
+        state: DomState,
+    },
+    #[error("disk {target} of {domain} is unsupported: {reason}")]
+    UnsupportedDisk {
+        domain: String,
+        target: String,
+        reason: String,
+    },
+    #[error(
+        "disk {target} of {domain} has a block job in flight: wait for it or cancel it (`virsh blockjob {domain} {target} --abort`)"
+    )]
+    BlockJob { domain: String, target: String },
+    #[error("member {domain} has no disk to snapshot: remove it from the group")]
+    NoDisks { domain: String },
+    #[error(
+        "overlay {path} already exists: remove it if no domain uses it, or release the snapshot that owns it"
+    )]
+    OverlayExists { path: PathBuf },
+    #[error(
+        "overlay directory {dir} is not writable ({detail}): fix its permissions or pass --overlay-dir"
+    )]
+    NotWritable { dir: PathBuf, detail: String },
+    #[error(
+        "overlay directory {dir} has {free} bytes free, below the {need} required: free space or lower --min-free"
+    )]
+    NoSpace { dir: PathBuf, free: u64, need: u64 },
+    #[error(transparent)]
+    Xml(#[from] domxml::XmlError),
+    #[error(transparent)]
+    Hv(#[from] HvError),
+}
+
+impl Classify for PreflightError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            PreflightError::Xml(_) => ExitCode::Malformed,
+            PreflightError::Hv(e) => e.exit_code(),
+            _ => ExitCode::Precondition,
+        }
+    }
+}
+
+pub struct Options<'a> {
+    pub id: &'a str,
+    /// Put overlays here instead of next to each image (required for block-device disks).
+    pub overlay_dir: Option<&'a Path>,
+    /// Free bytes required in each overlay directory.
+    pub min_free: u64,
+}
+
+/// One member, ready to freeze.
+pub struct PlannedMember {
+    pub member: Member,
+    pub domain_xml: String,
+    pub disks: Vec<DiskRecord>,
+    pub snapshot_xml: String,
+}
+
+pub fn overlay_path(image: &Path, id: &str, overlay_dir: Option<&Path>) -> Option<PathBuf> {
+    let name = image.file_name()?.to_string_lossy().to_string();
+    let dir = match overlay_dir {
+        Some(d) => d.to_path_buf(),
+        None => image.parent()?.to_path_buf(),
+    };
+    Some(dir.join(format!("{name}.{id}.{OVERLAY_SUFFIX}")))
+}
+
+fn unsupported(domain: &str, d: &DiskInfo, reason: impl Into<String>) -> PreflightError {
+    PreflightError::UnsupportedDisk {
+        domain: domain.to_string(),
+        target: d.target.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn plan_disk(
+    domain: &str,
+    d: &DiskInfo,
+    opts: &Options,
+) -> Result<(String, String, String), PreflightError> {
+    if d.mirror {
+        return Err(PreflightError::BlockJob {
+            domain: domain.to_string(),
+            target: d.target.clone(),
+        });
+    }
+    if d.kind != "file" && d.kind != "block" {
+        return Err(unsupported(
+            domain,
+            d,
+            format!(
+                "{} disks cannot get a local qcow2 overlay; exclude it by making it <readonly/> or <shareable/>",
+                d.kind
+            ),
+        ));
+    }
+    let Some(src) = d.source.as_deref() else {
+        return Err(unsupported(domain, d, "it has no source (empty drive)"));
+    };
+    let format = d.format.clone().unwrap_or_default();
+    if format != "qcow2" {
+        return Err(unsupported(
+            domain,
+            d,
+            format!(
+                "format {:?} (only qcow2 images are supported): convert it with `qemu-img convert -O qcow2 {src} NEW.qcow2` and point the domain at NEW.qcow2",
+                if format.is_empty() {
+                    "unknown"
+                } else {
+                    &format
+                }
+            ),
+        ));
+    }
+    if d.kind == "block" && opts.overlay_dir.is_none() {
+        return Err(unsupported(
+            domain,
+            d,
+            format!("block device {src} has no directory for its overlay: pass --overlay-dir DIR"),
+        ));
+    }
+    let overlay = overlay_path(Path::new(src), opts.id, opts.overlay_dir).ok_or_else(|| {
+        unsupported(
+            domain,
+            d,
+            format!("cannot derive an overlay path from {src}"),
+        )
+    })?;
+    if overlay.exists() {
+        return Err(PreflightError::OverlayExists { path: overlay });
+    }
+    Ok((
+        src.to_string(),
+        overlay.to_string_lossy().to_string(),
+        format,
+    ))
+}
+
+/// Check the directory can take a new overlay: writable and with enough free space.
+pub fn check_dir(dir: &Path, min_free: u64) -> Result<(), PreflightError> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+        PreflightError::NotWritable {
+            dir: dir.to_path_buf(),
+            detail: "path contains NUL".into(),
+        }
+    })?;
+    // SAFETY: valid NUL-terminated path; statvfs fills a plain C struct.
+    let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+    if !writable {
+        return Err(PreflightError::NotWritable {
+            dir: dir.to_path_buf(),
+            detail: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(PreflightError::NotWritable {
+            dir: dir.to_path_buf(),
+            detail: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    if st.f_flag & libc::ST_RDONLY != 0 {
+        return Err(PreflightError::NotWritable {
+            dir: dir.to_path_buf(),
+            detail: "read-only file system".into(),
+        });
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < min_free {
+        return Err(PreflightError::NoSpace {
+            dir: dir.to_path_buf(),
+            free,
+            need: min_free,
+        });
+    }
+    Ok(())
+}
+
+/// Plan one member: state, disks, overlay paths, sizes and its snapshot XML.
+pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, PreflightError> {
+    let host = member.host.as_ref();
+    let domain = member.domain.as_str();
+    let state = host.state(domain)?;
+    if state != DomState::Running {
+        return Err(PreflightError::NotRunning {
+            domain: domain.to_string(),
+            uri: host.uri().to_string(),
+            state,
+        });
+    }
+    let xml = host.xml(domain)?;
+    let disks = domxml::disks(domain, &xml)?;
+    let mut records = Vec::new();
+    let mut spec = Vec::new();
+    for d in &disks {
+        if !d.is_snapshotted() {
+            spec.push((d.target.clone(), None));
+            continue;
+        }
+        let (image, overlay, format) = plan_disk(domain, d, opts)?;
+        if host.block_job(domain, &d.target)?.is_some() {
+            return Err(PreflightError::BlockJob {
+                domain: domain.to_string(),
+                target: d.target.clone(),
+            });
+        }
+        if let Some(dir) = Path::new(&overlay).parent() {
+            check_dir(dir, opts.min_free)?;
+        }
+        let virtual_size = host.capacity(domain, &d.target)?;
+        spec.push((d.target.clone(), Some(overlay.clone())));
+        records.push(DiskRecord {
+            target: d.target.clone(),
+            image,
+            overlay,
+            format,
+            virtual_size,
+        });
+    }
+    if records.is_empty() {
+        return Err(PreflightError::NoDisks {
+            domain: domain.to_string(),
+        });
+    }
+    Ok(PlannedMember {
+        member: member.clone(),
+        snapshot_xml: domxml::snapshot_xml(opts.id, &spec),
+        domain_xml: xml,
+        disks: records,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::Host;
+    use crate::hypervisor::fake::FakeHost;
+    use std::sync::Arc;
+
+    fn xml(dir: &Path, fmt: &str, kind: &str) -> String {
+        format!(
+            "<domain><devices><disk type='{kind}' device='disk'><driver type='{fmt}'/><source file='{}/a.qcow2'/><target dev='vda'/></disk>\
+             <disk type='file' device='cdrom'><source file='/x.iso'/><target dev='hdc'/><readonly/></disk></devices></domain>",
+            dir.display()
+        )
+    }
+
+    fn member(h: &Arc<FakeHost>, name: &str) -> Member {
+        Member {
+            host: h.clone() as Arc<dyn Host>,
+            domain: name.into(),
+            state: DomState::Running,
+        }
+    }
+
+    fn opts() -> Options<'static> {
+        Options {
+            id: "g-1",
+            overlay_dir: None,
+            min_free: 0,
+        }
+    }
+
+    #[test]
+    fn plans_overlay_next_to_image_and_skips_readonly() {
+        let t = tempfile::tempdir().expect("tmp");
+        let h = Arc::new(FakeHost::new("fake://"));
+        h.add("a", &xml(t.path(), "qcow2", "file"));
+        let p = plan_member(&member(&h, "a"), &opts()).expect("plan");
+        assert_eq!(p.disks.len(), 1);
+        assert_eq!(
+            p.disks[0].overlay,
+            t.path()
+                .join("a.qcow2.g-1.cgsnap-overlay")
+                .to_string_lossy()
+        );
+        assert!(p.snapshot_xml.contains("name='hdc' snapshot='no'"));
+    }
+
+    #[test]
+    fn rejects_raw_network_stopped_and_full() {
+        let t = tempfile::tempdir().expect("tmp");
+        let h = Arc::new(FakeHost::new("fake://"));
+        h.add("raw", &xml(t.path(), "raw", "file"));
+        h.add("net", &xml(t.path(), "raw", "network"));
+        h.add("off", &xml(t.path(), "qcow2", "file"));
+        h.add("ok", &xml(t.path(), "qcow2", "file"));
+        h.suspend("off").expect("pause");
+        let e = plan_member(&member(&h, "raw"), &opts()).err().expect("raw");
+        assert!(
+            e.to_string().contains("disk vda of raw") && e.to_string().contains("qemu-img convert")
+        );
+        assert_eq!(e.exit_code(), ExitCode::Precondition);
+        let e = plan_member(&member(&h, "net"), &opts()).err().expect("net");
+        assert!(e.to_string().contains("network disks"));
+        let e = plan_member(&member(&h, "off"), &opts()).err().expect("off");
+        assert!(e.to_string().contains("member off (fake://) is paused"));
+        let o = Options {
+            min_free: u64::MAX,
+            ..opts()
+        };
+        let e = plan_member(&member(&h, "ok"), &o).err().expect("space");
+        assert!(matches!(e, PreflightError::NoSpace { .. }));
+    }
+}

@@ -1,0 +1,320 @@
+//! The freeze → snapshot → thaw protocol over [`Host`], with timings.
+//!
+//! # Why the cut is consistent even though members resume early
+//! Let `P_i` be the instant member `i` is paused and `R_i` the instant it is resumed. A paused
+//! VM executes nothing: it neither writes its disks nor sends a packet. Its snapshot, taken at
+//! any instant in `[P_i, R_i]`, therefore records exactly its state at `P_i`. Suppose a write
+//! `w_b` in B's snapshot depends on a write `w_a` of A (A sent something after `w_a`, B acted
+//! on it before `P_b`). Then `w_a` happened before A's send, which happened before `P_b`. If
+//! `w_a` were missing from A's snapshot it happened after `P_a`, i.e. while A was resumed:
+//! after `R_a`. So `R_a < P_b`. The protocol forbids exactly that: **no member is resumed
+//! before every member is paused** (`max P_i < min R_i`). Within that rule a member may be
+//! resumed as soon as its own snapshot is done; it need not wait for the slowest member.
+//! The *consistency point* is reported as the wall-clock instant the last pause completed.
+//!
+//! Invariants enforced here:
+//! - all members are paused (in parallel) before any snapshot starts and before any resume;
+//! - if any pause fails, nothing is snapshotted and every paused member is resumed;
+//! - every member that was paused is resumed, whatever its snapshot did (retrying the resume);
+//! - timings come from one monotonic clock; wall-clock time only names the consistency point.
+
+use crate::hypervisor::{Host, HvError};
+use chrono::{DateTime, Utc};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// What to do to one member.
+pub struct Step {
+    pub host: Arc<dyn Host>,
+    pub domain: String,
+    pub snapshot_xml: String,
+    pub reuse: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct MemberOutcome {
+    pub paused: bool,
+    pub snapshotted: bool,
+    pub resumed: bool,
+    pub pause_ms: Option<f64>,
+    pub snapshot_ms: Option<f64>,
+    pub resume_ms: Option<f64>,
+    /// Pause start to resume end.
+    pub freeze_ms: Option<f64>,
+    pub error: Option<HvError>,
+    pause_start: Option<Instant>,
+    resume_end: Option<Instant>,
+    snap_start: Option<Instant>,
+    snap_end: Option<Instant>,
+    pause_end: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub members: Vec<MemberOutcome>,
+    pub consistency_point: Option<DateTime<Utc>>,
+    pub freeze_window_ms: Option<f64>,
+    /// First pause start to last pause end.
+    pub pause_ms: f64,
+    /// First snapshot start to last snapshot end.
+    pub snapshot_ms: f64,
+    /// Longest single resume call.
+    pub resume_ms: f64,
+}
+
+impl Outcome {
+    pub fn first_error(&self) -> Option<&HvError> {
+        self.members.iter().find_map(|m| m.error.as_ref())
+    }
+    pub fn all_resumed(&self) -> bool {
+        self.members.iter().all(|m| !m.paused || m.resumed)
+    }
+}
+
+/// Knobs injected by the caller (time source, fault injection for tests).
+pub struct Env<'a> {
+    pub wall_clock: &'a (dyn Fn() -> DateTime<Utc> + Sync),
+    /// Held after every member is paused, before snapshots start (fault-injection for tests).
+    pub hold_frozen: Option<Duration>,
+    /// Called once, when every member is paused (tests use it to observe the frozen state).
+    pub on_all_paused: &'a (dyn Fn() + Sync),
+    pub resume_attempts: u32,
+}
+
+struct Gate {
+    arrived: usize,
+    failed: bool,
+    consistency_point: Option<DateTime<Utc>>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn resume_with_retry(step: &Step, attempts: u32) -> Result<(), HvError> {
+    let mut last = None;
+    for i in 0..attempts.max(1) {
+        match step.host.resume(&step.domain) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(20 * u64::from(i + 1)));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| unreachable_error(step)))
+}
+
+fn unreachable_error(step: &Step) -> HvError {
+    HvError {
+        uri: step.host.uri().to_string(),
+        op: "resume",
+        target: step.domain.clone(),
+        message: "resume was not attempted".into(),
+        kind: crate::hypervisor::HvErrorKind::Other,
+    }
+}
+
+fn member_thread(step: &Step, gate: &(Mutex<Gate>, Condvar), n: usize, env: &Env) -> MemberOutcome {
+    let mut out = MemberOutcome::default();
+    let t = Instant::now();
+    out.pause_start = Some(t);
+    let pause = step.host.suspend(&step.domain);
+    let t_paused = Instant::now();
+    out.pause_ms = Some(ms(t_paused - t));
+    out.pause_end = Some(t_paused);
+    out.paused = pause.is_ok();
+    if let Err(e) = pause {
+        out.error = Some(e);
+    }
+
+    // Barrier: wait until every member has either paused or failed to.
+    let (lock, cv) = gate;
+    let failed = {
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        g.arrived += 1;
+        g.failed |= !out.paused;
+        if g.arrived == n {
+            if !g.failed {
+                g.consistency_point = Some((env.wall_clock)());
+                (env.on_all_paused)();
+                if let Some(h) = env.hold_frozen {
+                    std::thread::sleep(h);
+                }
+            }
+            cv.notify_all();
+        }
+        while g.arrived < n {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.failed
+    };
+
+    if out.paused && !failed {
+        let s = Instant::now();
+        out.snap_start = Some(s);
+        match step
+            .host
+            .snapshot(&step.domain, &step.snapshot_xml, step.reuse)
+        {
+            Ok(()) => out.snapshotted = true,
+            Err(e) => out.error = Some(e),
+        }
+        let e = Instant::now();
+        out.snap_end = Some(e);
+        out.snapshot_ms = Some(ms(e - s));
+    }
+
+    if out.paused {
+        let r = Instant::now();
+        match resume_with_retry(step, env.resume_attempts) {
+            Ok(()) => out.resumed = true,
+            Err(e) => {
+                if out.error.is_none() {
+                    out.error = Some(e);
+                }
+            }
+        }
+        let re = Instant::now();
+        out.resume_ms = Some(ms(re - r));
+        out.resume_end = Some(re);
+        out.freeze_ms = Some(ms(re - t));
+    }
+    out
+}
+
+/// Pause all, snapshot each, resume each as soon as its snapshot is done (see module docs).
+pub fn run(steps: &[Step], env: &Env) -> Outcome {
+    let n = steps.len();
+    let gate = (
+        Mutex::new(Gate {
+            arrived: 0,
+            failed: false,
+            consistency_point: None,
+        }),
+        Condvar::new(),
+    );
+    let members: Vec<MemberOutcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = steps
+            .iter()
+            .map(|st| s.spawn(|| member_thread(st, &gate, n, env)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let g = gate.0.lock().unwrap_or_else(|p| p.into_inner());
+    let span = |a: Vec<Instant>, b: Vec<Instant>| match (a.iter().min(), b.iter().max()) {
+        (Some(a), Some(b)) if b >= a => Some(ms(*b - *a)),
+        _ => None,
+    };
+    let starts = |f: fn(&MemberOutcome) -> Option<Instant>| -> Vec<Instant> {
+        members.iter().filter_map(f).collect()
+    };
+    Outcome {
+        consistency_point: g.consistency_point,
+        freeze_window_ms: span(starts(|m| m.pause_start), starts(|m| m.resume_end)),
+        pause_ms: span(starts(|m| m.pause_start), starts(|m| m.pause_end)).unwrap_or(0.0),
+        snapshot_ms: span(starts(|m| m.snap_start), starts(|m| m.snap_end)).unwrap_or(0.0),
+        resume_ms: members
+            .iter()
+            .filter_map(|m| m.resume_ms)
+            .fold(0.0, f64::max),
+        members: members.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::DomState;
+    use crate::hypervisor::fake::FakeHost;
+
+    fn setup(n: usize) -> (Arc<FakeHost>, Vec<Step>) {
+        let h = Arc::new(FakeHost::new("fake://"));
+        let steps = (0..n)
+            .map(|i| {
+                let name = format!("vm{i}");
+                h.add(&name, "<domain/>");
+                Step {
+                    host: h.clone(),
+                    domain: name,
+                    snapshot_xml: "<domainsnapshot><disks><disk name='vda' snapshot='external'><source file='/o'/></disk></disks></domainsnapshot>".into(),
+                    reuse: false,
+                }
+            })
+            .collect();
+        (h, steps)
+    }
+
+    fn env() -> Env<'static> {
+        Env {
+            wall_clock: &Utc::now,
+            hold_frozen: None,
+            on_all_paused: &|| {},
+            resume_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn no_snapshot_or_resume_before_all_paused() {
+        let (h, steps) = setup(6);
+        let out = run(&steps, &env());
+        assert!(out.first_error().is_none());
+        assert!(out.consistency_point.is_some());
+        let calls = h.calls();
+        let last_pause = calls
+            .iter()
+            .rposition(|c| c.starts_with("suspend"))
+            .expect("pauses");
+        let first_other = calls
+            .iter()
+            .position(|c| c.starts_with("snapshot") || c.starts_with("resume"))
+            .expect("snapshots");
+        assert!(last_pause < first_other, "{calls:?}");
+        for i in 0..6 {
+            assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
+        }
+        assert!(
+            out.freeze_window_ms.expect("window") >= out.members[0].freeze_ms.expect("f") - 1e-9
+        );
+    }
+
+    #[test]
+    fn failed_pause_snapshots_nothing_and_resumes_the_rest() {
+        let (h, steps) = setup(4);
+        h.fail_on("suspend", "vm2");
+        let out = run(&steps, &env());
+        assert!(out.first_error().is_some());
+        assert!(out.consistency_point.is_none());
+        assert!(!h.calls().iter().any(|c| c.starts_with("snapshot")));
+        assert!(out.all_resumed());
+        for i in 0..4 {
+            assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
+        }
+    }
+
+    #[test]
+    fn failed_snapshot_still_resumes_every_member() {
+        let (h, steps) = setup(3);
+        h.fail_on("snapshot", "vm1");
+        let out = run(&steps, &env());
+        assert!(!out.members[1].snapshotted);
+        assert!(out.members[0].snapshotted && out.members[2].snapshotted);
+        assert_eq!(out.first_error().map(|e| e.target.as_str()), Some("vm1"));
+        assert!(out.all_resumed());
+        assert_eq!(h.state_of("vm1"), Some(DomState::Running));
+    }
+
+    #[test]
+    fn failing_resume_is_retried_and_reported() {
+        let (h, steps) = setup(2);
+        h.fail_on("resume", "vm0");
+        let out = run(&steps, &env());
+        assert!(!out.members[0].resumed);
+        let resumes = h.calls().iter().filter(|c| *c == "resume:vm0").count();
+        assert_eq!(resumes, 3);
+        assert!(!out.all_resumed());
+    }
+}

@@ -1,0 +1,308 @@
+//! Release: merge every overlay of a snapshot back into its image and remove it.
+//!
+//! For each disk: active block-commit of the overlay into its backing image, wait until the
+//! job is ready (mirror in sync), pivot the disk back to the image, then delete the overlay.
+//!
+//! Invariants:
+//! - Idempotent and resumable: each disk's next step is derived from the live domain XML, not
+//!   from what a previous run remembers (disk on overlay → commit; job running → wait/pivot;
+//!   disk on image → only the file removal is left).
+//! - An overlay file is deleted only when no disk of its domain has it as source or anywhere in
+//!   its backing chain; a pre-created overlay that was never used holds no guest data.
+//! - A commit that is not ready within the timeout is cancelled (the disk stays on its overlay,
+//!   nothing is lost) and reported; the manifest stays `releasing` so a later run retries.
+
+use crate::catalog::DiskRecord;
+use crate::domxml;
+use crate::exit::{Classify, ExitCode};
+use crate::hypervisor::{DomState, Host, HvError};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error(
+        "commit of {domain}/{target} did not converge within {secs} s ({cur}/{end} bytes); the disk stays on its overlay, nothing is lost: retry `cgsnap release` when the guest writes less, or raise --timeout"
+    )]
+    NotConverged {
+        domain: String,
+        target: String,
+        secs: u64,
+        cur: u64,
+        end: u64,
+    },
+    #[error(
+        "member {domain} is {state}: overlays can only be committed while it runs; start it (`virsh start {domain}`) and run release again"
+    )]
+    NotRunning { domain: String, state: DomState },
+    #[error(
+        "disk {target} of {domain} is now on {actual}, not on the snapshot overlay {overlay} nor its image: its chain was changed by someone else; merge it by hand"
+    )]
+    ChainChanged {
+        domain: String,
+        target: String,
+        actual: String,
+        overlay: String,
+    },
+    #[error("cannot remove overlay {path}: {source}")]
+    Remove {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Xml(#[from] domxml::XmlError),
+    #[error(transparent)]
+    Hv(#[from] HvError),
+}
+
+impl Classify for ReleaseError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            ReleaseError::Xml(_) => ExitCode::Malformed,
+            ReleaseError::Hv(e) if e.kind == crate::hypervisor::HvErrorKind::NoDomain => {
+                ExitCode::NotFound
+            }
+            _ => ExitCode::ReleaseIncomplete,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How long one disk's commit may take to become ready.
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            poll: Duration::from_millis(20),
+        }
+    }
+}
+
+enum DiskStep {
+    /// Disk writes to the overlay, no job: start a commit.
+    Commit,
+    /// A commit job is running (maybe started by a crashed run): wait and pivot.
+    Wait,
+    /// Disk is back on its image: only the overlay file may remain.
+    Done,
+}
+
+fn step_for(domain: &str, xml: &str, d: &DiskRecord) -> Result<DiskStep, ReleaseError> {
+    let disks = domxml::disks(domain, xml)?;
+    let live = disks.iter().find(|x| x.target == d.target);
+    let src = live.and_then(|x| x.source.as_deref()).unwrap_or("");
+    if src == d.overlay {
+        let mirror = live.is_some_and(|x| x.mirror);
+        return Ok(if mirror {
+            DiskStep::Wait
+        } else {
+            DiskStep::Commit
+        });
+    }
+    if src == d.image {
+        return Ok(DiskStep::Done);
+    }
+    Err(ReleaseError::ChainChanged {
+        domain: domain.to_string(),
+        target: d.target.clone(),
+        actual: if src.is_empty() {
+            "nothing".into()
+        } else {
+            src.into()
+        },
+        overlay: d.overlay.clone(),
+    })
+}
+
+/// True when some disk of the domain still uses `path` (as top image or backing file).
+fn in_use(domain: &str, xml: &str, path: &str) -> Result<bool, ReleaseError> {
+    Ok(domxml::disks(domain, xml)?
+        .iter()
+        .any(|d| d.source.as_deref() == Some(path) || d.backing.iter().any(|b| b == path)))
+}
+
+/// Remove overlay files of `disks` that no disk of the domain uses any more.
+pub fn remove_unused(
+    host: &dyn Host,
+    domain: &str,
+    disks: &[DiskRecord],
+) -> Result<(), ReleaseError> {
+    let xml = host.xml(domain)?;
+    for d in disks {
+        if Path::new(&d.overlay).exists() && !in_use(domain, &xml, &d.overlay)? {
+            std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
+                path: d.overlay.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Wait for the job on one disk to be ready, then pivot. Cancels the job on timeout.
+fn wait_and_pivot(
+    host: &dyn Host,
+    domain: &str,
+    d: &DiskRecord,
+    opts: &Options,
+) -> Result<(), ReleaseError> {
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match host.block_job(domain, &d.target)? {
+            None => return Ok(()), // pivoted or finished by a concurrent actor: XML decides next.
+            Some(j) => {
+                last = (j.cur, j.end);
+                if j.is_ready() {
+                    match host.pivot(domain, &d.target) {
+                        Ok(()) => return Ok(()),
+                        // Not ready after all (guest wrote in between): keep waiting.
+                        Err(e) if start.elapsed() >= opts.timeout => return Err(e.into()),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        if start.elapsed() >= opts.timeout {
+            // Cancel: the disk stays on its overlay, which keeps every write.
+            let _ = host.abort_job(domain, &d.target);
+            return Err(ReleaseError::NotConverged {
+                domain: domain.to_string(),
+                target: d.target.clone(),
+                secs: opts.timeout.as_secs(),
+                cur: last.0,
+                end: last.1,
+            });
+        }
+        std::thread::sleep(opts.poll);
+    }
+}
+
+/// Release every listed disk of one member; safe to call again after any failure.
+pub fn release_member(
+    host: &dyn Host,
+    domain: &str,
+    disks: &[DiskRecord],
+    opts: &Options,
+) -> Result<(), ReleaseError> {
+    let state = host.state(domain)?;
+    let xml = host.xml(domain)?;
+    let steps = disks
+        .iter()
+        .map(|d| step_for(domain, &xml, d).map(|s| (d, s)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pending = steps.iter().any(|(_, s)| !matches!(s, DiskStep::Done));
+    if pending && !matches!(state, DomState::Running | DomState::PausedByUser) {
+        return Err(ReleaseError::NotRunning {
+            domain: domain.to_string(),
+            state,
+        });
+    }
+    // Start every commit first so the disks of one member merge concurrently.
+    for (d, s) in &steps {
+        if matches!(s, DiskStep::Commit) {
+            host.commit_active(domain, &d.target)?;
+        }
+    }
+    for (d, s) in &steps {
+        if !matches!(s, DiskStep::Done) {
+            wait_and_pivot(host, domain, d, opts)?;
+        }
+    }
+    // Re-read: every disk must now be on its image before anything is deleted.
+    let xml = host.xml(domain)?;
+    for d in disks {
+        if !matches!(step_for(domain, &xml, d)?, DiskStep::Done) {
+            return Err(ReleaseError::ChainChanged {
+                domain: domain.to_string(),
+                target: d.target.clone(),
+                actual: d.overlay.clone(),
+                overlay: d.overlay.clone(),
+            });
+        }
+    }
+    remove_unused(host, domain, disks)
+}
+
+/// Why a whole snapshot could not be released.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotReleaseError {
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("snapshot {id}: {source}")]
+    Member {
+        id: String,
+        #[source]
+        source: Box<ReleaseError>,
+    },
+}
+
+impl Classify for SnapshotReleaseError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            SnapshotReleaseError::Catalog(e) => e.exit_code(),
+            SnapshotReleaseError::Member { source, .. } => source.exit_code(),
+        }
+    }
+}
+
+/// Release a snapshot by ID under its group lock; a released or aborted one is left as is.
+pub fn release_snapshot(
+    pool: &crate::hypervisor::pool::Pool,
+    cat: &crate::catalog::Catalog,
+    id: &str,
+    opts: &Options,
+) -> Result<crate::catalog::Manifest, SnapshotReleaseError> {
+    use crate::catalog::SnapState;
+    let mut man = cat.load(id)?;
+    let _lock = cat.lock(&man.group)?;
+    let mut man_now = cat.load(id)?;
+    if !man_now.state.outstanding() {
+        return Ok(man_now);
+    }
+    std::mem::swap(&mut man, &mut man_now);
+    man.state = SnapState::Releasing;
+    cat.write(&man)?;
+    // Members are independent: release them in parallel, report the first failure.
+    let results: Vec<Result<(), ReleaseError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = man
+            .members
+            .iter()
+            .map(|m| {
+                s.spawn(move || {
+                    let host = pool.get(&m.uri)?;
+                    release_member(host.as_ref(), &m.domain, &m.disks, opts)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ReleaseError::Remove {
+                        path: String::new(),
+                        source: std::io::Error::other("release thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        man.error = Some(e.to_string());
+        cat.write(&man)?;
+        return Err(SnapshotReleaseError::Member {
+            id: id.to_string(),
+            source: Box::new(e),
+        });
+    }
+    man.state = SnapState::Released;
+    man.released_at = Some(chrono::Utc::now());
+    cat.write(&man)?;
+    Ok(man)
+}

@@ -1,0 +1,327 @@
+//! `cgsnap snapshot`: lock → resolve → preflight → record → pre-create → freeze/snap/thaw →
+//! record, with rollback on every failure.
+//!
+//! Invariants:
+//! - Nothing is paused before the group lock is held, the plan is complete, the manifest is on
+//!   disk (state `pending`) and the watchdog is ready.
+//! - On any failure after the freeze, every member is resumed (by the protocol, else by the
+//!   watchdog), overlays already in use are committed back, unused pre-created overlays are
+//!   deleted, and the manifest says `aborted` (clean) or `failed` (release still needed).
+//! - A group never gets a second snapshot while one is outstanding.
+
+use crate::catalog::{self, Catalog, CatalogError, Manifest, MemberRecord, Phases, SnapState};
+use crate::exit::{Classify, ExitCode};
+use crate::group::{self, GroupError};
+use crate::hypervisor::Host;
+use crate::preflight::{self, PlannedMember, PreflightError};
+use crate::protocol::{self, Env, Step};
+use crate::release;
+use crate::watchdog::{WatchMember, Watchdog, WatchdogError};
+use chrono::{DateTime, Utc};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Watchdog(#[from] WatchdogError),
+    #[error(
+        "group {group} already has an unreleased snapshot {id} ({state}): release it first with `cgsnap release {id}` (or `cgsnap hook post --group {group}`)"
+    )]
+    Outstanding {
+        group: String,
+        id: String,
+        state: SnapState,
+    },
+    #[error("cannot pre-create overlay {path}: {detail}; nothing was frozen")]
+    Precreate { path: String, detail: String },
+    #[error("snapshot {id} failed and was {outcome}: {cause}")]
+    Protocol {
+        id: String,
+        outcome: &'static str,
+        cause: String,
+    },
+    #[error(
+        "snapshot {id} exceeded the freeze budget of {budget_ms} ms; the watchdog resumed the members and the snapshot was {outcome}: raise --freeze-budget or reduce the group"
+    )]
+    Budget {
+        id: String,
+        budget_ms: u128,
+        outcome: &'static str,
+    },
+}
+
+impl Classify for SnapshotError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            SnapshotError::Group(e) => e.exit_code(),
+            SnapshotError::Catalog(e) => e.exit_code(),
+            SnapshotError::Preflight(e) => e.exit_code(),
+            SnapshotError::Watchdog(_) => ExitCode::Hypervisor,
+            SnapshotError::Outstanding { .. } => ExitCode::Outstanding,
+            SnapshotError::Precreate { .. } => ExitCode::Precondition,
+            SnapshotError::Protocol { .. } => ExitCode::Hypervisor,
+            SnapshotError::Budget { .. } => ExitCode::FreezeBudget,
+        }
+    }
+}
+
+pub struct Options {
+    pub group: String,
+    pub freeze_budget: Duration,
+    pub overlay_dir: Option<PathBuf>,
+    pub min_free: u64,
+    /// Create overlays with qemu-img before the freeze (local hosts only) and let libvirt reuse them.
+    pub precreate: bool,
+    /// The cgsnap binary, started as the watchdog.
+    pub exe: PathBuf,
+    /// Fault injection for tests: hold every member frozen this long before snapshotting.
+    pub hold_frozen: Option<Duration>,
+    pub release: release::Options,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A URI without a host part names a daemon on this machine, whose files we can create.
+pub fn is_local(uri: &str) -> bool {
+    uri.split_once("://")
+        .map(|(_, rest)| rest.starts_with('/'))
+        .unwrap_or(false)
+}
+
+fn precreate(d: &catalog::DiskRecord) -> Result<(), SnapshotError> {
+    // -u: do not open the backing image (QEMU holds its write lock); the size is given instead.
+    let out = std::process::Command::new("qemu-img")
+        .args([
+            "create", "-q", "-f", "qcow2", "-u", "-F", &d.format, "-b", &d.image, &d.overlay,
+        ])
+        .arg(d.virtual_size.to_string())
+        .output()
+        .map_err(|e| SnapshotError::Precreate {
+            path: d.overlay.clone(),
+            detail: format!("qemu-img: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(SnapshotError::Precreate {
+            path: d.overlay.clone(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn manifest(id: &str, group: &str, now: DateTime<Utc>, plan: &[PlannedMember]) -> Manifest {
+    Manifest {
+        format_version: catalog::FORMAT_VERSION,
+        id: id.to_string(),
+        group: group.to_string(),
+        state: SnapState::Pending,
+        created_at: now,
+        consistency_point: None,
+        freeze_window_ms: None,
+        phases: Phases::default(),
+        members: plan
+            .iter()
+            .map(|p| MemberRecord {
+                domain: p.member.domain.clone(),
+                uri: p.member.host.uri().to_string(),
+                freeze_ms: None,
+                pause_ms: None,
+                snapshot_ms: None,
+                resume_ms: None,
+                domain_xml: p.domain_xml.clone(),
+                disks: p.disks.clone(),
+            })
+            .collect(),
+        error: None,
+        released_at: None,
+    }
+}
+
+/// Undo a failed snapshot: commit back overlays in use, delete unused ones.
+fn rollback(plan: &[PlannedMember], opts: &release::Options) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for p in plan {
+        let host = p.member.host.as_ref();
+        if let Err(e) = release::release_member(host, &p.member.domain, &p.disks, opts) {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Take a group snapshot. `now` names the snapshot; timings use the monotonic clock.
+pub fn take(
+    hosts: &[Arc<dyn Host>],
+    cat: &Catalog,
+    opts: &Options,
+    now: DateTime<Utc>,
+) -> Result<Manifest, SnapshotError> {
+    let t0 = Instant::now();
+    group::validate_name(&opts.group)?;
+    let _lock = cat.lock(&opts.group)?;
+    if let Some(m) = cat.outstanding(&opts.group)?.into_iter().next() {
+        return Err(SnapshotError::Outstanding {
+            group: m.group,
+            id: m.id,
+            state: m.state,
+        });
+    }
+    let members = group::resolve(hosts, &opts.group)?;
+    let id = catalog::new_id(&opts.group, now);
+    let popts = preflight::Options {
+        id: &id,
+        overlay_dir: opts.overlay_dir.as_deref(),
+        min_free: opts.min_free,
+    };
+    let plan = members
+        .iter()
+        .map(|m| preflight::plan_member(m, &popts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut man = manifest(&id, &opts.group, now, &plan);
+    cat.write(&man)?;
+
+    let reuse = opts.precreate && plan.iter().all(|p| is_local(p.member.host.uri()));
+    if reuse {
+        let created = plan
+            .iter()
+            .flat_map(|p| p.disks.iter())
+            .try_for_each(precreate);
+        if let Err(e) = created {
+            // Nothing is in use yet: every pre-created file is empty and can go.
+            for d in plan.iter().flat_map(|p| p.disks.iter()) {
+                let _ = std::fs::remove_file(&d.overlay);
+            }
+            man.state = SnapState::Aborted;
+            man.error = Some(e.to_string());
+            cat.write(&man)?;
+            return Err(e);
+        }
+    }
+
+    let watch: Vec<WatchMember> = plan
+        .iter()
+        .map(|p| WatchMember {
+            uri: p.member.host.uri().to_string(),
+            domain: p.member.domain.clone(),
+        })
+        .collect();
+    let mut dog = match Watchdog::spawn(&opts.exe, &watch, opts.freeze_budget) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = rollback(&plan, &opts.release);
+            man.state = SnapState::Aborted;
+            man.error = Some(e.to_string());
+            cat.write(&man)?;
+            return Err(e.into());
+        }
+    };
+    let steps: Vec<Step> = plan
+        .iter()
+        .map(|p| Step {
+            host: p.member.host.clone(),
+            domain: p.member.domain.clone(),
+            snapshot_xml: p.snapshot_xml.clone(),
+            reuse,
+        })
+        .collect();
+    let preflight_ms = ms(t0.elapsed());
+    dog.arm()?;
+    let out = protocol::run(
+        &steps,
+        &Env {
+            wall_clock: &Utc::now,
+            hold_frozen: opts.hold_frozen,
+            on_all_paused: &|| {
+                if opts.hold_frozen.is_some() {
+                    eprintln!("cgsnap: all members frozen");
+                }
+            },
+            resume_attempts: 5,
+        },
+    );
+    let fired = dog.disarm();
+
+    man.consistency_point = out.consistency_point;
+    man.freeze_window_ms = out.freeze_window_ms;
+    man.phases = Phases {
+        preflight_ms,
+        pause_ms: out.pause_ms,
+        snapshot_ms: out.snapshot_ms,
+        resume_ms: out.resume_ms,
+    };
+    for (rec, m) in man.members.iter_mut().zip(&out.members) {
+        rec.freeze_ms = m.freeze_ms;
+        rec.pause_ms = m.pause_ms;
+        rec.snapshot_ms = m.snapshot_ms;
+        rec.resume_ms = m.resume_ms;
+    }
+    let cause = if fired {
+        Some(format!(
+            "freeze budget of {} ms exceeded",
+            opts.freeze_budget.as_millis()
+        ))
+    } else {
+        out.first_error().map(|e| e.to_string())
+    };
+    let Some(cause) = cause else {
+        man.state = SnapState::Taken;
+        cat.write(&man)?;
+        return Ok(man);
+    };
+    let outcome = match rollback(&plan, &opts.release) {
+        Ok(()) => {
+            man.state = SnapState::Aborted;
+            man.error = Some(cause.clone());
+            "rolled back"
+        }
+        Err(e) => {
+            man.state = SnapState::Failed;
+            man.error = Some(format!("{cause}; rollback incomplete: {e}"));
+            "left for `cgsnap release` (rollback incomplete)"
+        }
+    };
+    cat.write(&man)?;
+    Err(if fired {
+        SnapshotError::Budget {
+            id,
+            budget_ms: opts.freeze_budget.as_millis(),
+            outcome,
+        }
+    } else {
+        SnapshotError::Protocol { id, outcome, cause }
+    })
+}
+
+/// Path of the manifest for display.
+pub fn manifest_path(cat: &Catalog, id: &str) -> PathBuf {
+    Path::new(cat.dir())
+        .join("snapshots")
+        .join(format!("{id}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local;
+
+    #[test]
+    fn local_uris() {
+        assert!(is_local("qemu:///system"));
+        assert!(is_local("qemu:///session"));
+        assert!(!is_local("qemu+ssh://host/system"));
+        assert!(!is_local("garbage"));
+    }
+}

@@ -1,0 +1,245 @@
+//! The out-of-process watchdog: guarantees that no member stays paused.
+//!
+//! The coordinator starts `cgsnap __watchdog` (same binary) in its own session, sends it the
+//! member list and the freeze budget on stdin and waits for `ready` (the watchdog has opened
+//! its own libvirt connections). It then writes `arm` just before the first pause and `disarm`
+//! after the last resume. The watchdog resumes every member that is paused-by-user when:
+//! - its stdin reaches EOF while armed (the coordinator died, even by SIGKILL: the kernel
+//!   closes the pipe), or
+//! - the freeze budget expires while armed (the coordinator hangs in a libvirt call). It then
+//!   prints `fired` so a surviving coordinator knows the cut may be broken and rolls back.
+//!
+//! Invariants: the watchdog never pauses anything, and it only resumes domains in the
+//! `paused (user)` state, so a VM paused for an I/O error is left for the admin. It runs in its
+//! own session (`setsid`) so a signal to the coordinator's process group does not kill it.
+
+use crate::hypervisor::libvirt::LibvirtHost;
+use crate::hypervisor::{DomState, Host};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchMember {
+    pub uri: String,
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Config {
+    budget_ms: u64,
+    members: Vec<WatchMember>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("watchdog: {0}; the snapshot was not started")]
+pub struct WatchdogError(String);
+
+/// Coordinator side of the watchdog.
+pub struct Watchdog {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watchdog {
+    /// Start the watchdog and wait until it holds its own connections.
+    pub fn spawn(
+        exe: &Path,
+        members: &[WatchMember],
+        budget: Duration,
+    ) -> Result<Self, WatchdogError> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("__watchdog")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| WatchdogError(format!("cannot start {}: {e}", exe.display())))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| WatchdogError("no stdout".into()))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Watchdog {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+        };
+        let cfg = Config {
+            budget_ms: budget.as_millis() as u64,
+            members: members.to_vec(),
+        };
+        let line = serde_json::to_string(&cfg).map_err(|e| WatchdogError(e.to_string()))?;
+        w.send(&line)?;
+        match w.lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l == "ready" => Ok(w),
+            Ok(l) => Err(WatchdogError(format!("unexpected reply {l:?}"))),
+            Err(_) => Err(WatchdogError(
+                "did not become ready within 30 s (could it connect to libvirt?)".into(),
+            )),
+        }
+    }
+
+    fn send(&mut self, line: &str) -> Result<(), WatchdogError> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| WatchdogError("already disarmed".into()))?;
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| WatchdogError(format!("pipe closed: {e}")))
+    }
+
+    /// Start the freeze budget.
+    pub fn arm(&mut self) -> Result<(), WatchdogError> {
+        self.send("arm")
+    }
+
+    /// Stop watching; returns true when the budget had expired and the watchdog resumed members.
+    pub fn disarm(mut self) -> bool {
+        let _ = self.send("disarm");
+        self.stdin = None;
+        let _ = self.child.wait();
+        self.lines.try_iter().any(|l| l == "fired")
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing stdin is the "coordinator gone" signal; an armed watchdog resumes members.
+        self.stdin = None;
+    }
+}
+
+/// Resume every member that is paused by a user/API call. Returns what was resumed.
+fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> Vec<String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = members
+            .iter()
+            .filter_map(|m| hosts.get(&m.uri).map(|h| (h.clone(), m)))
+            .map(|(h, m)| {
+                s.spawn(move || {
+                    for attempt in 0..10u64 {
+                        match h.state(&m.domain) {
+                            Ok(DomState::PausedByUser) => {
+                                if h.resume(&m.domain).is_ok() {
+                                    return Some(m.domain.clone());
+                                }
+                            }
+                            Ok(_) => return None,
+                            Err(_) => {}
+                        }
+                        std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
+                    }
+                    eprintln!(
+                        "cgsnap watchdog: could not resume {} on {}",
+                        m.domain, m.uri
+                    );
+                    None
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect()
+    })
+}
+
+/// Entry point of `cgsnap __watchdog`.
+pub fn main() -> i32 {
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let Ok(first) = rx.recv() else { return 1 };
+    let cfg: Config = match serde_json::from_str(&first) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cgsnap watchdog: bad config: {e}");
+            return 1;
+        }
+    };
+    let mut hosts: BTreeMap<String, Arc<dyn Host>> = BTreeMap::new();
+    for m in &cfg.members {
+        if hosts.contains_key(&m.uri) {
+            continue;
+        }
+        match LibvirtHost::open(&m.uri) {
+            Ok(h) => {
+                hosts.insert(m.uri.clone(), Arc::new(h));
+            }
+            Err(e) => {
+                eprintln!("cgsnap watchdog: {e}");
+                return 1;
+            }
+        }
+    }
+    println!("ready");
+    let budget = Duration::from_millis(cfg.budget_ms);
+    let mut deadline: Option<Instant> = None;
+    let mut fired = false;
+    loop {
+        let msg = match deadline {
+            Some(d) if !fired => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            _ => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match msg {
+            Ok(l) if l == "arm" => deadline = Some(Instant::now() + budget),
+            Ok(l) if l == "disarm" => return 0,
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let r = rescue(&hosts, &cfg.members);
+                eprintln!(
+                    "cgsnap watchdog: freeze budget of {} ms expired; resumed {r:?}",
+                    cfg.budget_ms
+                );
+                println!("fired");
+                fired = true;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if deadline.is_some() && !fired {
+                    let r = rescue(&hosts, &cfg.members);
+                    eprintln!(
+                        "cgsnap watchdog: coordinator gone while members were frozen; resumed {r:?}"
+                    );
+                }
+                return 0;
+            }
+        }
+    }
+}
+
+impl crate::exit::Classify for WatchdogError {
+    fn exit_code(&self) -> crate::exit::ExitCode {
+        crate::exit::ExitCode::Hypervisor
+    }
+}

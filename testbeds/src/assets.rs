@@ -1,0 +1,63 @@
+//! Guest kernel and initramfs, built once by the embedded `guest/build.sh` and cached.
+//!
+//! Invariant: the build script is the single definition of the guest's user space; it decides
+//! itself (by hashing its inputs) whether the cached files are current.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const BUILD_SCRIPT: &str = include_str!("../guest/build.sh");
+pub const DEFAULT_CACHE: &str = "/var/cache/cgsnap/guest";
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the guest kernel/initramfs in {dir}: {detail}")]
+pub struct AssetError {
+    pub dir: PathBuf,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Cache directory: `$CGSNAP_GUEST_CACHE` or [`DEFAULT_CACHE`].
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("CGSNAP_GUEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
+}
+
+/// Build (or reuse) the guest assets in `dir`.
+pub fn ensure(dir: &Path) -> Result<Assets, AssetError> {
+    let err = |detail: String| AssetError {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let script = dir.join("build.sh");
+    std::fs::write(&script, BUILD_SCRIPT).map_err(|e| err(e.to_string()))?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .map_err(|e| err(format!("bash: {e}")))?;
+    if !out.status.success() {
+        let tail: String = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        return Err(err(format!("build.sh failed: {tail}")));
+    }
+    let a = Assets {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+    };
+    if !a.kernel.exists() || !a.initrd.exists() {
+        return Err(err("build.sh did not produce vmlinuz and initrd.img".into()));
+    }
+    Ok(a)
+}

@@ -1,0 +1,284 @@
+//! A small TCG guest: transient libvirt domain, N qcow2 disks, serial console to a file.
+//!
+//! Invariants:
+//! - Guests are `type='qemu'` (TCG; no KVM needed) and have no network device at all, so they
+//!   cannot send traffic anywhere.
+//! - Everything a [`Guest`] creates (domain, disk images, overlays named after them, console
+//!   log) lives under its own directory and is destroyed on drop unless [`Guest::keep`] is set.
+
+use crate::assets::Assets;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use virt::connect::Connect;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("guest {name}: {op}: {detail}")]
+    Op {
+        name: String,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("guest {name} did not print {pattern:?} within {secs} s; console tail: {tail}")]
+    Timeout {
+        name: String,
+        pattern: String,
+        secs: u64,
+        tail: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub disks: usize,
+    /// Virtual size of each disk in bytes (sparse).
+    pub disk_size: u64,
+    pub memory_mib: u32,
+    /// `writer` (sequence records on every disk) or `idle`.
+    pub mode: &'static str,
+    pub interval_ms: u32,
+    /// Image format of every disk: `qcow2` (default) or `raw`.
+    pub format: &'static str,
+}
+
+impl Spec {
+    pub fn writer(name: &str, disks: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            disks,
+            disk_size: 64 << 20,
+            memory_mib: 192,
+            mode: "writer",
+            interval_ms: 20,
+            format: "qcow2",
+        }
+    }
+}
+
+pub struct Guest {
+    pub spec: Spec,
+    pub uri: String,
+    pub dir: PathBuf,
+    pub disks: Vec<PathBuf>,
+    pub console: PathBuf,
+    pub keep: bool,
+    /// Defined (persistent) but not started: see [`Guest::define`].
+    pub persistent: bool,
+    conn: Connect,
+}
+
+/// Disk target names: vda, vdb, ...
+pub fn target(i: usize) -> String {
+    format!("vd{}", (b'a' + i as u8) as char)
+}
+
+fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -> String {
+    let mut x = String::new();
+    let _ = write!(
+        x,
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>{}</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+         <cmdline>console=ttyS0 quiet panic=-1 cgsnap.mode={} cgsnap.interval_ms={}</cmdline></os>\
+         <clock offset='utc'/><on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>\
+         <on_crash>destroy</on_crash><devices>",
+        spec.name,
+        spec.memory_mib,
+        assets.kernel.display(),
+        assets.initrd.display(),
+        spec.mode,
+        spec.interval_ms
+    );
+    for (i, d) in disks.iter().enumerate() {
+        let _ = write!(
+            x,
+            "<disk type='file' device='disk'><driver name='qemu' type='{}' cache='none'/>\
+             <source file='{}'/><target dev='{}' bus='virtio'/></disk>",
+            spec.format,
+            d.display(),
+            target(i)
+        );
+    }
+    let _ = write!(
+        x,
+        "<serial type='file'><source path='{}'/><target port='0'/></serial>\
+         <memballoon model='none'/></devices></domain>",
+        console.display()
+    );
+    x
+}
+
+impl Guest {
+    /// Create the disks and start the domain (transient) under `base_dir/<name>/`.
+    pub fn start(
+        uri: &str,
+        base_dir: &Path,
+        spec: Spec,
+        assets: &Assets,
+    ) -> Result<Guest, GuestError> {
+        Self::make(uri, base_dir, spec, assets, false)
+    }
+
+    /// Create the disks and define a persistent domain without starting it (a stopped VM).
+    pub fn define(
+        uri: &str,
+        base_dir: &Path,
+        spec: Spec,
+        assets: &Assets,
+    ) -> Result<Guest, GuestError> {
+        Self::make(uri, base_dir, spec, assets, true)
+    }
+
+    fn make(
+        uri: &str,
+        base_dir: &Path,
+        spec: Spec,
+        assets: &Assets,
+        persistent: bool,
+    ) -> Result<Guest, GuestError> {
+        let name = spec.name.clone();
+        let err = |op, detail: String| GuestError::Op {
+            name: name.clone(),
+            op,
+            detail,
+        };
+        // Lookups of absent domains are expected here; do not let libvirt print them.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri)).map_err(|e| err("connect", e.to_string()))?;
+        let dir = base_dir.join(&spec.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| err("mkdir", e.to_string()))?;
+        let mut disks = Vec::new();
+        for i in 0..spec.disks {
+            let p = dir.join(format!("{}.{}", target(i), spec.format));
+            let out = Command::new("qemu-img")
+                .args(["create", "-q", "-f", spec.format])
+                .arg(&p)
+                .arg(spec.disk_size.to_string())
+                .output()
+                .map_err(|e| err("qemu-img", e.to_string()))?;
+            if !out.status.success() {
+                return Err(err(
+                    "qemu-img create",
+                    String::from_utf8_lossy(&out.stderr).into(),
+                ));
+            }
+            disks.push(p);
+        }
+        let console = dir.join("console.log");
+        let xml = domain_xml(&spec, assets, &disks, &console);
+        let g = Guest {
+            spec,
+            uri: uri.to_string(),
+            dir,
+            disks,
+            console,
+            keep: false,
+            persistent,
+            conn,
+        };
+        // A leftover domain of the same name (from a killed run) would make create fail.
+        g.destroy_domain();
+        if persistent {
+            g.conn
+                .define_domain_xml(&xml)
+                .map_err(|e| err("define domain", e.to_string()))?;
+        } else {
+            g.conn
+                .create_domain_xml(&xml, 0)
+                .map_err(|e| err("create domain", e.to_string()))?;
+        }
+        Ok(g)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn console_text(&self) -> String {
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Wait until the console shows `pattern` (polling with a deadline).
+    pub fn wait_console(&self, pattern: &str, timeout: Duration) -> Result<Duration, GuestError> {
+        let start = Instant::now();
+        loop {
+            if self.console_text().contains(pattern) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                let text = self.console_text();
+                let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                return Err(GuestError::Timeout {
+                    name: self.spec.name.clone(),
+                    pattern: pattern.to_string(),
+                    secs: timeout.as_secs(),
+                    tail,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Highest `seq N` the guest printed on its console so far.
+    pub fn console_seq(&self) -> u64 {
+        self.console_text()
+            .lines()
+            .filter_map(|l| l.split("seq ").nth(1))
+            .filter_map(|s| s.trim().parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Wait until the console shows progress past `seq`.
+    pub fn wait_progress(&self, seq: u64, timeout: Duration) -> Result<u64, GuestError> {
+        let start = Instant::now();
+        loop {
+            let now = self.console_seq();
+            if now > seq {
+                return Ok(now);
+            }
+            if start.elapsed() > timeout {
+                return Err(GuestError::Timeout {
+                    name: self.spec.name.clone(),
+                    pattern: format!("seq > {seq}"),
+                    secs: timeout.as_secs(),
+                    tail: self
+                        .console_text()
+                        .lines()
+                        .rev()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the domain (power cut) and forget its definition, if it exists.
+    pub fn destroy_domain(&self) {
+        if let Ok(d) = self.conn.lookup_domain_by_name(&self.spec.name) {
+            let _ = d.destroy();
+            let _ = d.undefine();
+        }
+    }
+
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        self.destroy_domain();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,181 @@
+//! Shared helpers for the real-VM integration tests (real libvirtd on qemu:///system, real
+//! TCG guests). Every helper cleans up on drop and waits with deadlines, never bare sleeps.
+#![allow(dead_code)]
+
+use cgsnap_testbeds::{assets, guest, record};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const URI: &str = "qemu:///system";
+pub const BASE: &str = "/var/lib/libvirt/images/cgsnap-tests";
+
+/// VM tests share two CPU cores: run them one at a time within a test binary.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct Lab {
+    pub name: String,
+    pub catalog: tempfile::TempDir,
+    pub guests: Vec<guest::Guest>,
+    pub assets: assets::Assets,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// A lab with `n` running writer guests of `disks` disks each, named `<name>-<i>`.
+pub fn lab(name: &str, n: usize, disks: usize) -> Lab {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new("virsh")
+        .args(["-c", URI, "version"])
+        .output()
+        .expect("virsh must be installed");
+    assert!(
+        out.status.success(),
+        "libvirtd is not reachable on {URI}: start it (`virtlogd -d; libvirtd -d`); VM tests do not skip"
+    );
+    let assets = assets::ensure(&assets::cache_dir()).expect("guest assets");
+    let mut l = Lab {
+        name: name.to_string(),
+        catalog: tempfile::tempdir().expect("catalog dir"),
+        guests: Vec::new(),
+        assets,
+        _serial: serial,
+    };
+    for i in 1..=n {
+        l.add_guest(guest::Spec::writer(&format!("{name}-{i}"), disks));
+    }
+    for g in &l.guests {
+        g.wait_console("seq ", Duration::from_secs(120))
+            .expect("guest boots and writes");
+    }
+    l
+}
+
+impl Lab {
+    pub fn add_guest(&mut self, spec: guest::Spec) -> &guest::Guest {
+        let g = guest::Guest::start(URI, Path::new(BASE), spec, &self.assets).expect("start guest");
+        self.guests.push(g);
+        self.guests.last().expect("just pushed")
+    }
+
+    pub fn define_stopped(&mut self, spec: guest::Spec) {
+        let g =
+            guest::Guest::define(URI, Path::new(BASE), spec, &self.assets).expect("define guest");
+        self.guests.push(g);
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.guests.iter().map(|g| g.name().to_string()).collect()
+    }
+
+    /// `cgsnap --connect qemu:///system --catalog <lab catalog> ...`
+    pub fn cgsnap(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("cgsnap").expect("binary");
+        c.arg("--connect")
+            .arg(URI)
+            .arg("--catalog")
+            .arg(self.catalog.path());
+        c.timeout(Duration::from_secs(300));
+        c
+    }
+
+    pub fn std_cgsnap(&self) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("cgsnap"));
+        c.arg("--connect")
+            .arg(URI)
+            .arg("--catalog")
+            .arg(self.catalog.path());
+        c
+    }
+
+    pub fn group_add(&self, group: &str, members: &[String]) {
+        self.cgsnap()
+            .args(["group", "add", group])
+            .args(members)
+            .assert()
+            .success();
+    }
+
+    pub fn guest(&self, name: &str) -> &guest::Guest {
+        self.guests
+            .iter()
+            .find(|g| g.name() == name)
+            .expect("guest of this lab")
+    }
+
+    pub fn manifest_files(&self) -> Vec<PathBuf> {
+        let dir = self.catalog.path().join("snapshots");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every overlay file left in any guest directory.
+    pub fn overlays_on_disk(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for g in &self.guests {
+            if let Ok(rd) = std::fs::read_dir(&g.dir) {
+                out.extend(
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.to_string_lossy().ends_with(".cgsnap-overlay")),
+                );
+            }
+        }
+        out
+    }
+}
+
+pub fn domstate(dom: &str) -> String {
+    let out = Command::new("virsh")
+        .args(["-c", URI, "domstate", dom])
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// (target, source) pairs from `virsh domblklist`.
+pub fn domblklist(dom: &str) -> Vec<(String, String)> {
+    let out = Command::new("virsh")
+        .args(["-c", URI, "domblklist", dom])
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Wait until every domain is running; returns how long that took.
+pub fn wait_running(doms: &[String], timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let states: Vec<String> = doms.iter().map(|d| domstate(d)).collect();
+        if states.iter().all(|s| s == "running") {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("not all running after {timeout:?}: {states:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Records of a list of images, checked to form one instant.
+pub fn records(images: &[String]) -> Vec<record::Record> {
+    let recs: Vec<record::Record> = images
+        .iter()
+        .map(|i| {
+            record::read(Path::new(i))
+                .expect("read image")
+                .expect("record present")
+        })
+        .collect();
+    record::check_order(&recs).expect("disks captured at one instant");
+    recs
+}

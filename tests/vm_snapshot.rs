@@ -1,0 +1,178 @@
+//! Real-VM tests of the main path: group snapshot of running TCG guests while they write,
+//! checked after resume and after release; and the backup-hook contract.
+
+mod common;
+
+use cgsnap_testbeds::record;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn json(out: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(out).expect("valid JSON on stdout")
+}
+
+#[test]
+fn snapshot_shows_overlays_and_release_restores_images() {
+    let lab = lab("cgt-snap", 3, 2);
+    lab.group_add("cgt-snap", &lab.names());
+
+    let out = lab
+        .cgsnap()
+        .args(["snapshot", "cgt-snap", "--json"])
+        .assert()
+        .success();
+    let m = json(&out.get_output().stdout);
+    let id = m["id"].as_str().expect("id").to_string();
+    assert_eq!(m["group"], "cgt-snap");
+    assert!(m["consistency_point"].is_string());
+    let window = m["freeze_window_ms"].as_f64().expect("freeze window");
+    assert!(window > 0.0 && window < 2000.0, "freeze window {window}");
+    let members = m["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+
+    let mut before_release = Vec::new();
+    for mem in members {
+        let dom = mem["domain"].as_str().expect("domain");
+        assert_eq!(mem["uri"], URI);
+        assert!(mem["freeze_ms"].as_f64().expect("freeze_ms") <= window + 1e-6);
+        assert_eq!(
+            domstate(dom),
+            "running",
+            "{dom} must run after the snapshot"
+        );
+        let disks = mem["disks"].as_array().expect("disks");
+        assert_eq!(disks.len(), 2);
+        let live = domblklist(dom);
+        let mut images = Vec::new();
+        for d in disks {
+            let (t, img, ovl) = (
+                d["target"].as_str().expect("target"),
+                d["image"].as_str().expect("image"),
+                d["overlay"].as_str().expect("overlay"),
+            );
+            assert!(ovl.ends_with(".cgsnap-overlay"));
+            assert!(
+                live.contains(&(t.to_string(), ovl.to_string())),
+                "{dom}: {live:?}"
+            );
+            images.push(img.to_string());
+        }
+        // The frozen images hold one instant of this guest (vda written before vdb).
+        let frozen = records(&images);
+        // The guest keeps writing after resume, through its overlays.
+        let g = lab.guest(dom);
+        let now = g
+            .wait_progress(frozen[0].seq + 50, Duration::from_secs(60))
+            .expect("guest writes after resume");
+        assert!(now > frozen[0].seq);
+        let live_rec = record::read(Path::new(disks[0]["overlay"].as_str().expect("overlay")))
+            .expect("read overlay")
+            .expect("record");
+        assert!(live_rec.seq > frozen[0].seq, "overlay holds newer writes");
+        before_release.push((dom.to_string(), images, live_rec.seq));
+    }
+
+    let listed = json(
+        &lab.cgsnap()
+            .args(["list", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    assert_eq!(listed[0]["state"], "taken");
+
+    lab.cgsnap().args(["release", &id]).assert().success();
+    assert!(
+        lab.overlays_on_disk().is_empty(),
+        "{:?}",
+        lab.overlays_on_disk()
+    );
+    for (dom, images, seq) in &before_release {
+        let live: Vec<String> = domblklist(dom).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(&live, images, "{dom} back on its images");
+        assert_eq!(domstate(dom), "running");
+        // Writes made on the overlay were committed into the image.
+        let g = lab.guest(dom);
+        g.wait_progress(g.console_seq() + 50, Duration::from_secs(60))
+            .expect("still writing");
+        g.destroy_domain();
+        let after = records(images);
+        assert!(
+            after[0].seq > *seq,
+            "{dom}: image has seq {} <= {seq}",
+            after[0].seq
+        );
+    }
+    let listed = json(
+        &lab.cgsnap()
+            .args(["list", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    );
+    assert_eq!(listed[0]["state"], "released");
+    // Releasing again is a no-op.
+    lab.cgsnap().args(["release", &id]).assert().success();
+}
+
+#[test]
+fn hook_contract_pre_post_twice_and_out_of_order() {
+    let lab = lab("cgt-hook", 2, 2);
+    lab.group_add("cgt-hook", &lab.names());
+    let post = || {
+        lab.cgsnap()
+            .args(["hook", "post", "--group", "cgt-hook"])
+            .assert()
+    };
+
+    let o = post().success();
+    assert_eq!(
+        String::from_utf8_lossy(&o.get_output().stdout).trim(),
+        "cgsnap: nothing to release for group cgt-hook"
+    );
+
+    let o = lab
+        .cgsnap()
+        .args(["hook", "pre", "--group", "cgt-hook"])
+        .assert()
+        .success();
+    let line = String::from_utf8_lossy(&o.get_output().stdout).to_string();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains("taken: 2 members, 4 disks"), "{line}");
+    assert_eq!(lab.overlays_on_disk().len(), 4);
+
+    let o = lab
+        .cgsnap()
+        .args(["hook", "pre", "--group", "cgt-hook"])
+        .assert()
+        .code(6);
+    let err = String::from_utf8_lossy(&o.get_output().stderr).to_string();
+    assert!(err.contains("already has an unreleased snapshot"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        lab.overlays_on_disk().len(),
+        4,
+        "second pre created nothing"
+    );
+    wait_running(&lab.names(), Duration::from_secs(1)).expect("still running");
+
+    let o = post().success();
+    assert!(
+        String::from_utf8_lossy(&o.get_output().stdout).starts_with("cgsnap: released cgt-hook-")
+    );
+    assert!(lab.overlays_on_disk().is_empty());
+    let o = post().success();
+    assert!(String::from_utf8_lossy(&o.get_output().stdout).contains("nothing to release"));
+    for g in &lab.guests {
+        let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
+        let own: Vec<String> = g
+            .disks
+            .iter()
+            .map(|d| d.to_string_lossy().to_string())
+            .collect();
+        assert_eq!(live, own);
+    }
+}

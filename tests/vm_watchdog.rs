@@ -1,0 +1,142 @@
+//! Real-VM tests of "never leave a VM paused": the coordinator SIGKILLed while every member is
+//! frozen, and a coordinator that overruns its freeze budget.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Start a snapshot that holds its members frozen, and wait until they are.
+fn start_frozen(
+    lab: &Lab,
+    group: &str,
+    hold_ms: u64,
+    budget: &str,
+) -> (std::process::Child, Vec<String>) {
+    let mut child = lab
+        .std_cgsnap()
+        .args(["snapshot", group, "--freeze-budget", budget])
+        .env("CGSNAP_TEST_HOLD_FROZEN_MS", hold_ms.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cgsnap");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("never frozen; stderr: {seen:?}"));
+        let done = line.contains("all members frozen");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in rx {});
+    (child, seen)
+}
+
+#[test]
+fn sigkill_of_coordinator_resumes_every_member_within_budget() {
+    let lab = lab("cgt-kill", 2, 2);
+    lab.group_add("cgt-kill", &lab.names());
+    let budget = Duration::from_secs(3);
+    let (mut child, _) = start_frozen(&lab, "cgt-kill", 60_000, "3s");
+    for n in lab.names() {
+        assert_eq!(domstate(&n), "paused", "{n} frozen before the kill");
+    }
+    // SAFETY: plain kill(2) of our own child.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0);
+    let _ = child.wait();
+    let took =
+        wait_running(&lab.names(), budget + Duration::from_secs(1)).expect("members resumed");
+    println!(
+        "members running again {:.0} ms after SIGKILL",
+        took.as_secs_f64() * 1000.0
+    );
+
+    // The pending manifest records the planned overlays; release cleans up whatever exists.
+    let files = lab.manifest_files();
+    assert_eq!(files.len(), 1);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).expect("manifest")).expect("json");
+    assert_eq!(m["state"], "pending");
+    let id = m["id"].as_str().expect("id");
+    lab.cgsnap().args(["release", id]).assert().success();
+    assert!(lab.overlays_on_disk().is_empty());
+    for g in &lab.guests {
+        let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
+        let own: Vec<String> = g
+            .disks
+            .iter()
+            .map(|d| d.to_string_lossy().to_string())
+            .collect();
+        assert_eq!(live, own);
+        g.wait_progress(g.console_seq() + 20, Duration::from_secs(60))
+            .expect("writing again");
+    }
+}
+
+#[test]
+fn overrunning_the_freeze_budget_resumes_and_rolls_back() {
+    let lab = lab("cgt-budget", 2, 2);
+    lab.group_add("cgt-budget", &lab.names());
+    let start = Instant::now();
+    let (mut child, _) = start_frozen(&lab, "cgt-budget", 4_000, "1s");
+    // The watchdog resumes the members after the 1 s budget, while the coordinator still holds.
+    let took =
+        wait_running(&lab.names(), Duration::from_secs(3)).expect("watchdog resumed members");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "resumed before the coordinator woke: {took:?}"
+    );
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(9), "freeze budget exit code");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&lab.manifest_files()[0]).expect("manifest"))
+            .expect("json");
+    assert_eq!(m["state"], "aborted", "{m}");
+    assert!(
+        m["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("freeze budget")
+    );
+    assert!(
+        lab.overlays_on_disk().is_empty(),
+        "rolled back: {:?}",
+        lab.overlays_on_disk()
+    );
+    for g in &lab.guests {
+        let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
+        let own: Vec<String> = g
+            .disks
+            .iter()
+            .map(|d| d.to_string_lossy().to_string())
+            .collect();
+        assert_eq!(live, own);
+        assert_eq!(domstate(g.name()), "running");
+    }
+    // A new snapshot is allowed: nothing is outstanding.
+    lab.cgsnap()
+        .args(["hook", "pre", "--group", "cgt-budget"])
+        .assert()
+        .success();
+    lab.cgsnap()
+        .args(["hook", "post", "--group", "cgt-budget"])
+        .assert()
+        .success();
+}
