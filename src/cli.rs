@@ -64,6 +64,8 @@ pub enum Cmd {
     },
     /// Build a demo group of small VMs, snapshot and release it, tear it down.
     Demo(crate::demo::DemoArgs),
+    /// Benchmark the freeze window against the sequential virsh baseline (creates its own VMs).
+    Bench(crate::bench::BenchArgs),
     #[command(name = "__watchdog", hide = true)]
     Watchdog,
 }
@@ -107,6 +109,9 @@ pub struct SnapTuning {
     /// Let libvirt create the overlays inside the freeze instead of pre-creating them.
     #[arg(long)]
     pub no_precreate: bool,
+    /// Use one libvirt connection for all members instead of one per member.
+    #[arg(long)]
+    pub shared_connection: bool,
 }
 
 #[derive(Args)]
@@ -220,6 +225,14 @@ pub fn snap_options(
         release: release::Options {
             timeout: rel_timeout,
             ..Default::default()
+        },
+        connect_each: if t.shared_connection {
+            None
+        } else {
+            Some(Arc::new(|uri: &str| {
+                crate::hypervisor::libvirt::LibvirtHost::open(uri)
+                    .map(|h| Arc::new(h) as Arc<dyn Host>)
+            }))
         },
     })
 }
@@ -410,6 +423,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
+        Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
     }
 }
 

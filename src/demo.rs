@@ -90,6 +90,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
         overlay_dir: None,
         min_free: 64 << 20,
         no_precreate: false,
+        shared_connection: false,
     };
     let opts = snap_options(&tuning, "demo", Duration::from_secs(120))?;
     let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now())?;

@@ -8,6 +8,7 @@
 //! - [`catalog`]: manifests and locks; [`hook`]: the backup-scheduler contract;
 //! - [`exit`]: the documented exit codes.
 
+pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod demo;

@@ -85,7 +85,12 @@ pub struct Options {
     /// Fault injection for tests: hold every member frozen this long before snapshotting.
     pub hold_frozen: Option<Duration>,
     pub release: release::Options,
+    /// Opens a dedicated connection per member for the freeze (libvirtd serves at most
+    /// `max_client_requests`, default 5, concurrent calls per connection). `None`: share.
+    pub connect_each: Option<Opener>,
 }
+
+pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -229,15 +234,33 @@ pub fn take(
             return Err(e.into());
         }
     };
-    let steps: Vec<Step> = plan
-        .iter()
-        .map(|p| Step {
-            host: p.member.host.clone(),
+    let mut steps = Vec::with_capacity(plan.len());
+    for p in &plan {
+        let host = match &opts.connect_each {
+            Some(open) => match open(p.member.host.uri()) {
+                Ok(h) => h,
+                Err(e) => {
+                    drop(dog);
+                    let _ = rollback(&plan, &opts.release);
+                    man.state = SnapState::Aborted;
+                    man.error = Some(e.to_string());
+                    cat.write(&man)?;
+                    return Err(SnapshotError::Protocol {
+                        id,
+                        outcome: "rolled back",
+                        cause: e.to_string(),
+                    });
+                }
+            },
+            None => p.member.host.clone(),
+        };
+        steps.push(Step {
+            host,
             domain: p.member.domain.clone(),
             snapshot_xml: p.snapshot_xml.clone(),
             reuse,
-        })
-        .collect();
+        });
+    }
     let preflight_ms = ms(t0.elapsed());
     dog.arm()?;
     let out = protocol::run(

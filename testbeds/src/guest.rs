@@ -42,6 +42,8 @@ pub struct Spec {
     pub interval_ms: u32,
     /// Image format of every disk: `qcow2` (default) or `raw`.
     pub format: &'static str,
+    /// Bytes written into every disk before boot (allocated, non-zero data).
+    pub prefill: u64,
 }
 
 impl Spec {
@@ -54,6 +56,7 @@ impl Spec {
             mode: "writer",
             interval_ms: 20,
             format: "qcow2",
+            prefill: 0,
         }
     }
 }
@@ -108,6 +111,26 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
         console.display()
     );
     x
+}
+
+/// Write `bytes` of a non-zero pattern from offset 0, in chunks (qemu-io buffers a request).
+fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), String> {
+    const CHUNK: u64 = 256 << 20;
+    let mut off = 0;
+    while off < bytes {
+        let len = CHUNK.min(bytes - off);
+        let out = Command::new("qemu-io")
+            .args(["-f", format, "-c"])
+            .arg(format!("write -q -P 0x5a {off} {len}"))
+            .arg(image)
+            .output()
+            .map_err(|e| format!("qemu-io: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        off += len;
+    }
+    Ok(())
 }
 
 impl Guest {
@@ -165,6 +188,7 @@ impl Guest {
                     String::from_utf8_lossy(&out.stderr).into(),
                 ));
             }
+            prefill(&p, spec.format, spec.prefill).map_err(|e| err("prefill", e))?;
             disks.push(p);
         }
         let console = dir.join("console.log");

@@ -1,0 +1,364 @@
+//! `cgsnap bench`: freeze window versus group size, disk size and disk usage, on real libvirt +
+//! QEMU guests, against the sequential `virsh` baseline measured in the same run.
+//!
+//! Invariants:
+//! - Ours and the baseline run on the same guests, interleaved round by round, so drift in
+//!   machine load affects both alike; ratios compare medians of the same run.
+//! - Every round is released before the next (disk chains identical at each round's start).
+//! - Results are medians/p95/p99/max over rounds; nothing is extrapolated.
+
+mod baseline;
+mod plot;
+pub mod stats;
+
+use crate::catalog::Catalog;
+use crate::cli::{Ctx, Failure, SnapTuning, snap_options};
+use crate::exit::ExitCode;
+use crate::{group, release, snapshot};
+use cgsnap_testbeds::{assets, guest};
+use clap::Args;
+use serde::Serialize;
+use stats::Summary;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const GIB: u64 = 1 << 30;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The full sweep (N up to 32, S up to 1 TiB, W 2 GiB at every S); default is reduced.
+    #[arg(long)]
+    pub full: bool,
+    /// Snapshot rounds per configuration (each for ours and for the baseline).
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Disks per VM.
+    #[arg(long, default_value_t = 2)]
+    pub disks: usize,
+    /// Where results.json and freeze-window.svg are written.
+    #[arg(long, default_value = "docs/bench")]
+    pub out: PathBuf,
+    /// Only these group sizes (comma-separated), at the smallest disk size; skips the other sweeps.
+    #[arg(long, value_delimiter = ',')]
+    pub only_vms: Vec<usize>,
+    /// Freeze through one shared libvirt connection instead of one per member (for A/B runs).
+    #[arg(long)]
+    pub shared_connection: bool,
+    /// Directory for the benchmark VMs' images.
+    #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-bench")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Config {
+    pub vms: usize,
+    pub disks: usize,
+    pub disk_size: u64,
+    pub written: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Phases {
+    pub preflight_ms: Summary,
+    pub pause_ms: Summary,
+    pub snapshot_ms: Summary,
+    pub resume_ms: Summary,
+    pub release_ms: Summary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub config: Config,
+    pub ours_window_ms: Summary,
+    pub ours_member_freeze_ms: Summary,
+    pub ours_phases: Phases,
+    pub baseline_window_ms: Summary,
+    pub baseline_member_freeze_ms: Summary,
+    /// Median freeze window, ours / baseline.
+    pub ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: serde_json::Value,
+    pub rounds: usize,
+    pub rows: Vec<Row>,
+    /// Median window at the largest over the smallest disk size / usage, minus 1, in percent.
+    pub size_invariance_pct: Option<f64>,
+    pub usage_invariance_pct: Option<f64>,
+}
+
+fn fail(msg: impl Into<String>) -> Failure {
+    Failure {
+        code: ExitCode::Internal,
+        msg: msg.into(),
+    }
+}
+
+fn sweep(full: bool, disks: usize) -> Vec<Config> {
+    let c = |vms, disk_size, written| Config {
+        vms,
+        disks,
+        disk_size,
+        written,
+    };
+    let ns: &[usize] = if full {
+        &[1, 2, 4, 8, 16, 32]
+    } else {
+        &[1, 2, 4, 8]
+    };
+    let mut v: Vec<Config> = ns.iter().map(|&n| c(n, GIB, 0)).collect();
+    let sizes: &[u64] = if full {
+        &[100 * GIB, 1024 * GIB]
+    } else {
+        &[1024 * GIB]
+    };
+    v.extend(sizes.iter().map(|&s| c(1, s, 0)));
+    // Usage: 2 GiB already written, on a disk large enough to hold it, against 0 on the same size.
+    v.push(c(1, 4 * GIB, 0));
+    v.push(c(1, 4 * GIB, 2 * GIB));
+    if full {
+        v.push(c(8, 4 * GIB, 2 * GIB));
+    }
+    v
+}
+
+fn cmd_text(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> serde_json::Value {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory": mem,
+        "kernel": cmd_text("uname", &["-r"]),
+        "qemu": cmd_text("qemu-system-x86_64", &["--version"]).lines().next().unwrap_or_default(),
+        "libvirt": cmd_text("virsh", &["--version"]),
+        "qemu_conf": qemu_conf(),
+        "guests": "TCG (type='qemu'), 1 vCPU, 192 MiB, writer init: 512-byte fsync'd record per disk every 20 ms",
+    })
+}
+
+/// The libvirt QEMU driver settings that change the freeze time (see README, host tuning).
+fn qemu_conf() -> serde_json::Value {
+    let text = std::fs::read_to_string("/etc/libvirt/qemu.conf").unwrap_or_default();
+    let set: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("namespaces") || l.starts_with("remember_owner"))
+        .collect();
+    serde_json::json!({
+        "settings": set,
+        "defaults_apply_to_the_rest": "namespaces = [\"mount\"], remember_owner = 1",
+    })
+}
+
+fn summary(v: &[f64]) -> Result<Summary, Failure> {
+    stats::summarize(v).ok_or_else(|| fail("no samples"))
+}
+
+fn run_config(
+    ctx: &Ctx,
+    a: &BenchArgs,
+    cat: &Catalog,
+    assets: &assets::Assets,
+    c: Config,
+    rounds: usize,
+) -> Result<Row, Failure> {
+    let uri = ctx
+        .uris
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "qemu:///system".into());
+    let mut guests = Vec::new();
+    for i in 1..=c.vms {
+        let mut spec = guest::Spec::writer(&format!("cgsnap-bench-{i}"), c.disks);
+        spec.disk_size = c.disk_size;
+        spec.prefill = c.written;
+        guests.push(
+            guest::Guest::start(&uri, &a.dir, spec, assets).map_err(|e| fail(e.to_string()))?,
+        );
+    }
+    for g in &guests {
+        g.wait_console("seq ", Duration::from_secs(300))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let hosts = ctx.hosts()?;
+    let names: Vec<String> = guests.iter().map(|g| g.name().to_string()).collect();
+    group::add(&hosts, "bench", &names)?;
+    let tuning = SnapTuning {
+        freeze_budget: Duration::from_secs(10),
+        overlay_dir: None,
+        min_free: 0,
+        no_precreate: false,
+        shared_connection: a.shared_connection,
+    };
+    let opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
+    let ropts = release::Options {
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let members: Vec<(String, Vec<(String, String)>)> = guests
+        .iter()
+        .map(|g| {
+            let disks = g
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (guest::target(i), p.to_string_lossy().to_string()))
+                .collect();
+            (g.name().to_string(), disks)
+        })
+        .collect();
+    let host = ctx.pool.get(&uri)?;
+    let (mut win, mut freeze, mut pre, mut pause, mut snap, mut res, mut rel) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut bwin, mut bfreeze) = (vec![], vec![]);
+    for r in 0..rounds {
+        let m = snapshot::take(&hosts, cat, &opts, chrono::Utc::now())?;
+        win.push(m.freeze_window_ms.unwrap_or_default());
+        freeze.extend(m.members.iter().filter_map(|x| x.freeze_ms));
+        pre.push(m.phases.preflight_ms);
+        pause.push(m.phases.pause_ms);
+        snap.push(m.phases.snapshot_ms);
+        res.push(m.phases.resume_ms);
+        let t = Instant::now();
+        release::release_snapshot(&ctx.pool, cat, &m.id, &ropts)?;
+        rel.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        let b = baseline::round(&uri, &members, &format!("baseline-{r}")).map_err(fail)?;
+        bwin.push(b.window_ms);
+        bfreeze.extend(b.freeze_ms);
+        for (dom, disks) in &b.overlays {
+            release::release_member(host.as_ref(), dom, disks, &ropts)?;
+        }
+    }
+    group::remove(&hosts, "bench", &[])?;
+    drop(guests);
+    let ours = summary(&win)?;
+    let base = summary(&bwin)?;
+    Ok(Row {
+        config: c,
+        ratio: ours.median / base.median,
+        ours_window_ms: ours,
+        ours_member_freeze_ms: summary(&freeze)?,
+        ours_phases: Phases {
+            preflight_ms: summary(&pre)?,
+            pause_ms: summary(&pause)?,
+            snapshot_ms: summary(&snap)?,
+            resume_ms: summary(&res)?,
+            release_ms: summary(&rel)?,
+        },
+        baseline_window_ms: base,
+        baseline_member_freeze_ms: summary(&bfreeze)?,
+    })
+}
+
+fn invariance(rows: &[Row], pick: impl Fn(&Config) -> Option<u64>) -> Option<f64> {
+    let pts: Vec<(u64, f64)> = rows
+        .iter()
+        .filter_map(|r| pick(&r.config).map(|k| (k, r.ours_window_ms.median)))
+        .collect();
+    let lo = pts.iter().min_by_key(|p| p.0)?;
+    let hi = pts.iter().max_by_key(|p| p.0)?;
+    (hi.0 != lo.0).then(|| (hi.1 / lo.1 - 1.0) * 100.0)
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1024 * GIB {
+        format!("{} TiB", bytes / (1024 * GIB))
+    } else {
+        format!("{} GiB", bytes / GIB)
+    }
+}
+
+pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
+    let assets = assets::ensure(&assets::cache_dir()).map_err(|e| fail(e.to_string()))?;
+    let cat = Catalog::open(catalog)?;
+    let mut rows = Vec::new();
+    println!(
+        "{:>3} {:>3} {:>8} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>6} | pause/snap/resume med ms",
+        "N", "D", "size", "written", "med ms", "p95", "p99", "max", "base med", "base p99", "ratio"
+    );
+    let configs: Vec<Config> = if a.only_vms.is_empty() {
+        sweep(a.full, a.disks)
+    } else {
+        a.only_vms
+            .iter()
+            .map(|&vms| Config {
+                vms,
+                disks: a.disks,
+                disk_size: GIB,
+                written: 0,
+            })
+            .collect()
+    };
+    for c in configs {
+        let r = run_config(ctx, a, &cat, &assets, c, a.rounds)?;
+        println!(
+            "{:>3} {:>3} {:>8} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>6.3} | {:.1}/{:.1}/{:.1}",
+            c.vms,
+            c.disks,
+            human(c.disk_size),
+            human(c.written),
+            r.ours_window_ms.median,
+            r.ours_window_ms.p95,
+            r.ours_window_ms.p99,
+            r.ours_window_ms.max,
+            r.baseline_window_ms.median,
+            r.baseline_window_ms.p99,
+            r.ratio,
+            r.ours_phases.pause_ms.median,
+            r.ours_phases.snapshot_ms.median,
+            r.ours_phases.resume_ms.median,
+        );
+        rows.push(r);
+    }
+    let size_inv = invariance(&rows, |c| {
+        (c.vms == 1 && c.written == 0 && c.disk_size != 4 * GIB).then_some(c.disk_size)
+    });
+    let usage_inv = invariance(&rows, |c| {
+        (c.vms == 1 && c.disk_size == 4 * GIB).then_some(c.written)
+    });
+    if let Some(r8) = rows
+        .iter()
+        .find(|r| r.config.vms == 8 && r.config.written == 0)
+    {
+        println!(
+            "ratio ours/baseline at N=8: {:.3} (target <= 0.25)",
+            r8.ratio
+        );
+    }
+    if let Some(v) = size_inv {
+        println!(
+            "freeze window, largest vs smallest disk size (N=1): {v:+.1}% (target within +-15%)"
+        );
+    }
+    if let Some(v) = usage_inv {
+        println!("freeze window, 2 GiB written vs empty (N=1): {v:+.1}% (target within +-15%)");
+    }
+    let results = Results {
+        machine: machine(),
+        rounds: a.rounds,
+        rows,
+        size_invariance_pct: size_inv,
+        usage_invariance_pct: usage_inv,
+    };
+    std::fs::create_dir_all(&a.out).map_err(|e| fail(format!("{}: {e}", a.out.display())))?;
+    let json = serde_json::to_string_pretty(&results).map_err(|e| fail(e.to_string()))?;
+    let jp = a.out.join("results.json");
+    std::fs::write(&jp, json).map_err(|e| fail(format!("{}: {e}", jp.display())))?;
+    let sp = a.out.join("freeze-window.svg");
+    std::fs::write(&sp, plot::svg(&results.rows))
+        .map_err(|e| fail(format!("{}: {e}", sp.display())))?;
+    println!("wrote {} and {}", jp.display(), sp.display());
+    Ok(())
+}
