@@ -121,7 +121,15 @@ fn precreate(d: &catalog::DiskRecord) -> Result<(), SnapshotError> {
             detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(())
+    // The overlay belongs to whoever owns the image: an unprivileged (session) QEMU must be
+    // able to write it; a system daemon relabels it anyway.
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&d.image)
+        .and_then(|m| std::os::unix::fs::chown(&d.overlay, Some(m.uid()), Some(m.gid())));
+    owner.map_err(|e| SnapshotError::Precreate {
+        path: d.overlay.clone(),
+        detail: format!("cannot give it the owner of {}: {e}", d.image),
+    })
 }
 
 fn manifest(id: &str, group: &str, now: DateTime<Utc>, plan: &[PlannedMember]) -> Manifest {

@@ -28,13 +28,7 @@ fn untouched(lab: &Lab, running: &[String]) {
         .iter()
         .filter(|g| running.contains(&g.name().to_string()))
     {
-        let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
-        let own: Vec<String> = g
-            .disks
-            .iter()
-            .map(|d| d.to_string_lossy().to_string())
-            .collect();
-        assert_eq!(live, own, "{} still on its own images", g.name());
+        assert_own_images(g);
     }
 }
 

@@ -12,6 +12,17 @@ fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out).expect("valid JSON on stdout")
 }
 
+fn list_json(lab: &Lab) -> serde_json::Value {
+    json(
+        &lab.cgsnap()
+            .args(["list", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+}
+
 #[test]
 fn snapshot_shows_overlays_and_release_restores_images() {
     let lab = lab("cgt-snap", 3, 2);
@@ -73,14 +84,7 @@ fn snapshot_shows_overlays_and_release_restores_images() {
         before_release.push((dom.to_string(), images, live_rec.seq));
     }
 
-    let listed = json(
-        &lab.cgsnap()
-            .args(["list", "--json"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout,
-    );
+    let listed = list_json(&lab);
     assert_eq!(listed[0]["state"], "taken");
 
     lab.cgsnap().args(["release", &id]).assert().success();
@@ -105,14 +109,7 @@ fn snapshot_shows_overlays_and_release_restores_images() {
             after[0].seq
         );
     }
-    let listed = json(
-        &lab.cgsnap()
-            .args(["list", "--json"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout,
-    );
+    let listed = list_json(&lab);
     assert_eq!(listed[0]["state"], "released");
     // Releasing again is a no-op.
     lab.cgsnap().args(["release", &id]).assert().success();
@@ -167,12 +164,6 @@ fn hook_contract_pre_post_twice_and_out_of_order() {
     let o = post().success();
     assert!(String::from_utf8_lossy(&o.get_output().stdout).contains("nothing to release"));
     for g in &lab.guests {
-        let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
-        let own: Vec<String> = g
-            .disks
-            .iter()
-            .map(|d| d.to_string_lossy().to_string())
-            .collect();
-        assert_eq!(live, own);
+        assert_own_images(g);
     }
 }

@@ -78,13 +78,7 @@ fn sigkill_of_coordinator_resumes_every_member_within_budget() {
     lab.cgsnap().args(["release", id]).assert().success();
     assert!(lab.overlays_on_disk().is_empty());
     for g in &lab.guests {
-        let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
-        let own: Vec<String> = g
-            .disks
-            .iter()
-            .map(|d| d.to_string_lossy().to_string())
-            .collect();
-        assert_eq!(live, own);
+        assert_own_images(g);
         g.wait_progress(g.console_seq() + 20, Duration::from_secs(60))
             .expect("writing again");
     }
@@ -121,13 +115,7 @@ fn overrunning_the_freeze_budget_resumes_and_rolls_back() {
         lab.overlays_on_disk()
     );
     for g in &lab.guests {
-        let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
-        let own: Vec<String> = g
-            .disks
-            .iter()
-            .map(|d| d.to_string_lossy().to_string())
-            .collect();
-        assert_eq!(live, own);
+        assert_own_images(g);
         assert_eq!(domstate(g.name()), "running");
     }
     // A new snapshot is allowed: nothing is outstanding.

@@ -44,6 +44,8 @@ pub struct Spec {
     pub format: &'static str,
     /// Bytes written into every disk before boot (allocated, non-zero data).
     pub prefill: u64,
+    /// Owner (uid, gid) of the guest's directory and images, for unprivileged session daemons.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Spec {
@@ -57,6 +59,7 @@ impl Spec {
             interval_ms: 20,
             format: "qcow2",
             prefill: 0,
+            owner: None,
         }
     }
 }
@@ -190,6 +193,12 @@ impl Guest {
             }
             prefill(&p, spec.format, spec.prefill).map_err(|e| err("prefill", e))?;
             disks.push(p);
+        }
+        if let Some((uid, gid)) = spec.owner {
+            for p in std::iter::once(&dir).chain(disks.iter()) {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                    .map_err(|e| err("chown", format!("{}: {e}", p.display())))?;
+            }
         }
         let console = dir.join("console.log");
         let xml = domain_xml(&spec, assets, &disks, &console);

@@ -151,6 +151,17 @@ pub fn domblklist(dom: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The guest's disks are on its own images again (no overlay in use).
+pub fn assert_own_images(g: &guest::Guest) {
+    let live: Vec<String> = domblklist(g.name()).into_iter().map(|(_, s)| s).collect();
+    let own: Vec<String> = g
+        .disks
+        .iter()
+        .map(|d| d.to_string_lossy().to_string())
+        .collect();
+    assert_eq!(live, own, "{} on its own images", g.name());
+}
+
 /// Wait until every domain is running; returns how long that took.
 pub fn wait_running(doms: &[String], timeout: Duration) -> Result<Duration, String> {
     let start = Instant::now();
@@ -178,4 +189,97 @@ pub fn records(images: &[String]) -> Vec<record::Record> {
         .collect();
     record::check_order(&recs).expect("disks captured at one instant");
     recs
+}
+
+/// Unprivileged user whose own libvirt session daemon plays a second libvirt host.
+pub const PEER_USER: &str = "cgsnap-peer";
+
+pub struct Peer {
+    pub uri: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub base: PathBuf,
+}
+
+fn id_of(flag: &str) -> Option<u32> {
+    let o = Command::new("id").args([flag, PEER_USER]).output().ok()?;
+    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+}
+
+/// A second libvirt daemon on this machine: the session daemon of [`PEER_USER`] (created if
+/// missing), reached by root through its socket. Its guests run as that user.
+pub fn peer() -> Peer {
+    if id_of("-u").is_none() {
+        let ok = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", PEER_USER])
+            .status()
+            .expect("useradd");
+        assert!(ok.success(), "cannot create user {PEER_USER}");
+    }
+    let (uid, gid) = (id_of("-u").expect("uid"), id_of("-g").expect("gid"));
+    let home = PathBuf::from(format!("/home/{PEER_USER}"));
+    let uri = format!(
+        "qemu+unix:///session?socket={}/.cache/libvirt/libvirt-sock",
+        home.display()
+    );
+    let alive = |u: &str| {
+        Command::new("virsh")
+            .args(["-c", u, "version"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !alive(&uri) {
+        let ok = Command::new("su")
+            .args([
+                "-s",
+                "/bin/sh",
+                "-c",
+                "env -u XDG_RUNTIME_DIR /usr/sbin/libvirtd --daemon",
+                PEER_USER,
+            ])
+            .status()
+            .expect("su");
+        assert!(
+            ok.success(),
+            "cannot start the session daemon of {PEER_USER}"
+        );
+        let start = Instant::now();
+        while !alive(&uri) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "session daemon of {PEER_USER} not answering"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let base = home.join("cgsnap-tests");
+    std::fs::create_dir_all(&base).expect("peer base dir");
+    std::os::unix::fs::chown(&base, Some(uid), Some(gid)).expect("chown peer base");
+    Peer {
+        uri,
+        uid,
+        gid,
+        base,
+    }
+}
+
+pub fn domstate_on(uri: &str, dom: &str) -> String {
+    let out = Command::new("virsh")
+        .args(["-c", uri, "domstate", dom])
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn domblklist_on(uri: &str, dom: &str) -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", uri, "domblklist", dom])
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
 }
