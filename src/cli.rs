@@ -237,6 +237,18 @@ pub fn snap_options(
     })
 }
 
+fn release_options(timeout: Duration) -> release::Options {
+    release::Options {
+        timeout,
+        // Test-only fault injection: stop between starting the commits and pivoting.
+        hold_after_commit: std::env::var("CGSNAP_TEST_HOLD_COMMIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
+        ..Default::default()
+    }
+}
+
 fn print_manifest_summary(m: &Manifest) {
     println!(
         "snapshot {} of group {}: {} (freeze window {:.1} ms, consistency point {})",
@@ -352,10 +364,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     .ok_or(catalog::CatalogError::NoSnapshot { group: g.clone() })?,
                 (None, None) => return Err(usage("release needs a snapshot ID or --group GROUP")),
             };
-            let opts = release::Options {
-                timeout: a.timeout,
-                ..Default::default()
-            };
+            let opts = release_options(a.timeout);
             let m = release::release_snapshot(&ctx.pool, &cat, &id, &opts)?;
             if a.json {
                 println!("{}", json(&m)?);
@@ -412,10 +421,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     hook::pre(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?
                 }
                 Phase::Post => {
-                    let opts = release::Options {
-                        timeout: *timeout,
-                        ..Default::default()
-                    };
+                    let opts = release_options(*timeout);
                     hook::post(&ctx.pool, &cat, group, &opts)?
                 }
             };

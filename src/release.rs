@@ -73,6 +73,9 @@ pub struct Options {
     /// How long one disk's commit may take to become ready.
     pub timeout: Duration,
     pub poll: Duration,
+    /// Fault injection for tests: pause this long once the commits are started, before
+    /// waiting for them (so a test can kill the process mid-release).
+    pub hold_after_commit: Option<Duration>,
 }
 
 impl Default for Options {
@@ -80,6 +83,7 @@ impl Default for Options {
         Self {
             timeout: Duration::from_secs(300),
             poll: Duration::from_millis(20),
+            hold_after_commit: None,
         }
     }
 }
@@ -209,6 +213,10 @@ pub fn release_member(
         if matches!(s, DiskStep::Commit) {
             host.commit_active(domain, &d.target)?;
         }
+    }
+    if let Some(h) = opts.hold_after_commit.filter(|_| pending) {
+        eprintln!("cgsnap: commits of {domain} started");
+        std::thread::sleep(h);
     }
     for (d, s) in &steps {
         if !matches!(s, DiskStep::Done) {
