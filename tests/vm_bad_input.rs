@@ -5,9 +5,7 @@ mod common;
 
 use cgsnap_testbeds::guest::Spec;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn err_line(o: &assert_cmd::assert::Assert) -> String {
     let e = String::from_utf8_lossy(&o.get_output().stderr).to_string();
@@ -117,23 +115,12 @@ fn bad_inputs_fail_cleanly_with_documented_codes() {
     assert!(err_line(&o).contains("unknown snapshot"));
 
     // Concurrent runs on one group: the second is refused while the first holds the lock.
-    let mut first = lab
-        .std_cgsnap()
-        .args(["snapshot", "cgt-space", "--freeze-budget", "10s"])
-        .env("CGSNAP_TEST_HOLD_FROZEN_MS", "2000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(first.stderr.take().expect("stderr")).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("all members frozen") => break,
-            Some(_) => {}
-            None => panic!("first run ended early"),
-        }
-    }
+    let mut first = spawn_until(
+        lab.std_cgsnap()
+            .args(["snapshot", "cgt-space", "--freeze-budget", "10s"])
+            .env("CGSNAP_TEST_HOLD_FROZEN_MS", "2000"),
+        "all members frozen",
+    );
     let o = lab
         .cgsnap()
         .args(["snapshot", "cgt-space"])

@@ -6,10 +6,8 @@ mod common;
 
 use cgsnap_testbeds::record;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn release_killed_mid_commit_is_finished_by_the_next_release() {
@@ -36,24 +34,12 @@ fn release_killed_mid_commit_is_finished_by_the_next_release() {
     g.wait_progress(g.console_seq() + 50, Duration::from_secs(60))
         .expect("writes to overlays");
 
-    let mut child = lab
-        .std_cgsnap()
-        .args(["release", &id])
-        .env("CGSNAP_TEST_HOLD_COMMIT_MS", "60000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn release");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "commits never started");
-        match lines.next() {
-            Some(Ok(l)) if l.contains("commits of") => break,
-            Some(_) => {}
-            None => panic!("release ended before its commits started"),
-        }
-    }
+    let mut child = spawn_until(
+        lab.std_cgsnap()
+            .args(["release", &id])
+            .env("CGSNAP_TEST_HOLD_COMMIT_MS", "60000"),
+        "commits of",
+    );
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
     let _ = child.wait();

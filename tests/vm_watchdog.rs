@@ -4,48 +4,16 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Start a snapshot that holds its members frozen, and wait until they are.
-fn start_frozen(
-    lab: &Lab,
-    group: &str,
-    hold_ms: u64,
-    budget: &str,
-) -> (std::process::Child, Vec<String>) {
-    let mut child = lab
-        .std_cgsnap()
-        .args(["snapshot", group, "--freeze-budget", budget])
-        .env("CGSNAP_TEST_HOLD_FROZEN_MS", hold_ms.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cgsnap");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("never frozen; stderr: {seen:?}"));
-        let done = line.contains("all members frozen");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in rx {});
-    (child, seen)
+fn start_frozen(lab: &Lab, group: &str, hold_ms: u64, budget: &str) -> std::process::Child {
+    spawn_until(
+        lab.std_cgsnap()
+            .args(["snapshot", group, "--freeze-budget", budget])
+            .env("CGSNAP_TEST_HOLD_FROZEN_MS", hold_ms.to_string()),
+        "all members frozen",
+    )
 }
 
 #[test]
@@ -53,7 +21,7 @@ fn sigkill_of_coordinator_resumes_every_member_within_budget() {
     let lab = lab("cgt-kill", 2, 2);
     lab.group_add("cgt-kill", &lab.names());
     let budget = Duration::from_secs(3);
-    let (mut child, _) = start_frozen(&lab, "cgt-kill", 60_000, "3s");
+    let mut child = start_frozen(&lab, "cgt-kill", 60_000, "3s");
     for n in lab.names() {
         assert_eq!(domstate(&n), "paused", "{n} frozen before the kill");
     }
@@ -89,7 +57,7 @@ fn overrunning_the_freeze_budget_resumes_and_rolls_back() {
     let lab = lab("cgt-budget", 2, 2);
     lab.group_add("cgt-budget", &lab.names());
     let start = Instant::now();
-    let (mut child, _) = start_frozen(&lab, "cgt-budget", 4_000, "1s");
+    let mut child = start_frozen(&lab, "cgt-budget", 4_000, "1s");
     // The watchdog resumes the members after the 1 s budget, while the coordinator still holds.
     let took =
         wait_running(&lab.names(), Duration::from_secs(3)).expect("watchdog resumed members");

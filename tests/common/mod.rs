@@ -128,11 +128,7 @@ impl Lab {
 }
 
 pub fn domstate(dom: &str) -> String {
-    let out = Command::new("virsh")
-        .args(["-c", URI, "domstate", dom])
-        .output()
-        .expect("virsh");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    domstate_on(URI, dom)
 }
 
 /// (target, source) pairs from `virsh domblklist`.
@@ -160,6 +156,42 @@ pub fn assert_own_images(g: &guest::Guest) {
         .map(|d| d.to_string_lossy().to_string())
         .collect();
     assert_eq!(live, own, "{} on its own images", g.name());
+}
+
+/// Spawn `cmd` with stderr piped and wait (up to 60 s) until a stderr line contains
+/// `pattern`; stderr keeps being drained afterwards so the child never blocks on it.
+pub fn spawn_until(cmd: &mut Command, pattern: &str) -> std::process::Child {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn cgsnap");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("never saw {pattern:?}; stderr: {seen:?}"));
+        let done = line.contains(pattern);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in rx {});
+    child
 }
 
 /// Wait until every domain is running; returns how long that took.
