@@ -43,12 +43,12 @@ vmlinuz=$(ls "$work"/k/boot/vmlinuz-* | sed -n 1p)
 root="$work/root"
 mkdir -p "$root"/{bin,dev,proc,sys,tmp,mods}
 cp "$busybox_bin" "$root/bin/busybox"
-for app in sh mount insmod sleep usleep dd printf cat ls echo sed tr head sort mkdir; do
+for app in sh mount insmod sleep usleep dd printf cat ls echo sed tr head sort mkdir switch_root; do
   ln -s busybox "$root/bin/$app"
 done
 
 # virtio drivers are modules in the cloud kernel; load order matters (dependencies first).
-order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk"
+order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net"
 n=0
 for m in $order; do
   f=$(find "$work/k/lib/modules" -name "$m.ko*" | sed -n 1p)
@@ -75,6 +75,25 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in /mods/*.ko; do [ -e "$m" ] && insmod "$m" 2>/dev/null; done
 echo "CGSNAP-GUEST: booted" > /dev/console
+
+# cgsnap.root=DEV [cgsnap.init=PATH]: hand over to a root file system on a virtio disk.
+for opt in $(cat /proc/cmdline); do
+  case "$opt" in
+    cgsnap.root=*) newroot=${opt#cgsnap.root=} ;;
+    cgsnap.init=*) newinit=${opt#cgsnap.init=} ;;
+  esac
+done
+if [ -n "${newroot:-}" ]; then
+  i=0
+  while [ $i -lt 100 ] && [ ! -b "$newroot" ]; do usleep 100000; i=$((i + 1)); done
+  mkdir -p /newroot
+  if mount -t ext4 "$newroot" /newroot; then
+    umount /proc /sys
+    mount --move /dev /newroot/dev 2>/dev/null || umount /dev
+    exec switch_root /newroot "${newinit:-/sbin/init}"
+  fi
+  echo "CGSNAP-GUEST: cannot mount root $newroot" > /dev/console
+fi
 
 mode=writer
 interval_ms=20

@@ -46,6 +46,21 @@ pub struct Spec {
     pub prefill: u64,
     /// Owner (uid, gid) of the guest's directory and images, for unprivileged session daemons.
     pub owner: Option<(u32, u32)>,
+    /// Where each disk's content comes from; empty: `disks` blank disks of `disk_size`.
+    pub sources: Vec<DiskSource>,
+    /// Extra kernel command line (e.g. `cgsnap.root=/dev/vda`).
+    pub cmdline: String,
+    /// Forward `127.0.0.1:host` to the guest's TCP `guest` port (QEMU user-mode networking).
+    pub forward: Option<(u16, u16)>,
+}
+
+/// Content of one disk of a guest.
+#[derive(Debug, Clone)]
+pub enum DiskSource {
+    /// A qcow2 overlay on a shared, read-only base image.
+    Overlay(PathBuf),
+    /// A private copy of a template image.
+    Copy(PathBuf),
 }
 
 impl Spec {
@@ -60,6 +75,9 @@ impl Spec {
             format: "qcow2",
             prefill: 0,
             owner: None,
+            sources: Vec::new(),
+            cmdline: String::new(),
+            forward: None,
         }
     }
 }
@@ -85,9 +103,9 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
     let mut x = String::new();
     let _ = write!(
         x,
-        "<domain type='qemu'><name>{}</name><memory unit='MiB'>{}</memory><vcpu>1</vcpu>\
+        "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>{}</name><memory unit='MiB'>{}</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
-         <cmdline>console=ttyS0 quiet panic=-1 cgsnap.mode={} cgsnap.interval_ms={}</cmdline></os>\
+         <cmdline>console=ttyS0 quiet panic=-1 cgsnap.mode={} cgsnap.interval_ms={} {}</cmdline></os>\
          <clock offset='utc'/><on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>\
          <on_crash>destroy</on_crash><devices>",
         spec.name,
@@ -95,7 +113,8 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
         assets.kernel.display(),
         assets.initrd.display(),
         spec.mode,
-        spec.interval_ms
+        spec.interval_ms,
+        spec.cmdline
     );
     for (i, d) in disks.iter().enumerate() {
         let _ = write!(
@@ -110,10 +129,46 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
     let _ = write!(
         x,
         "<serial type='file'><source path='{}'/><target port='0'/></serial>\
-         <memballoon model='none'/></devices></domain>",
+         <memballoon model='none'/></devices>",
         console.display()
     );
+    if let Some((host, guest)) = spec.forward {
+        // User-mode networking: the guest reaches nothing but QEMU's NAT, and the host reaches
+        // the guest only through this forward bound to loopback.
+        let _ = write!(
+            x,
+            "<qemu:commandline><qemu:arg value='-netdev'/>\
+             <qemu:arg value='user,id=cgnet,restrict=on,hostfwd=tcp:127.0.0.1:{host}-:{guest}'/>\
+             <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=cgnet,bus=pci.0,addr=0x1f'/></qemu:commandline>"
+        );
+    }
+    x.push_str("</domain>");
     x
+}
+
+fn materialize(src: &DiskSource, dst: &Path) -> Result<(), String> {
+    let out = match src {
+        DiskSource::Overlay(base) => Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(base)
+            .arg(dst)
+            .output(),
+        DiskSource::Copy(t) => Command::new("cp")
+            .arg("--sparse=always")
+            .arg(t)
+            .arg(dst)
+            .output(),
+    }
+    .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            dst.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Write `bytes` of a non-zero pattern from offset 0, in chunks (qemu-io buffers a request).
@@ -177,7 +232,12 @@ impl Guest {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| err("mkdir", e.to_string()))?;
         let mut disks = Vec::new();
-        for i in 0..spec.disks {
+        for (i, src) in spec.sources.iter().enumerate() {
+            let p = dir.join(format!("{}.qcow2", target(i)));
+            materialize(src, &p).map_err(|e| err("disk", e))?;
+            disks.push(p);
+        }
+        for i in (0..spec.disks).filter(|_| spec.sources.is_empty()) {
             let p = dir.join(format!("{}.{}", target(i), spec.format));
             let out = Command::new("qemu-img")
                 .args(["create", "-q", "-f", spec.format])

@@ -8,4 +8,5 @@
 
 pub mod assets;
 pub mod guest;
+pub mod postgres;
 pub mod record;
