@@ -64,6 +64,13 @@ pub enum Cmd {
     },
     /// Build a demo group of small VMs, snapshot and release it, tear it down.
     Demo(crate::demo::DemoArgs),
+    /// Reproducible testbeds (PostgreSQL VMs with workloads).
+    Testbed {
+        #[command(subcommand)]
+        cmd: crate::testbed_cmd::TestbedCmd,
+    },
+    /// Write (seq, timestamp) beacons to every member database in order.
+    Beacon(crate::testbed_cmd::BeaconArgs),
     /// Benchmark the freeze window against the sequential virsh baseline (creates its own VMs).
     Bench(crate::bench::BenchArgs),
     #[command(name = "__watchdog", hide = true)]
@@ -430,6 +437,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
+        Cmd::Testbed { cmd } => crate::testbed_cmd::run(&ctx, &cli.catalog, cmd),
+        Cmd::Beacon(a) => crate::testbed_cmd::beacon(a),
     }
 }
 

@@ -22,4 +22,5 @@ pub mod preflight;
 pub mod protocol;
 pub mod release;
 pub mod snapshot;
+pub mod testbed_cmd;
 pub mod watchdog;

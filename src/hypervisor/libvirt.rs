@@ -205,8 +205,11 @@ impl Host for LibvirtHost {
         let d = self.dom(dom)?;
         let target = format!("{dom}/{disk}");
         let c = self.cstr("block commit", &target, disk)?;
-        // SAFETY: valid domain pointer and NUL-terminated disk name; NULL base/top mean
-        // "the active layer into its immediate backing file".
+        // SAFETY: valid domain pointer and NUL-terminated disk name. NULL top is the active
+        // layer; NULL base alone would mean the *bottom* of the chain, which for an image that
+        // itself has a backing file (a VM cloned from a shared base) would merge the overlay
+        // into that shared base. SHALLOW makes the base the overlay's immediate backing file,
+        // i.e. exactly the image the snapshot froze.
         let rc = unsafe {
             sys::virDomainBlockCommit(
                 d.as_ptr(),
@@ -214,7 +217,7 @@ impl Host for LibvirtHost {
                 std::ptr::null(),
                 std::ptr::null(),
                 0,
-                sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE,
+                sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | sys::VIR_DOMAIN_BLOCK_COMMIT_SHALLOW,
             )
         };
         if rc < 0 {

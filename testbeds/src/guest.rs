@@ -91,6 +91,8 @@ pub struct Guest {
     pub keep: bool,
     /// Defined (persistent) but not started: see [`Guest::define`].
     pub persistent: bool,
+    /// When the domain was started: boot-time measurements count from here.
+    pub started: Instant,
     conn: Connect,
 }
 
@@ -191,6 +193,15 @@ fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Destroy (and undefine) a domain by name, if it exists.
+pub fn destroy_by_name(uri: &str, name: &str) {
+    virt::error::clear_error_callback();
+    if let Ok(d) = Connect::open(Some(uri)).and_then(|c| c.lookup_domain_by_name(name)) {
+        let _ = d.destroy();
+        let _ = d.undefine();
+    }
+}
+
 impl Guest {
     /// Create the disks and start the domain (transient) under `base_dir/<name>/`.
     pub fn start(
@@ -270,6 +281,7 @@ impl Guest {
             console,
             keep: false,
             persistent,
+            started: Instant::now(),
             conn,
         };
         // A leftover domain of the same name (from a killed run) would make create fail.
@@ -296,12 +308,13 @@ impl Guest {
             .unwrap_or_default()
     }
 
-    /// Wait until the console shows `pattern` (polling with a deadline).
+    /// Wait until the console shows `pattern` (polling with a deadline); returns the time
+    /// since the domain was started.
     pub fn wait_console(&self, pattern: &str, timeout: Duration) -> Result<Duration, GuestError> {
         let start = Instant::now();
         loop {
             if self.console_text().contains(pattern) {
-                return Ok(start.elapsed());
+                return Ok(self.started.elapsed());
             }
             if start.elapsed() > timeout {
                 let text = self.console_text();

@@ -8,5 +8,7 @@
 
 pub mod assets;
 pub mod guest;
+pub mod pair;
 pub mod postgres;
 pub mod record;
+pub mod workload;

@@ -1,0 +1,169 @@
+//! The `postgres-pair` testbed: VMs `cgsnap-orders` and `cgsnap-payments`, each a multi-disk
+//! PostgreSQL guest on a loopback port, with the ledger/order/payment schema.
+//!
+//! Invariants: all state lives in one state directory (`state.json`, the acknowledgement log,
+//! the workload log) and one image directory; `down` removes both, the domains and the
+//! workload process, whatever `up` got to.
+
+use crate::{assets, guest, postgres, workload};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const NAME: &str = "postgres-pair";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vm {
+    pub name: String,
+    pub role: workload::Role,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub boot_to_ready_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub uri: String,
+    pub images_dir: PathBuf,
+    pub vms: Vec<Vm>,
+    pub workload_pid: Option<u32>,
+    pub started_at: DateTime<Utc>,
+}
+
+impl State {
+    pub fn conninfo(&self, role: workload::Role) -> Option<String> {
+        self.vms
+            .iter()
+            .find(|v| v.role == role)
+            .map(|v| postgres::conninfo(v.port))
+    }
+}
+
+pub fn state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.json")
+}
+
+pub fn ack_log(state_dir: &Path) -> PathBuf {
+    state_dir.join("acks.jsonl")
+}
+
+pub fn load(state_dir: &Path) -> Result<State, String> {
+    let p = state_path(state_dir);
+    let b = std::fs::read(&p).map_err(|e| {
+        format!(
+            "testbed {NAME} is not up ({}: {e}): run `cgsnap testbed up`",
+            p.display()
+        )
+    })?;
+    serde_json::from_slice(&b).map_err(|e| format!("malformed {}: {e}", p.display()))
+}
+
+pub fn save(state_dir: &Path, s: &State) -> Result<(), String> {
+    let p = state_path(state_dir);
+    let body = serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?;
+    let tmp = p.with_extension("json.tmp");
+    std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Boot both VMs, wait until PostgreSQL is ready in each, create the schema. The VMs keep
+/// running after this returns; the state is saved before anything is started so `down` can
+/// always clean up.
+pub fn up(
+    uri: &str,
+    state_dir: &Path,
+    images_dir: &Path,
+    ports: (u16, u16),
+) -> Result<State, String> {
+    if state_path(state_dir).exists() {
+        return Err(format!(
+            "testbed {NAME} is already up (state in {}): run `cgsnap testbed down` first",
+            state_dir.display()
+        ));
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let cache = assets::cache_dir();
+    let a = assets::ensure(&cache).map_err(|e| e.to_string())?;
+    let images = postgres::ensure(&cache).map_err(|e| e.to_string())?;
+    let plan = [
+        ("cgsnap-orders", workload::Role::Orders, ports.0),
+        ("cgsnap-payments", workload::Role::Payments, ports.1),
+    ];
+    let mut state = State {
+        uri: uri.to_string(),
+        images_dir: images_dir.to_path_buf(),
+        vms: plan
+            .iter()
+            .map(|(n, r, p)| Vm {
+                name: n.to_string(),
+                role: *r,
+                port: *p,
+                dir: images_dir.join(n),
+                boot_to_ready_s: 0.0,
+            })
+            .collect(),
+        workload_pid: None,
+        started_at: Utc::now(),
+    };
+    save(state_dir, &state)?;
+    let mut guests = Vec::new();
+    for (n, _, p) in plan {
+        let g = guest::Guest::start(uri, images_dir, postgres::spec(n, p, &images), &a)
+            .map_err(|e| e.to_string())?;
+        guests.push(g);
+    }
+    for (g, vm) in guests.iter().zip(state.vms.iter_mut()) {
+        let t = g
+            .wait_console("CGSNAP-PG: ready", Duration::from_secs(300))
+            .map_err(|e| e.to_string())?;
+        vm.boot_to_ready_s = t.as_secs_f64();
+        let mut c = workload::connect(&postgres::conninfo(vm.port))?;
+        workload::init_schema(&mut c, vm.role)?;
+    }
+    for g in guests {
+        g.keep();
+    }
+    save(state_dir, &state)?;
+    Ok(state)
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+/// Stop the workload, destroy the VMs, remove images and state.
+pub fn down(state_dir: &Path) -> Result<State, String> {
+    let s = load(state_dir)?;
+    if let Some(pid) = s.workload_pid.filter(|p| alive(*p)) {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+        let start = std::time::Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+    for vm in &s.vms {
+        guest::destroy_by_name(&s.uri, &vm.name);
+        let _ = std::fs::remove_dir_all(&vm.dir);
+    }
+    std::fs::remove_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    Ok(s)
+}
+
+/// Commits per second recorded in the acknowledgement log over its whole span.
+pub fn throughput(state_dir: &Path) -> Option<(usize, f64)> {
+    let acks = workload::read_acks(&ack_log(state_dir)).ok()?;
+    let (first, last) = (acks.first()?, acks.last()?);
+    let secs = (last.at - first.at).num_milliseconds() as f64 / 1000.0;
+    (secs > 0.0).then(|| (acks.len(), acks.len() as f64 / secs))
+}
