@@ -107,6 +107,9 @@ pub struct Manifest {
     pub members: Vec<MemberRecord>,
     pub error: Option<String>,
     pub released_at: Option<DateTime<Utc>>,
+    /// Set only for the negative control `--unsafe-stagger`: NOT a consistent cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_stagger_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +316,7 @@ mod tests {
             members: vec![],
             error: None,
             released_at: None,
+            unsafe_stagger_ms: None,
         }
     }
 

@@ -64,6 +64,8 @@ pub enum Cmd {
     },
     /// Build a demo group of small VMs, snapshot and release it, tear it down.
     Demo(crate::demo::DemoArgs),
+    /// Restore a held snapshot into a sandbox and verify the databases recovered.
+    Verify(crate::verify_cmd::VerifyArgs),
     /// Reproducible testbeds (PostgreSQL VMs with workloads).
     Testbed {
         #[command(subcommand)]
@@ -119,6 +121,10 @@ pub struct SnapTuning {
     /// Use one libvirt connection for all members instead of one per member.
     #[arg(long)]
     pub shared_connection: bool,
+    /// TESTING ONLY (negative control): snapshot members one after the other, MS apart,
+    /// without the group freeze. The result is NOT crash-consistent across members.
+    #[arg(long, value_name = "MS")]
+    pub unsafe_stagger: Option<u64>,
 }
 
 #[derive(Args)]
@@ -233,6 +239,7 @@ pub fn snap_options(
             timeout: rel_timeout,
             ..Default::default()
         },
+        unsafe_stagger: t.unsafe_stagger.map(Duration::from_millis),
         connect_each: if t.shared_connection {
             None
         } else {
@@ -437,6 +444,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
+        Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, a),
         Cmd::Testbed { cmd } => crate::testbed_cmd::run(&ctx, &cli.catalog, cmd),
         Cmd::Beacon(a) => crate::testbed_cmd::beacon(a),
     }

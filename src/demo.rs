@@ -91,6 +91,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
         min_free: 64 << 20,
         no_precreate: false,
         shared_connection: false,
+        unsafe_stagger: None,
     };
     let opts = snap_options(&tuning, "demo", Duration::from_secs(120))?;
     let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now())?;

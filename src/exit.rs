@@ -30,6 +30,10 @@ pub enum ExitCode {
     FreezeBudget = 9,
     /// Release incomplete (a commit did not converge or a member is unavailable); safe to retry.
     ReleaseIncomplete = 10,
+    /// Verification ran and found a violation (failed recovery, invariant, data loss, order).
+    VerifyFailed = 11,
+    /// Verification could not run (sandbox could not start, profile incomplete, snapshot not held).
+    VerifyCouldNotRun = 12,
 }
 
 impl ExitCode {

@@ -23,4 +23,5 @@ pub mod protocol;
 pub mod release;
 pub mod snapshot;
 pub mod testbed_cmd;
+pub mod verify_cmd;
 pub mod watchdog;

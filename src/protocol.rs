@@ -225,6 +225,50 @@ pub fn run(steps: &[Step], env: &Env) -> Outcome {
     }
 }
 
+/// NEGATIVE CONTROL, for testing verifiers only: members one after the other, each paused,
+/// snapshotted and resumed before the next is touched, `gap` apart. This breaks the rule above
+/// on purpose (members resume before others pause), so the result is *not* a consistent cut.
+/// The reported consistency point is the first member's pause (nominal).
+pub fn run_staggered(steps: &[Step], env: &Env, gap: Duration) -> Outcome {
+    let mut members = Vec::new();
+    let mut cp = None;
+    let t0 = Instant::now();
+    let mut last = t0;
+    for (i, st) in steps.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
+        let gate = (
+            Mutex::new(Gate {
+                arrived: 0,
+                failed: false,
+                consistency_point: None,
+            }),
+            Condvar::new(),
+        );
+        let m = member_thread(st, &gate, 1, env);
+        let g = gate.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cp.is_none() {
+            cp = g.consistency_point;
+        }
+        if let Some(e) = m.resume_end {
+            last = e;
+        }
+        members.push(m);
+    }
+    Outcome {
+        consistency_point: cp,
+        freeze_window_ms: Some(ms(last - t0)),
+        pause_ms: members.iter().filter_map(|m| m.pause_ms).sum(),
+        snapshot_ms: members.iter().filter_map(|m| m.snapshot_ms).sum(),
+        resume_ms: members
+            .iter()
+            .filter_map(|m| m.resume_ms)
+            .fold(0.0, f64::max),
+        members,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +349,32 @@ mod tests {
         assert_eq!(out.first_error().map(|e| e.target.as_str()), Some("vm1"));
         assert!(out.all_resumed());
         assert_eq!(h.state_of("vm1"), Some(DomState::Running));
+    }
+
+    #[test]
+    fn staggered_control_resumes_each_before_pausing_the_next() {
+        let (h, steps) = setup(3);
+        let out = run_staggered(&steps, &env(), Duration::from_millis(1));
+        assert!(out.first_error().is_none() && out.all_resumed());
+        let calls: Vec<String> = h
+            .calls()
+            .into_iter()
+            .filter(|c| !c.starts_with("state"))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "suspend:vm0",
+                "snapshot:vm0",
+                "resume:vm0",
+                "suspend:vm1",
+                "snapshot:vm1",
+                "resume:vm1",
+                "suspend:vm2",
+                "snapshot:vm2",
+                "resume:vm2"
+            ]
+        );
     }
 
     #[test]

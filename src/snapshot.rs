@@ -88,6 +88,9 @@ pub struct Options {
     /// Opens a dedicated connection per member for the freeze (libvirtd serves at most
     /// `max_client_requests`, default 5, concurrent calls per connection). `None`: share.
     pub connect_each: Option<Opener>,
+    /// NEGATIVE CONTROL for testing verifiers: snapshot members one after the other, this far
+    /// apart, without the group freeze. Never a consistent cut.
+    pub unsafe_stagger: Option<Duration>,
 }
 
 pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
@@ -157,6 +160,7 @@ fn manifest(id: &str, group: &str, now: DateTime<Utc>, plan: &[PlannedMember]) -
             .collect(),
         error: None,
         released_at: None,
+        unsafe_stagger_ms: None,
     }
 }
 
@@ -232,7 +236,10 @@ pub fn take(
             domain: p.member.domain.clone(),
         })
         .collect();
-    let mut dog = match Watchdog::spawn(&opts.exe, &watch, opts.freeze_budget) {
+    // The staggered control keeps the watchdog armed across all its gaps; the budget bounds
+    // each member's own freeze there, so it grows by one gap per member.
+    let budget = opts.freeze_budget + opts.unsafe_stagger.unwrap_or_default() * plan.len() as u32;
+    let mut dog = match Watchdog::spawn(&opts.exe, &watch, budget) {
         Ok(d) => d,
         Err(e) => {
             let _ = rollback(&plan, &opts.release);
@@ -271,19 +278,23 @@ pub fn take(
     }
     let preflight_ms = ms(t0.elapsed());
     dog.arm()?;
-    let out = protocol::run(
-        &steps,
-        &Env {
-            wall_clock: &Utc::now,
-            hold_frozen: opts.hold_frozen,
-            on_all_paused: &|| {
-                if opts.hold_frozen.is_some() {
-                    eprintln!("cgsnap: all members frozen");
-                }
-            },
-            resume_attempts: 5,
+    let env = Env {
+        wall_clock: &Utc::now,
+        hold_frozen: opts.hold_frozen,
+        on_all_paused: &|| {
+            if opts.hold_frozen.is_some() {
+                eprintln!("cgsnap: all members frozen");
+            }
         },
-    );
+        resume_attempts: 5,
+    };
+    let out = match opts.unsafe_stagger {
+        None => protocol::run(&steps, &env),
+        Some(gap) => {
+            man.unsafe_stagger_ms = Some(gap.as_millis() as u64);
+            protocol::run_staggered(&steps, &env, gap)
+        }
+    };
     let fired = dog.disarm();
 
     man.consistency_point = out.consistency_point;

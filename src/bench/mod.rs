@@ -200,6 +200,7 @@ fn run_config(
         min_free: 0,
         no_precreate: false,
         shared_connection: a.shared_connection,
+        unsafe_stagger: None,
     };
     let opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
     let ropts = release::Options {

@@ -48,6 +48,56 @@ pub fn ack_log(state_dir: &Path) -> PathBuf {
     state_dir.join("acks.jsonl")
 }
 
+pub fn verify_profile(state_dir: &Path) -> PathBuf {
+    state_dir.join("verify.toml")
+}
+
+/// The verification profile of this testbed (see `cgsnap verify --profile`).
+pub fn profile_text(state_dir: &Path) -> String {
+    let member = |domain: &str, db: &str, kind: &str, table: &str, extra: &str| {
+        format!(
+            r#"
+[[member]]
+domain = "{domain}"
+kind = "postgres"
+port = {port}
+user = "postgres"
+password = "{pw}"
+ready_marker = "CGSNAP-PG: ready"
+beacon_table = "cgsnap_beacon"
+ack_db = "{db}"
+ack_kind = "{kind}"
+ack_table = "{table}"
+invariants = [
+  "SELECT sum(balance) = {total} FROM ledger_account",
+  "SELECT count(*) = coalesce(max(id), 0) FROM ledger_transfer",
+  "SELECT count(*) = coalesce(max(id), 0) FROM {table}",{extra}
+]
+"#,
+            port = postgres::GUEST_PORT,
+            pw = postgres::PASSWORD,
+            total = i64::from(workload::ACCOUNTS) * workload::INITIAL_BALANCE,
+        )
+    };
+    format!(
+        r#"# Verification profile of the {NAME} testbed (written by `cgsnap testbed up`).
+format_version = 1
+rpo_seconds = 5
+ack_log = "{acks}"
+{orders}{payments}
+[[cross]]
+name = "every payment references a committed order"
+ahead_domain = "cgsnap-orders"
+ahead_sql = "SELECT coalesce(max(id), 0)::bigint FROM orders"
+behind_domain = "cgsnap-payments"
+behind_sql = "SELECT coalesce(max(order_id), 0)::bigint FROM payments"
+"#,
+        acks = ack_log(state_dir).display(),
+        orders = member("cgsnap-orders", "orders", "order", "orders", ""),
+        payments = member("cgsnap-payments", "payments", "payment", "payments", ""),
+    )
+}
+
 pub fn load(state_dir: &Path) -> Result<State, String> {
     let p = state_path(state_dir);
     let b = std::fs::read(&p).map_err(|e| {
@@ -107,6 +157,8 @@ pub fn up(
         started_at: Utc::now(),
     };
     save(state_dir, &state)?;
+    let vp = verify_profile(state_dir);
+    std::fs::write(&vp, profile_text(state_dir)).map_err(|e| format!("{}: {e}", vp.display()))?;
     let mut guests = Vec::new();
     for (n, _, p) in plan {
         let g = guest::Guest::start(uri, images_dir, postgres::spec(n, p, &images), &a)

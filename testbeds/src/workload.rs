@@ -175,9 +175,27 @@ pub fn run_pair(
     let mut lo = Ledger::new(max_id(&mut o, "ledger_transfer")?);
     let mut lp = Ledger::new(max_id(&mut p, "ledger_transfer")?);
     let mut n = max_id(&mut o, "orders")?.max(max_id(&mut p, "payments")?);
+    let mut beacon = {
+        let r = o
+            .query_one(
+                "SELECT coalesce(max(seq), 0)::bigint FROM cgsnap_beacon",
+                &[],
+            )
+            .map_err(q)?;
+        r.get::<_, i64>(0)
+    };
     let start = Instant::now();
     let mut commits = 0;
     while until.is_none_or(|d| start.elapsed() < d) {
+        if n % 5 == 0 {
+            // Beacon: orders first, then payments, each committed before the next.
+            beacon += 1;
+            let mut both = [o, p];
+            let r = beacon_round(&mut both, beacon);
+            [o, p] = both;
+            r?;
+            commits += 2;
+        }
         let id = lo.transfer(&mut o)?;
         acks.record("orders", "transfer", id)?;
         n += 1;

@@ -1,0 +1,206 @@
+//! Restore-and-verify on the PostgreSQL pair testbed under load: consecutive group snapshots
+//! all verify clean (no violation, no lost acknowledged commit before the consistency point);
+//! the staggered negative control is reported as a violation; the HTML report renders in
+//! headless Chromium.
+
+mod common;
+
+use cgsnap_testbeds::pair;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const DIR: &str = "/var/lib/libvirt/images/cgsnap-tests/verify";
+
+struct Down<'a>(&'a Lab);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.std_cgsnap().args(["testbed", "down"]).output();
+        for n in ["cgsnap-orders", "cgsnap-payments"] {
+            cgsnap_testbeds::guest::destroy_by_name(URI, n);
+        }
+        let _ = std::fs::remove_dir_all(DIR);
+    }
+}
+
+fn rounds(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Snapshot (optionally staggered), verify, release. Returns the report JSON and its HTML path.
+fn round(lab: &Lab, profile: &Path, stagger: Option<&str>) -> (serde_json::Value, PathBuf, i32) {
+    let mut snap = lab.cgsnap();
+    snap.args(["snapshot", pair::NAME]);
+    if let Some(ms) = stagger {
+        snap.args(["--unsafe-stagger", ms]);
+    }
+    snap.assert().success();
+    let out = lab
+        .cgsnap()
+        .args([
+            "verify",
+            "--group",
+            pair::NAME,
+            "--json",
+            "--base-port",
+            "40300",
+            "--profile",
+        ])
+        .arg(profile)
+        .timeout(Duration::from_secs(600))
+        .output()
+        .expect("verify");
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 11,
+        "verify could not run ({code}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
+    lab.cgsnap()
+        .args(["hook", "post", "--group", pair::NAME])
+        .assert()
+        .success();
+    let id = r["snapshot_id"].as_str().expect("id");
+    let html = lab
+        .catalog
+        .path()
+        .join("reports")
+        .join(id)
+        .join("report.html");
+    (r, html, code)
+}
+
+fn summary(r: &serde_json::Value) -> String {
+    r["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            format!(
+                "{} recovery {:.1}s loss {:.3}s lost {}",
+                m["domain"].as_str().unwrap_or_default(),
+                m["recovery_seconds"].as_f64().unwrap_or(-1.0),
+                m["data_loss_seconds"].as_f64().unwrap_or(-1.0),
+                m["lost_acked_commits"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
+    let lab = lab("cgt-verify", 0, 0);
+    let _down = Down(&lab);
+    lab.cgsnap()
+        .args(["testbed", "up", "--ports", "25521,25522", "--dir", DIR])
+        .timeout(Duration::from_secs(900))
+        .assert()
+        .success();
+    let profile = pair::verify_profile(&lab.catalog.path().join("testbeds").join(pair::NAME));
+
+    let n = rounds("CGSNAP_TEST_VERIFY_ROUNDS", 10);
+    let mut first_html = None;
+    for i in 1..=n {
+        std::thread::sleep(Duration::from_secs(2));
+        let (r, html, code) = round(&lab, &profile, None);
+        println!("consistent {i}/{n}: {} | {}", r["verdict"], summary(&r));
+        assert_eq!(code, 0, "round {i} must pass: {r}");
+        assert_eq!(r["verdict"], "pass");
+        for m in r["members"].as_array().expect("members") {
+            assert_eq!(
+                m["lost_acked_commits"], 0,
+                "no acknowledged commit before the cut lost"
+            );
+            assert!(m["recovery_seconds"].as_f64().expect("rto") > 0.0);
+            assert!(m["data_loss_seconds"].as_f64().expect("loss") < 5.0);
+        }
+        first_html.get_or_insert(html);
+    }
+
+    let k = rounds("CGSNAP_TEST_STAGGER_ROUNDS", 5);
+    let mut caught = 0;
+    let mut last_fail = None;
+    for i in 1..=k {
+        let (r, html, code) = round(&lab, &profile, Some("1000"));
+        println!("staggered {i}/{k}: {} | {}", r["verdict"], summary(&r));
+        if code == 11 && r["verdict"] == "fail" {
+            caught += 1;
+            last_fail = Some(html);
+        }
+    }
+    println!("staggered negative control reported as a violation in {caught} of {k} runs");
+    assert!(
+        caught * 4 >= k * 3,
+        "only {caught} of {k} staggered snapshots were caught"
+    );
+
+    // The HTML reports render in headless Chromium: a pass and a fail.
+    for (html, verdict) in [
+        (first_html.expect("a pass report"), "PASS"),
+        (last_fail.expect("a fail report"), "FAIL"),
+    ] {
+        let shot = html.with_extension("png");
+        let dom = chromium(&html, &shot);
+        assert!(
+            dom.contains(&format!("Verdict: {verdict}")),
+            "{verdict} not rendered"
+        );
+        assert!(
+            dom.contains("cgsnap-orders") && dom.contains("amcheck"),
+            "members and checks rendered"
+        );
+        let png = std::fs::read(&shot).expect("screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "screenshot is a real image"
+        );
+        println!(
+            "rendered {} ({} bytes screenshot)",
+            html.display(),
+            png.len()
+        );
+    }
+}
+
+/// Render a local HTML file in headless Chromium: returns the DOM, writes a screenshot.
+fn chromium(html: &Path, shot: &Path) -> String {
+    let profile = tempfile::tempdir().expect("chromium profile");
+    let common = |c: &mut Command| {
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,1600",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()));
+    };
+    let url = format!("file://{}", html.display());
+    let mut c = Command::new("chromium");
+    common(&mut c);
+    let st = c
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .expect("chromium");
+    assert!(
+        st.status.success(),
+        "chromium screenshot: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let mut c = Command::new("chromium");
+    common(&mut c);
+    let out = c.arg("--dump-dom").arg(&url).output().expect("chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,211 @@
+//! The verification report: JSON for machines, a self-contained HTML page for people, and
+//! Prometheus textfile metrics.
+//!
+//! Invariant: the verdict is derived from the checks (`pass` only if every check passed); the
+//! HTML and metrics are renderings of the same struct, never computed separately.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberReport {
+    pub domain: String,
+    pub sandbox: String,
+    /// Boot of the restored VM to database ready, crash recovery included (the RTO).
+    pub recovery_seconds: Option<f64>,
+    pub newest_beacon_seq: Option<i64>,
+    pub newest_beacon_ts: Option<DateTime<Utc>>,
+    /// Consistency point minus newest recovered beacon.
+    pub data_loss_seconds: Option<f64>,
+    pub lost_acked_commits: Option<usize>,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub format_version: u32,
+    pub snapshot_id: String,
+    pub group: String,
+    pub consistency_point: Option<DateTime<Utc>>,
+    pub freeze_window_ms: Option<f64>,
+    pub rpo_seconds: f64,
+    pub verdict: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub members: Vec<MemberReport>,
+    pub cross_checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.members
+            .iter()
+            .flat_map(|m| m.checks.iter())
+            .all(|c| c.ok)
+            && self.cross_checks.iter().all(|c| c.ok)
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .flat_map(|m| {
+                m.checks
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(move |c| format!("{}: {}: {}", m.domain, c.name, c.evidence))
+            })
+            .chain(
+                self.cross_checks
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| format!("{}: {}", c.name, c.evidence)),
+            )
+            .collect()
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map(|x| format!("{x:.2} {unit}"))
+        .unwrap_or_else(|| "—".into())
+}
+
+fn checks_table(out: &mut String, checks: &[Check]) {
+    out.push_str("<table><tr><th>check</th><th>result</th><th>evidence</th></tr>");
+    for c in checks {
+        let _ = write!(
+            out,
+            "<tr class='{}'><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if c.ok { "ok" } else { "bad" },
+            esc(&c.name),
+            if c.ok { "pass" } else { "FAIL" },
+            esc(&c.evidence)
+        );
+    }
+    out.push_str("</table>");
+}
+
+/// A self-contained HTML page (inline CSS, an inline SVG bar per member for data loss vs RPO).
+pub fn html(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = write!(
+        o,
+        "<!doctype html><html><head><meta charset='utf-8'><title>cgsnap verify {id}</title><style>\
+         body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.ok td:nth-child(2){{color:#1a7f37}}\
+         tr.bad td{{background:#fde2e1}}.verdict{{font-size:1.4em;font-weight:bold}}.pass{{color:#1a7f37}}.fail{{color:#c0392b}}\
+         </style></head><body><h1>Restore verification: group {group}</h1>\
+         <p class='verdict {cls}' id='verdict'>Verdict: {verdict}</p>\
+         <table><tr><th>snapshot</th><td>{id}</td></tr><tr><th>consistency point</th><td>{cp}</td></tr>\
+         <tr><th>freeze window</th><td>{fw}</td></tr><tr><th>RPO target</th><td>{rpo} s</td></tr>\
+         <tr><th>verified</th><td>{start} → {end}</td></tr></table>",
+        id = esc(&r.snapshot_id),
+        group = esc(&r.group),
+        cls = if r.passed() { "pass" } else { "fail" },
+        verdict = esc(&r.verdict).to_uppercase(),
+        cp = r
+            .consistency_point
+            .map(|c| c.to_rfc3339())
+            .unwrap_or_default(),
+        fw = opt(r.freeze_window_ms, "ms"),
+        rpo = r.rpo_seconds,
+        start = r.started_at.to_rfc3339(),
+        end = r.finished_at.to_rfc3339(),
+    );
+    o.push_str("<h2>Members</h2><table><tr><th>member</th><th>recovery (RTO)</th><th>newest beacon</th><th>data loss</th><th>vs RPO</th><th>lost acknowledged commits</th></tr>");
+    for m in &r.members {
+        let loss = m.data_loss_seconds.unwrap_or(0.0).max(0.0);
+        let w = if r.rpo_seconds > 0.0 {
+            (loss / r.rpo_seconds * 200.0).min(200.0)
+        } else {
+            0.0
+        };
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><svg width='210' height='14'><rect width='200' height='14' fill='#eee'/>\
+             <rect width='{w:.0}' height='14' fill='{}'/></svg></td><td>{}</td></tr>",
+            esc(&m.domain),
+            opt(m.recovery_seconds, "s"),
+            m.newest_beacon_seq
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "—".into()),
+            opt(m.data_loss_seconds, "s"),
+            if loss <= r.rpo_seconds {
+                "#1a7f37"
+            } else {
+                "#c0392b"
+            },
+            m.lost_acked_commits
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "—".into()),
+        );
+    }
+    o.push_str("</table>");
+    for m in &r.members {
+        let _ = write!(
+            o,
+            "<h3>{} (sandbox {})</h3>",
+            esc(&m.domain),
+            esc(&m.sandbox)
+        );
+        checks_table(&mut o, &m.checks);
+    }
+    o.push_str("<h2>Across members</h2>");
+    checks_table(&mut o, &r.cross_checks);
+    o.push_str("</body></html>");
+    o
+}
+
+/// Prometheus textfile-collector metrics.
+pub fn metrics(r: &Report) -> String {
+    let mut o = String::new();
+    let g = r.group.replace('"', "");
+    let _ = writeln!(
+        o,
+        "# HELP cgsnap_verify_pass 1 if the last restore verification passed.\n# TYPE cgsnap_verify_pass gauge"
+    );
+    let _ = writeln!(
+        o,
+        "cgsnap_verify_pass{{group=\"{g}\"}} {}",
+        u8::from(r.passed())
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE cgsnap_verify_timestamp_seconds gauge\ncgsnap_verify_timestamp_seconds{{group=\"{g}\"}} {}",
+        r.finished_at.timestamp()
+    );
+    let _ = writeln!(
+        o,
+        "# TYPE cgsnap_verify_recovery_seconds gauge\n# TYPE cgsnap_verify_data_loss_seconds gauge"
+    );
+    for m in &r.members {
+        let d = m.domain.replace('"', "");
+        if let Some(v) = m.recovery_seconds {
+            let _ = writeln!(
+                o,
+                "cgsnap_verify_recovery_seconds{{group=\"{g}\",domain=\"{d}\"}} {v:.3}"
+            );
+        }
+        if let Some(v) = m.data_loss_seconds {
+            let _ = writeln!(
+                o,
+                "cgsnap_verify_data_loss_seconds{{group=\"{g}\",domain=\"{d}\"}} {v:.3}"
+            );
+        }
+    }
+    o
+}

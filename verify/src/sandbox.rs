@@ -1,0 +1,283 @@
+//! Sandbox restore of one member: throwaway overlays on the frozen (or restored) images and a
+//! transient domain made from the member's saved XML, renamed, without host-specific devices.
+//!
+//! Invariants:
+//! - Frozen and backup images are only ever backing files opened read-only: every write of the
+//!   sandbox goes to its own overlay in the sandbox directory.
+//! - The sandbox has a new name and no UUID (libvirt assigns one), no NIC of the original, no
+//!   host devices or graphics; its only network is QEMU user mode with `restrict=on` and one
+//!   port forward bound to 127.0.0.1.
+//! - Dropping a [`Sandbox`] destroys the domain and deletes the directory, also on panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use virt::connect::Connect;
+use xmltree::{Element, XMLNode};
+
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+pub struct Sandbox {
+    pub name: String,
+    pub dir: PathBuf,
+    pub console: PathBuf,
+    pub host_port: u16,
+    pub started: Instant,
+    conn: Connect,
+}
+
+fn children_named<'a>(
+    e: &'a mut Element,
+    name: &'a str,
+) -> impl Iterator<Item = &'a mut Element> + 'a {
+    e.children.iter_mut().filter_map(move |c| match c {
+        XMLNode::Element(x) if x.name == name => Some(x),
+        _ => None,
+    })
+}
+
+fn strip(e: &mut Element, names: &[&str]) {
+    e.children
+        .retain(|c| !matches!(c, XMLNode::Element(x) if names.contains(&x.name.as_str())));
+    for c in e.children.iter_mut() {
+        if let XMLNode::Element(x) = c {
+            strip(x, names);
+        }
+    }
+}
+
+fn set_source(e: &mut Element, attr: &str, value: &str) {
+    for s in children_named(e, "source") {
+        s.attributes.insert(attr.to_string(), value.to_string());
+    }
+}
+
+/// Rewrite a saved domain XML for the sandbox. `disks` maps target → sandbox overlay.
+pub fn sandbox_xml(
+    saved: &str,
+    name: &str,
+    disks: &[(String, PathBuf)],
+    console: &Path,
+    forward: (u16, u16),
+) -> Result<String, String> {
+    let mut root =
+        Element::parse(saved.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))?;
+    for n in children_named(&mut root, "name") {
+        n.children = vec![XMLNode::Text(name.to_string())];
+    }
+    // Drop identity, runtime and host-specific parts; libvirt assigns what it needs.
+    root.children.retain(|c| {
+        !matches!(c, XMLNode::Element(x) if ["uuid", "seclabel", "commandline"].contains(&x.name.as_str()))
+    });
+    strip(&mut root, &["alias", "backingStore", "mirror"]);
+    root.attributes.remove("id");
+    let devices = root
+        .get_mut_child("devices")
+        .ok_or("saved domain XML has no <devices>")?;
+    devices.children.retain(|c| {
+        !matches!(c, XMLNode::Element(x) if ["interface", "hostdev", "graphics", "redirdev", "smartcard", "video", "channel"].contains(&x.name.as_str()))
+    });
+    let mut mapped = 0;
+    for d in children_named(devices, "disk") {
+        let target = d
+            .get_child("target")
+            .and_then(|t| t.attributes.get("dev").cloned())
+            .unwrap_or_default();
+        if let Some((_, ovl)) = disks.iter().find(|(t, _)| *t == target) {
+            d.attributes.insert("type".into(), "file".into());
+            set_source(d, "file", &ovl.to_string_lossy());
+            if let Some(s) = d.get_mut_child("source") {
+                s.attributes.remove("dev");
+                s.attributes.remove("index");
+            }
+            if let Some(drv) = d.get_mut_child("driver") {
+                drv.attributes.insert("type".into(), "qcow2".into());
+            }
+            mapped += 1;
+        }
+    }
+    if mapped != disks.len() {
+        return Err(format!(
+            "saved domain XML has {mapped} of the {} snapshotted disks",
+            disks.len()
+        ));
+    }
+    for kind in ["serial", "console"] {
+        for s in children_named(devices, kind) {
+            if s.attributes.get("type").map(String::as_str) == Some("file") {
+                set_source(s, "path", &console.to_string_lossy());
+            }
+        }
+    }
+    let mut cl = Element::new("commandline");
+    cl.prefix = Some("qemu".into());
+    for v in [
+        "-netdev".to_string(),
+        format!(
+            "user,id=cgsandbox,restrict=on,hostfwd=tcp:127.0.0.1:{}-:{}",
+            forward.0, forward.1
+        ),
+        "-device".to_string(),
+        "virtio-net-pci,netdev=cgsandbox,bus=pci.0,addr=0x1f".to_string(),
+    ] {
+        let mut a = Element::new("arg");
+        a.prefix = Some("qemu".into());
+        a.attributes.insert("value".into(), v);
+        cl.children.push(XMLNode::Element(a));
+    }
+    root.children.push(XMLNode::Element(cl));
+    let mut ns = root
+        .namespaces
+        .clone()
+        .unwrap_or_else(xmltree::Namespace::empty);
+    ns.put("qemu", QEMU_NS);
+    root.namespaces = Some(ns);
+    let mut out = Vec::new();
+    root.write(&mut out).map_err(|e| e.to_string())?;
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+impl Sandbox {
+    /// Create overlays on `images` (target, image to read) and start the sandbox domain.
+    pub fn start(
+        uri: &str,
+        saved_xml: &str,
+        name: &str,
+        images: &[(String, PathBuf)],
+        dir: &Path,
+        forward: (u16, u16),
+    ) -> Result<Sandbox, String> {
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri)).map_err(|e| format!("connect {uri}: {e}"))?;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let console = dir.join("console.log");
+        let mut sb = Sandbox {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            console: console.clone(),
+            host_port: forward.0,
+            started: Instant::now(),
+            conn,
+        };
+        let mut overlays = Vec::new();
+        for (target, image) in images {
+            let ovl = dir.join(format!("{target}.sandbox.qcow2"));
+            let out = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(image)
+                .arg(&ovl)
+                .output()
+                .map_err(|e| format!("qemu-img: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "overlay on {}: {}",
+                    image.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            overlays.push((target.clone(), ovl));
+        }
+        let xml = sandbox_xml(saved_xml, name, &overlays, &console, forward)?;
+        if let Ok(old) = sb.conn.lookup_domain_by_name(name) {
+            let _ = old.destroy();
+        }
+        sb.conn
+            .create_domain_xml(&xml, 0)
+            .map_err(|e| format!("start sandbox {name}: {e}"))?;
+        sb.started = Instant::now();
+        Ok(sb)
+    }
+
+    pub fn console_text(&self) -> String {
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Time from start until the console shows `marker`, or None on timeout.
+    pub fn wait_marker(&self, marker: &str, timeout: Duration) -> Option<Duration> {
+        loop {
+            if self.console_text().contains(marker) {
+                return Some(self.started.elapsed());
+            }
+            if self.started.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Ok(d) = self.conn.lookup_domain_by_name(&self.name) {
+            let _ = d.destroy();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_identity_disks_nics_and_console() {
+        let saved = r#"<domain type='qemu' id='7' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+          <name>orders</name><uuid>1234</uuid><seclabel type='dynamic'/>
+          <devices>
+            <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/img/vda.ovl' index='3'/>
+              <backingStore type='file'><source file='/img/vda.qcow2'/></backingStore><target dev='vda' bus='virtio'/><alias name='virtio-disk0'/></disk>
+            <interface type='network'><source network='default'/></interface>
+            <serial type='file'><source path='/img/console.log'/><target port='0'/></serial>
+            <console type='file'><source path='/img/console.log'/><target type='serial' port='0'/></console>
+            <hostdev mode='subsystem' type='pci'/>
+          </devices>
+          <qemu:commandline><qemu:arg value='-netdev'/><qemu:arg value='user,hostfwd=tcp:127.0.0.1:25501-:5432'/></qemu:commandline>
+        </domain>"#;
+        let x = sandbox_xml(
+            saved,
+            "orders-verify",
+            &[("vda".into(), PathBuf::from("/sb/vda.sandbox.qcow2"))],
+            Path::new("/sb/console.log"),
+            (40001, 5432),
+        )
+        .expect("rewrite");
+        let doc = roxmltree_like(&x);
+        assert!(doc.contains("<name>orders-verify</name>"), "{x}");
+        for gone in [
+            "<uuid>",
+            "seclabel",
+            "interface",
+            "hostdev",
+            "backingStore",
+            "/img/",
+            "25501",
+            "alias",
+            "id=\"7\"",
+        ] {
+            assert!(!doc.contains(gone), "{gone} left in {x}");
+        }
+        assert!(doc.contains("/sb/vda.sandbox.qcow2") && doc.contains("/sb/console.log"));
+        assert!(doc.contains("hostfwd=tcp:127.0.0.1:40001-:5432") && doc.contains("restrict=on"));
+        assert!(doc.contains("xmlns:qemu=\"http://libvirt.org/schemas/domain/qemu/1.0\""));
+    }
+
+    #[test]
+    fn missing_disk_is_an_error() {
+        let e = sandbox_xml(
+            "<domain><name>a</name><devices/></domain>",
+            "b",
+            &[("vda".into(), PathBuf::from("/x"))],
+            Path::new("/c"),
+            (1, 2),
+        )
+        .unwrap_err();
+        assert!(e.contains("0 of the 1"));
+    }
+
+    fn roxmltree_like(x: &str) -> String {
+        x.replace('\'', "\"")
+    }
+}
