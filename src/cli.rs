@@ -66,6 +66,11 @@ pub enum Cmd {
     Demo(crate::demo::DemoArgs),
     /// Restore a held snapshot into a sandbox and verify the databases recovered.
     Verify(crate::verify_cmd::VerifyArgs),
+    /// The history of snapshots and verifications (table, JSON, and CATALOG/reports/index.html).
+    Report {
+        #[arg(long)]
+        json: bool,
+    },
     /// Reproducible testbeds (PostgreSQL VMs with workloads).
     Testbed {
         #[command(subcommand)]
@@ -444,6 +449,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
+        Cmd::Report { json } => crate::history::run(&open_catalog()?, *json),
         Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, a),
         Cmd::Testbed { cmd } => crate::testbed_cmd::run(&ctx, &cli.catalog, cmd),
         Cmd::Beacon(a) => crate::testbed_cmd::beacon(a),

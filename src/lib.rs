@@ -16,6 +16,7 @@ pub mod domxml;
 pub mod duration;
 pub mod exit;
 pub mod group;
+pub mod history;
 pub mod hook;
 pub mod hypervisor;
 pub mod preflight;

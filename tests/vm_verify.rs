@@ -141,6 +141,29 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
         "only {caught} of {k} staggered snapshots were caught"
     );
 
+    // The history lists every verification with its verdict.
+    let hist: serde_json::Value = serde_json::from_slice(
+        &lab.cgsnap()
+            .args(["report", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .expect("history json");
+    let rows = hist.as_array().expect("rows");
+    assert_eq!(rows.len(), n + k);
+    assert_eq!(
+        rows.iter().filter(|r| r["verdict"] == "pass").count(),
+        n + k - caught
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r["unsafe_stagger_ms"] == 1000)
+            .count()
+            == k
+    );
+
     // The HTML reports render in headless Chromium: a pass and a fail.
     for (html, verdict) in [
         (first_html.expect("a pass report"), "PASS"),

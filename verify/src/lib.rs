@@ -63,19 +63,22 @@ fn image_for(req: &Request, image: &str) -> Result<PathBuf, CouldNotRun> {
     match req.images_dir {
         None => Ok(PathBuf::from(image)),
         Some(d) => {
+            // A backup extracted with its paths (`borg extract`, `restic restore`) has the image
+            // at DIR/<original absolute path>; a flat copy has it at DIR/<file name>.
+            let full = d.join(image.trim_start_matches('/'));
             let name = Path::new(image)
                 .file_name()
                 .ok_or_else(|| CouldNotRun(format!("image path {image} has no file name")))?;
-            let p = d.join(name);
-            if p.exists() {
-                Ok(p)
-            } else {
-                Err(CouldNotRun(format!(
-                    "{} not found in --images {}",
-                    name.to_string_lossy(),
-                    d.display()
-                )))
-            }
+            let flat = d.join(name);
+            [full, flat]
+                .into_iter()
+                .find(|p| p.exists())
+                .ok_or_else(|| {
+                    CouldNotRun(format!(
+                        "{image} not found under --images {} (by full path or file name)",
+                        d.display()
+                    ))
+                })
         }
     }
 }
@@ -84,9 +87,10 @@ fn image_for(req: &Request, image: &str) -> Result<PathBuf, CouldNotRun> {
 pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     let started_at = Utc::now();
     let m = req.manifest;
-    if m.state != "taken" {
+    // Frozen images are only frozen while the snapshot is held; copies (--images) outlive it.
+    if m.state != "taken" && !(req.images_dir.is_some() && m.state == "released") {
         return Err(CouldNotRun(format!(
-            "snapshot {} is {}, not taken: only a held snapshot has frozen images to restore",
+            "snapshot {} is {}: verify a held (taken) snapshot, or a released one from copies with --images DIR",
             m.id, m.state
         )));
     }

@@ -1,0 +1,153 @@
+//! End to end with a real backup tool: borgmatic (Debian package) using the shipped
+//! `hooks/borgmatic/config.yaml` backs up the frozen images of the running PostgreSQL testbed,
+//! the archive is extracted, and `cgsnap verify --images` proves the extracted images recover.
+
+mod common;
+
+use cgsnap_testbeds::pair;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const DIR: &str = "/var/lib/libvirt/images/cgsnap-tests/borg";
+const RESTORE: &str = "/var/lib/libvirt/images/cgsnap-tests/borg-restore";
+
+struct Down<'a>(&'a Lab);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.std_cgsnap().args(["testbed", "down"]).output();
+        for n in ["cgsnap-orders", "cgsnap-payments"] {
+            cgsnap_testbeds::guest::destroy_by_name(URI, n);
+        }
+        let _ = std::fs::remove_dir_all(DIR);
+        if std::env::var_os("CGSNAP_TEST_KEEP_RESTORE").is_none() {
+            let _ = std::fs::remove_dir_all(RESTORE);
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn overlays_under(dir: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-name", "*.cgsnap-overlay"])
+        .output()
+        .expect("find");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
+    let lab = lab("cgt-borg", 0, 0);
+    let _down = Down(&lab);
+    lab.cgsnap()
+        .args(["testbed", "up", "--ports", "25531,25532", "--dir", DIR])
+        .timeout(Duration::from_secs(900))
+        .assert()
+        .success();
+    let work = tempfile::tempdir().expect("work dir");
+    let repo = work.path().join("repo");
+    run(Command::new("borg")
+        .args(["init", "--encryption=none"])
+        .arg(&repo));
+
+    // The shipped adapter, pointed at this test's group, paths and cgsnap binary.
+    let cgsnap = format!(
+        "{} --catalog {}",
+        assert_cmd::cargo::cargo_bin("cgsnap").display(),
+        lab.catalog.path().display()
+    );
+    let cfg = include_str!("../hooks/borgmatic/config.yaml")
+        .replace("/var/lib/libvirt/images\n", &format!("{DIR}\n"))
+        .replace("/var/backups/cgsnap-borg", &repo.to_string_lossy())
+        .replace("cgsnap hook", &format!("{cgsnap} hook"))
+        .replace("GROUP", pair::NAME);
+    let cfg_path = work.path().join("borgmatic.yaml");
+    std::fs::write(&cfg_path, cfg).expect("config");
+    std::thread::sleep(Duration::from_secs(3));
+    run(Command::new("borgmatic")
+        .arg("-c")
+        .arg(&cfg_path)
+        .args(["create", "--verbosity", "1"]));
+
+    // post ran: the snapshot is released, no overlay is left next to the running VMs.
+    let listed: serde_json::Value = serde_json::from_slice(
+        &lab.cgsnap()
+            .args(["list", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .expect("json");
+    let snap = listed
+        .as_array()
+        .and_then(|a| a.last())
+        .expect("one snapshot")
+        .clone();
+    assert_eq!(snap["state"], "released");
+    assert!(overlays_under(Path::new(DIR)).is_empty());
+
+    let archive = run(Command::new("borg").args(["list", "--short"]).arg(&repo));
+    let archive = archive
+        .lines()
+        .last()
+        .expect("an archive")
+        .trim()
+        .to_string();
+    let _ = std::fs::remove_dir_all(RESTORE);
+    std::fs::create_dir_all(RESTORE).expect("restore dir");
+    run(Command::new("borg")
+        .arg("extract")
+        .arg(format!("{}::{archive}", repo.display()))
+        .current_dir(RESTORE));
+    assert!(
+        overlays_under(Path::new(RESTORE)).is_empty(),
+        "overlays excluded from the backup"
+    );
+    // borg creates the parents of extracted paths private (0700); QEMU, running as its own
+    // user, must traverse them to read the images.
+    run(Command::new("chmod").args(["-R", "a+rX", RESTORE]));
+    let extracted = Path::new(RESTORE)
+        .join(DIR.trim_start_matches('/'))
+        .join("cgsnap-orders/vdb.qcow2");
+    assert!(extracted.exists(), "{} extracted", extracted.display());
+
+    let profile = pair::verify_profile(&lab.catalog.path().join("testbeds").join(pair::NAME));
+    let out = lab
+        .cgsnap()
+        .args([
+            "verify",
+            snap["id"].as_str().expect("id"),
+            "--images",
+            RESTORE,
+            "--base-port",
+            "40400",
+            "--profile",
+        ])
+        .arg(&profile)
+        .timeout(Duration::from_secs(600))
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    print!("{text}");
+    assert!(text.contains(": PASS"), "{text}");
+}
