@@ -87,6 +87,18 @@ struct Gate {
     consistency_point: Option<DateTime<Utc>>,
 }
 
+/// A fresh barrier: every member thread arrives once, paused or failed to pause.
+fn gate() -> (Mutex<Gate>, Condvar) {
+    (
+        Mutex::new(Gate {
+            arrived: 0,
+            failed: false,
+            consistency_point: None,
+        }),
+        Condvar::new(),
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -99,6 +111,9 @@ fn resume_with_retry(step: &Step, attempts: u32) -> Result<(), HvError> {
             Err(e) => {
                 last = Some(e);
                 std::thread::sleep(Duration::from_millis(20 * u64::from(i + 1)));
+                // The call may have failed because libvirtd restarted: a paused VM survives
+                // that, so resume through a fresh connection.
+                let _ = step.host.reconnect();
             }
         }
     }
@@ -186,14 +201,7 @@ fn member_thread(step: &Step, gate: &(Mutex<Gate>, Condvar), n: usize, env: &Env
 /// Pause all, snapshot each, resume each as soon as its snapshot is done (see module docs).
 pub fn run(steps: &[Step], env: &Env) -> Outcome {
     let n = steps.len();
-    let gate = (
-        Mutex::new(Gate {
-            arrived: 0,
-            failed: false,
-            consistency_point: None,
-        }),
-        Condvar::new(),
-    );
+    let gate = gate();
     let members: Vec<MemberOutcome> = std::thread::scope(|s| {
         let handles: Vec<_> = steps
             .iter()
@@ -238,14 +246,7 @@ pub fn run_staggered(steps: &[Step], env: &Env, gap: Duration) -> Outcome {
         if i > 0 {
             std::thread::sleep(gap);
         }
-        let gate = (
-            Mutex::new(Gate {
-                arrived: 0,
-                failed: false,
-                consistency_point: None,
-            }),
-            Condvar::new(),
-        );
+        let gate = gate();
         let m = member_thread(st, &gate, 1, env);
         let g = gate.0.lock().unwrap_or_else(|p| p.into_inner());
         if cp.is_none() {

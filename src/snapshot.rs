@@ -169,6 +169,10 @@ fn rollback(plan: &[PlannedMember], opts: &release::Options) -> Result<(), Strin
     let mut errors = Vec::new();
     for p in plan {
         let host = p.member.host.as_ref();
+        // After a libvirtd restart the shared connection is dead; the domains are not.
+        if host.state(&p.member.domain).is_err() {
+            let _ = host.reconnect();
+        }
         if let Err(e) = release::release_member(host, &p.member.domain, &p.disks, opts) {
             errors.push(e.to_string());
         }
@@ -295,7 +299,14 @@ pub fn take(
             protocol::run_staggered(&steps, &env, gap)
         }
     };
-    let fired = dog.disarm();
+    let fired = if out.all_resumed() {
+        dog.disarm()
+    } else {
+        // Some member could not be resumed by us (e.g. libvirtd restarting): the watchdog,
+        // still armed, resumes it when its pipe closes; wait for that before rolling back.
+        dog.abandon();
+        false
+    };
 
     man.consistency_point = out.consistency_point;
     man.freeze_window_ms = out.freeze_window_ms;

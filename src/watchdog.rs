@@ -121,6 +121,16 @@ impl Watchdog {
     /// Stop watching; returns true when the budget had expired and the watchdog resumed members.
     pub fn disarm(mut self) -> bool {
         let _ = self.send("disarm");
+        self.finish()
+    }
+
+    /// Hand over to the watchdog: close its pipe while armed, so it resumes every member still
+    /// paused, and wait until it has. Used when the coordinator could not resume everyone.
+    pub fn abandon(self) -> bool {
+        self.finish()
+    }
+
+    fn finish(mut self) -> bool {
         self.stdin = None;
         let _ = self.child.wait();
         self.lines.try_iter().any(|l| l == "fired")
@@ -142,7 +152,8 @@ fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> V
             .filter_map(|m| hosts.get(&m.uri).map(|h| (h.clone(), m)))
             .map(|(h, m)| {
                 s.spawn(move || {
-                    for attempt in 0..10u64 {
+                    // ~10 s of attempts: long enough for a restarting libvirtd to come back.
+                    for attempt in 0..20u64 {
                         match h.state(&m.domain) {
                             Ok(DomState::PausedByUser) => {
                                 if h.resume(&m.domain).is_ok() {
@@ -150,9 +161,14 @@ fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> V
                                 }
                             }
                             Ok(_) => return None,
-                            Err(_) => {}
+                            // The connection may be dead (libvirtd restarted): open a new one.
+                            Err(_) => {
+                                let _ = h.reconnect();
+                            }
                         }
-                        std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
+                        std::thread::sleep(
+                            Duration::from_millis(50 * (attempt + 1)).min(Duration::from_secs(1)),
+                        );
                     }
                     eprintln!(
                         "cgsnap watchdog: could not resume {} on {}",

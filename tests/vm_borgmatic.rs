@@ -13,21 +13,6 @@ use std::time::Duration;
 const DIR: &str = "/var/lib/libvirt/images/cgsnap-tests/borg";
 const RESTORE: &str = "/var/lib/libvirt/images/cgsnap-tests/borg-restore";
 
-struct Down<'a>(&'a Lab);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.std_cgsnap().args(["testbed", "down"]).output();
-        for n in ["cgsnap-orders", "cgsnap-payments"] {
-            cgsnap_testbeds::guest::destroy_by_name(URI, n);
-        }
-        let _ = std::fs::remove_dir_all(DIR);
-        if std::env::var_os("CGSNAP_TEST_KEEP_RESTORE").is_none() {
-            let _ = std::fs::remove_dir_all(RESTORE);
-        }
-    }
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
@@ -57,7 +42,7 @@ fn overlays_under(dir: &Path) -> Vec<String> {
 #[test]
 fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     let lab = lab("cgt-borg", 0, 0);
-    let _down = Down(&lab);
+    let _down = TestbedDown::new(&lab, &[DIR, RESTORE]);
     lab.cgsnap()
         .args(["testbed", "up", "--ports", "25531,25532", "--dir", DIR])
         .timeout(Duration::from_secs(900))
@@ -89,15 +74,7 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         .args(["create", "--verbosity", "1"]));
 
     // post ran: the snapshot is released, no overlay is left next to the running VMs.
-    let listed: serde_json::Value = serde_json::from_slice(
-        &lab.cgsnap()
-            .args(["list", "--json"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout,
-    )
-    .expect("json");
+    let listed = list_json(&lab);
     let snap = listed
         .as_array()
         .and_then(|a| a.last())

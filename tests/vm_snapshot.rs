@@ -12,17 +12,6 @@ fn json(out: &[u8]) -> serde_json::Value {
     serde_json::from_slice(out).expect("valid JSON on stdout")
 }
 
-fn list_json(lab: &Lab) -> serde_json::Value {
-    json(
-        &lab.cgsnap()
-            .args(["list", "--json"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout,
-    )
-}
-
 #[test]
 fn snapshot_shows_overlays_and_release_restores_images() {
     let lab = lab("cgt-snap", 3, 2);

@@ -48,23 +48,10 @@ fn live_check(acks: &Path) -> (usize, i64) {
     (a.len(), fo.max_row)
 }
 
-/// Tears the testbed down even when an assertion fails half-way.
-struct Down<'a>(&'a Lab);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.std_cgsnap().args(["testbed", "down"]).output();
-        for n in ["cgsnap-orders", "cgsnap-payments"] {
-            cgsnap_testbeds::guest::destroy_by_name(URI, n);
-        }
-        let _ = std::fs::remove_dir_all(DIR);
-    }
-}
-
 #[test]
 fn pair_testbed_sustains_workload_and_tears_down_cleanly() {
     let lab = lab("cgt-tb", 0, 0);
-    let _down = Down(&lab);
+    let _down = TestbedDown::new(&lab, &[DIR]);
     let ports = format!("{},{}", PORTS.0, PORTS.1);
     // The VMs' root disks are overlays on one shared base; no release may ever write into it.
     let shared_root = cgsnap_testbeds::assets::cache_dir().join("pg-root.qcow2");

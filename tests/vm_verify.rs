@@ -13,18 +13,6 @@ use std::time::Duration;
 
 const DIR: &str = "/var/lib/libvirt/images/cgsnap-tests/verify";
 
-struct Down<'a>(&'a Lab);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.std_cgsnap().args(["testbed", "down"]).output();
-        for n in ["cgsnap-orders", "cgsnap-payments"] {
-            cgsnap_testbeds::guest::destroy_by_name(URI, n);
-        }
-        let _ = std::fs::remove_dir_all(DIR);
-    }
-}
-
 fn rounds(var: &str, default: usize) -> usize {
     std::env::var(var)
         .ok()
@@ -97,7 +85,7 @@ fn summary(r: &serde_json::Value) -> String {
 #[test]
 fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
     let lab = lab("cgt-verify", 0, 0);
-    let _down = Down(&lab);
+    let _down = TestbedDown::new(&lab, &[DIR]);
     lab.cgsnap()
         .args(["testbed", "up", "--ports", "25521,25522", "--dir", DIR])
         .timeout(Duration::from_secs(900))

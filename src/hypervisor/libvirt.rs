@@ -13,7 +13,8 @@ use virt::sys;
 
 pub struct LibvirtHost {
     uri: String,
-    conn: Connect,
+    /// Replaced by [`Host::reconnect`] after libvirtd restarted; readers clone the handle.
+    conn: std::sync::RwLock<Connect>,
 }
 
 impl LibvirtHost {
@@ -29,8 +30,12 @@ impl LibvirtHost {
         })?;
         Ok(Self {
             uri: uri.to_string(),
-            conn,
+            conn: std::sync::RwLock::new(conn),
         })
+    }
+
+    fn conn(&self) -> Connect {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn err(&self, op: &'static str, target: &str, e: virt::error::Error) -> HvError {
@@ -53,7 +58,7 @@ impl LibvirtHost {
     }
 
     fn dom(&self, name: &str) -> HvResult<Domain> {
-        self.conn
+        self.conn()
             .lookup_domain_by_name(name)
             .map_err(|e| self.err("lookup domain", name, e))
     }
@@ -93,9 +98,16 @@ impl Host for LibvirtHost {
         &self.uri
     }
 
+    fn reconnect(&self) -> HvResult<()> {
+        let fresh = Self::open(&self.uri)?;
+        let conn = fresh.conn();
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = conn;
+        Ok(())
+    }
+
     fn list_domains(&self) -> HvResult<Vec<DomainSummary>> {
         let doms = self
-            .conn
+            .conn()
             .list_all_domains(0)
             .map_err(|e| self.err("list domains", &self.uri, e))?;
         let mut out = Vec::with_capacity(doms.len());

@@ -84,6 +84,10 @@ pub type HvResult<T> = Result<T, HvError>;
 /// One libvirt connection.
 pub trait Host: Send + Sync {
     fn uri(&self) -> &str;
+    /// Replace a connection that broke (libvirtd restarted). The default does nothing.
+    fn reconnect(&self) -> HvResult<()> {
+        Ok(())
+    }
     fn list_domains(&self) -> HvResult<Vec<DomainSummary>>;
     fn state(&self, dom: &str) -> HvResult<DomState>;
     /// Live XML of a running domain (inactive XML otherwise).

@@ -29,29 +29,36 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
 }
 
-/// Build (or reuse) the guest assets in `dir`.
-pub fn ensure(dir: &Path) -> Result<Assets, AssetError> {
+/// Run an embedded build script (written to `dir/file`) with `dir` as its output directory.
+/// The script itself decides whether its cached outputs are current.
+pub fn run_script(dir: &Path, file: &str, body: &str) -> Result<(), AssetError> {
     let err = |detail: String| AssetError {
         dir: dir.to_path_buf(),
         detail,
     };
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let script = dir.join("build.sh");
-    std::fs::write(&script, BUILD_SCRIPT).map_err(|e| err(e.to_string()))?;
+    let script = dir.join(file);
+    std::fs::write(&script, body).map_err(|e| err(e.to_string()))?;
     let out = Command::new("bash")
         .arg(&script)
         .arg(dir)
         .output()
         .map_err(|e| err(format!("bash: {e}")))?;
     if !out.status.success() {
-        let tail: String = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join(" | ");
-        return Err(err(format!("build.sh failed: {tail}")));
+        let text = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        return Err(err(format!("{file} failed: {}", tail.join(" | "))));
     }
+    Ok(())
+}
+
+/// Build (or reuse) the guest assets in `dir`.
+pub fn ensure(dir: &Path) -> Result<Assets, AssetError> {
+    run_script(dir, "build.sh", BUILD_SCRIPT)?;
+    let err = |detail: String| AssetError {
+        dir: dir.to_path_buf(),
+        detail,
+    };
     let a = Assets {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),

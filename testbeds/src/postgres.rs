@@ -8,7 +8,6 @@
 use crate::assets::AssetError;
 use crate::guest::{DiskSource, Spec};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 pub const BUILD_SCRIPT: &str = include_str!("../postgres/build.sh");
 /// Password of the `postgres` role in the testbed images (scram-sha-256 over TCP).
@@ -24,26 +23,7 @@ pub struct Images {
 
 /// Build (or reuse) the PostgreSQL images in `dir` (several minutes the first time).
 pub fn ensure(dir: &Path) -> Result<Images, AssetError> {
-    let err = |detail: String| AssetError {
-        dir: dir.to_path_buf(),
-        detail,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let script = dir.join("postgres-build.sh");
-    std::fs::write(&script, BUILD_SCRIPT).map_err(|e| err(e.to_string()))?;
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(dir)
-        .output()
-        .map_err(|e| err(format!("bash: {e}")))?;
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = text.lines().rev().take(5).collect();
-        return Err(err(format!(
-            "postgres/build.sh failed: {}",
-            tail.join(" | ")
-        )));
-    }
+    crate::assets::run_script(dir, "postgres-build.sh", BUILD_SCRIPT)?;
     Ok(Images {
         root: dir.join("pg-root.qcow2"),
         data: dir.join("pg-data.qcow2"),

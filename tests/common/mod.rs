@@ -315,3 +315,38 @@ pub fn domblklist_on(uri: &str, dom: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
         .collect()
 }
+
+/// `cgsnap list --json` of the lab's catalog.
+pub fn list_json(lab: &Lab) -> serde_json::Value {
+    let out = lab.cgsnap().args(["list", "--json"]).assert().success();
+    serde_json::from_slice(&out.get_output().stdout).expect("list --json")
+}
+
+/// Tears a `cgsnap testbed` down (VMs, workload, directories) even when an assertion fails.
+pub struct TestbedDown<'a> {
+    lab: &'a Lab,
+    dirs: Vec<PathBuf>,
+}
+
+impl<'a> TestbedDown<'a> {
+    pub fn new(lab: &'a Lab, dirs: &[&str]) -> Self {
+        Self {
+            lab,
+            dirs: dirs.iter().map(PathBuf::from).collect(),
+        }
+    }
+}
+
+impl Drop for TestbedDown<'_> {
+    fn drop(&mut self) {
+        let _ = self.lab.std_cgsnap().args(["testbed", "down"]).output();
+        for n in ["cgsnap-orders", "cgsnap-payments"] {
+            guest::destroy_by_name(URI, n);
+        }
+        if std::env::var_os("CGSNAP_TEST_KEEP_DIRS").is_none() {
+            for d in &self.dirs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+}
