@@ -18,7 +18,7 @@
 //! - every member that was paused is resumed, whatever its snapshot did (retrying the resume);
 //! - timings come from one monotonic clock; wall-clock time only names the consistency point.
 
-use crate::hypervisor::{Host, HvError};
+use crate::hypervisor::{DomState, Host, HvError};
 use chrono::{DateTime, Utc};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -108,6 +108,10 @@ fn resume_with_retry(step: &Step, attempts: u32) -> Result<(), HvError> {
     for i in 0..attempts.max(1) {
         match step.host.resume(&step.domain) {
             Ok(()) => return Ok(()),
+            // Already running: the watchdog resumed it after the freeze budget expired.
+            Err(_) if matches!(step.host.state(&step.domain), Ok(DomState::Running)) => {
+                return Ok(());
+            }
             Err(e) => {
                 last = Some(e);
                 std::thread::sleep(Duration::from_millis(20 * u64::from(i + 1)));

@@ -304,8 +304,7 @@ pub fn take(
     } else {
         // Some member could not be resumed by us (e.g. libvirtd restarting): the watchdog,
         // still armed, resumes it when its pipe closes; wait for that before rolling back.
-        dog.abandon();
-        false
+        dog.abandon()
     };
 
     man.consistency_point = out.consistency_point;

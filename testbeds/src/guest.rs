@@ -366,11 +366,15 @@ impl Guest {
         }
     }
 
-    /// Stop the domain (power cut) and forget its definition, if it exists.
+    /// Stop the domain (power cut) and forget its definition, if it exists. Falls back to a
+    /// fresh connection: ours is dead if libvirtd restarted meanwhile.
     pub fn destroy_domain(&self) {
-        if let Ok(d) = self.conn.lookup_domain_by_name(&self.spec.name) {
-            let _ = d.destroy();
-            let _ = d.undefine();
+        match self.conn.lookup_domain_by_name(&self.spec.name) {
+            Ok(d) => {
+                let _ = d.destroy();
+                let _ = d.undefine();
+            }
+            Err(_) => destroy_by_name(&self.uri, &self.spec.name),
         }
     }
 
