@@ -110,6 +110,12 @@ pub struct Manifest {
     /// Set only for the negative control `--unsafe-stagger`: NOT a consistent cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_stagger_ms: Option<u64>,
+    /// Set only for the negative control `--unsafe-disk-order`: targets cut one by one in this
+    /// order (then the rest), `unsafe_disk_gap_ms` apart, nothing paused. NOT a consistent cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_disk_order: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_disk_gap_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +323,8 @@ mod tests {
             error: None,
             released_at: None,
             unsafe_stagger_ms: None,
+            unsafe_disk_order: None,
+            unsafe_disk_gap_ms: None,
         }
     }
 

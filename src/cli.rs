@@ -128,8 +128,20 @@ pub struct SnapTuning {
     pub shared_connection: bool,
     /// TESTING ONLY (negative control): snapshot members one after the other, MS apart,
     /// without the group freeze. The result is NOT crash-consistent across members.
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", conflicts_with = "unsafe_disk_order")]
     pub unsafe_stagger: Option<u64>,
+    /// TESTING ONLY (negative control): without pausing, cut these disks one by one in this
+    /// order (e.g. `vdc,vdb`: WAL before data), then the others. NOT crash-consistent at all.
+    #[arg(long, value_name = "TARGETS", value_delimiter = ',')]
+    pub unsafe_disk_order: Option<Vec<String>>,
+    /// Time between two disks of `--unsafe-disk-order`.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        requires = "unsafe_disk_order"
+    )]
+    pub unsafe_disk_gap: u64,
 }
 
 #[derive(Args)]
@@ -245,6 +257,10 @@ pub fn snap_options(
             ..Default::default()
         },
         unsafe_stagger: t.unsafe_stagger.map(Duration::from_millis),
+        unsafe_disk_order: t
+            .unsafe_disk_order
+            .clone()
+            .map(|o| (o, Duration::from_millis(t.unsafe_disk_gap))),
         connect_each: if t.shared_connection {
             None
         } else {

@@ -19,6 +19,8 @@ pub struct Row {
     pub created_at: String,
     pub freeze_window_ms: Option<f64>,
     pub unsafe_stagger_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsafe_disk_order: Option<Vec<String>>,
     pub verdict: Option<String>,
     pub max_recovery_seconds: Option<f64>,
     pub max_data_loss_seconds: Option<f64>,
@@ -47,6 +49,7 @@ pub fn rows(cat: &Catalog) -> Result<Vec<Row>, Failure> {
                 created_at: m.created_at.to_rfc3339(),
                 freeze_window_ms: m.freeze_window_ms,
                 unsafe_stagger_ms: m.unsafe_stagger_ms,
+                unsafe_disk_order: m.unsafe_disk_order.clone(),
                 verdict: rep
                     .as_ref()
                     .and_then(|r| r["verdict"].as_str().map(str::to_string)),
@@ -93,6 +96,8 @@ pub fn html(rows: &[Row]) -> String {
             esc(&r.id),
             if r.unsafe_stagger_ms.is_some() {
                 " (unsafe stagger)"
+            } else if r.unsafe_disk_order.is_some() {
+                " (unsafe disk order)"
             } else {
                 ""
             },

@@ -4,6 +4,7 @@
 //! - [`group`]: consistency groups stored in domain metadata, resolved live;
 //! - [`hypervisor`]: the one boundary to libvirt (trait, adapter, fake, connection pool);
 //! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
+//! - [`disk_order`]: the per-disk negative control (never a consistent cut);
 //! - [`release`]: committing overlays back;
 //! - [`catalog`]: manifests and locks; [`hook`]: the backup-scheduler contract;
 //! - [`exit`]: the documented exit codes.
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod demo;
+pub mod disk_order;
 pub mod domxml;
 pub mod duration;
 pub mod exit;

@@ -10,6 +10,7 @@
 //! - A group never gets a second snapshot while one is outstanding.
 
 use crate::catalog::{self, Catalog, CatalogError, Manifest, MemberRecord, Phases, SnapState};
+use crate::disk_order;
 use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
 use crate::hypervisor::Host;
@@ -40,6 +41,10 @@ pub enum SnapshotError {
         id: String,
         state: SnapState,
     },
+    #[error(
+        "--unsafe-disk-order names disk {target}, which no member of group {group} has: list targets as shown by `virsh domblklist`"
+    )]
+    UnknownTarget { group: String, target: String },
     #[error("cannot pre-create overlay {path}: {detail}; nothing was frozen")]
     Precreate { path: String, detail: String },
     #[error("snapshot {id} failed and was {outcome}: {cause}")]
@@ -67,6 +72,7 @@ impl Classify for SnapshotError {
             SnapshotError::Watchdog(_) => ExitCode::Hypervisor,
             SnapshotError::Outstanding { .. } => ExitCode::Outstanding,
             SnapshotError::Precreate { .. } => ExitCode::Precondition,
+            SnapshotError::UnknownTarget { .. } => ExitCode::Usage,
             SnapshotError::Protocol { .. } => ExitCode::Hypervisor,
             SnapshotError::Budget { .. } => ExitCode::FreezeBudget,
         }
@@ -91,6 +97,9 @@ pub struct Options {
     /// NEGATIVE CONTROL for testing verifiers: snapshot members one after the other, this far
     /// apart, without the group freeze. Never a consistent cut.
     pub unsafe_stagger: Option<Duration>,
+    /// NEGATIVE CONTROL for testing verifiers: cut these disk targets one by one, in order
+    /// (then the rest), this far apart, without pausing. Never a consistent cut.
+    pub unsafe_disk_order: Option<(Vec<String>, Duration)>,
 }
 
 pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
@@ -161,6 +170,8 @@ fn manifest(id: &str, group: &str, now: DateTime<Utc>, plan: &[PlannedMember]) -
         error: None,
         released_at: None,
         unsafe_stagger_ms: None,
+        unsafe_disk_order: None,
+        unsafe_disk_gap_ms: None,
     }
 }
 
@@ -212,6 +223,15 @@ pub fn take(
         .iter()
         .map(|m| preflight::plan_member(m, &popts))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some((order, _)) = &opts.unsafe_disk_order {
+        let has = |t: &String| plan.iter().flat_map(|p| &p.disks).any(|d| &d.target == t);
+        if let Some(t) = order.iter().find(|t| !has(t)) {
+            return Err(SnapshotError::UnknownTarget {
+                group: opts.group.clone(),
+                target: t.clone(),
+            });
+        }
+    }
     let mut man = manifest(&id, &opts.group, now, &plan);
     cat.write(&man)?;
 
@@ -231,6 +251,10 @@ pub fn take(
             cat.write(&man)?;
             return Err(e);
         }
+    }
+
+    if let Some((order, gap)) = &opts.unsafe_disk_order {
+        return take_disk_order(cat, man, &plan, reuse, order, *gap, opts, t0);
     }
 
     let watch: Vec<WatchMember> = plan
@@ -355,6 +379,77 @@ pub fn take(
         }
     } else {
         SnapshotError::Protocol { id, outcome, cause }
+    })
+}
+
+/// The per-disk negative control (see [`crate::disk_order`]): nothing is paused, so there is
+/// no watchdog; a failure rolls back whatever was cut.
+#[allow(clippy::too_many_arguments)]
+fn take_disk_order(
+    cat: &Catalog,
+    mut man: Manifest,
+    plan: &[PlannedMember],
+    reuse: bool,
+    order: &[String],
+    gap: Duration,
+    opts: &Options,
+    t0: Instant,
+) -> Result<Manifest, SnapshotError> {
+    man.unsafe_disk_order = Some(order.to_vec());
+    man.unsafe_disk_gap_ms = Some(gap.as_millis() as u64);
+    let mut staged = Vec::with_capacity(plan.len());
+    for p in plan {
+        let stages =
+            disk_order::plan(p, &man.id, order).map_err(preflight::PreflightError::from)?;
+        staged.push(disk_order::Staged {
+            host: p.member.host.clone(),
+            domain: p.member.domain.clone(),
+            stages,
+            reuse,
+        });
+    }
+    let preflight_ms = ms(t0.elapsed());
+    let env = Env {
+        wall_clock: &Utc::now,
+        hold_frozen: None,
+        on_all_paused: &|| {},
+        resume_attempts: 1,
+    };
+    let out = disk_order::run(&staged, &env, gap);
+    man.consistency_point = out.consistency_point;
+    man.freeze_window_ms = out.freeze_window_ms;
+    man.phases = Phases {
+        preflight_ms,
+        pause_ms: 0.0,
+        snapshot_ms: out.snapshot_ms,
+        resume_ms: 0.0,
+    };
+    for (rec, m) in man.members.iter_mut().zip(&out.members) {
+        rec.freeze_ms = Some(0.0);
+        rec.snapshot_ms = m.snapshot_ms;
+    }
+    let Some(cause) = out.first_error().map(|e| e.to_string()) else {
+        man.state = SnapState::Taken;
+        cat.write(&man)?;
+        return Ok(man);
+    };
+    let outcome = match rollback(plan, &opts.release) {
+        Ok(()) => {
+            man.state = SnapState::Aborted;
+            man.error = Some(cause.clone());
+            "rolled back"
+        }
+        Err(e) => {
+            man.state = SnapState::Failed;
+            man.error = Some(format!("{cause}; rollback incomplete: {e}"));
+            "left for `cgsnap release` (rollback incomplete)"
+        }
+    };
+    cat.write(&man)?;
+    Err(SnapshotError::Protocol {
+        id: man.id.clone(),
+        outcome,
+        cause,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Restore-and-verify on the PostgreSQL pair testbed under load: consecutive group snapshots
 //! all verify clean (no violation, no lost acknowledged commit before the consistency point);
-//! the staggered negative control is reported as a violation; the HTML report renders in
-//! headless Chromium.
+//! both negative controls (members staggered; WAL disk cut before the data disk) are reported
+//! as violations; the HTML report renders in headless Chromium.
 
 mod common;
 
@@ -20,14 +20,14 @@ fn rounds(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Snapshot (optionally staggered), verify, release. Returns the report JSON and its HTML path.
-fn round(lab: &Lab, profile: &Path, stagger: Option<&str>) -> (serde_json::Value, PathBuf, i32) {
-    let mut snap = lab.cgsnap();
-    snap.args(["snapshot", pair::NAME]);
-    if let Some(ms) = stagger {
-        snap.args(["--unsafe-stagger", ms]);
-    }
-    snap.assert().success();
+/// Snapshot (with `extra` snapshot arguments), verify, release. Returns the report JSON, its
+/// HTML path and the verify exit code.
+fn round(lab: &Lab, profile: &Path, extra: &[&str]) -> (serde_json::Value, PathBuf, i32) {
+    lab.cgsnap()
+        .args(["snapshot", pair::NAME])
+        .args(extra)
+        .assert()
+        .success();
     let out = lab
         .cgsnap()
         .args([
@@ -97,7 +97,7 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
     let mut first_html = None;
     for i in 1..=n {
         std::thread::sleep(Duration::from_secs(2));
-        let (r, html, code) = round(&lab, &profile, None);
+        let (r, html, code) = round(&lab, &profile, &[]);
         println!("consistent {i}/{n}: {} | {}", r["verdict"], summary(&r));
         assert_eq!(code, 0, "round {i} must pass: {r}");
         assert_eq!(r["verdict"], "pass");
@@ -116,7 +116,7 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
     let mut caught = 0;
     let mut last_fail = None;
     for i in 1..=k {
-        let (r, html, code) = round(&lab, &profile, Some("1000"));
+        let (r, html, code) = round(&lab, &profile, &["--unsafe-stagger", "1000"]);
         println!("staggered {i}/{k}: {} | {}", r["verdict"], summary(&r));
         if code == 11 && r["verdict"] == "fail" {
             caught += 1;
@@ -129,6 +129,45 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
         "only {caught} of {k} staggered snapshots were caught"
     );
 
+    // Per-disk control: the WAL disk (vdc) cut a second before the data disk (vdb), no pause.
+    let d = rounds("CGSNAP_TEST_DISK_ORDER_ROUNDS", 3);
+    let mut split_caught = 0;
+    for i in 1..=d {
+        std::thread::sleep(Duration::from_secs(2));
+        let args = [
+            "--unsafe-disk-order",
+            "vdc,vdb",
+            "--unsafe-disk-gap",
+            "1000",
+        ];
+        let (r, _, code) = round(&lab, &profile, &args);
+        let failed: Vec<String> = r["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .flat_map(|m| m["checks"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["ok"] == false)
+            .map(|c| format!("{}: {}", c["name"], c["evidence"]))
+            .collect();
+        println!(
+            "WAL-before-data {i}/{d}: {} | {} | failed: {}",
+            r["verdict"],
+            summary(&r),
+            failed.join("; ")
+        );
+        if code == 11 && r["verdict"] == "fail" {
+            split_caught += 1;
+        }
+    }
+    println!(
+        "WAL-before-data negative control reported as a violation in {split_caught} of {d} runs"
+    );
+    assert!(
+        split_caught * 4 >= d * 3,
+        "only {split_caught} of {d} WAL-before-data snapshots were caught"
+    );
+    let caught = caught + split_caught;
+
     // The history lists every verification with its verdict.
     let hist: serde_json::Value = serde_json::from_slice(
         &lab.cgsnap()
@@ -140,10 +179,16 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
     )
     .expect("history json");
     let rows = hist.as_array().expect("rows");
-    assert_eq!(rows.len(), n + k);
+    assert_eq!(rows.len(), n + k + d);
     assert_eq!(
         rows.iter().filter(|r| r["verdict"] == "pass").count(),
-        n + k - caught
+        n + k + d - caught
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["unsafe_disk_order"] == serde_json::json!(["vdc", "vdb"]))
+            .count(),
+        d
     );
     assert!(
         rows.iter()

@@ -201,6 +201,8 @@ fn run_config(
         no_precreate: false,
         shared_connection: a.shared_connection,
         unsafe_stagger: None,
+        unsafe_disk_order: None,
+        unsafe_disk_gap: 1000,
     };
     let opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
     let ropts = release::Options {

@@ -59,6 +59,11 @@ synchronous_commit = on
 full_page_writes = on
 shared_buffers = 32MB
 max_connections = 30
+# Checkpoints run almost all the time (spread over 90% of 30 s), so data pages are always
+# being written: a snapshot that cuts the WAL disk before the data disk sees pages newer than
+# its WAL, which is what the per-disk negative control must expose.
+checkpoint_timeout = 30s
+checkpoint_completion_target = 0.9
 EOF
 echo "host all all 0.0.0.0/0 scram-sha-256" >> "$root/pgdata/db/pg_hba.conf"
 
@@ -83,9 +88,12 @@ ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
 mkdir -p /run/postgresql && chown postgres:postgres /run/postgresql
 su postgres -s /bin/sh -c "exec /usr/lib/postgresql/15/bin/postgres -D /pgdata/db" > /dev/console 2>&1 &
+pg=$!
 i=0
 until su postgres -s /bin/sh -c "/usr/lib/postgresql/15/bin/pg_isready -q -h /run/postgresql"; do
   i=$((i + 1))
+  # A server that exits (e.g. crash recovery PANICs) will never be ready: say so at once.
+  kill -0 $pg 2>/dev/null || { say "error: server exited during start-up"; i=9999; break; }
   [ $i -gt 600 ] && { say "error: server not ready after 600 s"; break; }
   sleep 1
 done

@@ -64,6 +64,7 @@ port = {port}
 user = "postgres"
 password = "{pw}"
 ready_marker = "CGSNAP-PG: ready"
+failure_marker = "CGSNAP-PG: error"
 beacon_table = "cgsnap_beacon"
 ack_db = "{db}"
 ack_kind = "{kind}"

@@ -45,6 +45,24 @@ pub struct DiskView {
     pub image: String,
 }
 
+/// The server's own PANIC/FATAL lines from a console, as evidence (the last few).
+fn server_errors(console: &str) -> String {
+    let lines: Vec<&str> = console
+        .lines()
+        .filter(|l| {
+            l.contains("PANIC:") || l.contains("FATAL:") || l.contains("LOG:  startup process")
+        })
+        .collect();
+    if lines.is_empty() {
+        return "no server error on the console".into();
+    }
+    lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot verify: {0}")]
 pub struct CouldNotRun(pub String);
@@ -146,7 +164,11 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
             lost_acked_commits: None,
             checks: Vec::new(),
         };
-        let ready = sb.wait_marker(&prof.ready_marker, timeout);
+        let waited = sb.wait_marker(&prof.ready_marker, prof.failure_marker.as_deref(), timeout);
+        let ready = match waited {
+            sandbox::Wait::Ready(d) => Some(d),
+            _ => None,
+        };
         r.recovery_seconds = ready.map(|d| d.as_secs_f64());
         let console = sb.console_text();
         let recovered =
@@ -154,8 +176,8 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         r.checks.push(Check {
             name: "recovery".into(),
             ok: ready.is_some(),
-            evidence: match ready {
-                Some(d) => format!(
+            evidence: match waited {
+                sandbox::Wait::Ready(d) => format!(
                     "ready {:.1} s after boot; {}",
                     d.as_secs_f64(),
                     if recovered {
@@ -164,7 +186,16 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
                         "no WAL replay was needed"
                     }
                 ),
-                None => format!("not ready within {} s", timeout.as_secs()),
+                sandbox::Wait::Failed(d) => format!(
+                    "the database did not start ({:.1} s after boot): {}",
+                    d.as_secs_f64(),
+                    server_errors(&console)
+                ),
+                sandbox::Wait::TimedOut => format!(
+                    "not ready within {} s: {}",
+                    timeout.as_secs(),
+                    server_errors(&console)
+                ),
             },
         });
         let client = ready.and_then(|_| {

@@ -60,6 +60,10 @@ pub struct MemberProfile {
     pub dbname: String,
     /// Console line the guest prints once the database accepts connections.
     pub ready_marker: String,
+    /// Console line the guest prints when the database cannot start (e.g. recovery failed):
+    /// the member fails at once instead of waiting out the ready timeout.
+    #[serde(default)]
+    pub failure_marker: Option<String>,
     /// SQL queries returning one boolean each; all must be true.
     #[serde(default)]
     pub invariants: Vec<String>,

@@ -196,17 +196,30 @@ impl Sandbox {
     }
 
     /// Time from start until the console shows `marker`, or None on timeout.
-    pub fn wait_marker(&self, marker: &str, timeout: Duration) -> Option<Duration> {
+    /// Wait for `ready` (or `failure`) on the console; times are since boot.
+    pub fn wait_marker(&self, ready: &str, failure: Option<&str>, timeout: Duration) -> Wait {
         loop {
-            if self.console_text().contains(marker) {
-                return Some(self.started.elapsed());
+            let text = self.console_text();
+            if text.contains(ready) {
+                return Wait::Ready(self.started.elapsed());
+            }
+            if failure.is_some_and(|f| text.contains(f)) {
+                return Wait::Failed(self.started.elapsed());
             }
             if self.started.elapsed() > timeout {
-                return None;
+                return Wait::TimedOut;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// How waiting for a member's ready marker ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Wait {
+    Ready(Duration),
+    Failed(Duration),
+    TimedOut,
 }
 
 impl Drop for Sandbox {
