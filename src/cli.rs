@@ -164,6 +164,9 @@ pub struct ReleaseArgs {
     /// Longest wait for one disk's commit to become ready.
     #[arg(long, default_value = "300s", value_parser = duration::parse)]
     pub timeout: Duration,
+    /// Limit each commit's copy rate to this many bytes/s (0: unlimited).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub bandwidth: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -239,11 +242,13 @@ pub fn snap_options(
 ) -> Result<snapshot::Options, Failure> {
     let exe =
         std::env::current_exe().map_err(|e| internal(format!("cannot find own binary: {e}")))?;
-    // Test-only fault injection: keep members frozen to exercise the watchdog.
-    let hold_frozen = std::env::var("CGSNAP_TEST_HOLD_FROZEN_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis);
+    // Test-only fault injection: hold at a phase so a test can break something right there.
+    let hold = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    };
     Ok(snapshot::Options {
         group: group.to_string(),
         freeze_budget: t.freeze_budget,
@@ -251,7 +256,9 @@ pub fn snap_options(
         min_free: t.min_free,
         precreate: !t.no_precreate,
         exe,
-        hold_frozen,
+        hold_frozen: hold("CGSNAP_TEST_HOLD_FROZEN_MS"),
+        hold_snapped: hold("CGSNAP_TEST_HOLD_SNAPPED_MS"),
+        hold_resolved: hold("CGSNAP_TEST_HOLD_RESOLVED_MS"),
         release: release::Options {
             timeout: rel_timeout,
             ..Default::default()
@@ -399,7 +406,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     .ok_or(catalog::CatalogError::NoSnapshot { group: g.clone() })?,
                 (None, None) => return Err(usage("release needs a snapshot ID or --group GROUP")),
             };
-            let opts = release_options(a.timeout);
+            let opts = release::Options {
+                bandwidth: a.bandwidth,
+                ..release_options(a.timeout)
+            };
             let m = release::release_snapshot(&ctx.pool, &cat, &id, &opts)?;
             if a.json {
                 println!("{}", json(&m)?);

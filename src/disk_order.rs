@@ -14,10 +14,13 @@
 //! - the consistency point reported is the instant the last disk was cut: the moment the
 //!   image set became complete, which is what a backup taken from it would be assumed to show.
 
+use crate::catalog::{Catalog, Manifest, Phases, SnapState};
 use crate::domxml;
 use crate::hypervisor::HvError;
 use crate::preflight::PlannedMember;
 use crate::protocol::{Env, MemberOutcome, Outcome};
+use crate::snapshot::{Options, SnapshotError};
+use chrono::Utc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,6 +124,84 @@ pub fn run(members: &[Staged], env: &Env, gap: Duration) -> Outcome {
     }
 }
 
+/// The per-disk negative control (see [`crate::disk_order`]): nothing is paused, so there is
+/// no watchdog; a failure rolls back whatever was cut.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn take(
+    cat: &Catalog,
+    mut man: Manifest,
+    plan: &[PlannedMember],
+    reuse: bool,
+    order: &[String],
+    gap: Duration,
+    opts: &Options,
+    t0: Instant,
+) -> Result<Manifest, SnapshotError> {
+    man.unsafe_disk_order = Some(order.to_vec());
+    man.unsafe_disk_gap_ms = Some(gap.as_millis() as u64);
+    let mut staged = Vec::with_capacity(plan.len());
+    for p in plan {
+        let stages =
+            self::plan(p, &man.id, order).map_err(crate::preflight::PreflightError::from)?;
+        staged.push(Staged {
+            host: p.member.host.clone(),
+            domain: p.member.domain.clone(),
+            stages,
+            reuse,
+        });
+    }
+    let preflight_ms = crate::snapshot::ms(t0.elapsed());
+    let env = Env {
+        wall_clock: &Utc::now,
+        hold_frozen: None,
+        on_all_paused: &|| {},
+        hold_snapped: None,
+        on_snapped: &|| {},
+        resume_attempts: 1,
+    };
+    let out = run(&staged, &env, gap);
+    man.consistency_point = out.consistency_point;
+    man.freeze_window_ms = out.freeze_window_ms;
+    man.phases = Phases {
+        preflight_ms,
+        pause_ms: 0.0,
+        snapshot_ms: out.snapshot_ms,
+        resume_ms: 0.0,
+    };
+    for (rec, m) in man.members.iter_mut().zip(&out.members) {
+        rec.freeze_ms = Some(0.0);
+        rec.snapshot_ms = m.snapshot_ms;
+    }
+    let Some(cause) = out.first_error().map(|e| e.to_string()) else {
+        man.state = SnapState::Taken;
+        cat.write(&man)?;
+        return Ok(man);
+    };
+    let cut: Vec<bool> = out
+        .members
+        .iter()
+        .map(|m| m.snapshot_ms.is_some())
+        .collect();
+    let outcome = match crate::snapshot::rollback(plan, &opts.release, &cut) {
+        Ok(()) => {
+            man.state = SnapState::Aborted;
+            man.error = Some(cause.clone());
+            "rolled back"
+        }
+        Err(e) => {
+            man.state = SnapState::Failed;
+            man.error = Some(format!("{cause}; rollback incomplete: {e}"));
+            "left for `cgsnap release` (rollback incomplete)"
+        }
+    };
+    cat.write(&man)?;
+    Err(SnapshotError::Protocol {
+        id: man.id.clone(),
+        outcome,
+        cause,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +232,8 @@ mod tests {
             wall_clock: &Utc::now,
             hold_frozen: None,
             on_all_paused: &|| {},
+            hold_snapped: None,
+            on_snapped: &|| {},
             resume_attempts: 1,
         }
     }

@@ -78,6 +78,10 @@ pub struct Env<'a> {
     pub hold_frozen: Option<Duration>,
     /// Called once, when every member is paused (tests use it to observe the frozen state).
     pub on_all_paused: &'a (dyn Fn() + Sync),
+    /// Held by each member after its snapshot, before its resume (fault-injection for tests).
+    pub hold_snapped: Option<Duration>,
+    /// Called by each member before `hold_snapped`.
+    pub on_snapped: &'a (dyn Fn() + Sync),
     pub resume_attempts: u32,
 }
 
@@ -182,6 +186,10 @@ fn member_thread(step: &Step, gate: &(Mutex<Gate>, Condvar), n: usize, env: &Env
         let e = Instant::now();
         out.snap_end = Some(e);
         out.snapshot_ms = Some(ms(e - s));
+        if let Some(h) = env.hold_snapped {
+            (env.on_snapped)();
+            std::thread::sleep(h);
+        }
     }
 
     if out.paused {
@@ -302,6 +310,8 @@ mod tests {
             wall_clock: &Utc::now,
             hold_frozen: None,
             on_all_paused: &|| {},
+            hold_snapped: None,
+            on_snapped: &|| {},
             resume_attempts: 3,
         }
     }

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error(
-        "commit of {domain}/{target} did not converge within {secs} s ({cur}/{end} bytes); the disk stays on its overlay, nothing is lost: retry `cgsnap release` when the guest writes less, or raise --timeout"
+        "commit of {domain}/{target} did not converge within {secs:.1} s ({cur}/{end} bytes); the disk stays on its overlay, nothing is lost: retry `cgsnap release` when the guest writes less, or raise --timeout"
     )]
     NotConverged {
         domain: String,
         target: String,
-        secs: u64,
+        secs: f64,
         cur: u64,
         end: u64,
     },
@@ -76,6 +76,8 @@ pub struct Options {
     /// Fault injection for tests: pause this long once the commits are started, before
     /// waiting for them (so a test can kill the process mid-release).
     pub hold_after_commit: Option<Duration>,
+    /// Copy rate limit of each commit in bytes/s (0: unlimited), to spare the storage.
+    pub bandwidth: u64,
 }
 
 impl Default for Options {
@@ -84,6 +86,7 @@ impl Default for Options {
             timeout: Duration::from_secs(300),
             poll: Duration::from_millis(20),
             hold_after_commit: None,
+            bandwidth: 0,
         }
     }
 }
@@ -179,7 +182,7 @@ fn wait_and_pivot(
             return Err(ReleaseError::NotConverged {
                 domain: domain.to_string(),
                 target: d.target.clone(),
-                secs: opts.timeout.as_secs(),
+                secs: opts.timeout.as_secs_f64(),
                 cur: last.0,
                 end: last.1,
             });
@@ -211,16 +214,27 @@ pub fn release_member(
     // Start every commit first so the disks of one member merge concurrently.
     for (d, s) in &steps {
         if matches!(s, DiskStep::Commit) {
-            host.commit_active(domain, &d.target)?;
+            host.commit_active(domain, &d.target, opts.bandwidth)?;
         }
     }
     if let Some(h) = opts.hold_after_commit.filter(|_| pending) {
         eprintln!("cgsnap: commits of {domain} started");
         std::thread::sleep(h);
     }
-    for (d, s) in &steps {
-        if !matches!(s, DiskStep::Done) {
-            wait_and_pivot(host, domain, d, opts)?;
+    for (i, (d, s)) in steps.iter().enumerate() {
+        if matches!(s, DiskStep::Done) {
+            continue;
+        }
+        if let Err(e) = wait_and_pivot(host, domain, d, opts) {
+            // Leave no commit of this member running behind the error (e.g. one still
+            // copying at a rate limit): its disks stay on their overlays, and the next release
+            // starts every commit afresh with its own options.
+            for (later, s) in &steps[i + 1..] {
+                if !matches!(s, DiskStep::Done) {
+                    let _ = host.abort_job(domain, &later.target);
+                }
+            }
+            return Err(e);
         }
     }
     // Re-read: every disk must now be on its image before anything is deleted.

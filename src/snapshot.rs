@@ -13,7 +13,7 @@ use crate::catalog::{self, Catalog, CatalogError, Manifest, MemberRecord, Phases
 use crate::disk_order;
 use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
-use crate::hypervisor::Host;
+use crate::hypervisor::{Host, HvErrorKind};
 use crate::preflight::{self, PlannedMember, PreflightError};
 use crate::protocol::{self, Env, Step};
 use crate::release;
@@ -90,6 +90,11 @@ pub struct Options {
     pub exe: PathBuf,
     /// Fault injection for tests: hold every member frozen this long before snapshotting.
     pub hold_frozen: Option<Duration>,
+    /// Fault injection for tests: hold each member after its snapshot, before its resume.
+    pub hold_snapped: Option<Duration>,
+    /// Fault injection for tests: wait this long between resolving the group (preflight done,
+    /// overlays pre-created) and the freeze.
+    pub hold_resolved: Option<Duration>,
     pub release: release::Options,
     /// Opens a dedicated connection per member for the freeze (libvirtd serves at most
     /// `max_client_requests`, default 5, concurrent calls per connection). `None`: share.
@@ -104,7 +109,7 @@ pub struct Options {
 
 pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -175,14 +180,35 @@ fn manifest(id: &str, group: &str, now: DateTime<Utc>, plan: &[PlannedMember]) -
     }
 }
 
-/// Undo a failed snapshot: commit back overlays in use, delete unused ones.
-fn rollback(plan: &[PlannedMember], opts: &release::Options) -> Result<(), String> {
+/// Undo a failed snapshot: commit back overlays in use, delete unused ones. `cut[i]` tells
+/// whether member `i` may have been snapshotted (its overlays may hold guest data).
+pub(crate) fn rollback(
+    plan: &[PlannedMember],
+    opts: &release::Options,
+    cut: &[bool],
+) -> Result<(), String> {
     let mut errors = Vec::new();
-    for p in plan {
+    for (i, p) in plan.iter().enumerate() {
         let host = p.member.host.as_ref();
         // After a libvirtd restart the shared connection is dead; the domains are not.
-        if host.state(&p.member.domain).is_err() {
-            let _ = host.reconnect();
+        let state = match host.state(&p.member.domain) {
+            Err(_) => {
+                let _ = host.reconnect();
+                host.state(&p.member.domain)
+            }
+            ok => ok,
+        };
+        // A member that vanished (transient domain destroyed) before it was snapshotted never
+        // used its pre-created overlays: they are empty and can go. One that may have been
+        // snapshotted keeps them: they may hold the only copy of its newest writes.
+        if let Err(e) = &state
+            && e.kind == HvErrorKind::NoDomain
+            && !cut.get(i).copied().unwrap_or(true)
+        {
+            for d in &p.disks {
+                let _ = std::fs::remove_file(&d.overlay);
+            }
+            continue;
         }
         if let Err(e) = release::release_member(host, &p.member.domain, &p.disks, opts) {
             errors.push(e.to_string());
@@ -253,8 +279,12 @@ pub fn take(
         }
     }
 
+    if let Some(h) = opts.hold_resolved {
+        eprintln!("cgsnap: members resolved, not yet frozen");
+        std::thread::sleep(h);
+    }
     if let Some((order, gap)) = &opts.unsafe_disk_order {
-        return take_disk_order(cat, man, &plan, reuse, order, *gap, opts, t0);
+        return disk_order::take(cat, man, &plan, reuse, order, *gap, opts, t0);
     }
 
     let watch: Vec<WatchMember> = plan
@@ -270,7 +300,7 @@ pub fn take(
     let mut dog = match Watchdog::spawn(&opts.exe, &watch, budget) {
         Ok(d) => d,
         Err(e) => {
-            let _ = rollback(&plan, &opts.release);
+            let _ = rollback(&plan, &opts.release, &vec![false; plan.len()]);
             man.state = SnapState::Aborted;
             man.error = Some(e.to_string());
             cat.write(&man)?;
@@ -284,7 +314,7 @@ pub fn take(
                 Ok(h) => h,
                 Err(e) => {
                     drop(dog);
-                    let _ = rollback(&plan, &opts.release);
+                    let _ = rollback(&plan, &opts.release, &vec![false; plan.len()]);
                     man.state = SnapState::Aborted;
                     man.error = Some(e.to_string());
                     cat.write(&man)?;
@@ -314,6 +344,8 @@ pub fn take(
                 eprintln!("cgsnap: all members frozen");
             }
         },
+        hold_snapped: opts.hold_snapped,
+        on_snapped: &|| eprintln!("cgsnap: member snapshotted, not yet resumed"),
         resume_attempts: 5,
     };
     let out = match opts.unsafe_stagger {
@@ -358,7 +390,8 @@ pub fn take(
         cat.write(&man)?;
         return Ok(man);
     };
-    let outcome = match rollback(&plan, &opts.release) {
+    let cut: Vec<bool> = out.members.iter().map(|m| m.paused).collect();
+    let outcome = match rollback(&plan, &opts.release, &cut) {
         Ok(()) => {
             man.state = SnapState::Aborted;
             man.error = Some(cause.clone());
@@ -379,77 +412,6 @@ pub fn take(
         }
     } else {
         SnapshotError::Protocol { id, outcome, cause }
-    })
-}
-
-/// The per-disk negative control (see [`crate::disk_order`]): nothing is paused, so there is
-/// no watchdog; a failure rolls back whatever was cut.
-#[allow(clippy::too_many_arguments)]
-fn take_disk_order(
-    cat: &Catalog,
-    mut man: Manifest,
-    plan: &[PlannedMember],
-    reuse: bool,
-    order: &[String],
-    gap: Duration,
-    opts: &Options,
-    t0: Instant,
-) -> Result<Manifest, SnapshotError> {
-    man.unsafe_disk_order = Some(order.to_vec());
-    man.unsafe_disk_gap_ms = Some(gap.as_millis() as u64);
-    let mut staged = Vec::with_capacity(plan.len());
-    for p in plan {
-        let stages =
-            disk_order::plan(p, &man.id, order).map_err(preflight::PreflightError::from)?;
-        staged.push(disk_order::Staged {
-            host: p.member.host.clone(),
-            domain: p.member.domain.clone(),
-            stages,
-            reuse,
-        });
-    }
-    let preflight_ms = ms(t0.elapsed());
-    let env = Env {
-        wall_clock: &Utc::now,
-        hold_frozen: None,
-        on_all_paused: &|| {},
-        resume_attempts: 1,
-    };
-    let out = disk_order::run(&staged, &env, gap);
-    man.consistency_point = out.consistency_point;
-    man.freeze_window_ms = out.freeze_window_ms;
-    man.phases = Phases {
-        preflight_ms,
-        pause_ms: 0.0,
-        snapshot_ms: out.snapshot_ms,
-        resume_ms: 0.0,
-    };
-    for (rec, m) in man.members.iter_mut().zip(&out.members) {
-        rec.freeze_ms = Some(0.0);
-        rec.snapshot_ms = m.snapshot_ms;
-    }
-    let Some(cause) = out.first_error().map(|e| e.to_string()) else {
-        man.state = SnapState::Taken;
-        cat.write(&man)?;
-        return Ok(man);
-    };
-    let outcome = match rollback(plan, &opts.release) {
-        Ok(()) => {
-            man.state = SnapState::Aborted;
-            man.error = Some(cause.clone());
-            "rolled back"
-        }
-        Err(e) => {
-            man.state = SnapState::Failed;
-            man.error = Some(format!("{cause}; rollback incomplete: {e}"));
-            "left for `cgsnap release` (rollback incomplete)"
-        }
-    };
-    cat.write(&man)?;
-    Err(SnapshotError::Protocol {
-        id: man.id.clone(),
-        outcome,
-        cause,
     })
 }
 

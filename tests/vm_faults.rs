@@ -1,12 +1,28 @@
-//! Faults around the freeze: libvirtd restarted while every member is frozen. Each case asserts
-//! every VM running again, the snapshot rolled back (no overlay in use or on disk), the catalog
-//! truthful, and the disks' data intact.
+//! The fault suite, on one real group (two TCG writer guests, two qcow2 disks each): the
+//! coordinator SIGKILLed at each phase, libvirtd restarted during a snapshot and a release,
+//! the overlay directory full or read-only (before and inside the freeze), a member removed
+//! between resolution and freeze, a member on an unreachable host, a commit that cannot
+//! converge in time, and the hook contract misused (post without pre, pre twice, two runs).
+//!
+//! Every case is followed by the same checks: every surviving member running, no overlay in use
+//! or on disk, the catalog truthful (nothing outstanding, no snapshot marked done that is not),
+//! and no acknowledged guest write missing from the disks. The suite prints a table (case,
+//! result, time until all members ran again, bytes lost) and fails if any case failed or lost
+//! a byte.
 
 mod common;
 
+use cgsnap_testbeds::record;
 use common::*;
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+const G: &str = "cgt-fault";
+const SCRATCH: &str = "/run/cgsnap-fault-overlays";
+const NOHOST: &str = "qemu+unix:///system?socket=/run/cgsnap-fault-nohost.sock";
 
 fn libvirtd_answers() -> bool {
     Command::new("virsh")
@@ -48,59 +64,513 @@ fn restart_libvirtd() {
     }
 }
 
-#[test]
-fn libvirtd_restart_while_frozen_resumes_members_and_rolls_back() {
-    let lab = lab("cgt-fault", 2, 2);
-    lab.group_add("cgt-fault", &lab.names());
-    let mut child = spawn_until(
-        lab.std_cgsnap()
-            .args(["snapshot", "cgt-fault", "--freeze-budget", "30s"])
-            .env("CGSNAP_TEST_HOLD_FROZEN_MS", "2000"),
-        "all members frozen",
-    );
-    for n in lab.names() {
-        assert_eq!(domstate(&n), "paused");
-    }
-    let t = Instant::now();
-    restart_libvirtd();
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(8), "hypervisor failure exit code");
-    let took = wait_running(&lab.names(), Duration::from_secs(15)).expect("members resumed");
-    println!(
-        "restart took {:.1} s; all members running {:.2} s after cgsnap exited",
-        t.elapsed().as_secs_f64() - took.as_secs_f64(),
-        took.as_secs_f64()
-    );
+fn sigkill(child: &mut std::process::Child) {
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+}
 
-    let m = list_json(&lab);
-    let state = m[0]["state"].as_str().expect("state").to_string();
-    assert!(
-        state == "aborted" || state == "failed",
-        "catalog says {state}"
-    );
-    if state == "failed" {
-        lab.cgsnap()
-            .args(["release", m[0]["id"].as_str().expect("id")])
-            .assert()
-            .success();
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect("spawn");
+    assert!(st.success(), "{args:?} failed");
+}
+
+/// A tiny tmpfs used as `--overlay-dir`, unmounted on drop.
+struct Scratch;
+
+impl Scratch {
+    fn new(size: &str) -> Self {
+        let _ = Command::new("umount").arg(SCRATCH).status();
+        std::fs::create_dir_all(SCRATCH).expect("mkdir");
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+            SCRATCH,
+        ]);
+        Scratch
     }
+    fn read_only(&self, ro: bool) {
+        sh(&[
+            "mount",
+            "-o",
+            if ro { "remount,ro" } else { "remount,rw" },
+            SCRATCH,
+        ]);
+    }
+    fn files(&self) -> Vec<String> {
+        std::fs::read_dir(SCRATCH)
+            .map(|r| {
+                r.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(SCRATCH).status();
+    }
+}
+
+fn err_text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+/// Run cgsnap to completion; returns (exit code, stderr).
+fn run(lab: &Lab, args: &[&str]) -> (i32, String) {
+    let o = lab.std_cgsnap().args(args).output().expect("cgsnap");
+    (o.status.code().unwrap_or(-1), err_text(&o))
+}
+
+fn expect_code(lab: &Lab, args: &[&str], code: i32, needle: &str) {
+    let (c, e) = run(lab, args);
+    assert_eq!(c, code, "cgsnap {args:?}: {e}");
+    assert!(
+        e.contains(needle),
+        "cgsnap {args:?}: {e:?} lacks {needle:?}"
+    );
+    assert_eq!(e.lines().count(), 1, "one-line error: {e:?}");
+}
+
+fn states(lab: &Lab) -> Vec<String> {
+    list_json(lab)
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|m| m["group"] == G)
+                .map(|m| m["state"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn newest_id(lab: &Lab) -> String {
+    list_json(lab)
+        .as_array()
+        .and_then(|a| a.iter().rev().find(|m| m["group"] == G).cloned())
+        .and_then(|m| m["id"].as_str().map(str::to_string))
+        .expect("a snapshot of the group")
+}
+
+fn newest_state(lab: &Lab) -> String {
+    states(lab).last().cloned().unwrap_or_default()
+}
+
+/// Bytes of acknowledged guest writes missing from the disks: every record a guest reported
+/// done on its console must be on each of its disks (read through the live chain), 512 bytes
+/// per missing record.
+fn lost_bytes(lab: &Lab, alive: &[String]) -> u64 {
+    let mut lost = 0;
+    for g in lab
+        .guests
+        .iter()
+        .filter(|g| alive.iter().any(|a| a == g.name()))
+    {
+        let done = g.console_seq();
+        for (_, src) in domblklist(g.name()) {
+            let on_disk = record::read(Path::new(&src))
+                .ok()
+                .flatten()
+                .map(|r| r.seq)
+                .unwrap_or(0);
+            lost += done.saturating_sub(on_disk) * 512;
+        }
+    }
+    lost
+}
+
+/// The checks after every case (panics, caught by the suite, on violation).
+fn settle(lab: &Lab, alive: &[String]) {
+    wait_running(alive, Duration::from_secs(30)).expect("every member running");
+    let st = states(lab);
+    assert!(
+        st.iter().all(|s| s == "aborted" || s == "released"),
+        "catalog holds an outstanding or unfinished snapshot: {st:?}"
+    );
     assert!(
         lab.overlays_on_disk().is_empty(),
         "{:?}",
         lab.overlays_on_disk()
     );
-    for g in &lab.guests {
+    for g in lab
+        .guests
+        .iter()
+        .filter(|g| alive.iter().any(|a| a == g.name()))
+    {
         assert_own_images(g);
-        g.wait_progress(g.console_seq() + 20, Duration::from_secs(60))
-            .expect("writing again");
+        g.wait_progress(g.console_seq() + 10, Duration::from_secs(60))
+            .expect("guest writing");
     }
-    // The group can be snapshotted again right away.
-    lab.cgsnap()
-        .args(["hook", "pre", "--group", "cgt-fault"])
-        .assert()
-        .success();
-    lab.cgsnap()
-        .args(["hook", "post", "--group", "cgt-fault"])
-        .assert()
-        .success();
+}
+
+struct Row {
+    case: &'static str,
+    result: Result<String, String>,
+    running_after: Option<f64>,
+    lost: u64,
+}
+
+/// A case returns what it observed and, if it froze members, the seconds from the fault until
+/// every member ran again.
+type Case<'a> = Box<dyn Fn(&Lab) -> (String, Option<f64>) + 'a>;
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+fn snapshot(lab: &Lab) -> String {
+    let (c, e) = run(lab, &["snapshot", G]);
+    assert_eq!(c, 0, "snapshot: {e}");
+    newest_id(lab)
+}
+
+fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
+    let n1 = names.clone();
+    let n2 = names.clone();
+    let n3 = names.clone();
+    let n4 = names.clone();
+    let n5 = names.clone();
+    vec![
+        (
+            "coordinator SIGKILL while all members frozen",
+            Box::new(move |lab: &Lab| {
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["snapshot", G, "--freeze-budget", "30s"])
+                        .env("CGSNAP_TEST_HOLD_FROZEN_MS", "20000"),
+                    "all members frozen",
+                );
+                sigkill(&mut c);
+                let t = wait_running(&n1, Duration::from_secs(2)).expect("watchdog resumed");
+                assert_eq!(newest_state(lab), "pending", "catalog: never taken");
+                let (c, e) = run(lab, &["hook", "post", "--group", G]);
+                assert_eq!(c, 0, "post cleans up: {e}");
+                (
+                    "watchdog resumed all; post removed the unused overlays".into(),
+                    Some(t.as_secs_f64()),
+                )
+            }),
+        ),
+        (
+            "coordinator SIGKILL after snapshot, before resume",
+            Box::new(move |lab: &Lab| {
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["snapshot", G, "--freeze-budget", "30s"])
+                        .env("CGSNAP_TEST_HOLD_SNAPPED_MS", "20000"),
+                    "member snapshotted",
+                );
+                sigkill(&mut c);
+                let t = wait_running(&n2, Duration::from_secs(2)).expect("watchdog resumed");
+                let (c, e) = run(lab, &["hook", "post", "--group", G]);
+                assert_eq!(c, 0, "post commits what was cut: {e}");
+                (
+                    "watchdog resumed all; post committed the overlays in use".into(),
+                    Some(t.as_secs_f64()),
+                )
+            }),
+        ),
+        (
+            "coordinator SIGKILL during release",
+            Box::new(|lab: &Lab| {
+                let id = snapshot(lab);
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["release", &id])
+                        .env("CGSNAP_TEST_HOLD_COMMIT_MS", "60000"),
+                    "commits of",
+                );
+                sigkill(&mut c);
+                assert_eq!(newest_state(lab), "releasing");
+                let (c, e) = run(lab, &["release", &id]);
+                assert_eq!(c, 0, "the next release finishes: {e}");
+                ("state releasing, next release finished it".into(), None)
+            }),
+        ),
+        (
+            "libvirtd restarted while all members frozen",
+            Box::new(move |lab: &Lab| {
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["snapshot", G, "--freeze-budget", "30s"])
+                        .env("CGSNAP_TEST_HOLD_FROZEN_MS", "2000"),
+                    "all members frozen",
+                );
+                let t = Instant::now();
+                restart_libvirtd();
+                let code = c.wait().expect("wait").code();
+                assert_eq!(code, Some(8), "hypervisor failure exit code");
+                wait_running(&n3, Duration::from_secs(15)).expect("members resumed");
+                let took = t.elapsed().as_secs_f64();
+                if newest_state(lab) == "failed" {
+                    let (c, e) = run(lab, &["release", &newest_id(lab)]);
+                    assert_eq!(c, 0, "release after a failed rollback: {e}");
+                }
+                (
+                    format!("exit 8, snapshot {}", newest_state(lab)),
+                    Some(took),
+                )
+            }),
+        ),
+        (
+            "libvirtd restarted during release",
+            Box::new(|lab: &Lab| {
+                let id = snapshot(lab);
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["release", &id])
+                        .env("CGSNAP_TEST_HOLD_COMMIT_MS", "3000"),
+                    "commits of",
+                );
+                restart_libvirtd();
+                let first = c.wait().expect("wait").code();
+                let (c2, e) = run(lab, &["release", &id]);
+                assert_eq!(c2, 0, "release resumes after the restart: {e}");
+                (
+                    format!("first release exit {first:?}, retry released"),
+                    None,
+                )
+            }),
+        ),
+        (
+            "overlay directory full (pre-created overlays)",
+            Box::new(|lab: &Lab| {
+                let s = Scratch::new("128k");
+                expect_code(
+                    lab,
+                    &["snapshot", G, "--overlay-dir", SCRATCH, "--min-free", "0"],
+                    4,
+                    "nothing was frozen",
+                );
+                assert_eq!(newest_state(lab), "aborted");
+                assert!(s.files().is_empty(), "{:?}", s.files());
+                ("exit 4 before any freeze, aborted".into(), None)
+            }),
+        ),
+        (
+            "overlay directory full inside the freeze",
+            Box::new(move |lab: &Lab| {
+                let s = Scratch::new("128k");
+                let t = Instant::now();
+                let (c, e) = run(
+                    lab,
+                    &[
+                        "snapshot",
+                        G,
+                        "--overlay-dir",
+                        SCRATCH,
+                        "--min-free",
+                        "0",
+                        "--no-precreate",
+                    ],
+                );
+                assert_eq!(c, 8, "{e}");
+                assert!(e.contains("rolled back"), "{e}");
+                let took = t.elapsed().as_secs_f64();
+                wait_running(&n4, Duration::from_secs(1)).expect("resumed by cgsnap");
+                assert_eq!(newest_state(lab), "aborted");
+                assert!(s.files().is_empty(), "{:?}", s.files());
+                ("exit 8, rolled back, members resumed".into(), Some(took))
+            }),
+        ),
+        (
+            "overlay directory read-only at preflight",
+            Box::new(|lab: &Lab| {
+                let s = Scratch::new("64m");
+                s.read_only(true);
+                expect_code(
+                    lab,
+                    &["snapshot", G, "--overlay-dir", SCRATCH],
+                    4,
+                    "Read-only file system",
+                );
+                ("exit 4 before any freeze".into(), None)
+            }),
+        ),
+        (
+            "overlay directory turns read-only before the freeze",
+            Box::new(move |lab: &Lab| {
+                let s = Scratch::new("64m");
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["snapshot", G, "--overlay-dir", SCRATCH, "--min-free", "0"])
+                        .arg("--no-precreate")
+                        .env("CGSNAP_TEST_HOLD_RESOLVED_MS", "2000"),
+                    "members resolved",
+                );
+                s.read_only(true);
+                let t = Instant::now();
+                let code = c.wait().expect("wait").code();
+                assert_eq!(code, Some(8));
+                let took = t.elapsed().as_secs_f64();
+                wait_running(&n5, Duration::from_secs(1)).expect("resumed by cgsnap");
+                assert_eq!(newest_state(lab), "aborted");
+                ("exit 8, rolled back, members resumed".into(), Some(took))
+            }),
+        ),
+        (
+            "member on an unreachable host",
+            Box::new(|lab: &Lab| {
+                let o = lab
+                    .std_cgsnap()
+                    .args(["--connect", NOHOST, "snapshot", G])
+                    .output()
+                    .expect("cgsnap");
+                let e = err_text(&o);
+                assert_eq!(o.status.code(), Some(8), "{e}");
+                assert!(e.contains("cannot connect to libvirt at") && e.contains("--connect"));
+                ("exit 8 before anything is touched".into(), None)
+            }),
+        ),
+        (
+            "commit does not converge within --timeout",
+            Box::new(|lab: &Lab| {
+                let id = snapshot(lab);
+                let g = &lab.guests[0];
+                g.wait_progress(g.console_seq() + 50, Duration::from_secs(60))
+                    .expect("writes to the overlays");
+                // Copying at 1 KiB/s while the guest keeps writing cannot reach the end of
+                // the overlay within 3 s: the commit must be abandoned, not waited for.
+                let (c, e) = run(
+                    lab,
+                    &["release", &id, "--timeout", "3s", "--bandwidth", "1024"],
+                );
+                assert_eq!(c, 10, "{e}");
+                assert!(e.contains("did not converge"), "{e}");
+                assert_eq!(domstate(g.name()), "running");
+                let (c, e) = run(lab, &["release", &id]);
+                assert_eq!(c, 0, "a later release succeeds: {e}");
+                (
+                    "exit 10 after the bounded wait; retry released".into(),
+                    None,
+                )
+            }),
+        ),
+        (
+            "post without pre, pre twice, two concurrent runs",
+            Box::new(|lab: &Lab| {
+                let (c, e) = run(lab, &["hook", "post", "--group", G]);
+                assert_eq!(c, 0, "post without pre: {e}");
+                let (c, e) = run(lab, &["hook", "pre", "--group", G]);
+                assert_eq!(c, 0, "{e}");
+                expect_code(
+                    lab,
+                    &["hook", "pre", "--group", G],
+                    6,
+                    "unreleased snapshot",
+                );
+                let (c, e) = run(lab, &["hook", "post", "--group", G]);
+                assert_eq!(c, 0, "{e}");
+                let mut first = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["snapshot", G, "--freeze-budget", "30s"])
+                        .env("CGSNAP_TEST_HOLD_FROZEN_MS", "1500"),
+                    "all members frozen",
+                );
+                expect_code(lab, &["snapshot", G], 5, "holds the lock");
+                assert!(first.wait().expect("wait").success());
+                let (c, e) = run(lab, &["hook", "post", "--group", G]);
+                assert_eq!(c, 0, "{e}");
+                ("post no-op 0, second pre 6, concurrent 5".into(), None)
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn fault_suite_keeps_every_member_running_and_every_byte() {
+    let lab = lab("cgt-fault", 2, 2);
+    lab.group_add(G, &lab.names());
+    let names = lab.names();
+    let mut rows = Vec::new();
+    let mut list = cases(names.clone());
+    // Last: removes the second member for good.
+    let victim = names[1].clone();
+    let survivors = vec![names[0].clone()];
+    let s2 = survivors.clone();
+    list.push((
+        "member removed between resolution and freeze",
+        Box::new(move |lab: &Lab| {
+            let mut c = spawn_until(
+                lab.std_cgsnap()
+                    .args(["snapshot", G])
+                    .env("CGSNAP_TEST_HOLD_RESOLVED_MS", "2000"),
+                "members resolved",
+            );
+            sh(&["virsh", "-c", URI, "destroy", &victim]);
+            let t = Instant::now();
+            let code = c.wait().expect("wait").code();
+            assert_eq!(code, Some(8));
+            let took = t.elapsed().as_secs_f64();
+            wait_running(&s2, Duration::from_secs(1)).expect("survivor resumed");
+            assert_eq!(newest_state(lab), "aborted");
+            ("exit 8, survivor resumed, aborted".into(), Some(took))
+        }),
+    ));
+    let total = list.len();
+    for (i, (case, f)) in list.into_iter().enumerate() {
+        let alive = if i + 1 == total {
+            survivors.clone()
+        } else {
+            names.clone()
+        };
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            let r = f(&lab);
+            settle(&lab, &alive);
+            r
+        }));
+        let lost = lost_bytes(&lab, &alive);
+        rows.push(match out {
+            Ok((what, t)) => Row {
+                case,
+                result: Ok(what),
+                running_after: t,
+                lost,
+            },
+            Err(p) => Row {
+                case,
+                result: Err(panic_text(p)),
+                running_after: None,
+                lost,
+            },
+        });
+    }
+
+    // Printed uncaptured: the table is the suite's report.
+    let mut t = String::from(
+        "\nfault suite (2 TCG guests x 2 qcow2 disks, writing)\n\
+         | case | result | all running after | bytes lost |\n|---|---|---|---|\n",
+    );
+    for r in &rows {
+        t.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.case,
+            match &r.result {
+                Ok(w) => format!("PASS: {w}"),
+                Err(e) => format!("FAIL: {}", e.replace('\n', " ")),
+            },
+            r.running_after
+                .map(|s| format!("{s:.2} s"))
+                .unwrap_or_else(|| "never paused".into()),
+            r.lost
+        ));
+    }
+    let _ = std::io::stderr().write_all(t.as_bytes());
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.result.is_err() || r.lost > 0)
+        .map(|r| r.case)
+        .collect();
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
 }

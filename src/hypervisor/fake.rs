@@ -195,7 +195,7 @@ impl Host for FakeHost {
         })
     }
 
-    fn commit_active(&self, dom: &str, disk: &str) -> HvResult<()> {
+    fn commit_active(&self, dom: &str, disk: &str, _bandwidth: u64) -> HvResult<()> {
         self.with("commit", dom, |d| {
             d.jobs
                 .insert(disk.to_string(), BlockJob { cur: 10, end: 10 });

@@ -213,7 +213,7 @@ impl Host for LibvirtHost {
             .map_err(|e| self.err("create disk-only snapshot", dom, e))
     }
 
-    fn commit_active(&self, dom: &str, disk: &str) -> HvResult<()> {
+    fn commit_active(&self, dom: &str, disk: &str, bandwidth: u64) -> HvResult<()> {
         let d = self.dom(dom)?;
         let target = format!("{dom}/{disk}");
         let c = self.cstr("block commit", &target, disk)?;
@@ -228,8 +228,10 @@ impl Host for LibvirtHost {
                 c.as_ptr(),
                 std::ptr::null(),
                 std::ptr::null(),
-                0,
-                sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | sys::VIR_DOMAIN_BLOCK_COMMIT_SHALLOW,
+                bandwidth as std::os::raw::c_ulong,
+                sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE
+                    | sys::VIR_DOMAIN_BLOCK_COMMIT_SHALLOW
+                    | sys::VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES,
             )
         };
         if rc < 0 {

@@ -62,13 +62,30 @@ pub struct DomainSummary {
 
 /// A libvirt error, with the operation and object it concerned.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{op} on {target} via {uri}: {message}")]
+#[error("{}", self.describe())]
 pub struct HvError {
     pub uri: String,
     pub op: &'static str,
     pub target: String,
     pub message: String,
     pub kind: HvErrorKind,
+}
+
+impl HvError {
+    fn describe(&self) -> String {
+        if self.op == "connect" {
+            // A host that cannot be reached names the URI and what to check, once.
+            format!(
+                "cannot connect to libvirt at {}: {}; check that its daemon runs and that --connect names it",
+                self.uri, self.message
+            )
+        } else {
+            format!(
+                "{} on {} via {}: {}",
+                self.op, self.target, self.uri, self.message
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +122,9 @@ pub trait Host: Send + Sync {
     /// `reuse` says the overlay files already exist (pre-created) and must be used as they are.
     fn snapshot(&self, dom: &str, snapshot_xml: &str, reuse: bool) -> HvResult<()>;
     /// Start an active block commit of the top image of `disk` into its backing file.
-    fn commit_active(&self, dom: &str, disk: &str) -> HvResult<()>;
+    /// Start an active commit of the disk's top overlay into its backing image, copying at
+    /// most `bandwidth` bytes/s (0: unlimited).
+    fn commit_active(&self, dom: &str, disk: &str, bandwidth: u64) -> HvResult<()>;
     fn block_job(&self, dom: &str, disk: &str) -> HvResult<Option<BlockJob>>;
     /// Finish a ready active commit: switch the disk to the base image.
     fn pivot(&self, dom: &str, disk: &str) -> HvResult<()>;
