@@ -7,7 +7,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need=0
-for b in qemu-system-x86_64 virsh libvirtd busybox cpio pkg-config debootstrap mkfs.ext4 psql chromium borgmatic; do
+for b in qemu-system-x86_64 virsh libvirtd busybox cpio pkg-config debootstrap mkfs.ext4 psql chromium borgmatic restic; do
   command -v "$b" >/dev/null || need=1
 done
 [ -e /usr/include/libvirt/libvirt.h ] || need=1
@@ -19,7 +19,7 @@ if [ "$need" = 1 ]; then
   $SUDO apt-get install -y -qq --allow-downgrades \
     qemu-system-x86 "qemu-utils=$v" "qemu-block-extra=$v" \
     libvirt-daemon-system libvirt-dev busybox-static cpio pkg-config \
-    debootstrap e2fsprogs postgresql-client chromium borgbackup borgmatic >/dev/null
+    debootstrap e2fsprogs postgresql-client chromium borgbackup borgmatic restic >/dev/null
 else
   # The guest kernel is fetched with apt-get download: package lists must exist.
   ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
