@@ -25,6 +25,22 @@ else
   ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
 fi
 
+# Debian's Bacula director, only to parse the shipped Bareos/Bacula snippet in the tests
+# (`bacula-dir -t`, tests/hook_bareos.rs). Extracted, not installed: no daemon, mail server or
+# database set-up comes with it (~4 MB). sqlite3 creates the minimal catalog it checks.
+BACULA=/var/cache/cgsnap/bacula
+if [ ! -x "$BACULA/usr/sbin/bacula-dir" ]; then
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && $SUDO apt-get download -qq bacula-director bacula-common bacula-common-sqlite3 \
+    libwrap0 2>/dev/null)
+  $SUDO rm -rf "$BACULA.new"
+  for d in "$tmp"/*.deb; do $SUDO dpkg-deb -x "$d" "$BACULA.new"; done
+  $SUDO rm -rf "$BACULA" && $SUDO mv "$BACULA.new" "$BACULA"
+  $SUDO rm -rf "$tmp"
+fi
+command -v sqlite3 >/dev/null || $SUDO apt-get install -y -qq sqlite3 >/dev/null
+
 pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
 pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
 for _ in $(seq 1 100); do
