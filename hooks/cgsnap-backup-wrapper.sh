@@ -1,18 +1,61 @@
 #!/usr/bin/env bash
 # Run a backup command between `cgsnap hook pre` and `cgsnap hook post` for one group.
 # Usage: cgsnap-backup-wrapper.sh GROUP -- BACKUP-COMMAND [ARGS...]
-# The release always runs once the snapshot was taken, even when the backup fails; the exit
-# code is the backup's, or cgsnap's when the snapshot or the release failed.
+# Environment: CGSNAP (cgsnap executable, default `cgsnap`; global options via CGSNAP_CATALOG
+# and LIBVIRT_DEFAULT_URI).
+# The release always runs once the snapshot was taken: when the backup fails, and after SIGTERM,
+# SIGINT or SIGHUP (passed on to the backup command as SIGTERM, which is waited for first; a signal during
+# pre or post is deferred until that step finished). When pre fails nothing else runs.
+# Exit code: the backup's when it failed, else cgsnap's when the snapshot or the release failed,
+# 128+N after signal N, 0 when all succeeded.
 set -uo pipefail
 group=${1:?usage: cgsnap-backup-wrapper.sh GROUP -- COMMAND...}
 shift
 [ "${1:-}" = "--" ] && shift
 [ $# -gt 0 ] || { echo "cgsnap-backup-wrapper: no backup command given" >&2; exit 2; }
+cgsnap=${CGSNAP:-cgsnap}
 
-cgsnap hook pre --group "$group" || exit $?
-"$@"
-backup_rc=$?
-cgsnap hook post --group "$group"
-post_rc=$?
+signal=""
+child=""
+forward=0
+on_signal() {
+  [ -n "$signal" ] || signal=$1
+  if [ "$forward" = 1 ] && [ -n "$child" ]; then
+    kill -s TERM "$child" 2>/dev/null
+  fi
+}
+for s in TERM INT HUP; do
+  # shellcheck disable=SC2064
+  trap "on_signal $s" "$s"
+done
+
+# run FORWARD COMMAND...: run COMMAND in the background and wait until it has exited, also when
+# a signal interrupts the wait; with FORWARD=1 the signal is passed on to it. Sets `rc`.
+run() {
+  forward=$1
+  shift
+  "$@" &
+  child=$!
+  local done_pid
+  while :; do
+    done_pid=""
+    wait -n -p done_pid "$child"
+    rc=$?
+    [ -n "${done_pid:-}" ] && break
+  done
+  child=""
+  forward=0
+}
+
+run 0 "$cgsnap" hook pre --group "$group"
+[ $rc -eq 0 ] || exit $rc
+backup_rc=0
+if [ -z "$signal" ]; then
+  run 1 "$@"
+  backup_rc=$rc
+fi
+run 0 "$cgsnap" hook post --group "$group"
+post_rc=$rc
+[ -n "$signal" ] && exit $((128 + $(kill -l "$signal")))
 [ $backup_rc -ne 0 ] && exit $backup_rc
 exit $post_rc

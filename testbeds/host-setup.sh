@@ -7,7 +7,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need=0
-for b in qemu-system-x86_64 virsh libvirtd busybox cpio pkg-config debootstrap mkfs.ext4 psql chromium borgmatic; do
+for b in qemu-system-x86_64 virsh libvirtd busybox cpio pkg-config debootstrap mkfs.ext4 psql chromium borgmatic restic; do
   command -v "$b" >/dev/null || need=1
 done
 [ -e /usr/include/libvirt/libvirt.h ] || need=1
@@ -19,11 +19,27 @@ if [ "$need" = 1 ]; then
   $SUDO apt-get install -y -qq --allow-downgrades \
     qemu-system-x86 "qemu-utils=$v" "qemu-block-extra=$v" \
     libvirt-daemon-system libvirt-dev busybox-static cpio pkg-config \
-    debootstrap e2fsprogs postgresql-client chromium borgbackup borgmatic >/dev/null
+    debootstrap e2fsprogs postgresql-client chromium borgbackup borgmatic restic >/dev/null
 else
   # The guest kernel is fetched with apt-get download: package lists must exist.
   ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
 fi
+
+# Debian's Bacula director, only to parse the shipped Bareos/Bacula snippet in the tests
+# (`bacula-dir -t`, tests/hook_bareos.rs). Extracted, not installed: no daemon, mail server or
+# database set-up comes with it (~4 MB). sqlite3 creates the minimal catalog it checks.
+BACULA=/var/cache/cgsnap/bacula
+if [ ! -x "$BACULA/usr/sbin/bacula-dir" ]; then
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && $SUDO apt-get download -qq bacula-director bacula-common bacula-common-sqlite3 \
+    libwrap0 2>/dev/null)
+  $SUDO rm -rf "$BACULA.new"
+  for d in "$tmp"/*.deb; do $SUDO dpkg-deb -x "$d" "$BACULA.new"; done
+  $SUDO rm -rf "$BACULA" && $SUDO mv "$BACULA.new" "$BACULA"
+  $SUDO rm -rf "$tmp"
+fi
+command -v sqlite3 >/dev/null || $SUDO apt-get install -y -qq sqlite3 >/dev/null
 
 pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
 pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d

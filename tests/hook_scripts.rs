@@ -1,0 +1,308 @@
+//! The control flow of the shipped shell adapters (`hooks/restic/cgsnap-restic.sh` and
+//! `hooks/cgsnap-backup-wrapper.sh`), without VMs: `cgsnap` and `restic` are replaced by fakes
+//! (through the `CGSNAP` and `RESTIC` variables the scripts document) that log their calls and
+//! exit as told. Invariants checked: post runs exactly once after every successful pre (backup
+//! failed, partial, or the script got SIGTERM during the backup or during pre), never after a
+//! failed pre; the exit code follows the documented precedence; stdout is one summary line.
+//! `tests/vm_restic.rs` runs the restic script for real against running VMs.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RESTIC_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/restic/cgsnap-restic.sh");
+const WRAPPER_SH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/hooks/cgsnap-backup-wrapper.sh"
+);
+
+/// Logs `cgsnap ARGS`, prints what the real hook prints, sleeps FAKE_<PHASE>_SLEEP seconds and
+/// exits FAKE_<PHASE>_RC.
+const FAKE_CGSNAP: &str = r#"#!/bin/sh
+echo "cgsnap $*" >> "$FAKE_LOG"
+case "$1 $2" in
+  "hook pre")
+    sleep "${FAKE_PRE_SLEEP:-0}"
+    [ "${FAKE_PRE_RC:-0}" = 0 ] && echo "cgsnap: snapshot $4-20250102T030405Z of group $4 taken: 2 members, 4 disks"
+    exit "${FAKE_PRE_RC:-0}" ;;
+  "hook post")
+    echo "cgsnap: released $4-20250102T030405Z of group $4"
+    exit "${FAKE_POST_RC:-0}" ;;
+esac
+exit 2
+"#;
+
+/// Logs `restic ARGS`; with FAKE_BACKUP_SLEEP it announces `started` and waits for SIGTERM.
+const FAKE_BACKUP: &str = r#"#!/bin/sh
+echo "backup $*" >> "$FAKE_LOG"
+if [ -n "${FAKE_BACKUP_SLEEP:-}" ]; then
+  trap 'echo "backup got TERM" >> "$FAKE_LOG"; kill $pid; exit 130' TERM
+  sleep "$FAKE_BACKUP_SLEEP" & pid=$!
+  echo "backup started" >> "$FAKE_LOG"
+  wait $pid
+fi
+echo "snapshot 0123abcd saved"
+exit "${FAKE_BACKUP_RC:-0}"
+"#;
+
+struct Fakes {
+    dir: tempfile::TempDir,
+}
+
+impl Fakes {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, body) in [("cgsnap", FAKE_CGSNAP), ("backup", FAKE_BACKUP)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).expect("write fake");
+            let ok = Command::new("chmod")
+                .arg("+x")
+                .arg(&p)
+                .status()
+                .expect("chmod");
+            assert!(ok.success());
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self, script: &str, env: &[(&str, &str)]) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(script)
+            .env("CGSNAP", self.path("cgsnap"))
+            .env("RESTIC", self.path("backup"))
+            .env("FAKE_LOG", self.path("log"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// The calls logged so far, one per line.
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn wait_call(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.calls().iter().any(|c| c == line) {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {line:?}: {:?}",
+                self.calls()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(c: &mut Command) -> Run {
+    let out = c.output().expect("run script");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Start the script, wait for `marker` in the call log, send SIGTERM to the script only.
+fn run_terminated(f: &Fakes, mut c: Command, marker: &str) -> Run {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    f.wait_call(marker);
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: plain kill(2) of our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait script");
+    Run {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+const PRE: &str = "cgsnap hook pre --group g1";
+const POST: &str = "cgsnap hook post --group g1";
+
+fn one_line(r: &Run) -> &str {
+    assert_eq!(r.stdout.lines().count(), 1, "stdout: {}", r.stdout);
+    r.stdout.trim_end()
+}
+
+#[test]
+fn scripts_parse() {
+    for s in [RESTIC_SH, WRAPPER_SH] {
+        let ok = Command::new("bash").args(["-n", s]).status().expect("bash");
+        assert!(ok.success(), "bash -n {s}");
+    }
+}
+
+#[test]
+fn restic_success_backs_up_images_without_overlays_then_releases() {
+    let f = Fakes::new();
+    let r = run(f
+        .cmd(RESTIC_SH, &[])
+        .args(["g1", "/img/a", "/img/b", "--", "--tag", "x"]));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        f.calls(),
+        [
+            PRE,
+            "backup backup --exclude *.cgsnap-overlay --tag x /img/a /img/b",
+            POST
+        ]
+    );
+    assert_eq!(
+        one_line(&r),
+        "cgsnap-restic: group g1: snapshot g1-20250102T030405Z backed up as restic snapshot 0123abcd, released; exit 0"
+    );
+    assert!(r.stderr.contains("snapshot 0123abcd saved"), "{}", r.stderr);
+
+    // Without paths: the default libvirt image directory.
+    let f = Fakes::new();
+    let r = run(f.cmd(RESTIC_SH, &[]).arg("g1"));
+    assert_eq!(r.code, Some(0));
+    assert_eq!(
+        f.calls()[1],
+        "backup backup --exclude *.cgsnap-overlay /var/lib/libvirt/images"
+    );
+}
+
+#[test]
+fn restic_failure_and_partial_backup_still_release() {
+    for (rc, words) in [
+        ("1", "restic backup FAILED (restic exit 1)"),
+        ("3", "PARTIAL"),
+    ] {
+        let f = Fakes::new();
+        let r = run(f.cmd(RESTIC_SH, &[("FAKE_BACKUP_RC", rc)]).arg("g1"));
+        assert_eq!(r.code, Some(rc.parse().expect("rc")));
+        let calls = f.calls();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(calls[2], POST, "post after a failed backup");
+        let line = one_line(&r);
+        assert!(line.contains(words), "{line}");
+        assert!(line.ends_with(&format!("released; exit {rc}")), "{line}");
+    }
+}
+
+#[test]
+fn restic_pre_failure_runs_nothing_else_and_post_failure_is_reported() {
+    let f = Fakes::new();
+    let r = run(f.cmd(RESTIC_SH, &[("FAKE_PRE_RC", "6")]).arg("g1"));
+    assert_eq!(r.code, Some(6));
+    assert_eq!(f.calls(), [PRE], "no backup and no post after a failed pre");
+    assert!(one_line(&r).contains("snapshot FAILED (cgsnap exit 6)"));
+
+    let f = Fakes::new();
+    let r = run(f.cmd(RESTIC_SH, &[("FAKE_POST_RC", "10")]).arg("g1"));
+    assert_eq!(r.code, Some(10), "post's code when only post failed");
+    assert!(one_line(&r).contains("release FAILED (cgsnap exit 10"));
+
+    // Both failed: restic's code first, the release failure still in the summary.
+    let f = Fakes::new();
+    let r = run(f
+        .cmd(
+            RESTIC_SH,
+            &[("FAKE_POST_RC", "10"), ("FAKE_BACKUP_RC", "1")],
+        )
+        .arg("g1"));
+    assert_eq!(r.code, Some(1));
+    assert!(one_line(&r).contains("release FAILED"));
+}
+
+#[test]
+fn restic_sigterm_during_backup_stops_it_and_releases() {
+    let f = Fakes::new();
+    let mut c = f.cmd(RESTIC_SH, &[("FAKE_BACKUP_SLEEP", "30")]);
+    c.arg("g1");
+    let start = Instant::now();
+    let r = run_terminated(&f, c, "backup started");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "did not wait out the backup"
+    );
+    assert_eq!(r.code, Some(143), "{}", r.stderr);
+    let calls = f.calls();
+    assert!(calls.contains(&"backup got TERM".to_string()), "{calls:?}");
+    assert_eq!(calls.last().map(String::as_str), Some(POST), "{calls:?}");
+    assert!(
+        one_line(&r).contains("interrupted by SIGTERM, released; exit 143"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn restic_sigterm_during_pre_waits_for_it_skips_backup_and_releases() {
+    let f = Fakes::new();
+    let mut c = f.cmd(RESTIC_SH, &[("FAKE_PRE_SLEEP", "1")]);
+    c.arg("g1");
+    let r = run_terminated(&f, c, PRE);
+    assert_eq!(r.code, Some(143));
+    assert_eq!(f.calls(), [PRE, POST], "no backup after the signal");
+}
+
+#[test]
+fn wrapper_releases_after_failure_and_after_sigterm() {
+    let f = Fakes::new();
+    let backup = f.path("backup");
+    let backup = backup.to_str().expect("utf-8 path");
+    let r = run(f.cmd(WRAPPER_SH, &[]).args(["g1", "--", backup, "a"]));
+    assert_eq!(r.code, Some(0));
+    assert_eq!(f.calls(), [PRE, "backup a", POST]);
+
+    let f = Fakes::new();
+    let r = run(f
+        .cmd(WRAPPER_SH, &[("FAKE_BACKUP_RC", "4")])
+        .args(["g1", "--", backup]));
+    assert_eq!(r.code, Some(4), "the backup's code");
+    assert_eq!(f.calls().last().map(String::as_str), Some(POST));
+
+    let f = Fakes::new();
+    let r = run(f
+        .cmd(WRAPPER_SH, &[("FAKE_PRE_RC", "5")])
+        .args(["g1", "--", backup]));
+    assert_eq!(r.code, Some(5));
+    assert_eq!(f.calls(), [PRE]);
+
+    let f = Fakes::new();
+    let mut c = f.cmd(WRAPPER_SH, &[("FAKE_BACKUP_SLEEP", "30")]);
+    c.args(["g1", "--", backup]);
+    let r = run_terminated(&f, c, "backup started");
+    assert_eq!(r.code, Some(143), "{}", r.stderr);
+    let calls = f.calls();
+    assert!(calls.contains(&"backup got TERM".to_string()), "{calls:?}");
+    assert_eq!(calls.last().map(String::as_str), Some(POST), "{calls:?}");
+}
