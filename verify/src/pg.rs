@@ -5,7 +5,9 @@
 //! show *why* it passed or failed, not only that it did.
 
 use crate::profile::MemberProfile;
-use crate::report::Check;
+use crate::report::{Check, MemberReport};
+use crate::sandbox::Sandbox;
+use crate::{MemberCtx, beacon};
 use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls};
 use std::time::{Duration, Instant};
@@ -92,4 +94,77 @@ pub fn scalar(c: &mut Client, sql: &str) -> Result<i64, String> {
     c.query_one(sql, &[])
         .and_then(|r| r.try_get::<_, i64>(0))
         .map_err(|e| format!("{sql}: {e}"))
+}
+
+/// Every check of one restored PostgreSQL member; the connection is returned for the
+/// cross-member checks (`None` if the server never came up).
+pub fn check_member(
+    ctx: &MemberCtx,
+    prof: &MemberProfile,
+    sb: &Sandbox,
+) -> (MemberReport, Option<Client>) {
+    let mut r = MemberReport::new(ctx.domain, &sb.name);
+    let ready = sb.wait_marker(&prof.ready_marker, ctx.ready_timeout);
+    r.recovery_seconds = ready.map(|d| d.as_secs_f64());
+    let console = sb.console_text();
+    let recovered =
+        console.contains("automatic recovery in progress") || console.contains("redo done");
+    r.checks.push(check(
+        "recovery",
+        ready.is_some(),
+        match ready {
+            Some(d) => format!(
+                "ready {:.1} s after boot; {}",
+                d.as_secs_f64(),
+                if recovered {
+                    "crash recovery replayed WAL"
+                } else {
+                    "no WAL replay was needed"
+                }
+            ),
+            None => format!("not ready within {} s", ctx.ready_timeout.as_secs()),
+        },
+    ));
+    let client =
+        ready.and_then(|_| connect(&conninfo(prof, sb.host_port), Duration::from_secs(60)).ok());
+    let Some(mut c) = client else {
+        if ready.is_some() {
+            r.checks
+                .push(check("connect", false, "no connection within 60 s".into()));
+        }
+        return (r, None);
+    };
+    r.checks.push(amcheck(&mut c));
+    for q in &prof.invariants {
+        r.checks.push(invariant(&mut c, q));
+    }
+    if let Some(t) = &prof.beacon_table {
+        beacon::checks(&mut r, newest_beacon(&mut c, t), t, ctx.cp, ctx.rpo_seconds);
+    }
+    if let (Some(db), Some(kind), Some(table)) = (&prof.ack_db, &prof.ack_kind, &prof.ack_table) {
+        let ids: Vec<i64> = ctx
+            .acks
+            .iter()
+            .filter(|a| &a.db == db && &a.kind == kind && a.at < ctx.cp)
+            .map(|a| a.id)
+            .collect();
+        match lost_acked(&mut c, table, &ids) {
+            Ok(lost) => {
+                r.lost_acked_commits = Some(lost.len());
+                r.checks.push(check(
+                    "acknowledged commits before the consistency point present",
+                    lost.is_empty(),
+                    if lost.is_empty() {
+                        format!("all {} acknowledged {kind} rows present", ids.len())
+                    } else {
+                        format!("missing (first 20): {lost:?} of {} acknowledged", ids.len())
+                    },
+                ));
+            }
+            Err(e) => r
+                .checks
+                .push(check("acknowledged commits present", false, e)),
+        }
+    }
+    (r, Some(c))
 }
