@@ -212,6 +212,8 @@ pub fn check_member(
             return (r, None);
         }
     };
+    // Members are checked one after another while all sandboxes boot at once: a node that was
+    // already answering when its turn came gets an upper bound of its RTO, never a flattering one.
     let rto = sb.started.elapsed();
     r.recovery_seconds = Some(rto.as_secs_f64());
     r.server_version = Some(version.to_string());
