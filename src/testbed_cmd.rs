@@ -1,13 +1,17 @@
-//! `cgsnap testbed up|status|down postgres-pair` and `cgsnap beacon`: the CLI side of the
-//! testbeds (the VMs and workloads themselves live in the `cgsnap-testbeds` crate).
+//! `cgsnap testbed up|status|down postgres-pair|cassandra|pg-cassandra` and `cgsnap beacon`:
+//! the CLI side of the testbeds (the VMs and workloads themselves live in the
+//! `cgsnap-testbeds` crate).
 //!
-//! Invariant: `up` records its state before starting anything and spawns the workload as a
-//! detached process whose pid is in that state, so `down` can always stop and remove all of it.
+//! Invariants: `up` records its state before starting anything and spawns the workload as a
+//! detached process whose pid is in that state, so `down` can always stop and remove all of it;
+//! a Cassandra testbed without a usable `CGSNAP_CASSANDRA_HOME` fails with the precondition
+//! exit code before anything is built or started.
 
 use crate::cli::{Ctx, Failure};
 use crate::exit::ExitCode;
 use crate::group;
-use cgsnap_testbeds::{pair, workload};
+use cgsnap_testbeds::cassandra::{self, SyncMode};
+use cgsnap_testbeds::{cass_bed, pair, workload};
 use clap::{Args, Subcommand};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,12 +23,20 @@ pub enum TestbedCmd {
     Up {
         #[arg(default_value = pair::NAME)]
         name: String,
-        /// Loopback ports of the orders and payments servers.
-        #[arg(long, value_delimiter = ',', default_values_t = [25501u16, 25502])]
+        /// Loopback ports of the VMs' databases, in VM order (default postgres-pair
+        /// 25501,25502; cassandra 25541; pg-cassandra 25551,25552).
+        #[arg(long, value_delimiter = ',')]
         ports: Vec<u16>,
         /// Directory for the testbed VMs' images.
         #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-testbed")]
         dir: PathBuf,
+        /// Cassandra testbeds: commit log sync mode (default: periodic for cassandra, batch
+        /// for pg-cassandra).
+        #[arg(long, value_enum)]
+        commitlog_sync: Option<SyncArg>,
+        /// Cassandra testbeds, periodic mode: the sync period.
+        #[arg(long, default_value_t = 2000)]
+        commitlog_sync_period_ms: u64,
     },
     /// Show the testbed's VMs and the workload's throughput so far.
     Status {
@@ -38,6 +50,12 @@ pub enum TestbedCmd {
     },
     #[command(name = "__workload", hide = true)]
     Workload { name: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SyncArg {
+    Batch,
+    Periodic,
 }
 
 #[derive(Args)]
@@ -60,14 +78,112 @@ fn fail(code: ExitCode, msg: impl Into<String>) -> Failure {
 }
 
 fn known(name: &str) -> Result<(), Failure> {
-    if name == pair::NAME {
+    if name == pair::NAME || cass_bed::is_cassandra_testbed(name) {
         Ok(())
     } else {
         Err(fail(
             ExitCode::NotFound,
-            format!("unknown testbed {name:?}: available: {}", pair::NAME),
+            format!(
+                "unknown testbed {name:?}: available: {}, {}, {}",
+                pair::NAME,
+                cass_bed::SINGLE,
+                cass_bed::MIXED
+            ),
         ))
     }
+}
+
+fn default_ports(name: &str) -> Vec<u16> {
+    match name {
+        cass_bed::SINGLE => vec![25541],
+        cass_bed::MIXED => vec![25551, 25552],
+        _ => vec![25501, 25502],
+    }
+}
+
+/// The sync mode a Cassandra testbed boots with (see `--commitlog-sync`).
+fn sync_mode(name: &str, arg: Option<SyncArg>, period_ms: u64) -> Result<SyncMode, Failure> {
+    let arg = arg.unwrap_or(if name == cass_bed::MIXED {
+        // The staggered negative control needs the later member's newest writes on disk.
+        SyncArg::Batch
+    } else {
+        SyncArg::Periodic
+    });
+    match arg {
+        SyncArg::Batch => Ok(SyncMode::Batch),
+        SyncArg::Periodic if period_ms > 0 => Ok(SyncMode::Periodic { period_ms }),
+        SyncArg::Periodic => Err(fail(
+            ExitCode::Usage,
+            "--commitlog-sync-period-ms must be > 0",
+        )),
+    }
+}
+
+/// `up` of a Cassandra testbed: refuse at once without a distribution, then like the pair.
+fn cassandra_up(
+    ctx: &Ctx,
+    catalog: &Path,
+    name: &str,
+    ports: &[u16],
+    dir: &Path,
+    sync: SyncMode,
+) -> Result<(), Failure> {
+    let dist = cassandra::distribution().map_err(|e| {
+        fail(
+            ExitCode::Precondition,
+            format!("testbed {name} needs a Cassandra distribution: {e}"),
+        )
+    })?;
+    let uri = ctx
+        .uris
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "qemu:///system".into());
+    let sdir = state_dir(catalog, name);
+    let mut st = cass_bed::up(name, &uri, &sdir, dir, ports, sync)
+        .map_err(|e| fail(ExitCode::Precondition, e))?;
+    let names: Vec<String> = st.vms.iter().map(|v| v.name.clone()).collect();
+    group::add(&ctx.hosts()?, name, &names)?;
+    st.workload_pid = Some(spawn_workload(catalog, name, &sdir)?);
+    cass_bed::save(&sdir, &st).map_err(|e| fail(ExitCode::Internal, e))?;
+    for v in &st.vms {
+        println!(
+            "testbed {name}: {} ({:?}) ready {:.1} s after boot on 127.0.0.1:{}",
+            v.name, v.engine, v.boot_to_ready_s, v.port
+        );
+    }
+    println!(
+        "testbed {name}: Cassandra {} from {}, commitlog_sync {sync}",
+        dist.version,
+        dist.home.display()
+    );
+    wait_for_workload(name, &sdir, cass_bed::throughput)
+}
+
+/// Let the workload run briefly, then report its throughput (or that it wrote nothing).
+fn wait_for_workload(
+    name: &str,
+    sdir: &Path,
+    throughput: fn(&Path) -> Option<(usize, f64)>,
+) -> Result<(), Failure> {
+    // The Cassandra client prepares statements on a slow guest before its first write.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(5));
+        if let Some((n, tps)) = throughput(sdir) {
+            println!(
+                "testbed {name}: group {name} defined; workload running: {n} commits, {tps:.1} commits/s"
+            );
+            return Ok(());
+        }
+    }
+    Err(fail(
+        ExitCode::Internal,
+        format!(
+            "the workload did not commit anything: see {}",
+            sdir.join("workload.log").display()
+        ),
+    ))
 }
 
 fn state_dir(catalog: &Path, name: &str) -> PathBuf {
@@ -106,8 +222,23 @@ fn spawn_workload(catalog: &Path, name: &str, sdir: &Path) -> Result<u32, Failur
 
 pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
     match cmd {
-        TestbedCmd::Up { name, ports, dir } => {
+        TestbedCmd::Up {
+            name,
+            ports,
+            dir,
+            commitlog_sync,
+            commitlog_sync_period_ms,
+        } => {
             known(name)?;
+            let ports = if ports.is_empty() {
+                default_ports(name)
+            } else {
+                ports.clone()
+            };
+            if cass_bed::is_cassandra_testbed(name) {
+                let sync = sync_mode(name, *commitlog_sync, *commitlog_sync_period_ms)?;
+                return cassandra_up(ctx, catalog, name, &ports, dir, sync);
+            }
             let &[po, pp] = ports.as_slice() else {
                 return Err(fail(
                     ExitCode::Usage,
@@ -132,21 +263,26 @@ pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
                     v.name, v.role, v.boot_to_ready_s, v.port
                 );
             }
-            // Let the workload run briefly so its throughput can be reported.
-            std::thread::sleep(Duration::from_secs(5));
-            match pair::throughput(&sdir) {
-                Some((n, tps)) => println!(
-                    "testbed {name}: group {name} defined; workload running: {n} commits, {tps:.1} commits/s"
-                ),
-                None => {
-                    return Err(fail(
-                        ExitCode::Internal,
-                        format!(
-                            "the workload did not commit anything: see {}",
-                            sdir.join("workload.log").display()
-                        ),
-                    ));
-                }
+            wait_for_workload(name, &sdir, pair::throughput)
+        }
+        TestbedCmd::Status { name } if cass_bed::is_cassandra_testbed(name) => {
+            let sdir = state_dir(catalog, name);
+            let st = cass_bed::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+            for v in &st.vms {
+                println!(
+                    "{}\t{:?}\t127.0.0.1:{}\tboot-to-ready {:.1} s",
+                    v.name, v.engine, v.port, v.boot_to_ready_s
+                );
+            }
+            println!(
+                "Cassandra {}, commitlog_sync {}",
+                st.cassandra_version, st.sync
+            );
+            if let Some((n, tps)) = cass_bed::throughput(&sdir) {
+                println!(
+                    "workload: {n} commits, {tps:.1} commits/s (pid {:?})",
+                    st.workload_pid
+                );
             }
             Ok(())
         }
@@ -171,19 +307,28 @@ pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
         TestbedCmd::Down { name } => {
             known(name)?;
             let sdir = state_dir(catalog, name);
-            let tp = pair::throughput(&sdir);
-            let st = pair::down(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+            let cass = cass_bed::is_cassandra_testbed(name);
+            let tp = if cass {
+                cass_bed::throughput(&sdir)
+            } else {
+                pair::throughput(&sdir)
+            };
+            let removed: Vec<String> = if cass {
+                let st = cass_bed::down(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+                st.vms.into_iter().map(|v| v.name).collect()
+            } else {
+                let st = pair::down(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+                st.vms.into_iter().map(|v| v.name).collect()
+            };
             if let Some((n, tps)) = tp {
                 println!("testbed {name}: workload made {n} commits, {tps:.1} commits/s");
             }
-            println!(
-                "testbed {name}: removed {}",
-                st.vms
-                    .iter()
-                    .map(|v| v.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            println!("testbed {name}: removed {}", removed.join(", "));
+            Ok(())
+        }
+        TestbedCmd::Workload { name } if cass_bed::is_cassandra_testbed(name) => {
+            cass_bed::run_workload(&state_dir(catalog, name))
+                .map_err(|e| fail(ExitCode::Internal, e))?;
             Ok(())
         }
         TestbedCmd::Workload { name } => {

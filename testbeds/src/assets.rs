@@ -32,6 +32,16 @@ pub fn cache_dir() -> PathBuf {
 /// Run an embedded build script (written to `dir/file`) with `dir` as its output directory.
 /// The script itself decides whether its cached outputs are current.
 pub fn run_script(dir: &Path, file: &str, body: &str) -> Result<(), AssetError> {
+    run_script_env(dir, file, body, &[])
+}
+
+/// [`run_script`] with extra environment variables for the script.
+pub fn run_script_env(
+    dir: &Path,
+    file: &str,
+    body: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<(), AssetError> {
     let err = |detail: String| AssetError {
         dir: dir.to_path_buf(),
         detail,
@@ -42,6 +52,7 @@ pub fn run_script(dir: &Path, file: &str, body: &str) -> Result<(), AssetError> 
     let out = Command::new("bash")
         .arg(&script)
         .arg(dir)
+        .envs(env.iter().copied())
         .output()
         .map_err(|e| err(format!("bash: {e}")))?;
     if !out.status.success() {

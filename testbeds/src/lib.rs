@@ -4,9 +4,18 @@
 //! - [`assets`]: kernel + initramfs, built by `guest/build.sh` (embedded) and cached;
 //! - [`guest`]: a transient libvirt domain with several qcow2 disks whose `/init` writes a
 //!   sequence record to every disk in order, removed with everything it created on drop;
-//! - [`record`]: reading those records back from an image (frozen, overlay or released).
+//! - [`record`]: reading those records back from an image (frozen, overlay or released);
+//! - [`postgres`], [`pair`], [`workload`]: the PostgreSQL guests, pair testbed and workload;
+//! - [`cassandra`], [`cql`], [`cass_workload`], [`cass_bed`], [`cass_profile`]: Cassandra guests
+//!   built from a user-supplied distribution, the CQL client, workload, testbeds and profile.
 
 pub mod assets;
+pub mod cass_bed;
+pub mod cass_profile;
+pub mod cass_workload;
+pub mod cass_yaml;
+pub mod cassandra;
+pub mod cql;
 pub mod guest;
 pub mod pair;
 pub mod postgres;

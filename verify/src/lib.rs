@@ -2,20 +2,28 @@
 //!
 //! - [`profile`]: what each member runs and what must hold (TOML, strict);
 //! - [`sandbox`]: throwaway overlays + renamed transient domains, loopback-only networking;
-//! - [`pg`]: PostgreSQL checks; [`report`]: JSON, HTML and Prometheus output.
+//! - [`pg`]: PostgreSQL checks; [`cassandra`]: Cassandra checks, with [`replay`] (commit log
+//!   replay from the log) and [`bound`] (loss bound by sync mode); [`beacon`]: beacon checks
+//!   of every kind; [`report`]: JSON, HTML and Prometheus output.
 //!
 //! Invariants: frozen images are never written (every sandbox writes to its own overlays);
 //! all sandboxes are removed when [`run`] returns, whatever happened; the verdict is `pass`
 //! only if every check of every member and every cross-member check passed.
 
+pub mod beacon;
+pub mod bound;
+pub mod cassandra;
 pub mod pg;
 pub mod profile;
+pub mod replay;
 pub mod report;
 pub mod sandbox;
 
+use cgsnap_testbeds::cql::Cql;
+use cgsnap_testbeds::workload::Ack;
 use chrono::{DateTime, Utc};
-use profile::Profile;
-use report::{Check, MemberReport, Report};
+use profile::{Kind, Profile};
+use report::{Check, Report};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,27 +53,37 @@ pub struct DiskView {
     pub image: String,
 }
 
-/// The server's own PANIC/FATAL lines from a console, as evidence (the last few).
-fn server_errors(console: &str) -> String {
-    let lines: Vec<&str> = console
-        .lines()
-        .filter(|l| {
-            l.contains("PANIC:") || l.contains("FATAL:") || l.contains("LOG:  startup process")
-        })
-        .collect();
-    if lines.is_empty() {
-        return "no server error on the console".into();
-    }
-    lines[lines.len().saturating_sub(3)..]
-        .iter()
-        .map(|l| l.trim())
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("cannot verify: {0}")]
 pub struct CouldNotRun(pub String);
+
+/// What a member's checks need besides its profile and sandbox.
+pub struct MemberCtx<'a> {
+    pub domain: &'a str,
+    /// The member's domain XML as saved in the manifest.
+    pub domain_xml: &'a str,
+    pub cp: DateTime<Utc>,
+    pub acks: &'a [Ack],
+    pub rpo_seconds: f64,
+    pub ready_timeout: Duration,
+}
+
+/// A connection to a restored member, for the cross-member checks.
+pub enum Conn {
+    // Boxed: both are hundreds of bytes, and of very different sizes.
+    Pg(Box<postgres::Client>),
+    Cql(Box<Cql>),
+}
+
+impl Conn {
+    /// One integer from a one-row query (SQL or CQL, by the member's kind).
+    pub fn scalar(&mut self, query: &str) -> Result<i64, String> {
+        match self {
+            Conn::Pg(c) => pg::scalar(c, query),
+            Conn::Cql(c) => c.scalar(query),
+        }
+    }
+}
 
 pub struct Request<'a> {
     pub manifest: &'a ManifestView,
@@ -150,139 +168,30 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         Some(p) => cgsnap_testbeds::workload::read_acks(p).map_err(CouldNotRun)?,
         None => Vec::new(),
     };
-    let timeout = Duration::from_secs(req.profile.ready_timeout_seconds);
+    let ready_timeout = Duration::from_secs(req.profile.ready_timeout_seconds);
     let mut members = Vec::new();
     let mut clients = Vec::new();
     for (mem, prof, sb) in &sandboxes {
-        let mut r = MemberReport {
-            domain: mem.domain.clone(),
-            sandbox: sb.name.clone(),
-            recovery_seconds: None,
-            newest_beacon_seq: None,
-            newest_beacon_ts: None,
-            data_loss_seconds: None,
-            lost_acked_commits: None,
-            checks: Vec::new(),
+        let ctx = MemberCtx {
+            domain: &mem.domain,
+            domain_xml: &mem.domain_xml,
+            cp,
+            acks: &acks,
+            rpo_seconds: req.profile.rpo_seconds,
+            ready_timeout,
         };
-        let waited = sb.wait_marker(&prof.ready_marker, prof.failure_marker.as_deref(), timeout);
-        let ready = match waited {
-            sandbox::Wait::Ready(d) => Some(d),
-            _ => None,
+        let (r, conn) = match prof.kind {
+            Kind::Postgres => {
+                let (r, c) = pg::check_member(&ctx, prof, sb);
+                (r, c.map(|c| Conn::Pg(Box::new(c))))
+            }
+            Kind::Cassandra => {
+                let (r, c) = cassandra::check_member(&ctx, prof, sb);
+                (r, c.map(|c| Conn::Cql(Box::new(c))))
+            }
         };
-        r.recovery_seconds = ready.map(|d| d.as_secs_f64());
-        let console = sb.console_text();
-        let recovered =
-            console.contains("automatic recovery in progress") || console.contains("redo done");
-        r.checks.push(Check {
-            name: "recovery".into(),
-            ok: ready.is_some(),
-            evidence: match waited {
-                sandbox::Wait::Ready(d) => format!(
-                    "ready {:.1} s after boot; {}",
-                    d.as_secs_f64(),
-                    if recovered {
-                        "crash recovery replayed WAL"
-                    } else {
-                        "no WAL replay was needed"
-                    }
-                ),
-                sandbox::Wait::Failed(d) => format!(
-                    "the database did not start ({:.1} s after boot): {}",
-                    d.as_secs_f64(),
-                    server_errors(&console)
-                ),
-                sandbox::Wait::TimedOut => format!(
-                    "not ready within {} s: {}",
-                    timeout.as_secs(),
-                    server_errors(&console)
-                ),
-            },
-        });
-        let client = ready.and_then(|_| {
-            pg::connect(&pg::conninfo(prof, sb.host_port), Duration::from_secs(60)).ok()
-        });
-        let Some(mut c) = client else {
-            if ready.is_some() {
-                r.checks.push(Check {
-                    name: "connect".into(),
-                    ok: false,
-                    evidence: "no connection within 60 s".into(),
-                });
-            }
-            members.push(r);
-            clients.push(None);
-            continue;
-        };
-        r.checks.push(pg::amcheck(&mut c));
-        for q in &prof.invariants {
-            r.checks.push(pg::invariant(&mut c, q));
-        }
-        if let Some(t) = &prof.beacon_table {
-            match pg::newest_beacon(&mut c, t) {
-                Ok(Some((seq, ts))) => {
-                    let loss = (cp - ts).num_milliseconds() as f64 / 1000.0;
-                    r.newest_beacon_seq = Some(seq);
-                    r.newest_beacon_ts = Some(ts);
-                    r.data_loss_seconds = Some(loss);
-                    // Beacon timestamps are taken on this host's clock before their commit; the
-                    // consistency point on the same clock after every member paused. A frozen
-                    // member cannot hold a beacon stamped after the point.
-                    r.checks.push(Check {
-                        name: "no write after the consistency point".into(),
-                        ok: loss >= 0.0,
-                        evidence: format!(
-                            "newest beacon stamped {:.3} s {} the consistency point",
-                            loss.abs(),
-                            if loss >= 0.0 { "before" } else { "after" }
-                        ),
-                    });
-                    r.checks.push(Check {
-                        name: "data loss within RPO".into(),
-                        ok: loss <= req.profile.rpo_seconds,
-                        evidence: format!("newest beacon {seq} at {ts}: {loss:.3} s before the consistency point (RPO {} s)", req.profile.rpo_seconds),
-                    });
-                }
-                Ok(None) => r.checks.push(Check {
-                    name: "data loss within RPO".into(),
-                    ok: false,
-                    evidence: format!("no beacon in {t}"),
-                }),
-                Err(e) => r.checks.push(Check {
-                    name: "data loss within RPO".into(),
-                    ok: false,
-                    evidence: e,
-                }),
-            }
-        }
-        if let (Some(db), Some(kind), Some(table)) = (&prof.ack_db, &prof.ack_kind, &prof.ack_table)
-        {
-            let ids: Vec<i64> = acks
-                .iter()
-                .filter(|a| &a.db == db && &a.kind == kind && a.at < cp)
-                .map(|a| a.id)
-                .collect();
-            match pg::lost_acked(&mut c, table, &ids) {
-                Ok(lost) => {
-                    r.lost_acked_commits = Some(lost.len());
-                    r.checks.push(Check {
-                        name: "acknowledged commits before the consistency point present".into(),
-                        ok: lost.is_empty(),
-                        evidence: if lost.is_empty() {
-                            format!("all {} acknowledged {kind} rows present", ids.len())
-                        } else {
-                            format!("missing (first 20): {lost:?} of {} acknowledged", ids.len())
-                        },
-                    });
-                }
-                Err(e) => r.checks.push(Check {
-                    name: "acknowledged commits present".into(),
-                    ok: false,
-                    evidence: e,
-                }),
-            }
-        }
         members.push(r);
-        clients.push(Some(c));
+        clients.push(conn);
     }
     let mut cross_checks = Vec::new();
     // Beacons are written to members in profile order, each committed before the next: in a
@@ -310,15 +219,12 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     }
     for x in &req.profile.cross {
         let idx = |d: &str| members.iter().position(|m| m.domain == d);
-        let val = |d: &str,
-                   sql: &str,
-                   clients: &mut Vec<Option<postgres::Client>>|
-         -> Result<i64, String> {
+        let val = |d: &str, sql: &str, clients: &mut Vec<Option<Conn>>| -> Result<i64, String> {
             let i = idx(d).ok_or_else(|| format!("no member {d}"))?;
-            let c = clients[i]
+            clients[i]
                 .as_mut()
-                .ok_or_else(|| format!("{d} did not come up"))?;
-            pg::scalar(c, sql)
+                .ok_or_else(|| format!("{d} did not come up"))?
+                .scalar(sql)
         };
         let res = val(&x.ahead_domain, &x.ahead_sql, &mut clients)
             .and_then(|a| val(&x.behind_domain, &x.behind_sql, &mut clients).map(|b| (a, b)));

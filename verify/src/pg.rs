@@ -5,7 +5,9 @@
 //! show *why* it passed or failed, not only that it did.
 
 use crate::profile::MemberProfile;
-use crate::report::Check;
+use crate::report::{Check, MemberReport};
+use crate::sandbox::{Sandbox, Wait};
+use crate::{MemberCtx, beacon};
 use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls};
 use std::time::{Duration, Instant};
@@ -92,4 +94,110 @@ pub fn scalar(c: &mut Client, sql: &str) -> Result<i64, String> {
     c.query_one(sql, &[])
         .and_then(|r| r.try_get::<_, i64>(0))
         .map_err(|e| format!("{sql}: {e}"))
+}
+
+/// The server's own PANIC/FATAL lines from a console, as evidence (the last few).
+fn server_errors(console: &str) -> String {
+    let lines: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("PANIC:") || l.contains("FATAL:"))
+        .collect();
+    if lines.is_empty() {
+        return "no server error on the console".into();
+    }
+    lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Every check of one restored PostgreSQL member; the connection is returned for the
+/// cross-member checks (`None` if the server never came up).
+pub fn check_member(
+    ctx: &MemberCtx,
+    prof: &MemberProfile,
+    sb: &Sandbox,
+) -> (MemberReport, Option<Client>) {
+    let mut r = MemberReport::new(ctx.domain, &sb.name);
+    let waited = sb.wait_marker(
+        &prof.ready_marker,
+        prof.failure_marker.as_deref(),
+        ctx.ready_timeout,
+    );
+    let ready = match waited {
+        Wait::Ready(d) => Some(d),
+        _ => None,
+    };
+    r.recovery_seconds = ready.map(|d| d.as_secs_f64());
+    let console = sb.console_text();
+    let recovered =
+        console.contains("automatic recovery in progress") || console.contains("redo done");
+    r.checks.push(check(
+        "recovery",
+        ready.is_some(),
+        match waited {
+            Wait::Ready(d) => format!(
+                "ready {:.1} s after boot; {}",
+                d.as_secs_f64(),
+                if recovered {
+                    "crash recovery replayed WAL"
+                } else {
+                    "no WAL replay was needed"
+                }
+            ),
+            Wait::Failed(d) => format!(
+                "the database did not start ({:.1} s after boot): {}",
+                d.as_secs_f64(),
+                server_errors(&console)
+            ),
+            Wait::TimedOut => format!(
+                "not ready within {} s: {}",
+                ctx.ready_timeout.as_secs(),
+                server_errors(&console)
+            ),
+        },
+    ));
+    let client =
+        ready.and_then(|_| connect(&conninfo(prof, sb.host_port), Duration::from_secs(60)).ok());
+    let Some(mut c) = client else {
+        if ready.is_some() {
+            r.checks
+                .push(check("connect", false, "no connection within 60 s".into()));
+        }
+        return (r, None);
+    };
+    r.checks.push(amcheck(&mut c));
+    for q in &prof.invariants {
+        r.checks.push(invariant(&mut c, q));
+    }
+    if let Some(t) = &prof.beacon_table {
+        beacon::checks(&mut r, newest_beacon(&mut c, t), t, ctx.cp, ctx.rpo_seconds);
+    }
+    if let (Some(db), Some(kind), Some(table)) = (&prof.ack_db, &prof.ack_kind, &prof.ack_table) {
+        let ids: Vec<i64> = ctx
+            .acks
+            .iter()
+            .filter(|a| &a.db == db && &a.kind == kind && a.at < ctx.cp)
+            .map(|a| a.id)
+            .collect();
+        match lost_acked(&mut c, table, &ids) {
+            Ok(lost) => {
+                r.lost_acked_commits = Some(lost.len());
+                r.checks.push(check(
+                    "acknowledged commits before the consistency point present",
+                    lost.is_empty(),
+                    if lost.is_empty() {
+                        format!("all {} acknowledged {kind} rows present", ids.len())
+                    } else {
+                        format!("missing (first 20): {lost:?} of {} acknowledged", ids.len())
+                    },
+                ));
+            }
+            Err(e) => r
+                .checks
+                .push(check("acknowledged commits present", false, e)),
+        }
+    }
+    (r, Some(c))
 }

@@ -1,8 +1,11 @@
 //! Verification profiles: which member runs which database and what must hold after restore.
 //!
-//! Invariants: parsing is strict (`deny_unknown_fields`, a format version); a profile names
+//! Invariants: parsing is strict (`deny_unknown_fields`, a format version, and per-kind fields
+//! checked after parsing: a Cassandra member states its commit log sync mode, from which its
+//! loss bound follows; a PostgreSQL member has credentials and no sync mode); a profile names
 //! members by domain, and every member of the snapshot must have an entry (checked at run time).
 
+use cgsnap_testbeds::cassandra::SyncMode;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -45,6 +48,15 @@ fn default_ready() -> u64 {
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Postgres,
+    Cassandra,
+}
+
+/// `commitlog_sync` of a Cassandra member.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitlogSync {
+    Batch,
+    Periodic,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -54,7 +66,10 @@ pub struct MemberProfile {
     pub kind: Kind,
     /// Database port inside the guest (forwarded to a loopback port in the sandbox).
     pub port: u16,
+    /// PostgreSQL credentials (required there; Cassandra members connect without).
+    #[serde(default)]
     pub user: String,
+    #[serde(default)]
     pub password: String,
     #[serde(default = "default_db")]
     pub dbname: String,
@@ -64,10 +79,19 @@ pub struct MemberProfile {
     /// the member fails at once instead of waiting out the ready timeout.
     #[serde(default)]
     pub failure_marker: Option<String>,
-    /// SQL queries returning one boolean each; all must be true.
+    /// PostgreSQL: SQL queries returning one boolean each; all must be true. Cassandra: CQL
+    /// queries returning one row whose columns (integers, null as 0) must all be equal, or
+    /// with one column, non-zero (CQL has no comparison expressions to return a boolean).
     #[serde(default)]
     pub invariants: Vec<String>,
-    /// Table with `(seq bigint, ts timestamptz)` beacons, if the group runs `cgsnap beacon`.
+    /// Cassandra: `batch` (acknowledged = synced) or `periodic` (synced every period).
+    #[serde(default)]
+    pub commitlog_sync: Option<CommitlogSync>,
+    /// Cassandra, periodic mode: `commitlog_sync_period` in milliseconds.
+    #[serde(default)]
+    pub commitlog_sync_period_ms: Option<u64>,
+    /// Table with `(seq bigint, ts timestamptz)` beacons, if the group runs `cgsnap beacon`
+    /// (Cassandra: `keyspace.table` with `(seq bigint, ts timestamp)`).
     #[serde(default)]
     pub beacon_table: Option<String>,
     /// Name of this database in the acknowledgement log (`db` field), if any.
@@ -82,6 +106,43 @@ pub struct MemberProfile {
 
 fn default_db() -> String {
     "postgres".into()
+}
+
+impl MemberProfile {
+    /// The sync mode of a Cassandra member, or why the profile does not define one.
+    pub fn sync_mode(&self) -> Result<SyncMode, String> {
+        match (self.commitlog_sync, self.commitlog_sync_period_ms) {
+            (Some(CommitlogSync::Batch), None) => Ok(SyncMode::Batch),
+            (Some(CommitlogSync::Batch), Some(_)) => {
+                Err("commitlog_sync_period_ms is only for commitlog_sync = \"periodic\"".into())
+            }
+            (Some(CommitlogSync::Periodic), Some(p)) if p > 0 => {
+                Ok(SyncMode::Periodic { period_ms: p })
+            }
+            (Some(CommitlogSync::Periodic), _) => {
+                Err("commitlog_sync = \"periodic\" needs commitlog_sync_period_ms > 0".into())
+            }
+            (None, _) => {
+                Err("a cassandra member needs commitlog_sync = \"batch\" or \"periodic\"".into())
+            }
+        }
+    }
+
+    /// Per-kind rules serde cannot express.
+    fn validate(&self) -> Result<(), String> {
+        match self.kind {
+            Kind::Cassandra => self.sync_mode().map(|_| ()),
+            Kind::Postgres if self.user.is_empty() || self.password.is_empty() => {
+                Err("a postgres member needs user and password".into())
+            }
+            Kind::Postgres
+                if self.commitlog_sync.is_some() || self.commitlog_sync_period_ms.is_some() =>
+            {
+                Err("commitlog_sync is only for cassandra members".into())
+            }
+            Kind::Postgres => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +170,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
                 p.format_version
             ),
         });
+    }
+    for m in &p.members {
+        m.validate().map_err(|e| ProfileError::Malformed {
+            path: path.to_path_buf(),
+            detail: format!("member {}: {e}", m.domain),
+        })?;
     }
     Ok(p)
 }
@@ -157,5 +224,124 @@ beacon_table = "cgsnap_beacon"
         .unwrap_err();
         assert!(e.to_string().contains("format_version 2"));
         assert!(parse(Path::new("p.toml"), "rpo_seconds = ").is_err());
+        let e = parse(Path::new("p.toml"), &OK.replace("password = \"x\"\n", "")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("member a: a postgres member needs user and password")
+        );
+        let e = parse(
+            Path::new("p.toml"),
+            &OK.replace("port = 5432", "port = 5432\ncommitlog_sync = \"batch\""),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("only for cassandra"), "{e}");
+    }
+
+    const CASS: &str = r#"
+format_version = 1
+rpo_seconds = 7
+[[member]]
+domain = "c"
+kind = "cassandra"
+port = 9042
+ready_marker = "CGSNAP-CASS: ready"
+commitlog_sync = "periodic"
+commitlog_sync_period_ms = 2000
+beacon_table = "cgsnap.cgsnap_beacon"
+invariants = ["SELECT count(*), max(id) FROM cgsnap.events"]
+"#;
+
+    /// The profiles `cgsnap testbed up` writes for the Cassandra testbeds parse here.
+    #[test]
+    fn testbed_profiles_parse() {
+        use cgsnap_testbeds::cass_bed::{self, State, Vm};
+        for (bed, sync) in [
+            (cass_bed::SINGLE, SyncMode::Periodic { period_ms: 2000 }),
+            (cass_bed::MIXED, SyncMode::Batch),
+        ] {
+            let vms = cass_bed::plan(bed)
+                .into_iter()
+                .map(|(n, e)| Vm {
+                    name: n.into(),
+                    engine: e,
+                    port: 1,
+                    dir: PathBuf::from("/x"),
+                    boot_to_ready_s: 0.0,
+                })
+                .collect();
+            let st = State {
+                testbed: bed.into(),
+                uri: "qemu:///system".into(),
+                images_dir: PathBuf::from("/x"),
+                sync,
+                cassandra_version: "5.0.2".into(),
+                vms,
+                workload_pid: None,
+                started_at: chrono::Utc::now(),
+            };
+            let text = cgsnap_testbeds::cass_profile::text(&st, Path::new("/s/acks.jsonl"));
+            let p = parse(Path::new("t.toml"), &text).expect(&text);
+            let cass: Vec<&MemberProfile> = p
+                .members
+                .iter()
+                .filter(|m| m.kind == Kind::Cassandra)
+                .collect();
+            assert_eq!(cass.len(), 1);
+            assert_eq!(cass[0].sync_mode(), Ok(sync));
+            assert_eq!(p.ready_timeout_seconds, 900);
+            let mixed = bed == cass_bed::MIXED;
+            assert_eq!(p.cross.len(), usize::from(mixed));
+            if mixed {
+                assert_eq!(
+                    p.members[0].kind,
+                    Kind::Postgres,
+                    "beacon order: PostgreSQL first"
+                );
+                assert_eq!(
+                    p.members
+                        .iter()
+                        .filter(|m| m.kind == Kind::Postgres)
+                        .count(),
+                    1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cassandra_members_state_a_valid_sync_mode() {
+        let p = parse(Path::new("c.toml"), CASS).expect("parse");
+        assert_eq!(p.members[0].kind, Kind::Cassandra);
+        assert_eq!(
+            p.members[0].sync_mode(),
+            Ok(SyncMode::Periodic { period_ms: 2000 })
+        );
+        let batch = CASS
+            .replace("\"periodic\"", "\"batch\"")
+            .replace("commitlog_sync_period_ms = 2000\n", "");
+        let p = parse(Path::new("c.toml"), &batch).expect("batch");
+        assert_eq!(p.members[0].sync_mode(), Ok(SyncMode::Batch));
+        for (bad, why) in [
+            (
+                CASS.replace("commitlog_sync_period_ms = 2000\n", ""),
+                "needs commitlog_sync_period_ms",
+            ),
+            (
+                CASS.replace("= 2000", "= 0"),
+                "needs commitlog_sync_period_ms",
+            ),
+            (
+                CASS.replace("\"periodic\"", "\"batch\""),
+                "only for commitlog_sync = \"periodic\"",
+            ),
+            (
+                CASS.replace("commitlog_sync = \"periodic\"\n", ""),
+                "needs commitlog_sync =",
+            ),
+            (CASS.replace("\"periodic\"", "\"group\""), "group"),
+        ] {
+            let e = parse(Path::new("c.toml"), &bad).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
     }
 }

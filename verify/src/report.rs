@@ -26,7 +26,34 @@ pub struct MemberReport {
     /// Consistency point minus newest recovered beacon.
     pub data_loss_seconds: Option<f64>,
     pub lost_acked_commits: Option<usize>,
+    /// Cassandra: `release_version` of the restored node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// Cassandra: how long before the cut an acknowledged write may be lost (sync mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_bound_seconds: Option<f64>,
+    /// Cassandra: mutations replayed from the commit log, as logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_mutations: Option<u64>,
     pub checks: Vec<Check>,
+}
+
+impl MemberReport {
+    pub fn new(domain: &str, sandbox: &str) -> Self {
+        Self {
+            domain: domain.to_string(),
+            sandbox: sandbox.to_string(),
+            recovery_seconds: None,
+            newest_beacon_seq: None,
+            newest_beacon_ts: None,
+            data_loss_seconds: None,
+            lost_acked_commits: None,
+            server_version: None,
+            loss_bound_seconds: None,
+            replayed_mutations: None,
+            checks: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,275 @@
+//! The Cassandra testbeds: `cassandra` (VM `cgsnap-cass`, one node) and `pg-cassandra` (VMs
+//! `cgsnap-mix-pg`, PostgreSQL `orders`, and `cgsnap-mix-cass`, Cassandra events referencing
+//! them), each with its workload, acknowledgement log and verification profile.
+//!
+//! Invariants: as for the PostgreSQL pair, all state lives in one state directory and one image
+//! directory, the state is saved before any VM starts, and `down` removes everything `up` got
+//! to. Without a Cassandra distribution `up` refuses before touching anything.
+
+use crate::cassandra::{self, SyncMode};
+use crate::cql::Cql;
+use crate::{assets, cass_workload, guest, postgres, workload};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const SINGLE: &str = "cassandra";
+pub const MIXED: &str = "pg-cassandra";
+pub const CASS_VM: &str = "cgsnap-cass";
+pub const MIX_PG_VM: &str = "cgsnap-mix-pg";
+pub const MIX_CASS_VM: &str = "cgsnap-mix-cass";
+/// Boot to CQL-ready on a TCG guest: JVM start-up and commit log replay are slow there.
+const CASS_READY: Duration = Duration::from_secs(900);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Postgres,
+    Cassandra,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vm {
+    pub name: String,
+    pub engine: Engine,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub boot_to_ready_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub testbed: String,
+    pub uri: String,
+    pub images_dir: PathBuf,
+    pub sync: SyncMode,
+    pub cassandra_version: String,
+    pub vms: Vec<Vm>,
+    pub workload_pid: Option<u32>,
+    pub started_at: DateTime<Utc>,
+}
+
+impl State {
+    pub fn port(&self, engine: Engine) -> Option<u16> {
+        self.vms.iter().find(|v| v.engine == engine).map(|v| v.port)
+    }
+}
+
+pub fn is_cassandra_testbed(name: &str) -> bool {
+    name == SINGLE || name == MIXED
+}
+
+/// VMs of a testbed (name, engine), in beacon write order.
+pub fn plan(testbed: &str) -> Vec<(&'static str, Engine)> {
+    if testbed == MIXED {
+        vec![
+            (MIX_PG_VM, Engine::Postgres),
+            (MIX_CASS_VM, Engine::Cassandra),
+        ]
+    } else {
+        vec![(CASS_VM, Engine::Cassandra)]
+    }
+}
+
+pub fn state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.json")
+}
+
+pub fn ack_log(state_dir: &Path) -> PathBuf {
+    state_dir.join("acks.jsonl")
+}
+
+pub fn verify_profile(state_dir: &Path) -> PathBuf {
+    state_dir.join("verify.toml")
+}
+
+pub fn load(state_dir: &Path) -> Result<State, String> {
+    let p = state_path(state_dir);
+    let b = std::fs::read(&p).map_err(|e| {
+        format!(
+            "testbed is not up ({}: {e}): run `cgsnap testbed up`",
+            p.display()
+        )
+    })?;
+    serde_json::from_slice(&b).map_err(|e| format!("malformed {}: {e}", p.display()))
+}
+
+pub fn save(state_dir: &Path, s: &State) -> Result<(), String> {
+    let p = state_path(state_dir);
+    let body = serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?;
+    let tmp = p.with_extension("json.tmp");
+    std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Boot the testbed's VMs, wait until each database answers, create the schemas. The VMs keep
+/// running after this returns.
+pub fn up(
+    testbed: &str,
+    uri: &str,
+    state_dir: &Path,
+    images_dir: &Path,
+    ports: &[u16],
+    sync: SyncMode,
+) -> Result<State, String> {
+    let dist = cassandra::distribution().map_err(|e| e.to_string())?;
+    let plan = plan(testbed);
+    if ports.len() != plan.len() {
+        return Err(format!(
+            "testbed {testbed} needs {} port(s), got {}",
+            plan.len(),
+            ports.len()
+        ));
+    }
+    if state_path(state_dir).exists() {
+        return Err(format!(
+            "testbed {testbed} is already up (state in {}): run `cgsnap testbed down {testbed}` first",
+            state_dir.display()
+        ));
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let cache = assets::cache_dir();
+    let a = assets::ensure(&cache).map_err(|e| e.to_string())?;
+    let cimg = cassandra::ensure(&cache, &dist).map_err(|e| e.to_string())?;
+    let pimg = if testbed == MIXED {
+        Some(postgres::ensure(&cache).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let mut state = State {
+        testbed: testbed.to_string(),
+        uri: uri.to_string(),
+        images_dir: images_dir.to_path_buf(),
+        sync,
+        cassandra_version: dist.version.clone(),
+        vms: plan
+            .iter()
+            .zip(ports)
+            .map(|((n, e), p)| Vm {
+                name: n.to_string(),
+                engine: *e,
+                port: *p,
+                dir: images_dir.join(n),
+                boot_to_ready_s: 0.0,
+            })
+            .collect(),
+        workload_pid: None,
+        started_at: Utc::now(),
+    };
+    save(state_dir, &state)?;
+    let vp = verify_profile(state_dir);
+    std::fs::write(&vp, crate::cass_profile::text(&state, &ack_log(state_dir)))
+        .map_err(|e| format!("{}: {e}", vp.display()))?;
+    let mut guests = Vec::new();
+    for vm in &state.vms {
+        let spec = match (vm.engine, &pimg) {
+            (Engine::Postgres, Some(p)) => postgres::spec(&vm.name, vm.port, p),
+            (Engine::Postgres, None) => return Err("no PostgreSQL images".into()),
+            (Engine::Cassandra, _) => cassandra::spec(&vm.name, vm.port, &cimg, sync),
+        };
+        guests.push(guest::Guest::start(uri, images_dir, spec, &a).map_err(|e| e.to_string())?);
+    }
+    for (g, vm) in guests.iter().zip(state.vms.iter_mut()) {
+        match vm.engine {
+            Engine::Postgres => {
+                let t = g
+                    .wait_console("CGSNAP-PG: ready", Duration::from_secs(300))
+                    .map_err(|e| e.to_string())?;
+                vm.boot_to_ready_s = t.as_secs_f64();
+                let mut c = workload::connect(&postgres::conninfo(vm.port))?;
+                workload::init_schema(&mut c, cass_workload::PG_ROLE)?;
+            }
+            Engine::Cassandra => {
+                g.wait_console(cassandra::READY_MARKER, CASS_READY)
+                    .map_err(|e| e.to_string())?;
+                let (c, _) = Cql::connect_ready(&cassandra::addr(vm.port), CASS_READY)?;
+                vm.boot_to_ready_s = g.started.elapsed().as_secs_f64();
+                cass_workload::init_schema(&c)?;
+            }
+        }
+    }
+    for g in guests {
+        g.keep();
+    }
+    save(state_dir, &state)?;
+    Ok(state)
+}
+
+/// Run the testbed's workload forever (the detached `__workload` process).
+pub fn run_workload(state_dir: &Path) -> Result<u64, String> {
+    let s = load(state_dir)?;
+    let cass = s
+        .port(Engine::Cassandra)
+        .ok_or("testbed state lacks the Cassandra VM")?;
+    let log = ack_log(state_dir);
+    match s.port(Engine::Postgres) {
+        None => cass_workload::run_single(&cassandra::addr(cass), &log, None),
+        Some(pg) => {
+            cass_workload::run_mixed(&postgres::conninfo(pg), &cassandra::addr(cass), &log, None)
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Stop the workload, destroy the VMs, remove images and state.
+pub fn down(state_dir: &Path) -> Result<State, String> {
+    let s = load(state_dir)?;
+    if let Some(pid) = s.workload_pid.filter(|p| alive(*p)) {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+        let start = std::time::Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+    for vm in &s.vms {
+        guest::destroy_by_name(&s.uri, &vm.name);
+        let _ = std::fs::remove_dir_all(&vm.dir);
+    }
+    std::fs::remove_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    Ok(s)
+}
+
+/// Acknowledged writes per second over the whole acknowledgement log.
+pub fn throughput(state_dir: &Path) -> Option<(usize, f64)> {
+    let acks = workload::read_acks(&ack_log(state_dir)).ok()?;
+    let (first, last) = (acks.first()?, acks.last()?);
+    let secs = (last.at - first.at).num_milliseconds() as f64 / 1000.0;
+    (secs > 0.0).then(|| (acks.len(), acks.len() as f64 / secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_put_postgres_first_in_beacon_order() {
+        assert_eq!(plan(SINGLE), vec![(CASS_VM, Engine::Cassandra)]);
+        assert_eq!(plan(MIXED)[0], (MIX_PG_VM, Engine::Postgres));
+        assert!(is_cassandra_testbed(MIXED) && !is_cassandra_testbed("postgres-pair"));
+    }
+
+    #[test]
+    fn up_without_a_distribution_touches_nothing() {
+        if std::env::var_os(cassandra::HOME_VAR).is_some() {
+            return; // the negative case needs the variable unset
+        }
+        let d = std::env::temp_dir().join(format!("cgsnap-cassbed-{}", std::process::id()));
+        let e = up(SINGLE, "test:///default", &d, &d, &[1], SyncMode::Batch)
+            .expect_err("no distribution");
+        assert!(e.contains(cassandra::HOME_VAR), "{e}");
+        assert!(!d.exists(), "nothing created");
+    }
+}

@@ -1,0 +1,86 @@
+//! Beacon checks shared by every database kind: the newest recovered beacon gives the data loss
+//! (consistency point minus its timestamp), which must be within the RPO, and no beacon may be
+//! stamped after the consistency point.
+//!
+//! Invariant: beacon timestamps are taken on this host's clock before their write; the
+//! consistency point on the same clock after every member paused. A frozen member cannot hold
+//! a beacon stamped after the point, so one that does proves the cut was not consistent.
+
+use crate::report::{Check, MemberReport};
+use chrono::{DateTime, Utc};
+
+/// Record the newest beacon (or why there is none) and its checks in `r`.
+pub fn checks(
+    r: &mut MemberReport,
+    newest: Result<Option<(i64, DateTime<Utc>)>, String>,
+    table: &str,
+    cp: DateTime<Utc>,
+    rpo_seconds: f64,
+) {
+    match newest {
+        Ok(Some((seq, ts))) => {
+            let loss = (cp - ts).num_milliseconds() as f64 / 1000.0;
+            r.newest_beacon_seq = Some(seq);
+            r.newest_beacon_ts = Some(ts);
+            r.data_loss_seconds = Some(loss);
+            r.checks.push(Check {
+                name: "no write after the consistency point".into(),
+                ok: loss >= 0.0,
+                evidence: format!(
+                    "newest beacon stamped {:.3} s {} the consistency point",
+                    loss.abs(),
+                    if loss >= 0.0 { "before" } else { "after" }
+                ),
+            });
+            r.checks.push(Check {
+                name: "data loss within RPO".into(),
+                ok: loss <= rpo_seconds,
+                evidence: format!(
+                    "newest beacon {seq} at {ts}: {loss:.3} s before the consistency point (RPO {rpo_seconds} s)"
+                ),
+            });
+        }
+        Ok(None) => r.checks.push(Check {
+            name: "data loss within RPO".into(),
+            ok: false,
+            evidence: format!("no beacon in {table}"),
+        }),
+        Err(e) => r.checks.push(Check {
+            name: "data loss within RPO".into(),
+            ok: false,
+            evidence: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_700_000_000_000 + ms)
+            .single()
+            .expect("time")
+    }
+
+    fn run(newest: Result<Option<(i64, DateTime<Utc>)>, String>) -> MemberReport {
+        let mut r = MemberReport::new("d", "s");
+        checks(&mut r, newest, "b", t(10_000), 5.0);
+        r
+    }
+
+    #[test]
+    fn loss_write_after_cut_and_absence_are_judged() {
+        let r = run(Ok(Some((7, t(9_000)))));
+        assert!(r.checks.iter().all(|c| c.ok));
+        assert_eq!(r.data_loss_seconds, Some(1.0));
+        let r = run(Ok(Some((7, t(10_500)))));
+        assert!(!r.checks[0].ok && r.checks[0].evidence.contains("after"));
+        let r = run(Ok(Some((7, t(3_000)))));
+        assert!(r.checks[0].ok && !r.checks[1].ok);
+        let r = run(Ok(None));
+        assert!(!r.checks[0].ok && r.checks[0].evidence.contains("no beacon in b"));
+        assert!(!run(Err("boom".into())).checks[0].ok);
+    }
+}
