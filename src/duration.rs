@@ -21,7 +21,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("duration {s:?} must be positive"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Far beyond any sane timeout, and Duration cannot hold it: an error, not a panic.
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 #[cfg(test)]
