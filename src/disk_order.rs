@@ -182,18 +182,7 @@ pub(crate) fn take(
         .iter()
         .map(|m| m.snapshot_ms.is_some())
         .collect();
-    let outcome = match crate::snapshot::rollback(plan, &opts.release, &cut) {
-        Ok(()) => {
-            man.state = SnapState::Aborted;
-            man.error = Some(cause.clone());
-            "rolled back"
-        }
-        Err(e) => {
-            man.state = SnapState::Failed;
-            man.error = Some(format!("{cause}; rollback incomplete: {e}"));
-            "left for `cgsnap release` (rollback incomplete)"
-        }
-    };
+    let outcome = crate::snapshot::roll_back_into(&mut man, plan, &opts.release, &cut, &cause);
     cat.write(&man)?;
     Err(SnapshotError::Protocol {
         id: man.id.clone(),

@@ -221,6 +221,30 @@ pub(crate) fn rollback(
     }
 }
 
+/// Roll back a failed snapshot and record the result in its manifest (not yet written):
+/// `aborted` when every member is back on its images, `failed` (left for `cgsnap release`)
+/// otherwise. Returns how the snapshot ended, for the error message.
+pub(crate) fn roll_back_into(
+    man: &mut Manifest,
+    plan: &[PlannedMember],
+    opts: &release::Options,
+    cut: &[bool],
+    cause: &str,
+) -> &'static str {
+    match rollback(plan, opts, cut) {
+        Ok(()) => {
+            man.state = SnapState::Aborted;
+            man.error = Some(cause.to_string());
+            "rolled back"
+        }
+        Err(e) => {
+            man.state = SnapState::Failed;
+            man.error = Some(format!("{cause}; rollback incomplete: {e}"));
+            "left for `cgsnap release` (rollback incomplete)"
+        }
+    }
+}
+
 /// Take a group snapshot. `now` names the snapshot; timings use the monotonic clock.
 pub fn take(
     hosts: &[Arc<dyn Host>],
@@ -391,18 +415,7 @@ pub fn take(
         return Ok(man);
     };
     let cut: Vec<bool> = out.members.iter().map(|m| m.paused).collect();
-    let outcome = match rollback(&plan, &opts.release, &cut) {
-        Ok(()) => {
-            man.state = SnapState::Aborted;
-            man.error = Some(cause.clone());
-            "rolled back"
-        }
-        Err(e) => {
-            man.state = SnapState::Failed;
-            man.error = Some(format!("{cause}; rollback incomplete: {e}"));
-            "left for `cgsnap release` (rollback incomplete)"
-        }
-    };
+    let outcome = roll_back_into(&mut man, &plan, &opts.release, &cut, &cause);
     cat.write(&man)?;
     Err(if fired {
         SnapshotError::Budget {

@@ -5,6 +5,7 @@
 //! - [`guest`]: a transient libvirt domain with several qcow2 disks whose `/init` writes a
 //!   sequence record to every disk in order, removed with everything it created on drop;
 //! - [`record`]: reading those records back from an image (frozen, overlay or released);
+//! - [`teardown`]: stopping a testbed's workload and removing its VMs;
 //! - [`postgres`], [`pair`], [`workload`]: the PostgreSQL guests, pair testbed and workload;
 //! - [`cassandra`], [`cql`], [`cass_workload`], [`cass_bed`], [`cass_profile`]: Cassandra guests
 //!   built from a user-supplied distribution, the CQL client, workload, testbeds and profile.
@@ -20,4 +21,5 @@ pub mod guest;
 pub mod pair;
 pub mod postgres;
 pub mod record;
+pub mod teardown;
 pub mod workload;

@@ -5,7 +5,7 @@
 //! the workload log) and one image directory; `down` removes both, the domains and the
 //! workload process, whatever `up` got to.
 
-use crate::{assets, guest, postgres, workload};
+use crate::{assets, guest, postgres, teardown, workload};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -181,42 +181,19 @@ pub fn up(
     Ok(state)
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
-}
-
 /// Stop the workload, destroy the VMs, remove images and state.
 pub fn down(state_dir: &Path) -> Result<State, String> {
     let s = load(state_dir)?;
-    if let Some(pid) = s.workload_pid.filter(|p| alive(*p)) {
-        let _ = std::process::Command::new("kill")
-            .arg(pid.to_string())
-            .status();
-        let start = std::time::Instant::now();
-        while alive(pid) && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive(pid) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
-    }
-    for vm in &s.vms {
-        guest::destroy_by_name(&s.uri, &vm.name);
-        let _ = std::fs::remove_dir_all(&vm.dir);
-    }
+    teardown::stop_workload(s.workload_pid);
+    teardown::remove_vms(
+        &s.uri,
+        s.vms.iter().map(|v| (v.name.as_str(), v.dir.as_path())),
+    );
     std::fs::remove_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     Ok(s)
 }
 
 /// Commits per second recorded in the acknowledgement log over its whole span.
 pub fn throughput(state_dir: &Path) -> Option<(usize, f64)> {
-    let acks = workload::read_acks(&ack_log(state_dir)).ok()?;
-    let (first, last) = (acks.first()?, acks.last()?);
-    let secs = (last.at - first.at).num_milliseconds() as f64 / 1000.0;
-    (secs > 0.0).then(|| (acks.len(), acks.len() as f64 / secs))
+    teardown::throughput(&ack_log(state_dir))
 }
