@@ -8,6 +8,7 @@
 //! - Results are medians/p95/p99/max over rounds; nothing is extrapolated.
 
 mod baseline;
+pub mod compare;
 mod plot;
 pub mod stats;
 
@@ -47,6 +48,9 @@ pub struct BenchArgs {
     /// Directory for the benchmark VMs' images.
     #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-bench")]
     pub dir: PathBuf,
+    /// Compare this run with committed results (e.g. docs/bench/default/results.json).
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub compare: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -86,6 +90,35 @@ pub struct Results {
     /// Median window at the largest over the smallest disk size / usage, minus 1, in percent.
     pub size_invariance_pct: Option<f64>,
     pub usage_invariance_pct: Option<f64>,
+}
+
+/// Print this run against committed results, metric by metric (see [`compare`]).
+fn print_comparison(path: &Path, results: &Results) -> Result<(), Failure> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let old: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| fail(format!("{}: not a results.json: {e}", path.display())))?;
+    let new = serde_json::to_value(results).map_err(|e| fail(e.to_string()))?;
+    let rows = compare::compare(&old, &new);
+    println!("compared with {}:", path.display());
+    for c in &rows {
+        println!(
+            "  {:<36} {:<20} committed {:>9.3} fresh {:>9.3} ({:+6.1}%) {}",
+            c.config,
+            c.metric,
+            c.committed,
+            c.fresh,
+            c.diff_pct,
+            if c.within {
+                "within noise"
+            } else {
+                "OUTSIDE noise"
+            }
+        );
+    }
+    let ok = rows.iter().filter(|c| c.within).count();
+    println!("{ok} of {} metrics within noise", rows.len());
+    Ok(())
 }
 
 fn fail(msg: impl Into<String>) -> Failure {
@@ -363,5 +396,8 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     std::fs::write(&sp, plot::svg(&results.rows))
         .map_err(|e| fail(format!("{}: {e}", sp.display())))?;
     println!("wrote {} and {}", jp.display(), sp.display());
+    if let Some(path) = &a.compare {
+        print_comparison(path, &results)?;
+    }
     Ok(())
 }
