@@ -25,15 +25,24 @@ else
   ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
 fi
 
-# Debian's Bacula director, only to parse the shipped Bareos/Bacula snippet in the tests
-# (`bacula-dir -t`, tests/hook_bareos.rs). Extracted, not installed: no daemon, mail server or
-# database set-up comes with it (~4 MB). sqlite3 creates the minimal catalog it checks.
+# Debian's Bacula 9.6 daemons (director with SQLite catalog, storage daemon, file daemon) and
+# bconsole, for the shipped Bareos/Bacula snippet: `bacula-dir -t` in tests/hook_bareos.rs and a
+# private set of daemons on loopback in tests/vm_bacula.rs. Extracted, not installed: no service
+# is started, no dbconfig or debconf prompt runs, no mail server is pulled in (~6 MB). sqlite3
+# creates the catalog. Re-extracted when any of the programs is missing (older set-ups had only
+# the director).
 BACULA=/var/cache/cgsnap/bacula
-if [ ! -x "$BACULA/usr/sbin/bacula-dir" ]; then
+bacula_ok=1
+for f in usr/sbin/bacula-dir usr/sbin/bacula-sd usr/sbin/bacula-fd usr/sbin/bconsole \
+  usr/share/dbconfig-common/data/bacula-director-sqlite3/install/sqlite3; do
+  [ -e "$BACULA/$f" ] || bacula_ok=0
+done
+if [ "$bacula_ok" = 0 ]; then
   tmp=$(mktemp -d)
   chmod 755 "$tmp"
-  (cd "$tmp" && $SUDO apt-get download -qq bacula-director bacula-common bacula-common-sqlite3 \
-    libwrap0 2>/dev/null)
+  (cd "$tmp" && $SUDO apt-get download -qq bacula-director bacula-director-sqlite3 \
+    bacula-common bacula-common-sqlite3 bacula-sd bacula-fd bacula-console libwrap0 liblzo2-2 \
+    2>/dev/null)
   $SUDO rm -rf "$BACULA.new"
   for d in "$tmp"/*.deb; do $SUDO dpkg-deb -x "$d" "$BACULA.new"; done
   $SUDO rm -rf "$BACULA" && $SUDO mv "$BACULA.new" "$BACULA"
