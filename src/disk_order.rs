@@ -20,7 +20,6 @@ use crate::hypervisor::HvError;
 use crate::preflight::PlannedMember;
 use crate::protocol::{Env, MemberOutcome, Outcome};
 use crate::snapshot::{Options, SnapshotError};
-use chrono::Utc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,14 +150,8 @@ pub(crate) fn take(
         });
     }
     let preflight_ms = crate::snapshot::ms(t0.elapsed());
-    let env = Env {
-        wall_clock: &Utc::now,
-        hold_frozen: None,
-        on_all_paused: &|| {},
-        hold_snapped: None,
-        on_snapped: &|| {},
-        resume_attempts: 1,
-    };
+    // Nothing is paused, so nothing is resumed: one attempt, no holds.
+    let env = Env::plain(1);
     let out = run(&staged, &env, gap);
     man.consistency_point = out.consistency_point;
     man.freeze_window_ms = out.freeze_window_ms;
@@ -197,8 +190,6 @@ mod tests {
     use crate::hypervisor::fake::FakeHost;
     use crate::hypervisor::{DomState, Host};
 
-    use chrono::Utc;
-
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
     }
@@ -217,14 +208,7 @@ mod tests {
     }
 
     fn env() -> Env<'static> {
-        Env {
-            wall_clock: &Utc::now,
-            hold_frozen: None,
-            on_all_paused: &|| {},
-            hold_snapped: None,
-            on_snapped: &|| {},
-            resume_attempts: 1,
-        }
+        Env::plain(1)
     }
 
     #[test]

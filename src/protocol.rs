@@ -85,6 +85,20 @@ pub struct Env<'a> {
     pub resume_attempts: u32,
 }
 
+impl Env<'static> {
+    /// Real clock, no fault injection, no callbacks.
+    pub fn plain(resume_attempts: u32) -> Self {
+        Env {
+            wall_clock: &Utc::now,
+            hold_frozen: None,
+            on_all_paused: &|| {},
+            hold_snapped: None,
+            on_snapped: &|| {},
+            resume_attempts,
+        }
+    }
+}
+
 struct Gate {
     arrived: usize,
     failed: bool,
@@ -306,14 +320,7 @@ mod tests {
     }
 
     fn env() -> Env<'static> {
-        Env {
-            wall_clock: &Utc::now,
-            hold_frozen: None,
-            on_all_paused: &|| {},
-            hold_snapped: None,
-            on_snapped: &|| {},
-            resume_attempts: 3,
-        }
+        Env::plain(3)
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod common;
 
 use common::*;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -354,19 +354,6 @@ impl Drop for Bacula {
             let _ = c.wait();
         }
     }
-}
-
-fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let out = Command::new("find")
-        .arg(dir)
-        .args(["-type", "f", "-name"])
-        .arg(format!("*{suffix}"))
-        .output()
-        .expect("find");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(PathBuf::from)
-        .collect()
 }
 
 #[test]

@@ -27,18 +27,6 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn overlays_under(dir: &Path) -> Vec<String> {
-    let out = Command::new("find")
-        .arg(dir)
-        .args(["-name", "*.cgsnap-overlay"])
-        .output()
-        .expect("find");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     let lab = lab("cgt-borg", 0, 0);
@@ -81,7 +69,7 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         .expect("one snapshot")
         .clone();
     assert_eq!(snap["state"], "released");
-    assert!(overlays_under(Path::new(DIR)).is_empty());
+    assert!(files_under(Path::new(DIR), ".cgsnap-overlay").is_empty());
 
     let archive = run(Command::new("borg").args(["list", "--short"]).arg(&repo));
     let archive = archive
@@ -97,7 +85,7 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         .arg(format!("{}::{archive}", repo.display()))
         .current_dir(RESTORE));
     assert!(
-        overlays_under(Path::new(RESTORE)).is_empty(),
+        files_under(Path::new(RESTORE), ".cgsnap-overlay").is_empty(),
         "overlays excluded from the backup"
     );
     // borg creates the parents of extracted paths private (0700); QEMU, running as its own

@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -56,19 +56,6 @@ fn init_repo(repo: &Path) {
         restic(repo, PASSWORD).arg("init").output().expect("restic"),
         "restic init",
     );
-}
-
-fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let out = Command::new("find")
-        .arg(dir)
-        .args(["-type", "f", "-name"])
-        .arg(format!("*{suffix}"))
-        .output()
-        .expect("find");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(PathBuf::from)
-        .collect()
 }
 
 /// Post ran: every snapshot of the lab released, guests running on their own images, no overlay.

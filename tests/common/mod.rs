@@ -127,6 +127,20 @@ impl Lab {
     }
 }
 
+/// Regular files below `dir` whose name ends in `suffix` (e.g. overlays in a backup or restore).
+pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-type", "f", "-name"])
+        .arg(format!("*{suffix}"))
+        .output()
+        .expect("find");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
 pub fn domstate(dom: &str) -> String {
     domstate_on(URI, dom)
 }
