@@ -7,6 +7,7 @@ use crate::catalog::{self, Catalog, Manifest};
 use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
+use crate::protocol::Resume;
 use crate::{duration, group, hook, release, snapshot};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -142,6 +143,10 @@ pub struct SnapTuning {
         requires = "unsafe_disk_order"
     )]
     pub unsafe_disk_gap: u64,
+    /// When members are resumed: `early`, each once its own snapshot is done; `together`, all
+    /// once every snapshot is done (shorter group window on a CPU-bound host).
+    #[arg(long, value_enum, default_value_t = Resume::Early)]
+    pub resume: Resume,
 }
 
 #[derive(Args)]
@@ -258,6 +263,7 @@ pub fn snap_options(
         exe,
         hold_frozen: hold("CGSNAP_TEST_HOLD_FROZEN_MS"),
         hold_snapped: hold("CGSNAP_TEST_HOLD_SNAPPED_MS"),
+        hold_pausing: hold("CGSNAP_TEST_HOLD_PAUSING_MS"),
         hold_resolved: hold("CGSNAP_TEST_HOLD_RESOLVED_MS"),
         release: release::Options {
             timeout: rel_timeout,
@@ -268,6 +274,8 @@ pub fn snap_options(
             .unsafe_disk_order
             .clone()
             .map(|o| (o, Duration::from_millis(t.unsafe_disk_gap))),
+        resume: t.resume,
+        window_probe: None,
         connect_each: if t.shared_connection {
             None
         } else {

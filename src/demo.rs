@@ -94,6 +94,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
         unsafe_stagger: None,
         unsafe_disk_order: None,
         unsafe_disk_gap: 1000,
+        resume: Default::default(),
     };
     let opts = snap_options(&tuning, "demo", Duration::from_secs(120))?;
     let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now())?;

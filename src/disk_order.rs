@@ -18,7 +18,7 @@ use crate::catalog::{Catalog, Manifest, Phases, SnapState};
 use crate::domxml;
 use crate::hypervisor::HvError;
 use crate::preflight::PlannedMember;
-use crate::protocol::{Env, MemberOutcome, Outcome};
+use crate::protocol::{Env, MemberOutcome, Outcome, ms};
 use crate::snapshot::{Options, SnapshotError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,10 +78,6 @@ pub fn plan(
     Ok(by_stage)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Run the stages, `gap` apart. See the module docs for what is (not) guaranteed.
 pub fn run(members: &[Staged], env: &Env, gap: Duration) -> Outcome {
     let mut outs: Vec<MemberOutcome> = members.iter().map(|_| MemberOutcome::default()).collect();
@@ -123,6 +119,36 @@ pub fn run(members: &[Staged], env: &Env, gap: Duration) -> Outcome {
     }
 }
 
+/// Check `order` against the group's disks and build every member's stages. Runs before the
+/// manifest is written, so a failure here leaves nothing behind.
+pub(crate) fn prepare(
+    plan: &[PlannedMember],
+    id: &str,
+    group: &str,
+    order: &[String],
+    reuse: bool,
+) -> Result<Vec<Staged>, SnapshotError> {
+    let has = |t: &String| plan.iter().flat_map(|p| &p.disks).any(|d| &d.target == t);
+    if let Some(t) = order.iter().find(|t| !has(t)) {
+        return Err(SnapshotError::UnknownTarget {
+            group: group.to_string(),
+            target: t.clone(),
+        });
+    }
+    plan.iter()
+        .map(|p| {
+            let stages =
+                self::plan(p, id, order).map_err(crate::preflight::PreflightError::from)?;
+            Ok(Staged {
+                host: p.member.host.clone(),
+                domain: p.member.domain.clone(),
+                stages,
+                reuse,
+            })
+        })
+        .collect()
+}
+
 /// The per-disk negative control (see [`crate::disk_order`]): nothing is paused, so there is
 /// no watchdog; a failure rolls back whatever was cut.
 #[allow(clippy::too_many_arguments)]
@@ -130,7 +156,7 @@ pub(crate) fn take(
     cat: &Catalog,
     mut man: Manifest,
     plan: &[PlannedMember],
-    reuse: bool,
+    staged: &[Staged],
     order: &[String],
     gap: Duration,
     opts: &Options,
@@ -138,21 +164,10 @@ pub(crate) fn take(
 ) -> Result<Manifest, SnapshotError> {
     man.unsafe_disk_order = Some(order.to_vec());
     man.unsafe_disk_gap_ms = Some(gap.as_millis() as u64);
-    let mut staged = Vec::with_capacity(plan.len());
-    for p in plan {
-        let stages =
-            self::plan(p, &man.id, order).map_err(crate::preflight::PreflightError::from)?;
-        staged.push(Staged {
-            host: p.member.host.clone(),
-            domain: p.member.domain.clone(),
-            stages,
-            reuse,
-        });
-    }
-    let preflight_ms = crate::snapshot::ms(t0.elapsed());
+    let preflight_ms = ms(t0.elapsed());
     // Nothing is paused, so nothing is resumed: one attempt, no holds.
     let env = Env::plain(1);
-    let out = run(&staged, &env, gap);
+    let out = run(staged, &env, gap);
     man.consistency_point = out.consistency_point;
     man.freeze_window_ms = out.freeze_window_ms;
     man.phases = Phases {

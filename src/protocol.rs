@@ -12,6 +12,14 @@
 //! resumed as soon as its own snapshot is done; it need not wait for the slowest member.
 //! The *consistency point* is reported as the wall-clock instant the last pause completed.
 //!
+//! # Resume policy
+//! [`Resume::Early`] resumes each member as soon as its own snapshot is done: the median member
+//! is frozen for less time, but resumed guests compete for the CPU with the snapshots still
+//! running. [`Resume::Together`] holds every member until the last snapshot is done and then
+//! resumes all in parallel: the group window (and so the slowest member's freeze) is shorter
+//! on a host whose CPUs the guests saturate, every member's freeze equals that window. Both
+//! obey the rule above; the benchmark measures both (`--resume`).
+//!
 //! Invariants enforced here:
 //! - all members are paused (in parallel) before any snapshot starts and before any resume;
 //! - if any pause fails, nothing is snapshotted and every paused member is resumed;
@@ -22,6 +30,17 @@ use crate::hypervisor::{DomState, Host, HvError};
 use chrono::{DateTime, Utc};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// When a member is resumed (see module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resume {
+    /// Each member as soon as its own snapshot is done.
+    #[default]
+    Early,
+    /// All members together, once every snapshot is done.
+    Together,
+}
 
 /// What to do to one member.
 pub struct Step {
@@ -83,6 +102,15 @@ pub struct Env<'a> {
     /// Called by each member before `hold_snapped`.
     pub on_snapped: &'a (dyn Fn() + Sync),
     pub resume_attempts: u32,
+    /// Fault injection for tests: member `i` waits `i` times this before its pause, so that a
+    /// test can act while only some members are paused.
+    pub hold_pausing: Option<Duration>,
+    /// Called by each member right after its pause when `hold_pausing` is set.
+    pub on_paused: &'a (dyn Fn() + Sync),
+    pub resume: Resume,
+    /// Called with `true` just before the first pause and `false` after the last resume
+    /// (the benchmark accounts the CPU time spent inside the window with it).
+    pub on_window: &'a (dyn Fn(bool) + Sync),
 }
 
 impl Env<'static> {
@@ -95,12 +123,19 @@ impl Env<'static> {
             hold_snapped: None,
             on_snapped: &|| {},
             resume_attempts,
+            hold_pausing: None,
+            on_paused: &|| {},
+            resume: Resume::Early,
+            on_window: &|_| {},
         }
     }
 }
 
 struct Gate {
+    /// Members that paused or failed to.
     arrived: usize,
+    /// Members done with their snapshot, or with nothing to snapshot ([`Resume::Together`]).
+    done: usize,
     failed: bool,
     consistency_point: Option<DateTime<Utc>>,
 }
@@ -110,6 +145,7 @@ fn gate() -> (Mutex<Gate>, Condvar) {
     (
         Mutex::new(Gate {
             arrived: 0,
+            done: 0,
             failed: false,
             consistency_point: None,
         }),
@@ -117,7 +153,8 @@ fn gate() -> (Mutex<Gate>, Condvar) {
     )
 }
 
-fn ms(d: Duration) -> f64 {
+/// Milliseconds, the unit of every timing in manifests and reports.
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -152,8 +189,17 @@ fn unreachable_error(step: &Step) -> HvError {
     }
 }
 
-fn member_thread(step: &Step, gate: &(Mutex<Gate>, Condvar), n: usize, env: &Env) -> MemberOutcome {
+fn member_thread(
+    step: &Step,
+    index: usize,
+    gate: &(Mutex<Gate>, Condvar),
+    n: usize,
+    env: &Env,
+) -> MemberOutcome {
     let mut out = MemberOutcome::default();
+    if let Some(h) = env.hold_pausing {
+        std::thread::sleep(h * index as u32);
+    }
     let t = Instant::now();
     out.pause_start = Some(t);
     let pause = step.host.suspend(&step.domain);
@@ -163,6 +209,8 @@ fn member_thread(step: &Step, gate: &(Mutex<Gate>, Condvar), n: usize, env: &Env
     out.paused = pause.is_ok();
     if let Err(e) = pause {
         out.error = Some(e);
+    } else if env.hold_pausing.is_some() {
+        (env.on_paused)();
     }
 
     // Barrier: wait until every member has either paused or failed to.
@@ -206,6 +254,19 @@ fn member_thread(step: &Step, gate: &(Mutex<Gate>, Condvar), n: usize, env: &Env
         }
     }
 
+    if env.resume == Resume::Together {
+        // Every thread arrives here exactly once, whatever its pause or snapshot did, so no
+        // member can wait forever for another.
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        g.done += 1;
+        if g.done == n {
+            cv.notify_all();
+        }
+        while g.done < n {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     if out.paused {
         let r = Instant::now();
         match resume_with_retry(step, env.resume_attempts) {
@@ -224,14 +285,23 @@ fn member_thread(step: &Step, gate: &(Mutex<Gate>, Condvar), n: usize, env: &Env
     out
 }
 
-/// Pause all, snapshot each, resume each as soon as its snapshot is done (see module docs).
+/// Pause all, snapshot each, resume by `env.resume` (see module docs).
 pub fn run(steps: &[Step], env: &Env) -> Outcome {
+    (env.on_window)(true);
+    let out = run_members(steps, env);
+    (env.on_window)(false);
+    out
+}
+
+fn run_members(steps: &[Step], env: &Env) -> Outcome {
     let n = steps.len();
     let gate = gate();
+    let shared = &gate;
     let members: Vec<MemberOutcome> = std::thread::scope(|s| {
         let handles: Vec<_> = steps
             .iter()
-            .map(|st| s.spawn(|| member_thread(st, &gate, n, env)))
+            .enumerate()
+            .map(|(i, st)| s.spawn(move || member_thread(st, i, shared, n, env)))
             .collect();
         handles
             .into_iter()
@@ -273,7 +343,7 @@ pub fn run_staggered(steps: &[Step], env: &Env, gap: Duration) -> Outcome {
             std::thread::sleep(gap);
         }
         let gate = gate();
-        let m = member_thread(st, &gate, 1, env);
+        let m = member_thread(st, 0, &gate, 1, env);
         let g = gate.0.lock().unwrap_or_else(|p| p.into_inner());
         if cp.is_none() {
             cp = g.consistency_point;
@@ -396,6 +466,94 @@ mod tests {
                 "snapshot:vm2",
                 "resume:vm2"
             ]
+        );
+    }
+
+    fn together() -> Env<'static> {
+        Env {
+            resume: Resume::Together,
+            ..Env::plain(3)
+        }
+    }
+
+    #[test]
+    fn together_resumes_nothing_before_every_snapshot_is_done() {
+        let (h, steps) = setup(6);
+        let out = run(&steps, &together());
+        assert!(out.first_error().is_none() && out.all_resumed());
+        let calls = h.calls();
+        let last_snapshot = calls
+            .iter()
+            .rposition(|c| c.starts_with("snapshot"))
+            .expect("snapshots");
+        let first_resume = calls
+            .iter()
+            .position(|c| c.starts_with("resume"))
+            .expect("resumes");
+        assert!(last_snapshot < first_resume, "{calls:?}");
+        // Everyone was frozen for the whole window, give or take the parallel resume calls.
+        let w = out.freeze_window_ms.expect("window");
+        for m in &out.members {
+            assert!(m.freeze_ms.expect("freeze") <= w + 1e-9);
+        }
+    }
+
+    #[test]
+    fn together_with_failures_still_resumes_everyone() {
+        for op in ["suspend", "snapshot"] {
+            let (h, steps) = setup(4);
+            h.fail_on(op, "vm1");
+            let out = run(&steps, &together());
+            assert!(out.first_error().is_some(), "{op}");
+            assert!(out.all_resumed(), "{op}");
+            for i in 0..4 {
+                assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
+            }
+        }
+    }
+
+    #[test]
+    fn window_observer_brackets_the_protocol() {
+        let (h, steps) = setup(2);
+        let seen = Mutex::new(Vec::new());
+        let note = |open: bool| {
+            let n = h.calls().len();
+            seen.lock().expect("lock").push((open, n));
+        };
+        let env = Env {
+            on_window: &note,
+            ..Env::plain(3)
+        };
+        run(&steps, &env);
+        let total = h.calls().len();
+        assert_eq!(*seen.lock().expect("lock"), [(true, 0), (false, total)]);
+    }
+
+    #[test]
+    fn hold_pausing_pauses_members_one_by_one_and_reports_each() {
+        let (h, steps) = setup(3);
+        let paused = std::sync::atomic::AtomicUsize::new(0);
+        let count = || {
+            paused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        let env = Env {
+            hold_pausing: Some(Duration::from_millis(30)),
+            on_paused: &count,
+            ..Env::plain(3)
+        };
+        let out = run(&steps, &env);
+        assert!(out.first_error().is_none() && out.all_resumed());
+        assert_eq!(paused.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let suspends: Vec<String> = h
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("suspend"))
+            .collect();
+        assert_eq!(suspends, ["suspend:vm0", "suspend:vm1", "suspend:vm2"]);
+        assert!(
+            out.pause_ms >= 60.0,
+            "last pause 2 x 30 ms late: {}",
+            out.pause_ms
         );
     }
 

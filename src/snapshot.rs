@@ -15,7 +15,7 @@ use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
 use crate::hypervisor::{Host, HvErrorKind};
 use crate::preflight::{self, PlannedMember, PreflightError};
-use crate::protocol::{self, Env, Step};
+use crate::protocol::{self, Env, Resume, Step, ms};
 use crate::release;
 use crate::watchdog::{WatchMember, Watchdog, WatchdogError};
 use chrono::{DateTime, Utc};
@@ -92,6 +92,8 @@ pub struct Options {
     pub hold_frozen: Option<Duration>,
     /// Fault injection for tests: hold each member after its snapshot, before its resume.
     pub hold_snapped: Option<Duration>,
+    /// Fault injection for tests: member `i` waits `i` times this before its pause.
+    pub hold_pausing: Option<Duration>,
     /// Fault injection for tests: wait this long between resolving the group (preflight done,
     /// overlays pre-created) and the freeze.
     pub hold_resolved: Option<Duration>,
@@ -105,13 +107,15 @@ pub struct Options {
     /// NEGATIVE CONTROL for testing verifiers: cut these disk targets one by one, in order
     /// (then the rest), this far apart, without pausing. Never a consistent cut.
     pub unsafe_disk_order: Option<(Vec<String>, Duration)>,
+    /// When members are resumed (see [`protocol`](crate::protocol) module docs).
+    pub resume: Resume,
+    /// Called with `true` when the freeze window opens, `false` when it closes (benchmark).
+    pub window_probe: Option<WindowProbe>,
 }
+
+pub type WindowProbe = Arc<dyn Fn(bool) + Send + Sync>;
 
 pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
-
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// A URI without a host part names a daemon on this machine, whose files we can create.
 pub fn is_local(uri: &str) -> bool {
@@ -273,19 +277,15 @@ pub fn take(
         .iter()
         .map(|m| preflight::plan_member(m, &popts))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some((order, _)) = &opts.unsafe_disk_order {
-        let has = |t: &String| plan.iter().flat_map(|p| &p.disks).any(|d| &d.target == t);
-        if let Some(t) = order.iter().find(|t| !has(t)) {
-            return Err(SnapshotError::UnknownTarget {
-                group: opts.group.clone(),
-                target: t.clone(),
-            });
-        }
-    }
+    let reuse = opts.precreate && plan.iter().all(|p| is_local(p.member.host.uri()));
+    // Everything that can fail without touching a disk fails before the manifest exists.
+    let staged = match &opts.unsafe_disk_order {
+        Some((order, _)) => Some(disk_order::prepare(&plan, &id, &opts.group, order, reuse)?),
+        None => None,
+    };
     let mut man = manifest(&id, &opts.group, now, &plan);
     cat.write(&man)?;
 
-    let reuse = opts.precreate && plan.iter().all(|p| is_local(p.member.host.uri()));
     if reuse {
         let created = plan
             .iter()
@@ -307,8 +307,8 @@ pub fn take(
         eprintln!("cgsnap: members resolved, not yet frozen");
         std::thread::sleep(h);
     }
-    if let Some((order, gap)) = &opts.unsafe_disk_order {
-        return disk_order::take(cat, man, &plan, reuse, order, *gap, opts, t0);
+    if let (Some(staged), Some((order, gap))) = (staged, &opts.unsafe_disk_order) {
+        return disk_order::take(cat, man, &plan, &staged, order, *gap, opts, t0);
     }
 
     let watch: Vec<WatchMember> = plan
@@ -371,6 +371,14 @@ pub fn take(
         hold_snapped: opts.hold_snapped,
         on_snapped: &|| eprintln!("cgsnap: member snapshotted, not yet resumed"),
         resume_attempts: 5,
+        hold_pausing: opts.hold_pausing,
+        on_paused: &|| eprintln!("cgsnap: member paused"),
+        resume: opts.resume,
+        on_window: &|open| {
+            if let Some(p) = &opts.window_probe {
+                p(open);
+            }
+        },
     };
     let out = match opts.unsafe_stagger {
         None => protocol::run(&steps, &env),

@@ -28,6 +28,17 @@ fn bench_smoke_writes_results_and_chart() {
         .expect("baseline");
     assert!(ours > 0.0 && base > 0.0);
     assert!((row["ratio"].as_f64().expect("ratio") - ours / base).abs() < 1e-9);
+    // The CPU work inside our windows was sampled: libvirt and QEMU did some, the host was busy.
+    let cpu = &row["ours_window_cpu"];
+    assert!(
+        cpu["hypervisor_ms"]["max"]
+            .as_f64()
+            .expect("hypervisor cpu")
+            > 0.0,
+        "{cpu}"
+    );
+    let busy = cpu["busy_pct"]["median"].as_f64().expect("busy");
+    assert!(busy > 0.0 && busy <= 100.0, "{cpu}");
     let svg = std::fs::read_to_string(out.path().join("freeze-window.svg")).expect("svg");
     assert!(svg.contains("<polyline"));
     // The benchmark tears its guests down: no domain, no image directory left.

@@ -241,7 +241,37 @@ fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
     let n3 = names.clone();
     let n4 = names.clone();
     let n5 = names.clone();
+    let n0 = names.clone();
     vec![
+        (
+            "coordinator SIGKILL after some members paused",
+            Box::new(move |lab: &Lab| {
+                // Member i pauses i x 20 s late: when the first says it is paused, the other
+                // is still running, mid-way through the parallel pause.
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["snapshot", G, "--freeze-budget", "60s"])
+                        .env("CGSNAP_TEST_HOLD_PAUSING_MS", "20000"),
+                    "member paused",
+                );
+                let mut before: Vec<String> = n0.iter().map(|d| domstate(d)).collect();
+                before.sort();
+                assert_eq!(
+                    before,
+                    ["paused", "running"],
+                    "one member paused, one not yet"
+                );
+                sigkill(&mut c);
+                let t = wait_running(&n0, Duration::from_secs(2)).expect("watchdog resumed");
+                assert_eq!(newest_state(lab), "pending", "catalog: never taken");
+                let (c, e) = run(lab, &["hook", "post", "--group", G]);
+                assert_eq!(c, 0, "post cleans up: {e}");
+                (
+                    "watchdog resumed the paused member; post removed the unused overlays".into(),
+                    Some(t.as_secs_f64()),
+                )
+            }),
+        ),
         (
             "coordinator SIGKILL while all members frozen",
             Box::new(move |lab: &Lab| {

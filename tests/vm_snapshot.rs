@@ -156,3 +156,47 @@ fn hook_contract_pre_post_twice_and_out_of_order() {
         assert_own_images(g);
     }
 }
+
+#[test]
+fn resume_together_holds_every_member_until_the_last_snapshot() {
+    let lab = lab("cgt-together", 2, 2);
+    lab.group_add("cgt-together", &lab.names());
+    let out = lab
+        .cgsnap()
+        .args(["snapshot", "cgt-together", "--resume", "together", "--json"])
+        .assert()
+        .success();
+    let m = json(&out.get_output().stdout);
+    let id = m["id"].as_str().expect("id").to_string();
+    let window = m["freeze_window_ms"].as_f64().expect("freeze window");
+    let pause_phase = m["phases"]["pause_ms"].as_f64().expect("pause phase");
+    let members = m["members"].as_array().expect("members");
+    let slowest_resume = members
+        .iter()
+        .map(|x| x["resume_ms"].as_f64().expect("resume_ms"))
+        .fold(0.0, f64::max);
+    for mem in members {
+        let dom = mem["domain"].as_str().expect("domain");
+        assert_eq!(domstate(dom), "running", "{dom} resumed");
+        // Paused within the pause phase, resumed in the final parallel resume: frozen for the
+        // whole window but for those two spans (plus thread wake-up slack).
+        let freeze = mem["freeze_ms"].as_f64().expect("freeze_ms");
+        assert!(
+            freeze >= window - pause_phase - slowest_resume - 5.0,
+            "{dom}: frozen {freeze} ms of a {window} ms window"
+        );
+        let overlays: Vec<String> = mem["disks"]
+            .as_array()
+            .expect("disks")
+            .iter()
+            .map(|d| d["overlay"].as_str().expect("overlay").to_string())
+            .collect();
+        let live: Vec<String> = domblklist(dom).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(live, overlays, "{dom} writes to its overlays");
+        lab.guest(dom)
+            .wait_progress(lab.guest(dom).console_seq() + 20, Duration::from_secs(60))
+            .expect("guest writes after resume");
+    }
+    lab.cgsnap().args(["release", &id]).assert().success();
+    assert!(lab.overlays_on_disk().is_empty());
+}

@@ -9,18 +9,21 @@
 
 mod baseline;
 pub mod compare;
+pub mod cpu;
 mod plot;
 pub mod stats;
 
 use crate::catalog::Catalog;
 use crate::cli::{Ctx, Failure, SnapTuning, snap_options};
 use crate::exit::ExitCode;
+use crate::protocol::Resume;
 use crate::{group, release, snapshot};
 use cgsnap_testbeds::{assets, guest};
 use clap::Args;
 use serde::Serialize;
 use stats::Summary;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
@@ -45,6 +48,9 @@ pub struct BenchArgs {
     /// Freeze through one shared libvirt connection instead of one per member (for A/B runs).
     #[arg(long)]
     pub shared_connection: bool,
+    /// Resume policy of our snapshots (for A/B runs; see `snapshot --resume`).
+    #[arg(long, value_enum, default_value_t = Resume::Early)]
+    pub resume: Resume,
     /// Directory for the benchmark VMs' images.
     #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-bench")]
     pub dir: PathBuf,
@@ -70,12 +76,30 @@ pub struct Phases {
     pub release_ms: Summary,
 }
 
+/// CPU work inside our freeze windows (see [`cpu`]).
+#[derive(Debug, Serialize)]
+pub struct WindowCpu {
+    /// CPU time of libvirtd/virtqemud and the QEMU processes (without vCPU threads) inside
+    /// each window.
+    pub hypervisor_ms: Summary,
+    /// CPU time the guests ran inside each window (already-resumed members, early resume).
+    pub guest_ms: Summary,
+    /// The same divided by the group size.
+    pub per_member_ms: Summary,
+    /// Share of the host's CPU capacity busy during the window.
+    pub busy_pct: Summary,
+    /// Median hypervisor CPU time divided by the host's cores: while that work happens inside
+    /// the window, no window on this host can be shorter.
+    pub bound_ms: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub config: Config,
     pub ours_window_ms: Summary,
     pub ours_member_freeze_ms: Summary,
     pub ours_phases: Phases,
+    pub ours_window_cpu: Option<WindowCpu>,
     pub baseline_window_ms: Summary,
     pub baseline_member_freeze_ms: Summary,
     /// Median freeze window, ours / baseline.
@@ -86,6 +110,8 @@ pub struct Row {
 pub struct Results {
     pub machine: serde_json::Value,
     pub rounds: usize,
+    /// Resume policy of our snapshots in this run.
+    pub resume: Resume,
     pub rows: Vec<Row>,
     /// Median window at the largest over the smallest disk size / usage, minus 1, in percent.
     pub size_invariance_pct: Option<f64>,
@@ -236,8 +262,11 @@ fn run_config(
         unsafe_stagger: None,
         unsafe_disk_order: None,
         unsafe_disk_gap: 1000,
+        resume: a.resume,
     };
-    let opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
+    let mut opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
+    let recorder = Arc::new(cpu::Recorder::default());
+    opts.window_probe = Some(recorder.probe());
     let ropts = release::Options {
         timeout: Duration::from_secs(120),
         ..Default::default()
@@ -281,7 +310,29 @@ fn run_config(
     drop(guests);
     let ours = summary(&win)?;
     let base = summary(&bwin)?;
+    let windows = recorder.windows();
+    let hv: Vec<f64> = windows.iter().map(|d| d.hypervisor_ms).collect();
+    let per: Vec<f64> = hv.iter().map(|x| x / c.vms as f64).collect();
+    let busy: Vec<f64> = windows.iter().map(|d| d.busy_pct).collect();
+    let guest: Vec<f64> = windows.iter().map(|d| d.guest_ms).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let window_cpu = match (
+        stats::summarize(&hv),
+        stats::summarize(&per),
+        stats::summarize(&busy),
+        stats::summarize(&guest),
+    ) {
+        (Some(h), Some(p), Some(b), Some(g)) => Some(WindowCpu {
+            guest_ms: g,
+            bound_ms: h.median / cores,
+            hypervisor_ms: h,
+            per_member_ms: p,
+            busy_pct: b,
+        }),
+        _ => None,
+    };
     Ok(Row {
+        ours_window_cpu: window_cpu,
         config: c,
         ratio: ours.median / base.median,
         ours_window_ms: ours,
@@ -321,7 +372,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     let cat = Catalog::open(catalog)?;
     let mut rows = Vec::new();
     println!(
-        "{:>3} {:>3} {:>8} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>6} | pause/snap/resume med ms",
+        "{:>3} {:>3} {:>8} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>6} | pause/snap/resume med ms | in window: hv cpu ms/member, busy %, bound ms (guest cpu ms)",
         "N", "D", "size", "written", "med ms", "p95", "p99", "max", "base med", "base p99", "ratio"
     );
     let configs: Vec<Config> = if a.only_vms.is_empty() {
@@ -340,7 +391,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     for c in configs {
         let r = run_config(ctx, a, &cat, &assets, c, a.rounds)?;
         println!(
-            "{:>3} {:>3} {:>8} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>6.3} | {:.1}/{:.1}/{:.1}",
+            "{:>3} {:>3} {:>8} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>6.3} | {:.1}/{:.1}/{:.1} | {}",
             c.vms,
             c.disks,
             human(c.disk_size),
@@ -355,6 +406,12 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
             r.ours_phases.pause_ms.median,
             r.ours_phases.snapshot_ms.median,
             r.ours_phases.resume_ms.median,
+            r.ours_window_cpu
+                .as_ref()
+                .map_or("-".to_string(), |w| format!(
+                    "{:.1}, {:.0} %, {:.1} (guests {:.0})",
+                    w.per_member_ms.median, w.busy_pct.median, w.bound_ms, w.guest_ms.median
+                )),
         );
         rows.push(r);
     }
@@ -384,6 +441,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     let results = Results {
         machine: machine(),
         rounds: a.rounds,
+        resume: a.resume,
         rows,
         size_invariance_pct: size_inv,
         usage_invariance_pct: usage_inv,

@@ -186,6 +186,7 @@ mod tests {
                 resume_ms: s(1.0),
                 release_ms: s(1.0),
             },
+            ours_window_cpu: None,
             baseline_window_ms: s(base),
             baseline_member_freeze_ms: s(base),
             ratio: ours / base,
