@@ -15,37 +15,9 @@ shift
 [ $# -gt 0 ] || { echo "cgsnap-backup-wrapper: no backup command given" >&2; exit 2; }
 cgsnap=${CGSNAP:-cgsnap}
 
-signal=""
-child=""
-forward=0
-on_signal() {
-  [ -n "$signal" ] || signal=$1
-  if [ "$forward" = 1 ] && [ -n "$child" ]; then
-    kill -s TERM "$child" 2>/dev/null
-  fi
-}
-for s in TERM INT HUP; do
-  # shellcheck disable=SC2064
-  trap "on_signal $s" "$s"
-done
-
-# run FORWARD COMMAND...: run COMMAND in the background and wait until it has exited, also when
-# a signal interrupts the wait; with FORWARD=1 the signal is passed on to it. Sets `rc`.
-run() {
-  forward=$1
-  shift
-  "$@" &
-  child=$!
-  local done_pid
-  while :; do
-    done_pid=""
-    wait -n -p done_pid "$child"
-    rc=$?
-    [ -n "${done_pid:-}" ] && break
-  done
-  child=""
-  forward=0
-}
+# Signal handling and `run` (installed next to this script).
+# shellcheck source=hooks/cgsnap-run.sh
+. "$(dirname "${BASH_SOURCE[0]}")/cgsnap-run.sh" || exit 1
 
 run 0 "$cgsnap" hook pre --group "$group"
 [ $rc -eq 0 ] || exit $rc
@@ -56,6 +28,6 @@ if [ -z "$signal" ]; then
 fi
 run 0 "$cgsnap" hook post --group "$group"
 post_rc=$rc
-[ -n "$signal" ] && exit $((128 + $(kill -l "$signal")))
+[ -n "$signal" ] && exit "$(signal_code)"
 [ $backup_rc -ne 0 ] && exit $backup_rc
 exit $post_rc

@@ -38,39 +38,11 @@ done
 cgsnap=${CGSNAP:-cgsnap}
 restic=${RESTIC:-restic}
 
-signal=""
-child=""
-forward=0
-on_signal() {
-  [ -n "$signal" ] || signal=$1
-  if [ "$forward" = 1 ] && [ -n "$child" ]; then
-    kill -s TERM "$child" 2>/dev/null
-  fi
-}
-for s in TERM INT HUP; do
-  # shellcheck disable=SC2064
-  trap "on_signal $s" "$s"
-done
-
-# run FORWARD COMMAND...: run COMMAND in the background and wait until it has exited, also when
-# a signal interrupts the wait; with FORWARD=1 the signal is passed on to it. Sets `rc`.
-run() {
-  forward=$1
-  shift
-  "$@" &
-  child=$!
-  local done_pid
-  while :; do
-    done_pid=""
-    wait -n -p done_pid "$child"
-    rc=$?
-    [ -n "${done_pid:-}" ] && break
-  done
-  child=""
-  forward=0
-}
-
-signum() { kill -l "$1"; }
+# Signal handling and `run`: next to this script once installed, one level up in the source tree.
+lib=$(dirname "${BASH_SOURCE[0]}")
+[ -f "$lib/cgsnap-run.sh" ] || lib=$lib/..
+# shellcheck source=hooks/cgsnap-run.sh
+. "$lib/cgsnap-run.sh" || exit 1
 
 summary() {
   echo "$me: group $group: $*"
@@ -108,7 +80,7 @@ else
 fi
 
 if [ -n "$signal" ]; then
-  code=$((128 + $(signum "$signal")))
+  code=$(signal_code)
   summary "snapshot $snap: backup interrupted by SIG$signal, $released; exit $code"
 elif [ "$restic_rc" -eq 3 ]; then
   code=3
