@@ -8,7 +8,7 @@
 
 use crate::cassandra::{self, SyncMode};
 use crate::cql::Cql;
-use crate::{assets, cass_workload, guest, postgres, teardown, workload};
+use crate::{assets, cass_workload, guest, postgres, state_file, teardown, workload};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -73,7 +73,7 @@ pub fn plan(testbed: &str) -> Vec<(&'static str, Engine)> {
 }
 
 pub fn state_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("state.json")
+    state_file::path(state_dir)
 }
 
 pub fn ack_log(state_dir: &Path) -> PathBuf {
@@ -85,22 +85,11 @@ pub fn verify_profile(state_dir: &Path) -> PathBuf {
 }
 
 pub fn load(state_dir: &Path) -> Result<State, String> {
-    let p = state_path(state_dir);
-    let b = std::fs::read(&p).map_err(|e| {
-        format!(
-            "testbed is not up ({}: {e}): run `cgsnap testbed up`",
-            p.display()
-        )
-    })?;
-    serde_json::from_slice(&b).map_err(|e| format!("malformed {}: {e}", p.display()))
+    state_file::load(state_dir)
 }
 
 pub fn save(state_dir: &Path, s: &State) -> Result<(), String> {
-    let p = state_path(state_dir);
-    let body = serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?;
-    let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+    state_file::save(state_dir, s)
 }
 
 /// Boot the testbed's VMs, wait until each database answers, create the schemas. The VMs keep
@@ -122,12 +111,7 @@ pub fn up(
             ports.len()
         ));
     }
-    if state_path(state_dir).exists() {
-        return Err(format!(
-            "testbed {testbed} is already up (state in {}): run `cgsnap testbed down {testbed}` first",
-            state_dir.display()
-        ));
-    }
+    state_file::ensure_absent(state_dir, testbed)?;
     std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let cache = assets::cache_dir();
     let a = assets::ensure(&cache).map_err(|e| e.to_string())?;

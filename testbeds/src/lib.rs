@@ -21,5 +21,6 @@ pub mod guest;
 pub mod pair;
 pub mod postgres;
 pub mod record;
+pub mod state_file;
 pub mod teardown;
 pub mod workload;

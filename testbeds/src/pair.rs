@@ -5,7 +5,7 @@
 //! the workload log) and one image directory; `down` removes both, the domains and the
 //! workload process, whatever `up` got to.
 
-use crate::{assets, guest, postgres, teardown, workload};
+use crate::{assets, guest, postgres, state_file, teardown, workload};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ impl State {
 }
 
 pub fn state_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("state.json")
+    state_file::path(state_dir)
 }
 
 pub fn ack_log(state_dir: &Path) -> PathBuf {
@@ -100,22 +100,11 @@ behind_sql = "SELECT coalesce(max(order_id), 0)::bigint FROM payments"
 }
 
 pub fn load(state_dir: &Path) -> Result<State, String> {
-    let p = state_path(state_dir);
-    let b = std::fs::read(&p).map_err(|e| {
-        format!(
-            "testbed {NAME} is not up ({}: {e}): run `cgsnap testbed up`",
-            p.display()
-        )
-    })?;
-    serde_json::from_slice(&b).map_err(|e| format!("malformed {}: {e}", p.display()))
+    state_file::load(state_dir)
 }
 
 pub fn save(state_dir: &Path, s: &State) -> Result<(), String> {
-    let p = state_path(state_dir);
-    let body = serde_json::to_vec_pretty(s).map_err(|e| e.to_string())?;
-    let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+    state_file::save(state_dir, s)
 }
 
 /// Boot both VMs, wait until PostgreSQL is ready in each, create the schema. The VMs keep
@@ -127,12 +116,7 @@ pub fn up(
     images_dir: &Path,
     ports: (u16, u16),
 ) -> Result<State, String> {
-    if state_path(state_dir).exists() {
-        return Err(format!(
-            "testbed {NAME} is already up (state in {}): run `cgsnap testbed down` first",
-            state_dir.display()
-        ));
-    }
+    state_file::ensure_absent(state_dir, NAME)?;
     std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let cache = assets::cache_dir();
     let a = assets::ensure(&cache).map_err(|e| e.to_string())?;
