@@ -10,6 +10,7 @@
 mod baseline;
 pub mod compare;
 pub mod cpu;
+mod ours;
 mod plot;
 pub mod stats;
 
@@ -17,14 +18,13 @@ use crate::catalog::Catalog;
 use crate::cli::{Ctx, Failure, SnapTuning, snap_options};
 use crate::exit::ExitCode;
 use crate::protocol::Resume;
-use crate::{group, release, snapshot};
+use crate::{group, release};
 use cgsnap_testbeds::{assets, guest};
 use clap::Args;
 use serde::Serialize;
 use stats::Summary;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GIB: u64 = 1 << 30;
 
@@ -48,9 +48,11 @@ pub struct BenchArgs {
     /// Freeze through one shared libvirt connection instead of one per member (for A/B runs).
     #[arg(long)]
     pub shared_connection: bool,
-    /// Resume policy of our snapshots (for A/B runs; see `snapshot --resume`).
-    #[arg(long, value_enum, default_value_t = Resume::Early)]
-    pub resume: Resume,
+    /// Resume policies of our snapshots (see `snapshot --resume`). The first one is reported
+    /// as "ours"; with two (`early,together`) both run in every round, alternating which goes
+    /// first, and the second is reported next to it (A/B on the same guests).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "early")]
+    pub resume: Vec<Resume>,
     /// Directory for the benchmark VMs' images.
     #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-bench")]
     pub dir: PathBuf,
@@ -93,9 +95,23 @@ pub struct WindowCpu {
     pub bound_ms: f64,
 }
 
+/// Our snapshots under another resume policy, measured in the same rounds as the row's.
+#[derive(Debug, Serialize)]
+pub struct Alternative {
+    pub resume: Resume,
+    pub window_ms: Summary,
+    pub member_freeze_ms: Summary,
+    pub phases: Phases,
+    pub window_cpu: Option<WindowCpu>,
+    /// Median window of this policy / median window of the row's policy.
+    pub ratio_to_ours: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub config: Config,
+    /// Resume policy of the `ours_*` figures.
+    pub resume: Resume,
     pub ours_window_ms: Summary,
     pub ours_member_freeze_ms: Summary,
     pub ours_phases: Phases,
@@ -104,14 +120,15 @@ pub struct Row {
     pub baseline_member_freeze_ms: Summary,
     /// Median freeze window, ours / baseline.
     pub ratio: f64,
+    pub alternatives: Vec<Alternative>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub machine: serde_json::Value,
     pub rounds: usize,
-    /// Resume policy of our snapshots in this run.
-    pub resume: Resume,
+    /// Resume policies of our snapshots in this run (the first is "ours").
+    pub resume: Vec<Resume>,
     pub rows: Vec<Row>,
     /// Median window at the largest over the smallest disk size / usage, minus 1, in percent.
     pub size_invariance_pct: Option<f64>,
@@ -262,11 +279,13 @@ fn run_config(
         unsafe_stagger: None,
         unsafe_disk_order: None,
         unsafe_disk_gap: 1000,
-        resume: a.resume,
+        resume: Resume::Early,
     };
-    let mut opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
-    let recorder = Arc::new(cpu::Recorder::default());
-    opts.window_probe = Some(recorder.probe());
+    let mut ours = Vec::new();
+    for &p in &a.resume {
+        let opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
+        ours.push(ours::Ours::new(opts, p));
+    }
     let ropts = release::Options {
         timeout: Duration::from_secs(120),
         ..Default::default()
@@ -284,20 +303,11 @@ fn run_config(
         })
         .collect();
     let host = ctx.pool.get(&uri)?;
-    let (mut win, mut freeze, mut pre, mut pause, mut snap, mut res, mut rel) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut bwin, mut bfreeze) = (vec![], vec![]);
     for r in 0..rounds {
-        let m = snapshot::take(&hosts, cat, &opts, chrono::Utc::now())?;
-        win.push(m.freeze_window_ms.unwrap_or_default());
-        freeze.extend(m.members.iter().filter_map(|x| x.freeze_ms));
-        pre.push(m.phases.preflight_ms);
-        pause.push(m.phases.pause_ms);
-        snap.push(m.phases.snapshot_ms);
-        res.push(m.phases.resume_ms);
-        let t = Instant::now();
-        release::release_snapshot(&ctx.pool, cat, &m.id, &ropts)?;
-        rel.push(t.elapsed().as_secs_f64() * 1000.0);
+        for i in ours::order(ours.len(), r) {
+            ours[i].round(ctx, &hosts, cat, &ropts)?;
+        }
 
         let b = baseline::round(&uri, &members, &format!("baseline-{r}")).map_err(fail)?;
         bwin.push(b.window_ms);
@@ -308,44 +318,43 @@ fn run_config(
     }
     group::remove(&hosts, "bench", &[])?;
     drop(guests);
-    let ours = summary(&win)?;
     let base = summary(&bwin)?;
-    let windows = recorder.windows();
-    let hv: Vec<f64> = windows.iter().map(|d| d.hypervisor_ms).collect();
-    let per: Vec<f64> = hv.iter().map(|x| x / c.vms as f64).collect();
-    let busy: Vec<f64> = windows.iter().map(|d| d.busy_pct).collect();
-    let guest: Vec<f64> = windows.iter().map(|d| d.guest_ms).collect();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let window_cpu = match (
-        stats::summarize(&hv),
-        stats::summarize(&per),
-        stats::summarize(&busy),
-        stats::summarize(&guest),
-    ) {
-        (Some(h), Some(p), Some(b), Some(g)) => Some(WindowCpu {
-            guest_ms: g,
-            bound_ms: h.median / cores,
-            hypervisor_ms: h,
-            per_member_ms: p,
-            busy_pct: b,
-        }),
-        _ => None,
-    };
+    let mut sums = ours
+        .iter()
+        .map(|o| Ok((o.resume, o.summaries(c.vms)?)))
+        .collect::<Result<Vec<_>, Failure>>()?
+        .into_iter();
+    let (resume, first) = sums.next().ok_or_else(|| fail("no resume policy"))?;
+    let alternatives = sums
+        .map(|(resume, s)| Alternative {
+            resume,
+            ratio_to_ours: s.window_ms.median / first.window_ms.median,
+            window_ms: s.window_ms,
+            member_freeze_ms: s.member_freeze_ms,
+            phases: s.phases,
+            window_cpu: s.window_cpu,
+        })
+        .collect();
     Ok(Row {
-        ours_window_cpu: window_cpu,
         config: c,
-        ratio: ours.median / base.median,
-        ours_window_ms: ours,
-        ours_member_freeze_ms: summary(&freeze)?,
-        ours_phases: Phases {
-            preflight_ms: summary(&pre)?,
-            pause_ms: summary(&pause)?,
-            snapshot_ms: summary(&snap)?,
-            resume_ms: summary(&res)?,
-            release_ms: summary(&rel)?,
-        },
+        resume,
+        ratio: first.window_ms.median / base.median,
+        ours_window_ms: first.window_ms,
+        ours_member_freeze_ms: first.member_freeze_ms,
+        ours_phases: first.phases,
+        ours_window_cpu: first.window_cpu,
         baseline_window_ms: base,
         baseline_member_freeze_ms: summary(&bfreeze)?,
+        alternatives,
+    })
+}
+
+fn cpu_text(w: Option<&WindowCpu>) -> String {
+    w.map_or("-".to_string(), |w| {
+        format!(
+            "{:.1}, {:.0} %, {:.1} (guests {:.0})",
+            w.per_member_ms.median, w.busy_pct.median, w.bound_ms, w.guest_ms.median
+        )
     })
 }
 
@@ -368,6 +377,7 @@ fn human(bytes: u64) -> String {
 }
 
 pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
+    ours::check_policies(&a.resume)?;
     let assets = assets::ensure(&assets::cache_dir()).map_err(|e| fail(e.to_string()))?;
     let cat = Catalog::open(catalog)?;
     let mut rows = Vec::new();
@@ -413,6 +423,21 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
                     w.per_member_ms.median, w.busy_pct.median, w.bound_ms, w.guest_ms.median
                 )),
         );
+        for alt in &r.alternatives {
+            println!(
+                "    resume {:?} in the same rounds: med {:.1} p95 {:.1} max {:.1} ({:.2} x resume {:?}) | {:.1}/{:.1}/{:.1} | {}",
+                alt.resume,
+                alt.window_ms.median,
+                alt.window_ms.p95,
+                alt.window_ms.max,
+                alt.ratio_to_ours,
+                r.resume,
+                alt.phases.pause_ms.median,
+                alt.phases.snapshot_ms.median,
+                alt.phases.resume_ms.median,
+                cpu_text(alt.window_cpu.as_ref()),
+            );
+        }
         rows.push(r);
     }
     let size_inv = invariance(&rows, |c| {
@@ -441,7 +466,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     let results = Results {
         machine: machine(),
         rounds: a.rounds,
-        resume: a.resume,
+        resume: a.resume.clone(),
         rows,
         size_invariance_pct: size_inv,
         usage_invariance_pct: usage_inv,

@@ -187,6 +187,8 @@ mod tests {
                 release_ms: s(1.0),
             },
             ours_window_cpu: None,
+            resume: crate::protocol::Resume::Early,
+            alternatives: vec![],
             baseline_window_ms: s(base),
             baseline_member_freeze_ms: s(base),
             ratio: ours / base,
