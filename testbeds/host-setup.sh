@@ -49,6 +49,8 @@ if [ "$bacula_ok" = 0 ]; then
   $SUDO rm -rf "$tmp"
 fi
 command -v sqlite3 >/dev/null || $SUDO apt-get install -y -qq sqlite3 >/dev/null
+# ss (iproute2): tests/vm_bacula.rs breaks the Bacula file daemon's storage connection with ss -K.
+command -v ss >/dev/null || $SUDO apt-get install -y -qq iproute2 >/dev/null
 
 pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
 pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
