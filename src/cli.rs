@@ -143,9 +143,9 @@ pub struct SnapTuning {
         requires = "unsafe_disk_order"
     )]
     pub unsafe_disk_gap: u64,
-    /// When members are resumed: `early`, each once its own snapshot is done; `together`, all
-    /// once every snapshot is done (shorter group window on a CPU-bound host).
-    #[arg(long, value_enum, default_value_t = Resume::Early)]
+    /// When members are resumed: `together`, all once every snapshot is done (shorter group
+    /// window when the guests keep the CPUs busy); `early`, each once its own snapshot is done.
+    #[arg(long, value_enum, default_value_t = Resume::Together)]
     pub resume: Resume,
 }
 

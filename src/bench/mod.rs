@@ -51,7 +51,7 @@ pub struct BenchArgs {
     /// Resume policies of our snapshots (see `snapshot --resume`). The first one is reported
     /// as "ours"; with two (`early,together`) both run in every round, alternating which goes
     /// first, and the second is reported next to it (A/B on the same guests).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "early")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "together")]
     pub resume: Vec<Resume>,
     /// Directory for the benchmark VMs' images.
     #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-bench")]
@@ -279,7 +279,8 @@ fn run_config(
         unsafe_stagger: None,
         unsafe_disk_order: None,
         unsafe_disk_gap: 1000,
-        resume: Resume::Early,
+        // Set per policy by `ours::Ours::new`.
+        resume: Resume::default(),
     };
     let mut ours = Vec::new();
     for &p in &a.resume {

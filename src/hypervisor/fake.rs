@@ -27,6 +27,8 @@ pub struct FakeHost {
     pub fail: Mutex<HashSet<(String, String)>>,
     /// "op:domain" in call order.
     pub log: Mutex<Vec<String>>,
+    /// (operation, domain) pairs that take this long (to model a slow member).
+    pub slow: Mutex<BTreeMap<(String, String), std::time::Duration>>,
 }
 
 impl FakeHost {
@@ -57,6 +59,13 @@ impl FakeHost {
             .insert((op.to_string(), dom.to_string()));
     }
 
+    pub fn slow_on(&self, op: &str, dom: &str, d: std::time::Duration) {
+        self.slow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((op.to_string(), dom.to_string()), d);
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -74,6 +83,15 @@ impl FakeHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(format!("{op}:{dom}"));
+        let delay = self
+            .slow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(op.to_string(), dom.to_string()))
+            .copied();
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let failing = self
             .fail
             .lock()
