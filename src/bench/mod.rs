@@ -133,6 +133,10 @@ pub struct Results {
     /// Median window at the largest over the smallest disk size / usage, minus 1, in percent.
     pub size_invariance_pct: Option<f64>,
     pub usage_invariance_pct: Option<f64>,
+    /// The same on the ratio ours/baseline: the host's speed drifts over minutes on a shared
+    /// machine, and the baseline measured in the same rounds cancels that drift.
+    pub size_invariance_vs_baseline_pct: Option<f64>,
+    pub usage_invariance_vs_baseline_pct: Option<f64>,
 }
 
 /// Print this run against committed results, metric by metric (see [`compare`]).
@@ -359,10 +363,15 @@ fn cpu_text(w: Option<&WindowCpu>) -> String {
     })
 }
 
-fn invariance(rows: &[Row], pick: impl Fn(&Config) -> Option<u64>) -> Option<f64> {
+/// `metric` at the largest over the smallest key `pick` selects, minus 1, in percent.
+fn invariance(
+    rows: &[Row],
+    pick: impl Fn(&Config) -> Option<u64>,
+    metric: impl Fn(&Row) -> f64,
+) -> Option<f64> {
     let pts: Vec<(u64, f64)> = rows
         .iter()
-        .filter_map(|r| pick(&r.config).map(|k| (k, r.ours_window_ms.median)))
+        .filter_map(|r| pick(&r.config).map(|k| (k, metric(r))))
         .collect();
     let lo = pts.iter().min_by_key(|p| p.0)?;
     let hi = pts.iter().max_by_key(|p| p.0)?;
@@ -441,12 +450,16 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
         }
         rows.push(r);
     }
-    let size_inv = invariance(&rows, |c| {
+    let by_size = |c: &Config| {
         (c.vms == 1 && c.written == 0 && c.disk_size != 4 * GIB).then_some(c.disk_size)
-    });
-    let usage_inv = invariance(&rows, |c| {
-        (c.vms == 1 && c.disk_size == 4 * GIB).then_some(c.written)
-    });
+    };
+    let by_usage = |c: &Config| (c.vms == 1 && c.disk_size == 4 * GIB).then_some(c.written);
+    let window = |r: &Row| r.ours_window_ms.median;
+    let ratio = |r: &Row| r.ratio;
+    let size_inv = invariance(&rows, by_size, window);
+    let usage_inv = invariance(&rows, by_usage, window);
+    let size_rel = invariance(&rows, by_size, ratio);
+    let usage_rel = invariance(&rows, by_usage, ratio);
     if let Some(r8) = rows
         .iter()
         .find(|r| r.config.vms == 8 && r.config.written == 0)
@@ -456,13 +469,22 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
             r8.ratio
         );
     }
+    let rel = |v: Option<f64>| {
+        v.map_or(String::new(), |v| {
+            format!("; {v:+.1}% relative to the baseline of the same rounds")
+        })
+    };
     if let Some(v) = size_inv {
         println!(
-            "freeze window, largest vs smallest disk size (N=1): {v:+.1}% (target within +-15%)"
+            "freeze window, largest vs smallest disk size (N=1): {v:+.1}%{} (target within +-15%)",
+            rel(size_rel)
         );
     }
     if let Some(v) = usage_inv {
-        println!("freeze window, 2 GiB written vs empty (N=1): {v:+.1}% (target within +-15%)");
+        println!(
+            "freeze window, 2 GiB written vs empty (N=1): {v:+.1}%{} (target within +-15%)",
+            rel(usage_rel)
+        );
     }
     let results = Results {
         machine: machine(),
@@ -471,6 +493,8 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
         rows,
         size_invariance_pct: size_inv,
         usage_invariance_pct: usage_inv,
+        size_invariance_vs_baseline_pct: size_rel,
+        usage_invariance_vs_baseline_pct: usage_rel,
     };
     std::fs::create_dir_all(&a.out).map_err(|e| fail(format!("{}: {e}", a.out.display())))?;
     let json = serde_json::to_string_pretty(&results).map_err(|e| fail(e.to_string()))?;
