@@ -47,11 +47,8 @@ fn bacula_job_with_the_shipped_snippet_backs_up_and_restores_a_consistent_cut() 
     eprintln!("backup job {backup}: {:.1} s", t.elapsed().as_secs_f64());
 
     // pre and post ran, through the file daemon: one snapshot, released, nothing left over.
-    let listed = list_json(&lab);
-    let snaps = listed.as_array().expect("list is an array");
-    assert_eq!(snaps.len(), 1, "one snapshot: {listed}");
-    assert_eq!(snaps[0]["state"], "released", "{}", snaps[0]);
-    let id = snaps[0]["id"].as_str().expect("snapshot id");
+    let listed = assert_all_released(&lab, Some(1));
+    let id = listed[0]["id"].as_str().expect("snapshot id");
     let log = bacula.read("jobs.log");
     for expected in [
         format!(
@@ -63,15 +60,6 @@ fn bacula_job_with_the_shipped_snippet_backs_up_and_restores_a_consistent_cut() 
             log.contains(&expected),
             "{expected:?} not in the job log:\n{log}"
         );
-    }
-    assert!(
-        lab.overlays_on_disk().is_empty(),
-        "{:?}",
-        lab.overlays_on_disk()
-    );
-    wait_running(&lab.names(), Duration::from_secs(5)).expect("members running");
-    for g in &lab.guests {
-        assert_own_images(g);
     }
 
     // What the job read: every image, no overlay.
@@ -185,27 +173,6 @@ fn job_lines(log: &str, job: &str) -> String {
         .join("\n")
 }
 
-/// All `snapshots` snapshots released (none left `taken`), no overlay left, and the guests
-/// running on their own images.
-fn assert_group_released(lab: &Lab, snapshots: usize) {
-    let listed = list_json(lab);
-    let snaps = listed.as_array().expect("list is an array");
-    assert_eq!(snaps.len(), snapshots, "{listed}");
-    assert!(
-        snaps.iter().all(|s| s["state"] == "released"),
-        "every snapshot released: {listed}"
-    );
-    assert!(
-        lab.overlays_on_disk().is_empty(),
-        "{:?}",
-        lab.overlays_on_disk()
-    );
-    wait_running(&lab.names(), Duration::from_secs(5)).expect("members running");
-    for g in &lab.guests {
-        assert_own_images(g);
-    }
-}
-
 #[test]
 fn bacula_job_failing_after_the_snapshot_still_releases_it() {
     let lab = lab(GROUP, 2, 2);
@@ -243,7 +210,7 @@ fn bacula_job_failing_after_the_snapshot_still_releases_it() {
     }
     // The file daemon runs After scripts before it reports the job's end, and the director
     // waited for that report: the release is already complete.
-    assert_group_released(&lab, 1);
+    assert_all_released(&lab, Some(1));
 
     // 2. The operator cancels the job mid-read.
     let (job, snap, fifo) = start_blocked_job(&lab, &bacula);
@@ -295,6 +262,6 @@ fn bacula_job_failing_after_the_snapshot_still_releases_it() {
         job_lines(&bacula.read("fd.log"), &job),
         job_lines(&bacula.read("jobs.log"), &job)
     );
-    assert_group_released(&lab, 2);
+    assert_all_released(&lab, Some(2));
     eprintln!("total {:.1} s", start.elapsed().as_secs_f64());
 }

@@ -58,25 +58,6 @@ fn init_repo(repo: &Path) {
     );
 }
 
-/// Post ran: every snapshot of the lab released, guests running on their own images, no overlay.
-fn assert_released(lab: &Lab) {
-    let listed = list_json(lab);
-    let snaps = listed.as_array().expect("list is an array");
-    assert!(!snaps.is_empty(), "pre took a snapshot");
-    for s in snaps {
-        assert_eq!(s["state"], "released", "{s}");
-    }
-    assert!(
-        lab.overlays_on_disk().is_empty(),
-        "{:?}",
-        lab.overlays_on_disk()
-    );
-    wait_running(&lab.names(), Duration::from_secs(5)).expect("members running");
-    for g in &lab.guests {
-        assert_own_images(g);
-    }
-}
-
 fn summary(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(text.lines().count(), 1, "one summary line: {text}");
@@ -107,7 +88,7 @@ fn restic_backup_of_a_running_group_restores_a_consistent_cut() {
             && line.ends_with(", released; exit 0"),
         "{line}"
     );
-    assert_released(&lab);
+    assert_all_released(&lab, None);
 
     // Restore the restic snapshot the summary names.
     let id = line
@@ -172,7 +153,7 @@ fn restic_failure_or_sigterm_still_releases_the_group() {
         line.contains("restic backup FAILED (restic exit 1), released; exit 1"),
         "{line}"
     );
-    assert_released(&lab);
+    assert_all_released(&lab, None);
 
     // 2. Wrong password for an existing repository.
     let repo = work.path().join("repo");
@@ -184,7 +165,7 @@ fn restic_failure_or_sigterm_still_releases_the_group() {
     eprintln!("wrong password: {line}");
     assert_eq!(out.status.code(), Some(1), "restic's exit code: {line}");
     assert!(line.contains("restic backup FAILED"), "{line}");
-    assert_released(&lab);
+    assert_all_released(&lab, None);
     assert_eq!(list_json(&lab).as_array().map(Vec::len), Some(2));
 
     // 3. SIGTERM while the backup runs (a stand-in restic that blocks until killed).
@@ -228,6 +209,6 @@ fn restic_failure_or_sigterm_still_releases_the_group() {
     assert!(start.elapsed() < Duration::from_secs(110), "backup stopped");
     assert_eq!(out.status.code(), Some(143), "{line}");
     assert!(line.contains("interrupted by SIGTERM, released"), "{line}");
-    assert_released(&lab);
+    assert_all_released(&lab, None);
     assert_eq!(list_json(&lab).as_array().map(Vec::len), Some(3));
 }

@@ -336,6 +336,32 @@ pub fn list_json(lab: &Lab) -> serde_json::Value {
     serde_json::from_slice(&out.get_output().stdout).expect("list --json")
 }
 
+/// The post hook ran: every snapshot in the lab's catalog released (`count` of them when given,
+/// at least one otherwise), no overlay left, the guests running on their own images. Returns
+/// the listing.
+pub fn assert_all_released(lab: &Lab, count: Option<usize>) -> serde_json::Value {
+    let listed = list_json(lab);
+    let snaps = listed.as_array().expect("list is an array");
+    match count {
+        Some(n) => assert_eq!(snaps.len(), n, "{listed}"),
+        None => assert!(!snaps.is_empty(), "pre took a snapshot"),
+    }
+    assert!(
+        snaps.iter().all(|s| s["state"] == "released"),
+        "every snapshot released: {listed}"
+    );
+    assert!(
+        lab.overlays_on_disk().is_empty(),
+        "{:?}",
+        lab.overlays_on_disk()
+    );
+    wait_running(&lab.names(), Duration::from_secs(5)).expect("members running");
+    for g in &lab.guests {
+        assert_own_images(g);
+    }
+    listed
+}
+
 /// Tears a `cgsnap testbed` down (VMs, workload, directories) even when an assertion fails.
 pub struct TestbedDown<'a> {
     lab: &'a Lab,
