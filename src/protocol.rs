@@ -392,8 +392,13 @@ mod tests {
         (h, steps)
     }
 
+    /// The tests written for per-member resume keep it explicitly; `together()` covers the
+    /// default.
     fn env() -> Env<'static> {
-        Env::plain(3)
+        Env {
+            resume: Resume::Early,
+            ..Env::plain(3)
+        }
     }
 
     #[test]

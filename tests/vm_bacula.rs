@@ -34,6 +34,21 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Job `job`'s log holds pre's `taken` line and post's `released` line for snapshot `snap`.
+fn assert_hook_lines(log: &str, job: &str, snap: &str) {
+    for expected in [
+        format!(
+            "JobId {job}: ClientBeforeJob: cgsnap: snapshot {snap} of group {GROUP} taken: 2 members, 4 disks"
+        ),
+        format!("JobId {job}: ClientAfterJob: cgsnap: released {snap} of group {GROUP}"),
+    ] {
+        assert!(
+            log.contains(&expected),
+            "{expected:?} not in the job log:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn bacula_job_with_the_shipped_snippet_backs_up_and_restores_a_consistent_cut() {
     let lab = lab(GROUP, 2, 2);
@@ -49,18 +64,7 @@ fn bacula_job_with_the_shipped_snippet_backs_up_and_restores_a_consistent_cut() 
     // pre and post ran, through the file daemon: one snapshot, released, nothing left over.
     let listed = assert_all_released(&lab, Some(1));
     let id = listed[0]["id"].as_str().expect("snapshot id");
-    let log = bacula.read("jobs.log");
-    for expected in [
-        format!(
-            "ClientBeforeJob: cgsnap: snapshot {id} of group {GROUP} taken: 2 members, 4 disks"
-        ),
-        format!("ClientAfterJob: cgsnap: released {id} of group {GROUP}"),
-    ] {
-        assert!(
-            log.contains(&expected),
-            "{expected:?} not in the job log:\n{log}"
-        );
-    }
+    assert_hook_lines(&bacula.read("jobs.log"), &backup, id);
 
     // What the job read: every image, no overlay.
     let files = bacula.console(
@@ -197,17 +201,7 @@ fn bacula_job_failing_after_the_snapshot_still_releases_it() {
         ["f", "E"].contains(&status.as_str()),
         "job {job} must fail (f or E), got {status}; job log:\n{log}"
     );
-    for expected in [
-        format!(
-            "JobId {job}: ClientBeforeJob: cgsnap: snapshot {snap} of group {GROUP} taken: 2 members, 4 disks"
-        ),
-        format!("JobId {job}: ClientAfterJob: cgsnap: released {snap} of group {GROUP}"),
-    ] {
-        assert!(
-            log.contains(&expected),
-            "{expected:?} not in the job log:\n{log}"
-        );
-    }
+    assert_hook_lines(&log, &job, &snap);
     // The file daemon runs After scripts before it reports the job's end, and the director
     // waited for that report: the release is already complete.
     assert_all_released(&lab, Some(1));

@@ -426,12 +426,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
             r.ours_phases.pause_ms.median,
             r.ours_phases.snapshot_ms.median,
             r.ours_phases.resume_ms.median,
-            r.ours_window_cpu
-                .as_ref()
-                .map_or("-".to_string(), |w| format!(
-                    "{:.1}, {:.0} %, {:.1} (guests {:.0})",
-                    w.per_member_ms.median, w.busy_pct.median, w.bound_ms, w.guest_ms.median
-                )),
+            cpu_text(r.ours_window_cpu.as_ref()),
         );
         for alt in &r.alternatives {
             println!(

@@ -8,7 +8,7 @@ use super::{Phases, WindowCpu, cpu, fail, stats, summary};
 use crate::catalog::Catalog;
 use crate::cli::{Ctx, Failure};
 use crate::hypervisor::Host;
-use crate::protocol::Resume;
+use crate::protocol::{Resume, ms};
 use crate::{release, snapshot};
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,7 +73,7 @@ impl Ours {
         self.res.push(m.phases.resume_ms);
         let t = Instant::now();
         release::release_snapshot(&ctx.pool, cat, &m.id, ropts)?;
-        self.rel.push(t.elapsed().as_secs_f64() * 1000.0);
+        self.rel.push(ms(t.elapsed()));
         Ok(())
     }
 
