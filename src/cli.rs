@@ -493,6 +493,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
+    // Commands that create throwaway VMs remove them when interrupted (exit 128 + signal).
+    // Others keep the default action: a killed snapshot is the watchdog's job.
+    if matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Verify(_))
+        && let Err(e) = cgsnap_testbeds::interrupt::install()
+    {
+        eprintln!("cgsnap: error: cannot install the interrupt handler: {e}");
+        return ExitCode::Internal.code();
+    }
     match run(cli) {
         Ok(()) => ExitCode::Ok.code(),
         Err(f) => {

@@ -56,6 +56,10 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
         .first()
         .cloned()
         .unwrap_or_else(|| "qemu:///system".into());
+    let cat = Catalog::open(catalog)?;
+    for id in release::release_leftovers(&ctx.pool, &cat, "demo", &release::Options::default())? {
+        println!("demo: released snapshot {id}, left by an interrupted run");
+    }
     println!(
         "demo: building guest kernel + initramfs (cached in {})",
         assets::cache_dir().display()
@@ -84,7 +88,6 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
     group::add(&hosts, "demo", &names)?;
     println!("demo: group demo = {}", names.join(" "));
 
-    let cat = Catalog::open(catalog)?;
     let tuning = SnapTuning {
         freeze_budget: Duration::from_secs(2),
         overlay_dir: None,

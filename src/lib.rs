@@ -5,7 +5,7 @@
 //! - [`hypervisor`]: the one boundary to libvirt (trait, adapter, fake, connection pool);
 //! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
-//! - [`release`]: committing overlays back;
+//! - [`release`]: committing overlays back; [`vanished`]: offline, for a deleted member;
 //! - [`catalog`]: manifests and locks; [`hook`]: the backup-scheduler contract;
 //! - [`exit`]: the documented exit codes.
 
@@ -26,5 +26,6 @@ pub mod protocol;
 pub mod release;
 pub mod snapshot;
 pub mod testbed_cmd;
+pub mod vanished;
 pub mod verify_cmd;
 pub mod watchdog;

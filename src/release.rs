@@ -9,6 +9,7 @@
 //!   disk on image → only the file removal is left).
 //! - An overlay file is deleted only when no disk of its domain has it as source or anywhere in
 //!   its backing chain; a pre-created overlay that was never used holds no guest data.
+//! - A member whose domain no longer exists is released offline by [`crate::vanished`].
 //! - A commit that is not ready within the timeout is cancelled (the disk stays on its overlay,
 //!   nothing is lost) and reported; the manifest stays `releasing` so a later run retries.
 
@@ -44,6 +45,19 @@ pub enum ReleaseError {
         actual: String,
         overlay: String,
     },
+    #[error(
+        "member {domain} no longer exists and its overlay {overlay} cannot be merged offline ({detail}); it is kept: {fix}"
+    )]
+    VanishedMerge {
+        domain: String,
+        overlay: String,
+        detail: String,
+        fix: String,
+    },
+    #[error(
+        "member {domain} no longer exists on {uri}, a remote host: cgsnap merges a deleted member's overlays only on its own host; merge them on that host with `qemu-img commit OVERLAY` (paths in `cgsnap show ID`)"
+    )]
+    VanishedRemote { domain: String, uri: String },
     #[error("cannot remove overlay {path}: {source}")]
     Remove {
         path: String,
@@ -198,7 +212,12 @@ pub fn release_member(
     disks: &[DiskRecord],
     opts: &Options,
 ) -> Result<(), ReleaseError> {
-    let state = host.state(domain)?;
+    let state = match host.state(domain) {
+        Err(e) if e.kind == crate::hypervisor::HvErrorKind::NoDomain => {
+            return crate::vanished::release(host.uri(), domain, disks);
+        }
+        r => r?,
+    };
     let xml = host.xml(domain)?;
     let steps = disks
         .iter()
@@ -327,4 +346,20 @@ pub fn release_snapshot(
     man.released_at = Some(chrono::Utc::now());
     cat.write(&man)?;
     Ok(man)
+}
+
+/// Release every outstanding snapshot of `group`, e.g. one an interrupted demo or benchmark
+/// run left behind (its members may be gone: see [`crate::vanished`]). Returns their IDs.
+pub fn release_leftovers(
+    pool: &crate::hypervisor::pool::Pool,
+    cat: &crate::catalog::Catalog,
+    group: &str,
+    opts: &Options,
+) -> Result<Vec<String>, SnapshotReleaseError> {
+    let mut ids = Vec::new();
+    for m in cat.outstanding(group)? {
+        release_snapshot(pool, cat, &m.id, opts)?;
+        ids.push(m.id);
+    }
+    Ok(ids)
 }

@@ -14,22 +14,8 @@ fn release_killed_mid_commit_is_finished_by_the_next_release() {
     let lab = lab("cgt-rel", 1, 2);
     lab.group_add("cgt-rel", &lab.names());
     let dom = lab.names()[0].clone();
-    let out = lab
-        .cgsnap()
-        .args(["snapshot", "cgt-rel", "--json"])
-        .assert()
-        .success();
-    let m: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
-    let id = m["id"].as_str().expect("id").to_string();
-    let disks = m["members"][0]["disks"].as_array().expect("disks").clone();
-    let overlays: Vec<String> = disks
-        .iter()
-        .map(|d| d["overlay"].as_str().expect("o").to_string())
-        .collect();
-    let images: Vec<String> = disks
-        .iter()
-        .map(|d| d["image"].as_str().expect("i").to_string())
-        .collect();
+    let (id, m) = lab.snapshot_json("cgt-rel", &[]);
+    let (overlays, images) = (disk_fields(&m, 0, "overlay"), disk_fields(&m, 0, "image"));
     let g = lab.guest(&dom);
     g.wait_progress(g.console_seq() + 50, Duration::from_secs(60))
         .expect("writes to overlays");
@@ -72,4 +58,74 @@ fn release_killed_mid_commit_is_finished_by_the_next_release() {
         "image has {} <= {before}: lost writes",
         after[0].seq
     );
+}
+
+/// A member deleted while its snapshot is held (here: its transient domain destroyed) cannot
+/// be committed online; release merges its overlays offline instead, so the group is not
+/// blocked and the writes the guest made after the snapshot end up in its images. An overlay
+/// another process still has open (as a renamed or migrated VM would) is left alone.
+#[test]
+fn release_of_a_deleted_member_merges_its_overlays_offline_unless_in_use() {
+    let lab = lab("cgt-gone", 1, 2);
+    lab.group_add("cgt-gone", &lab.names());
+    let dom = lab.names()[0].clone();
+    let (id, m) = lab.snapshot_json("cgt-gone", &[]);
+    let (overlays, images) = (disk_fields(&m, 0, "overlay"), disk_fields(&m, 0, "image"));
+    let frozen = records(&images);
+    let g = lab.guest(&dom);
+    g.wait_progress(frozen[0].seq + 30, Duration::from_secs(60))
+        .expect("writes to overlays");
+    g.destroy_domain();
+    assert_eq!(domstate(&dom), "", "domain is gone");
+    let newest = record::read(Path::new(&overlays[0]))
+        .expect("read")
+        .expect("record")
+        .seq;
+    assert!(
+        newest >= frozen[0].seq + 30,
+        "overlay holds the later writes"
+    );
+
+    // Hold the second overlay open for writing, with QEMU's image locks, like a running VM.
+    let sock = lab.catalog.path().join("nbd.sock");
+    let mut nbd = std::process::Command::new("qemu-nbd")
+        .args(["-f", "qcow2", "-k"])
+        .arg(&sock)
+        .arg(&overlays[1])
+        .spawn()
+        .expect("qemu-nbd");
+    let t = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = lab.cgsnap().args(["release", &id]).assert().code(10);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    eprintln!("{err}");
+    assert!(
+        err.contains(&format!("member {dom} no longer exists"))
+            && err.contains(&overlays[1])
+            && err.contains("it is kept: a process still has it open"),
+        "{err}"
+    );
+    assert!(Path::new(&overlays[1]).exists(), "overlay in use is kept");
+    let _ = nbd.kill();
+    let _ = nbd.wait();
+
+    let out = lab.cgsnap().args(["release", &id]).assert().success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("merged"), "{err}");
+    assert!(overlays.iter().all(|o| !Path::new(o).exists()));
+    let after = records(&images);
+    assert!(
+        after[0].seq >= newest,
+        "image has {} < {newest}: writes made after the snapshot were lost",
+        after[0].seq
+    );
+    assert!(after[1].seq > frozen[1].seq, "second disk merged too");
+    let list = list_json(&lab);
+    assert_eq!(list[0]["state"], "released");
 }

@@ -390,6 +390,9 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     ours::check_policies(&a.resume)?;
     let assets = assets::ensure(&assets::cache_dir()).map_err(|e| fail(e.to_string()))?;
     let cat = Catalog::open(catalog)?;
+    for id in release::release_leftovers(&ctx.pool, &cat, "bench", &release::Options::default())? {
+        println!("bench: released snapshot {id}, left by an interrupted run");
+    }
     let mut rows = Vec::new();
     println!(
         "{:>3} {:>3} {:>8} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>6} | pause/snap/resume med ms | in window: hv cpu ms/member, busy %, bound ms (guest cpu ms)",

@@ -4,7 +4,8 @@
 //! - Guests are `type='qemu'` (TCG; no KVM needed) and have no network device at all, so they
 //!   cannot send traffic anywhere.
 //! - Everything a [`Guest`] creates (domain, disk images, overlays named after them, console
-//!   log) lives under its own directory and is destroyed on drop unless [`Guest::keep`] is set.
+//!   log) lives under its own directory and is destroyed on drop unless [`Guest::keep`] is set,
+//!   and also when the process is interrupted where [`crate::interrupt::install`] was called.
 
 use crate::assets::Assets;
 use std::fmt::Write as _;
@@ -94,6 +95,8 @@ pub struct Guest {
     /// When the domain was started: boot-time measurements count from here.
     pub started: Instant,
     conn: Connect,
+    /// Removes the guest if the process is interrupted (see [`crate::interrupt`]).
+    _interrupt: crate::interrupt::Registration,
 }
 
 /// Disk target names: vda, vdb, ...
@@ -240,6 +243,13 @@ impl Guest {
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| err("connect", e.to_string()))?;
         let dir = base_dir.join(&spec.name);
+        let reg = {
+            let (uri, name, dir) = (uri.to_string(), spec.name.clone(), dir.clone());
+            crate::interrupt::register(&format!("guest {name}"), move || {
+                destroy_by_name(&uri, &name);
+                let _ = std::fs::remove_dir_all(&dir);
+            })
+        };
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| err("mkdir", e.to_string()))?;
         let mut disks = Vec::new();
@@ -283,18 +293,23 @@ impl Guest {
             persistent,
             started: Instant::now(),
             conn,
+            _interrupt: reg,
         };
         // A leftover domain of the same name (from a killed run) would make create fail.
         g.destroy_domain();
-        if persistent {
-            g.conn
-                .define_domain_xml(&xml)
-                .map_err(|e| err("define domain", e.to_string()))?;
+        let made = crate::interrupt::guarded(|| {
+            if persistent {
+                g.conn.define_domain_xml(&xml).map(|_| ())
+            } else {
+                g.conn.create_domain_xml(&xml, 0).map(|_| ())
+            }
+        });
+        let op = if persistent {
+            "define domain"
         } else {
-            g.conn
-                .create_domain_xml(&xml, 0)
-                .map_err(|e| err("create domain", e.to_string()))?;
-        }
+            "create domain"
+        };
+        made.map_err(|e| err(op, e.to_string()))?;
         Ok(g)
     }
 

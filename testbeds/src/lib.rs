@@ -4,6 +4,7 @@
 //! - [`assets`]: kernel + initramfs, built by `guest/build.sh` (embedded) and cached;
 //! - [`guest`]: a transient libvirt domain with several qcow2 disks whose `/init` writes a
 //!   sequence record to every disk in order, removed with everything it created on drop;
+//! - [`interrupt`]: removing registered guests and sandboxes when the process is interrupted;
 //! - [`record`]: reading those records back from an image (frozen, overlay or released);
 //! - [`teardown`]: stopping a testbed's workload and removing its VMs;
 //! - [`postgres`], [`pair`], [`workload`]: the PostgreSQL guests, pair testbed and workload;
@@ -18,6 +19,7 @@ pub mod cass_yaml;
 pub mod cassandra;
 pub mod cql;
 pub mod guest;
+pub mod interrupt;
 pub mod pair;
 pub mod postgres;
 pub mod record;

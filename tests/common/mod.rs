@@ -96,6 +96,20 @@ impl Lab {
             .success();
     }
 
+    /// `cgsnap snapshot GROUP --json EXTRA...`, which must succeed: (ID, manifest).
+    pub fn snapshot_json(&self, group: &str, extra: &[&str]) -> (String, serde_json::Value) {
+        let out = self
+            .cgsnap()
+            .args(["snapshot", group, "--json"])
+            .args(extra)
+            .assert()
+            .success();
+        let m: serde_json::Value =
+            serde_json::from_slice(&out.get_output().stdout).expect("manifest json");
+        let id = m["id"].as_str().expect("id").to_string();
+        (id, m)
+    }
+
     pub fn guest(&self, name: &str) -> &guest::Guest {
         self.guests
             .iter()
@@ -125,6 +139,16 @@ impl Lab {
         }
         out
     }
+}
+
+/// One field (`image`, `overlay`, `target`) of every disk of member `i` of a manifest.
+pub fn disk_fields(m: &serde_json::Value, i: usize, key: &str) -> Vec<String> {
+    m["members"][i]["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .map(|d| d[key].as_str().expect(key).to_string())
+        .collect()
 }
 
 /// Regular files below `dir` whose name ends in `suffix` (e.g. overlays in a backup or restore).

@@ -7,7 +7,8 @@
 //! - The sandbox has a new name and no UUID (libvirt assigns one), no NIC of the original, no
 //!   host devices or graphics; its only network is QEMU user mode with `restrict=on` and one
 //!   port forward bound to 127.0.0.1.
-//! - Dropping a [`Sandbox`] destroys the domain and deletes the directory, also on panic.
+//! - Dropping a [`Sandbox`] destroys the domain and deletes the directory, also on panic, and so
+//!   does an interrupt (SIGINT/SIGTERM/SIGHUP) once `cgsnap_testbeds::interrupt` is installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,8 @@ pub struct Sandbox {
     pub host_port: u16,
     pub started: Instant,
     conn: Connect,
+    /// Removes the sandbox if the process is interrupted.
+    _interrupt: cgsnap_testbeds::interrupt::Registration,
 }
 
 fn children_named<'a>(
@@ -149,6 +152,13 @@ impl Sandbox {
     ) -> Result<Sandbox, String> {
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| format!("connect {uri}: {e}"))?;
+        let reg = {
+            let (uri, name, dir) = (uri.to_string(), name.to_string(), dir.to_path_buf());
+            cgsnap_testbeds::interrupt::register(&format!("sandbox {name}"), move || {
+                cgsnap_testbeds::guest::destroy_by_name(&uri, &name);
+                let _ = std::fs::remove_dir_all(&dir);
+            })
+        };
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let console = dir.join("console.log");
@@ -159,6 +169,7 @@ impl Sandbox {
             host_port: forward.0,
             started: Instant::now(),
             conn,
+            _interrupt: reg,
         };
         let mut overlays = Vec::new();
         for (target, image) in images {
@@ -182,8 +193,7 @@ impl Sandbox {
         if let Ok(old) = sb.conn.lookup_domain_by_name(name) {
             let _ = old.destroy();
         }
-        sb.conn
-            .create_domain_xml(&xml, 0)
+        cgsnap_testbeds::interrupt::guarded(|| sb.conn.create_domain_xml(&xml, 0).map(|_| ()))
             .map_err(|e| format!("start sandbox {name}: {e}"))?;
         sb.started = Instant::now();
         Ok(sb)

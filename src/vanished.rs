@@ -1,0 +1,223 @@
+//! Release of a member whose domain no longer exists on its host (deleted, undefined, or a
+//! transient domain destroyed while its snapshot was held): its overlays are merged into their
+//! images offline with `qemu-img commit`, so no guest write is lost and the group is not
+//! blocked by a snapshot that an online release can never finish.
+//!
+//! Invariants:
+//! - Used only when the member's libvirt answered "no such domain", never when it was
+//!   unreachable, and only on a local host (whose files this process can open).
+//! - An overlay is merged only into the image the manifest recorded, checked against the
+//!   overlay's own backing file, and deleted only after the merge succeeded.
+//! - An overlay some process still writes (the domain was renamed or migrated and runs on it)
+//!   is left alone: QEMU's image locks make `qemu-img commit` fail on it.
+//! - Safe to repeat after a crash: merging the same overlay again writes the same data, and an
+//!   overlay that is already gone means its disk is done.
+
+use crate::catalog::DiskRecord;
+use crate::release::ReleaseError;
+use std::path::Path;
+use std::process::Command;
+
+fn stderr_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// The backing file an overlay's header names, resolved against the overlay's directory.
+fn backing_of(overlay: &str) -> Result<Option<String>, String> {
+    // -U: read the header without taking locks; the commit below takes them.
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json", overlay])
+        .output()
+        .map_err(|e| format!("qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(stderr_line(&out));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("qemu-img info output: {e}"))?;
+    Ok(v.get("full-backing-filename")
+        .or_else(|| v.get("backing-filename"))
+        .and_then(|b| b.as_str())
+        .map(str::to_string))
+}
+
+fn same_file(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Merge one disk's overlay into its image and delete it. `Ok(false)`: nothing was left.
+fn merge_disk(domain: &str, d: &DiskRecord) -> Result<bool, ReleaseError> {
+    if !Path::new(&d.overlay).exists() {
+        return Ok(false);
+    }
+    let fail = |detail: String| {
+        let fix = if detail.contains("lock") {
+            "a process still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again".to_string()
+        } else {
+            format!(
+                "merge it by hand (`qemu-img commit {}`) or, if the VM is gone for good, delete it; then run release again",
+                d.overlay
+            )
+        };
+        ReleaseError::VanishedMerge {
+            domain: domain.to_string(),
+            overlay: d.overlay.clone(),
+            detail,
+            fix,
+        }
+    };
+    if !Path::new(&d.image).exists() {
+        return Err(fail(format!("its image {} is gone", d.image)));
+    }
+    match backing_of(&d.overlay).map_err(&fail)? {
+        Some(b) if same_file(&b, &d.image) => {}
+        Some(b) => {
+            return Err(fail(format!(
+                "its backing file is {b}, not the snapshot's image {}",
+                d.image
+            )));
+        }
+        None => return Err(fail("it has no backing file".into())),
+    }
+    // -d: do not empty the overlay afterwards; it is deleted next.
+    let out = Command::new("qemu-img")
+        .args(["commit", "-q", "-d", "-f", "qcow2", &d.overlay])
+        .output()
+        .map_err(|e| fail(format!("qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(stderr_line(&out)));
+    }
+    std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
+        path: d.overlay.clone(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Release the disks of `domain`, which no longer exists on `uri`.
+pub fn release(uri: &str, domain: &str, disks: &[DiskRecord]) -> Result<(), ReleaseError> {
+    // A remote host's files are not ours to look at, let alone merge.
+    if !crate::snapshot::is_local(uri) {
+        return Err(ReleaseError::VanishedRemote {
+            domain: domain.to_string(),
+            uri: uri.to_string(),
+        });
+    }
+    let left: Vec<&DiskRecord> = disks
+        .iter()
+        .filter(|d| Path::new(&d.overlay).exists())
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    let mut merged = 0;
+    for d in left {
+        merged += usize::from(merge_disk(domain, d)?);
+    }
+    eprintln!(
+        "cgsnap: {domain} no longer exists on {uri}: merged {merged} overlay(s) into their images offline"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::catalog::DiskRecord;
+    use crate::exit::{Classify, ExitCode};
+    use crate::hypervisor::fake::FakeHost;
+    use crate::release::{self, ReleaseError};
+    use std::process::Command;
+
+    fn disk(dir: &std::path::Path, image: &str, overlay: &str) -> DiskRecord {
+        DiskRecord {
+            target: "vda".into(),
+            image: dir.join(image).to_string_lossy().into(),
+            overlay: dir.join(overlay).to_string_lossy().into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        }
+    }
+
+    fn qcow2(path: &str, backing: Option<&str>) {
+        let mut c = Command::new("qemu-img");
+        c.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            c.args(["-F", "qcow2", "-b", b]);
+        }
+        let st = c.arg(path).arg("1M").status().expect("qemu-img");
+        assert!(st.success());
+    }
+
+    fn release_gone(uri: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
+        let host = FakeHost::new(uri);
+        release::release_member(&host, "gone", std::slice::from_ref(d), &Default::default())
+    }
+
+    #[test]
+    fn deleted_member_without_overlays_is_released() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = disk(dir.path(), "a.qcow2", "a.ovl");
+        release_gone("qemu:///system", &d).expect("nothing left to merge");
+    }
+
+    #[test]
+    fn deleted_member_on_a_remote_host_is_reported_not_guessed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = disk(dir.path(), "a.qcow2", "a.ovl");
+        let e = release_gone("qemu+ssh://far/system", &d).expect_err("remote");
+        assert!(matches!(e, ReleaseError::VanishedRemote { .. }), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        assert!(e.to_string().contains("qemu+ssh://far/system"));
+    }
+
+    #[test]
+    fn overlay_on_another_backing_file_or_without_image_is_kept() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = disk(dir.path(), "a.qcow2", "a.ovl");
+        let other = dir.path().join("other.qcow2").to_string_lossy().to_string();
+        qcow2(&d.image, None);
+        qcow2(&other, None);
+        qcow2(&d.overlay, Some(&other));
+        let e = release_gone("qemu:///system", &d).expect_err("wrong backing");
+        assert!(e.to_string().contains("not the snapshot's image"), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        assert!(std::path::Path::new(&d.overlay).exists(), "kept");
+
+        std::fs::remove_file(&d.image).expect("rm image");
+        let e = release_gone("qemu:///system", &d).expect_err("no image");
+        assert!(e.to_string().contains("is gone"), "{e}");
+        assert!(std::path::Path::new(&d.overlay).exists(), "kept");
+    }
+
+    #[test]
+    fn overlay_of_a_deleted_member_is_merged_and_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = disk(dir.path(), "a.qcow2", "a.ovl");
+        qcow2(&d.image, None);
+        qcow2(&d.overlay, Some(&d.image));
+        // A write the guest made after the snapshot, in the overlay only.
+        let st = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 0xab 0 64k", &d.overlay])
+            .output()
+            .expect("qemu-io");
+        assert!(st.status.success());
+        release_gone("qemu:///system", &d).expect("merged");
+        assert!(!std::path::Path::new(&d.overlay).exists());
+        let st = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "read -P 0xab 0 64k", &d.image])
+            .output()
+            .expect("qemu-io");
+        let out = String::from_utf8_lossy(&st.stdout);
+        assert!(
+            st.status.success() && !out.contains("Pattern verification failed"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! Interrupted runs leave nothing behind: `cgsnap verify` killed with SIGTERM (a systemd stop,
+//! a scheduler's timeout) while its sandbox boots, and `cgsnap bench` with SIGINT (Ctrl-C)
+//! between rounds, remove their throwaway domains and directories and exit 128 + signal; the
+//! snapshot and the next run are unharmed.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn domains_named(part: &str) -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", URI, "list", "--all", "--name"])
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(part))
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "{what} not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sha256(path: &str) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Send `sig`, wait (at most 30 s) for the exit code; returns it with the child's stderr.
+fn interrupt(child: &mut std::process::Child, sig: libc::c_int) -> (i32, String) {
+    let code = signal_and_wait(child, sig);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).expect("stderr");
+    }
+    eprintln!("{err}");
+    (code, err)
+}
+
+fn signal_and_wait(child: &mut std::process::Child, sig: libc::c_int) -> i32 {
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st.code().expect("exited, not killed by the signal");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no exit after signal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn verify_interrupted_removes_its_sandbox() {
+    let lab = lab("cgt-int", 1, 2);
+    lab.group_add("cgt-int", &lab.names());
+    let dom = lab.names()[0].clone();
+    let (id, m) = lab.snapshot_json("cgt-int", &[]);
+    let images = disk_fields(&m, 0, "image");
+    let sums: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+
+    let work = tempfile::tempdir().expect("tmp");
+    let profile = work.path().join("profile.toml");
+    // The writer guest runs no database: the sandbox boots and verify waits for a ready
+    // marker that never comes, which is where the interrupt lands.
+    std::fs::write(
+        &profile,
+        format!(
+            "format_version = 1\nrpo_seconds = 5\nready_timeout_seconds = 240\n\n[[member]]\ndomain = \"{dom}\"\nkind = \"postgres\"\nport = 5432\nuser = \"postgres\"\npassword = \"unused\"\nready_marker = \"never printed\"\n"
+        ),
+    )
+    .expect("profile");
+    let sandboxes = work.path().join("sandboxes");
+    let mut child = lab
+        .std_cgsnap()
+        .args(["verify", &id, "--base-port", "40190", "--profile"])
+        .arg(&profile)
+        .arg("--sandbox-dir")
+        .arg(&sandboxes)
+        .arg("--report-dir")
+        .arg(work.path().join("report"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn verify");
+    let sandbox = format!("{dom}-verify-{}", child.id());
+    wait_for("sandbox running", Duration::from_secs(60), || {
+        if let Some(st) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("e"), &mut err);
+            panic!("verify ended ({st}) before its sandbox ran: {err}");
+        }
+        domstate(&sandbox) == "running"
+    });
+    let (code, err) = interrupt(&mut child, libc::SIGTERM);
+    assert_eq!(code, 143, "128 + SIGTERM");
+    assert!(
+        err.contains("interrupted by SIGTERM: removing sandbox"),
+        "{err}"
+    );
+    assert!(domains_named("-verify-").is_empty(), "sandbox domain left");
+    let left: Vec<_> = std::fs::read_dir(&sandboxes)
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "sandbox files left: {left:?}");
+    assert!(
+        !work.path().join("report").exists(),
+        "no report for an interrupted run"
+    );
+
+    // The held snapshot is intact and its group unlocked: it releases normally.
+    let now: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+    assert_eq!(now, sums, "frozen images unchanged");
+    assert_eq!(domstate(&dom), "running");
+    lab.cgsnap().args(["release", &id]).assert().success();
+    assert_own_images(lab.guest(&dom));
+}
+
+#[test]
+fn bench_interrupted_removes_its_guests_and_the_next_run_starts_clean() {
+    let lab = lab("cgt-intb", 0, 2);
+    let work = tempfile::tempdir().expect("tmp");
+    let dir = work.path().join("vms");
+    let bench = |rounds: &str| {
+        let mut c = lab.std_cgsnap();
+        c.args(["bench", "--only-vms", "1", "--rounds", rounds, "--out"])
+            .arg(work.path().join("out"))
+            .arg("--dir")
+            .arg(&dir);
+        c
+    };
+    let mut child = bench("1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bench");
+    // Interrupt once rounds are running (a manifest exists): possibly mid-snapshot.
+    wait_for("a benchmark round", Duration::from_secs(120), || {
+        !lab.manifest_files().is_empty()
+    });
+    let (code, err) = interrupt(&mut child, libc::SIGINT);
+    assert_eq!(code, 130, "128 + SIGINT");
+    assert!(
+        err.contains("interrupted by SIGINT: removing guest cgsnap-bench-1"),
+        "{err}"
+    );
+    assert!(
+        domains_named("cgsnap-bench-").is_empty(),
+        "bench guest left"
+    );
+    assert!(
+        !Path::new(&dir).join("cgsnap-bench-1").exists(),
+        "bench guest files left"
+    );
+
+    // A snapshot the interrupt left outstanding must not block the next run.
+    let out = bench("1").output().expect("bench again");
+    assert!(
+        out.status.success(),
+        "second bench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = list_json(&lab);
+    let states: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["state"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        states.iter().all(|s| *s == "released"),
+        "every bench snapshot released: {states:?}"
+    );
+    assert!(domains_named("cgsnap-bench-").is_empty());
+}
