@@ -168,12 +168,8 @@ pub fn up(
 /// Stop the workload, destroy the VMs, remove images and state.
 pub fn down(state_dir: &Path) -> Result<State, String> {
     let s = load(state_dir)?;
-    teardown::stop_workload(s.workload_pid);
-    teardown::remove_vms(
-        &s.uri,
-        s.vms.iter().map(|v| (v.name.as_str(), v.dir.as_path())),
-    );
-    std::fs::remove_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let vms = s.vms.iter().map(|v| (v.name.as_str(), v.dir.as_path()));
+    teardown::down(state_dir, &s.uri, s.workload_pid, vms)?;
     Ok(s)
 }
 

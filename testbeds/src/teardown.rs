@@ -1,5 +1,6 @@
-//! What every testbed's `down` does: stop its workload process, remove its domains and image
-//! directories; and how every testbed reports workload throughput from its acknowledgement log.
+//! What every testbed's `down` does ([`down`]): stop its workload process, remove its domains
+//! and image directories; and how every testbed reports workload throughput from its
+//! acknowledgement log.
 //!
 //! Invariant: each step tolerates what an interrupted `up` left (no process, no domain, no
 //! directory), so `down` always gets to the end.
@@ -16,7 +17,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// SIGTERM the workload, SIGKILL it if it is still there after 5 s.
-pub fn stop_workload(pid: Option<u32>) {
+fn stop_workload(pid: Option<u32>) {
     let Some(pid) = pid.filter(|p| alive(*p)) else {
         return;
     };
@@ -31,11 +32,23 @@ pub fn stop_workload(pid: Option<u32>) {
 }
 
 /// Destroy each named domain on `uri` and remove its image directory.
-pub fn remove_vms<'a>(uri: &str, vms: impl IntoIterator<Item = (&'a str, &'a Path)>) {
+fn remove_vms<'a>(uri: &str, vms: impl IntoIterator<Item = (&'a str, &'a Path)>) {
     for (name, dir) in vms {
         guest::destroy_by_name(uri, name);
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// A testbed's whole `down`: stop its workload, remove its VMs, then its state directory.
+pub fn down<'a>(
+    state_dir: &Path,
+    uri: &str,
+    workload_pid: Option<u32>,
+    vms: impl IntoIterator<Item = (&'a str, &'a Path)>,
+) -> Result<(), String> {
+    stop_workload(workload_pid);
+    remove_vms(uri, vms);
+    std::fs::remove_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))
 }
 
 /// Acknowledged commits and commits per second over the whole acknowledgement log.
