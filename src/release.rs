@@ -58,6 +58,14 @@ pub enum ReleaseError {
         "member {domain} no longer exists on {uri}, a remote host: cgsnap merges a deleted member's overlays only on its own host; merge them on that host with `qemu-img commit OVERLAY` (paths in `cgsnap show ID`)"
     )]
     VanishedRemote { domain: String, uri: String },
+    #[error(
+        "member {domain} no longer exists, but domain {user} uses its overlay {overlay} (renamed?): rename it back (`virsh domrename {user} {domain}`, start it) and run release again"
+    )]
+    VanishedButUsed {
+        domain: String,
+        overlay: String,
+        user: String,
+    },
     #[error("cannot remove overlay {path}: {source}")]
     Remove {
         path: String,
@@ -214,7 +222,7 @@ pub fn release_member(
 ) -> Result<(), ReleaseError> {
     let state = match host.state(domain) {
         Err(e) if e.kind == crate::hypervisor::HvErrorKind::NoDomain => {
-            return crate::vanished::release(host.uri(), domain, disks);
+            return crate::vanished::release(host, domain, disks);
         }
         r => r?,
     };

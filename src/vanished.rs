@@ -8,12 +8,15 @@
 //!   unreachable, and only on a local host (whose files this process can open).
 //! - An overlay is merged only into the image the manifest recorded, checked against the
 //!   overlay's own backing file, and deleted only after the merge succeeded.
-//! - An overlay some process still writes (the domain was renamed or migrated and runs on it)
-//!   is left alone: QEMU's image locks make `qemu-img commit` fail on it.
+//! - An overlay that any domain of the host still names in its disks (e.g. the member renamed
+//!   while stopped) is left alone, and so is one some process still writes (a VM migrated or
+//!   started by hand on it): QEMU's image locks make `qemu-img commit` fail on it.
 //! - Safe to repeat after a crash: merging the same overlay again writes the same data, and an
 //!   overlay that is already gone means its disk is done.
 
 use crate::catalog::DiskRecord;
+use crate::domxml;
+use crate::hypervisor::Host;
 use crate::release::ReleaseError;
 use std::path::Path;
 use std::process::Command;
@@ -101,8 +104,32 @@ fn merge_disk(domain: &str, d: &DiskRecord) -> Result<bool, ReleaseError> {
     Ok(true)
 }
 
-/// Release the disks of `domain`, which no longer exists on `uri`.
-pub fn release(uri: &str, domain: &str, disks: &[DiskRecord]) -> Result<(), ReleaseError> {
+/// A domain on `host` (running or not) whose disks use one of `overlays`, e.g. the member
+/// renamed while stopped: merging would pull the file from under its definition.
+fn user_of(
+    host: &dyn Host,
+    overlays: &[&DiskRecord],
+) -> Result<Option<(String, String)>, ReleaseError> {
+    for dom in host.list_domains()? {
+        // A domain that vanished between listing and reading uses nothing.
+        let Ok(xml) = host.xml(&dom.name) else {
+            continue;
+        };
+        for disk in domxml::disks(&dom.name, &xml)? {
+            for o in overlays {
+                let o = o.overlay.as_str();
+                if disk.source.as_deref() == Some(o) || disk.backing.iter().any(|b| b == o) {
+                    return Ok(Some((dom.name.clone(), o.to_string())));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Release the disks of `domain`, which no longer exists on `host`.
+pub fn release(host: &dyn Host, domain: &str, disks: &[DiskRecord]) -> Result<(), ReleaseError> {
+    let uri = host.uri();
     // A remote host's files are not ours to look at, let alone merge.
     if !crate::snapshot::is_local(uri) {
         return Err(ReleaseError::VanishedRemote {
@@ -116,6 +143,13 @@ pub fn release(uri: &str, domain: &str, disks: &[DiskRecord]) -> Result<(), Rele
         .collect();
     if left.is_empty() {
         return Ok(());
+    }
+    if let Some((user, overlay)) = user_of(host, &left)? {
+        return Err(ReleaseError::VanishedButUsed {
+            domain: domain.to_string(),
+            overlay,
+            user,
+        });
     }
     let mut merged = 0;
     for d in left {
@@ -193,6 +227,32 @@ mod tests {
         std::fs::remove_file(&d.image).expect("rm image");
         let e = release_gone("qemu:///system", &d).expect_err("no image");
         assert!(e.to_string().contains("is gone"), "{e}");
+        assert!(std::path::Path::new(&d.overlay).exists(), "kept");
+    }
+
+    #[test]
+    fn overlay_named_by_another_domain_is_kept() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = disk(dir.path(), "a.qcow2", "a.ovl");
+        qcow2(&d.image, None);
+        qcow2(&d.overlay, Some(&d.image));
+        let host = FakeHost::new("qemu:///system");
+        host.add(
+            "renamed",
+            &format!(
+                "<domain><name>renamed</name><devices><disk type='file' device='disk'><driver type='qcow2'/><source file='{}'/><target dev='vda'/></disk></devices></domain>",
+                d.overlay
+            ),
+        );
+        let e =
+            release::release_member(&host, "gone", std::slice::from_ref(&d), &Default::default())
+                .expect_err("in use by a renamed domain");
+        assert!(matches!(e, ReleaseError::VanishedButUsed { .. }), "{e}");
+        assert!(
+            e.to_string().contains("virsh domrename renamed gone"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
         assert!(std::path::Path::new(&d.overlay).exists(), "kept");
     }
 

@@ -129,3 +129,51 @@ fn release_of_a_deleted_member_merges_its_overlays_offline_unless_in_use() {
     let list = list_json(&lab);
     assert_eq!(list[0]["state"], "released");
 }
+
+/// A member renamed while stopped (`virsh domrename`, the only way to rename) keeps running on
+/// its overlays under the new name: release must not merge them from under it, and succeeds
+/// once the name is back.
+#[test]
+fn release_keeps_the_overlays_of_a_renamed_member() {
+    let mut lab = lab("cgt-ren", 0, 2);
+    // A failed earlier run may have left the renamed domain defined.
+    cgsnap_testbeds::guest::destroy_by_name(URI, "cgt-ren-x");
+    lab.define_stopped(cgsnap_testbeds::guest::Spec::writer("cgt-ren-1", 2));
+    let virsh = |args: &[&str]| {
+        let out = std::process::Command::new("virsh")
+            .args(["-c", URI])
+            .args(args)
+            .output()
+            .expect("virsh");
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    virsh(&["start", "cgt-ren-1"]);
+    let g = lab.guest("cgt-ren-1");
+    g.wait_console("seq ", Duration::from_secs(120))
+        .expect("boots");
+    lab.group_add("cgt-ren", &lab.names());
+    let (id, m) = lab.snapshot_json("cgt-ren", &[]);
+    let overlays = disk_fields(&m, 0, "overlay");
+    virsh(&["destroy", "cgt-ren-1"]);
+    virsh(&["domrename", "cgt-ren-1", "cgt-ren-x"]);
+
+    let out = lab.cgsnap().args(["release", &id]).assert().code(10);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    eprintln!("{err}");
+    assert!(
+        err.contains("domain cgt-ren-x uses its overlay")
+            && err.contains("virsh domrename cgt-ren-x cgt-ren-1"),
+        "{err}"
+    );
+    assert!(overlays.iter().all(|o| Path::new(o).exists()), "kept");
+
+    virsh(&["domrename", "cgt-ren-x", "cgt-ren-1"]);
+    virsh(&["start", "cgt-ren-1"]);
+    lab.cgsnap().args(["release", &id]).assert().success();
+    assert_own_images(g);
+    assert!(overlays.iter().all(|o| !Path::new(o).exists()));
+}

@@ -13,6 +13,7 @@
 //!   runs the cleanups under the same lock, so it never runs between "created" and
 //!   "registered", and nothing is created after it ran (it exits while holding the lock).
 //! - Without [`install`] registrations are inert: owners still clean up in their `Drop`.
+//! - A second signal while the clean-up runs exits at once (the clean-up may be stuck).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,12 +104,24 @@ pub fn install() -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("cgsnap-signals".into())
         .spawn(move || {
+            let mut cleaning = false;
             loop {
                 let mut sig: libc::c_int = 0;
                 // SAFETY: `set` lives in this closure; sigwait writes the signal number.
-                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                    on_signal(sig);
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
                 }
+                if cleaning {
+                    // The clean-up hangs (e.g. on an unresponsive libvirtd) and the user insists.
+                    eprintln!(
+                        "cgsnap: interrupted again by {}: exiting before the clean-up finished",
+                        name(sig)
+                    );
+                    std::process::exit(128 + sig);
+                }
+                cleaning = true;
+                // Clean up on another thread so that a second signal is still heard.
+                std::thread::spawn(move || on_signal(sig));
             }
         })?;
     Ok(())
