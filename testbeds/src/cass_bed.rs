@@ -72,17 +72,7 @@ pub fn plan(testbed: &str) -> Vec<(&'static str, Engine)> {
     }
 }
 
-pub fn state_path(state_dir: &Path) -> PathBuf {
-    state_file::path(state_dir)
-}
-
-pub fn ack_log(state_dir: &Path) -> PathBuf {
-    state_dir.join("acks.jsonl")
-}
-
-pub fn verify_profile(state_dir: &Path) -> PathBuf {
-    state_dir.join("verify.toml")
-}
+pub use crate::state_file::{ack_log, verify_profile};
 
 pub fn load(state_dir: &Path) -> Result<State, String> {
     state_file::load(state_dir)

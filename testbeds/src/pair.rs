@@ -40,17 +40,7 @@ impl State {
     }
 }
 
-pub fn state_path(state_dir: &Path) -> PathBuf {
-    state_file::path(state_dir)
-}
-
-pub fn ack_log(state_dir: &Path) -> PathBuf {
-    state_dir.join("acks.jsonl")
-}
-
-pub fn verify_profile(state_dir: &Path) -> PathBuf {
-    state_dir.join("verify.toml")
-}
+pub use crate::state_file::{ack_log, verify_profile};
 
 /// The verification profile of this testbed (see `cgsnap verify --profile`).
 pub fn profile_text(state_dir: &Path) -> String {

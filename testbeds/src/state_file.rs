@@ -1,5 +1,6 @@
 //! A testbed's state file (`STATE_DIR/state.json`): what `up` started, so that `status`,
-//! `down` and the workload find it again.
+//! `down` and the workload find it again; and the other files of that directory (the
+//! workload's acknowledgement log, the verification profile).
 //!
 //! Invariants: written whole or not at all (temporary file, then rename); the directory's name
 //! is the testbed's name, so errors can say which `cgsnap testbed up` to run.
@@ -10,6 +11,16 @@ use std::path::{Path, PathBuf};
 
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("state.json")
+}
+
+/// The workload's acknowledgement log in a testbed's state directory.
+pub fn ack_log(state_dir: &Path) -> PathBuf {
+    state_dir.join("acks.jsonl")
+}
+
+/// The verification profile `up` writes into a testbed's state directory.
+pub fn verify_profile(state_dir: &Path) -> PathBuf {
+    state_dir.join("verify.toml")
 }
 
 /// Refuse to bring `testbed` up over a state that is still there.
