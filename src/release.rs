@@ -150,7 +150,7 @@ fn step_for(domain: &str, xml: &str, d: &DiskRecord) -> Result<DiskStep, Release
 }
 
 /// True when some disk of the domain still uses `path` (as top image or backing file).
-fn in_use(domain: &str, xml: &str, path: &str) -> Result<bool, ReleaseError> {
+pub(crate) fn in_use(domain: &str, xml: &str, path: &str) -> Result<bool, ReleaseError> {
     Ok(domxml::disks(domain, xml)?
         .iter()
         .any(|d| d.source.as_deref() == Some(path) || d.backing.iter().any(|b| b == path)))

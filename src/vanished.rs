@@ -15,9 +15,8 @@
 //!   overlay that is already gone means its disk is done.
 
 use crate::catalog::DiskRecord;
-use crate::domxml;
 use crate::hypervisor::Host;
-use crate::release::ReleaseError;
+use crate::release::{self, ReleaseError};
 use std::path::Path;
 use std::process::Command;
 
@@ -55,11 +54,8 @@ fn same_file(a: &str, b: &str) -> bool {
     }
 }
 
-/// Merge one disk's overlay into its image and delete it. `Ok(false)`: nothing was left.
-fn merge_disk(domain: &str, d: &DiskRecord) -> Result<bool, ReleaseError> {
-    if !Path::new(&d.overlay).exists() {
-        return Ok(false);
-    }
+/// Merge one disk's (existing) overlay into its image and delete it.
+fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
     let fail = |detail: String| {
         let fix = if detail.contains("lock") {
             "a process still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again".to_string()
@@ -100,8 +96,7 @@ fn merge_disk(domain: &str, d: &DiskRecord) -> Result<bool, ReleaseError> {
     std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
         path: d.overlay.clone(),
         source,
-    })?;
-    Ok(true)
+    })
 }
 
 /// A domain on `host` (running or not) whose disks use one of `overlays`, e.g. the member
@@ -115,12 +110,9 @@ fn user_of(
         let Ok(xml) = host.xml(&dom.name) else {
             continue;
         };
-        for disk in domxml::disks(&dom.name, &xml)? {
-            for o in overlays {
-                let o = o.overlay.as_str();
-                if disk.source.as_deref() == Some(o) || disk.backing.iter().any(|b| b == o) {
-                    return Ok(Some((dom.name.clone(), o.to_string())));
-                }
+        for o in overlays {
+            if release::in_use(&dom.name, &xml, &o.overlay)? {
+                return Ok(Some((dom.name, o.overlay.clone())));
             }
         }
     }
@@ -151,12 +143,12 @@ pub fn release(host: &dyn Host, domain: &str, disks: &[DiskRecord]) -> Result<()
             user,
         });
     }
-    let mut merged = 0;
-    for d in left {
-        merged += usize::from(merge_disk(domain, d)?);
+    for d in &left {
+        merge_disk(domain, d)?;
     }
     eprintln!(
-        "cgsnap: {domain} no longer exists on {uri}: merged {merged} overlay(s) into their images offline"
+        "cgsnap: {domain} no longer exists on {uri}: merged {} overlay(s) into their images offline",
+        left.len()
     );
     Ok(())
 }

@@ -205,6 +205,24 @@ pub fn destroy_by_name(uri: &str, name: &str) {
     }
 }
 
+/// Remove a throwaway VM: its domain (if any) and its directory.
+pub fn remove(uri: &str, name: &str, dir: &Path) {
+    destroy_by_name(uri, name);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Have [`remove`] run for this VM if the process is interrupted (see [`crate::interrupt`]);
+/// `what` says what kind of VM it is in the message printed then.
+pub fn remove_on_interrupt(
+    what: &str,
+    uri: &str,
+    name: &str,
+    dir: &Path,
+) -> crate::interrupt::Registration {
+    let (uri, name, dir) = (uri.to_string(), name.to_string(), dir.to_path_buf());
+    crate::interrupt::register(&format!("{what} {name}"), move || remove(&uri, &name, &dir))
+}
+
 impl Guest {
     /// Create the disks and start the domain (transient) under `base_dir/<name>/`.
     pub fn start(
@@ -243,13 +261,7 @@ impl Guest {
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| err("connect", e.to_string()))?;
         let dir = base_dir.join(&spec.name);
-        let reg = {
-            let (uri, name, dir) = (uri.to_string(), spec.name.clone(), dir.clone());
-            crate::interrupt::register(&format!("guest {name}"), move || {
-                destroy_by_name(&uri, &name);
-                let _ = std::fs::remove_dir_all(&dir);
-            })
-        };
+        let reg = remove_on_interrupt("guest", uri, &spec.name, &dir);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| err("mkdir", e.to_string()))?;
         let mut disks = Vec::new();
@@ -297,18 +309,16 @@ impl Guest {
         };
         // A leftover domain of the same name (from a killed run) would make create fail.
         g.destroy_domain();
-        let made = crate::interrupt::guarded(|| {
+        let (op, made) = crate::interrupt::guarded(|| {
             if persistent {
-                g.conn.define_domain_xml(&xml).map(|_| ())
+                ("define domain", g.conn.define_domain_xml(&xml).map(|_| ()))
             } else {
-                g.conn.create_domain_xml(&xml, 0).map(|_| ())
+                (
+                    "create domain",
+                    g.conn.create_domain_xml(&xml, 0).map(|_| ()),
+                )
             }
         });
-        let op = if persistent {
-            "define domain"
-        } else {
-            "create domain"
-        };
         made.map_err(|e| err(op, e.to_string()))?;
         Ok(g)
     }

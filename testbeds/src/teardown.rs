@@ -34,8 +34,7 @@ fn stop_workload(pid: Option<u32>) {
 /// Destroy each named domain on `uri` and remove its image directory.
 fn remove_vms<'a>(uri: &str, vms: impl IntoIterator<Item = (&'a str, &'a Path)>) {
     for (name, dir) in vms {
-        guest::destroy_by_name(uri, name);
-        let _ = std::fs::remove_dir_all(dir);
+        guest::remove(uri, name, dir);
     }
 }
 

@@ -152,13 +152,7 @@ impl Sandbox {
     ) -> Result<Sandbox, String> {
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| format!("connect {uri}: {e}"))?;
-        let reg = {
-            let (uri, name, dir) = (uri.to_string(), name.to_string(), dir.to_path_buf());
-            cgsnap_testbeds::interrupt::register(&format!("sandbox {name}"), move || {
-                cgsnap_testbeds::guest::destroy_by_name(&uri, &name);
-                let _ = std::fs::remove_dir_all(&dir);
-            })
-        };
+        let reg = cgsnap_testbeds::guest::remove_on_interrupt("sandbox", uri, name, dir);
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let console = dir.join("console.log");
