@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run a backup command between `cgsnap hook pre` and `cgsnap hook post` for one group.
 # Usage: cgsnap-backup-wrapper.sh GROUP -- BACKUP-COMMAND [ARGS...]
-# Environment: CGSNAP (cgsnap executable, default `cgsnap`; global options via CGSNAP_CATALOG
-# and LIBVIRT_DEFAULT_URI).
+# Environment: CGSNAP (cgsnap executable, default `cgsnap`; global options via CGSNAP_CATALOG,
+# CGSNAP_METRICS_DIR and LIBVIRT_DEFAULT_URI).
 # The release always runs once the snapshot was taken: when the backup fails, and after SIGTERM,
 # SIGINT or SIGHUP (passed on to the backup command as SIGTERM, which is waited for first; a signal during
 # pre or post is deferred until that step finished). When pre fails nothing else runs.

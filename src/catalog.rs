@@ -1,7 +1,8 @@
 //! The catalog: versioned JSON manifests of group snapshots, and per-group locks.
 //!
 //! Layout under the catalog directory (default `/var/lib/cgsnap`):
-//! `snapshots/<ID>.json` (one manifest per snapshot) and `locks/<GROUP>.lock`.
+//! `snapshots/<ID>.json` (one manifest per snapshot), `locks/<GROUP>.lock`, `reports/<ID>/`
+//! (verification reports) and `metrics/cgsnap.prom` (the default metrics directory).
 //!
 //! Invariants:
 //! - A manifest is written to a temporary file, fsynced, renamed over the old one and the
@@ -187,6 +188,11 @@ impl Catalog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where `verify` writes the report of snapshot `id` by default.
+    pub fn report_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("reports").join(id)
     }
 
     fn path_of(&self, id: &str) -> PathBuf {

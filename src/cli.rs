@@ -8,7 +8,7 @@ use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
 use crate::protocol::Resume;
-use crate::{duration, group, hook, release, snapshot};
+use crate::{duration, group, hook, metrics, release, snapshot};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +28,10 @@ pub struct Cli {
     /// Catalog directory for manifests and locks.
     #[arg(long, global = true, env = "CGSNAP_CATALOG", default_value = catalog::DEFAULT_DIR)]
     pub catalog: PathBuf,
+    /// Directory for `cgsnap.prom` (node_exporter textfile collector), re-rendered after every
+    /// snapshot, release, hook and verify. Default: CATALOG/metrics.
+    #[arg(long, global = true, env = "CGSNAP_METRICS_DIR", value_name = "DIR")]
+    pub metrics_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -72,6 +76,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write METRICS_DIR/cgsnap.prom (Prometheus textfile) from the catalog and print it.
+    Metrics,
     /// Reproducible testbeds (PostgreSQL VMs with workloads).
     Testbed {
         #[command(subcommand)]
@@ -484,15 +490,50 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
         Cmd::Report { json } => crate::history::run(&open_catalog()?, *json),
+        Cmd::Metrics => {
+            let (path, text) = metrics::refresh(&open_catalog()?, &metrics_dir(&cli))?;
+            print!("{text}");
+            eprintln!("cgsnap: wrote {}", path.display());
+            Ok(())
+        }
         Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, a),
         Cmd::Testbed { cmd } => crate::testbed_cmd::run(&ctx, &cli.catalog, cmd),
         Cmd::Beacon(a) => crate::testbed_cmd::beacon(a),
     }
 }
 
+fn metrics_dir(cli: &Cli) -> PathBuf {
+    cli.metrics_dir
+        .clone()
+        .unwrap_or_else(|| cli.catalog.join("metrics"))
+}
+
+/// After a command that changes or verifies snapshots, successful or not, re-render the
+/// metrics. Monitoring must not decide a backup's fate: a failure here is a warning only, and
+/// only after a command that succeeded, so that a failed one still prints exactly one line (its
+/// error, usually the same cause); stale metrics show in their timestamps.
+fn refresh_metrics(catalog: &std::path::Path, dir: &std::path::Path, warn: bool) {
+    let r = Catalog::open(catalog)
+        .map_err(metrics::MetricsError::from)
+        .and_then(|cat| metrics::refresh(&cat, dir));
+    if let Err(e) = r
+        && warn
+    {
+        eprintln!(
+            "cgsnap: warning: metrics not updated: {}",
+            Failure::from(e).msg
+        );
+    }
+}
+
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
+    let metrics_after = matches!(
+        cli.cmd,
+        Cmd::Snapshot(_) | Cmd::Release(_) | Cmd::Hook { .. } | Cmd::Verify(_)
+    )
+    .then(|| (cli.catalog.clone(), metrics_dir(&cli)));
     // Commands that create throwaway VMs remove them when interrupted (exit 128 + signal).
     // Others keep the default action: a killed snapshot is the watchdog's job.
     if matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Verify(_))
@@ -501,11 +542,15 @@ pub fn main() -> u8 {
         eprintln!("cgsnap: error: cannot install the interrupt handler: {e}");
         return ExitCode::Internal.code();
     }
-    match run(cli) {
+    let code = match run(cli) {
         Ok(()) => ExitCode::Ok.code(),
         Err(f) => {
             eprintln!("cgsnap: error: {}", f.msg);
             f.code.code()
         }
+    };
+    if let Some((catalog, dir)) = metrics_after {
+        refresh_metrics(&catalog, &dir, code == ExitCode::Ok.code());
     }
+    code
 }

@@ -40,7 +40,7 @@ pub fn rows(cat: &Catalog) -> Result<Vec<Row>, Failure> {
     Ok(ms
         .into_iter()
         .map(|m| {
-            let dir = cat.dir().join("reports").join(&m.id);
+            let dir = cat.report_dir(&m.id);
             let rep: Option<serde_json::Value> = std::fs::read(dir.join("report.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());

@@ -7,6 +7,7 @@
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
 //! - [`release`]: committing overlays back; [`vanished`]: offline, for a deleted member;
 //! - [`catalog`]: manifests and locks; [`hook`]: the backup-scheduler contract;
+//! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
 //! - [`exit`]: the documented exit codes.
 
 pub mod bench;
@@ -21,6 +22,7 @@ pub mod group;
 pub mod history;
 pub mod hook;
 pub mod hypervisor;
+pub mod metrics;
 pub mod preflight;
 pub mod protocol;
 pub mod release;

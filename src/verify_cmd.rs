@@ -88,10 +88,7 @@ pub fn run(catalog: &Path, a: &VerifyArgs) -> Result<(), Failure> {
     };
     let r =
         cgsnap_verify::run(&req).map_err(|e| fail(ExitCode::VerifyCouldNotRun, e.to_string()))?;
-    let dir = a
-        .report_dir
-        .clone()
-        .unwrap_or_else(|| cat.dir().join("reports").join(&id));
+    let dir = a.report_dir.clone().unwrap_or_else(|| cat.report_dir(&id));
     std::fs::create_dir_all(&dir)
         .map_err(|e| fail(ExitCode::Internal, format!("{}: {e}", dir.display())))?;
     let json =

@@ -48,6 +48,20 @@ if [ "$bacula_ok" = 0 ]; then
   $SUDO rm -rf "$BACULA" && $SUDO mv "$BACULA.new" "$BACULA"
   $SUDO rm -rf "$tmp"
 fi
+
+# Prometheus' promtool (checks the shipped alert rules and the metrics file, runs the rules' unit
+# tests) and node_exporter (serves the metrics file in tests/hook_prometheus.rs), extracted like
+# Bacula above: no service is started.
+PROM=/var/cache/cgsnap/prometheus
+if [ ! -x "$PROM/usr/bin/promtool" ] || [ ! -x "$PROM/usr/bin/prometheus-node-exporter" ]; then
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && $SUDO apt-get download -qq prometheus prometheus-node-exporter 2>/dev/null)
+  $SUDO rm -rf "$PROM.new"
+  for d in "$tmp"/*.deb; do $SUDO dpkg-deb -x "$d" "$PROM.new"; done
+  $SUDO rm -rf "$PROM" && $SUDO mv "$PROM.new" "$PROM"
+  $SUDO rm -rf "$tmp"
+fi
 command -v sqlite3 >/dev/null || $SUDO apt-get install -y -qq sqlite3 >/dev/null
 # ss (iproute2): tests/vm_bacula.rs breaks the Bacula file daemon's storage connection with ss -K.
 command -v ss >/dev/null || $SUDO apt-get install -y -qq iproute2 >/dev/null

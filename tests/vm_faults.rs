@@ -410,6 +410,9 @@ fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
                 let took = t.elapsed().as_secs_f64();
                 wait_running(&n4, Duration::from_secs(1)).expect("resumed by cgsnap");
                 assert_eq!(newest_state(lab), "aborted");
+                // Monitoring sees the failed attempt (rendered after the failed command too).
+                let attempt = format!("cgsnap_snapshot_last_attempt_success{{group=\"{G}\"}}");
+                assert_eq!(lab.metric(&attempt), Some(0.0));
                 assert!(s.files().is_empty(), "{:?}", s.files());
                 ("exit 8, rolled back, members resumed".into(), Some(took))
             }),

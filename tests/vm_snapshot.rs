@@ -129,6 +129,15 @@ fn hook_contract_pre_post_twice_and_out_of_order() {
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.contains("taken: 2 members, 4 disks"), "{line}");
     assert_eq!(lab.overlays_on_disk().len(), 4);
+    // Monitoring sees the held snapshot and the successful attempt.
+    let held = |lab: &Lab| lab.metric(r#"cgsnap_snapshots{group="cgt-hook",state="taken"}"#);
+    let since = r#"cgsnap_snapshot_outstanding_since_timestamp_seconds{group="cgt-hook"}"#;
+    assert_eq!(held(&lab), Some(1.0));
+    assert!(lab.metric(since).is_some());
+    assert_eq!(
+        lab.metric(r#"cgsnap_snapshot_last_attempt_success{group="cgt-hook"}"#),
+        Some(1.0)
+    );
 
     let o = lab
         .cgsnap()
@@ -145,11 +154,20 @@ fn hook_contract_pre_post_twice_and_out_of_order() {
     );
     wait_running(&lab.names(), Duration::from_secs(1)).expect("still running");
 
+    assert_eq!(held(&lab), Some(1.0), "the refused pre changed nothing");
+
     let o = post().success();
     assert!(
         String::from_utf8_lossy(&o.get_output().stdout).starts_with("cgsnap: released cgt-hook-")
     );
     assert!(lab.overlays_on_disk().is_empty());
+    assert_eq!(held(&lab), Some(0.0));
+    assert_eq!(lab.metric(since), None, "nothing held any more");
+    let released = lab
+        .metric(r#"cgsnap_release_last_success_timestamp_seconds{group="cgt-hook"}"#)
+        .expect("release time");
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - 120.0..=now + 1.0).contains(&released), "{released}");
     let o = post().success();
     assert!(String::from_utf8_lossy(&o.get_output().stdout).contains("nothing to release"));
     for g in &lab.guests {

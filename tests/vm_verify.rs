@@ -197,6 +197,28 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
             == k
     );
 
+    // Monitoring: the newest *real* verification passed, although the newest verification
+    // overall is a negative control that failed; every snapshot released.
+    let g = pair::NAME;
+    assert_eq!(
+        lab.metric(&format!("cgsnap_verify_last_pass{{group=\"{g}\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        lab.metric(&format!(
+            "cgsnap_snapshots{{group=\"{g}\",state=\"released\"}}"
+        )),
+        Some((n + k + d) as f64)
+    );
+    for dom in ["cgsnap-orders", "cgsnap-payments"] {
+        let loss = lab
+            .metric(&format!(
+                "cgsnap_verify_last_data_loss_seconds{{group=\"{g}\",domain=\"{dom}\"}}"
+            ))
+            .expect("data loss metric");
+        assert!((0.0..5.0).contains(&loss), "{dom}: {loss}");
+    }
+
     // The HTML reports render in headless Chromium: a pass and a fail.
     for (html, verdict) in [
         (first_html.expect("a pass report"), "PASS"),

@@ -6,7 +6,8 @@
 #   The repository and password come from restic's own environment (RESTIC_REPOSITORY,
 #   RESTIC_PASSWORD, RESTIC_PASSWORD_FILE, ...) or from options after `--`.
 # Environment: CGSNAP (cgsnap executable, default `cgsnap`; its global options come from
-#   CGSNAP_CATALOG and LIBVIRT_DEFAULT_URI), RESTIC (restic executable, default `restic`).
+#   CGSNAP_CATALOG, CGSNAP_METRICS_DIR and LIBVIRT_DEFAULT_URI), RESTIC (restic executable,
+#   default `restic`).
 #
 # Flow: `cgsnap hook pre --group GROUP`; `restic backup PATH... --exclude '*.cgsnap-overlay'`;
 # `cgsnap hook post --group GROUP`. Once pre succeeded, post always runs: after a failed backup,

@@ -110,6 +110,21 @@ impl Lab {
         (id, m)
     }
 
+    /// The value of one series (name and labels as rendered, e.g.
+    /// `cgsnap_snapshots{group="g",state="taken"}`) in `CATALOG/metrics/cgsnap.prom`, which
+    /// cgsnap re-renders after every snapshot, release, hook and verify.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let path = self.catalog.path().join("metrics/cgsnap.prom");
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     pub fn guest(&self, name: &str) -> &guest::Guest {
         self.guests
             .iter()

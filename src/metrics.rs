@@ -1,0 +1,524 @@
+//! Prometheus metrics for monitoring: one textfile, `METRICS_DIR/cgsnap.prom`, for
+//! node_exporter's textfile collector, with the state of every group in the catalog.
+//!
+//! Invariants:
+//! - Rendered only from the catalog (manifests and `reports/ID/report.json`), like `cgsnap
+//!   report`: the metrics never claim what no run recorded.
+//! - The file is replaced atomically (temporary file, fsync, rename) so the collector never
+//!   reads a torn file, and rendering holds an `flock` on `METRICS_DIR/.cgsnap.prom.lock`, so
+//!   of two runs (say, on two groups) the later writer has read the later catalog.
+//! - Negative-control snapshots (`--unsafe-*`) are counted in the per-state gauges (their
+//!   overlays are held like any other) but never as a backup's success, freeze or verification.
+//! - Ages are left to Prometheus (`time() - ..._timestamp_seconds`): the file stays true between
+//!   runs without a timer re-rendering it.
+
+use crate::catalog::{Catalog, CatalogError, Manifest, SnapState};
+use crate::exit::{Classify, ExitCode};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub const FILE_NAME: &str = "cgsnap.prom";
+
+const STATES: [SnapState; 6] = [
+    SnapState::Pending,
+    SnapState::Taken,
+    SnapState::Aborted,
+    SnapState::Failed,
+    SnapState::Releasing,
+    SnapState::Released,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("metrics file {path}: {source} (check --metrics-dir / CGSNAP_METRICS_DIR)")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Classify for MetricsError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            MetricsError::Catalog(e) => e.exit_code(),
+            MetricsError::Io { .. } => ExitCode::Internal,
+        }
+    }
+}
+
+/// What the metrics need from a verification report (`reports/ID/report.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifyView {
+    pub verdict: String,
+    pub finished_at: DateTime<Utc>,
+    pub rpo_seconds: f64,
+    pub members: Vec<VerifyMemberView>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifyMemberView {
+    pub domain: String,
+    pub recovery_seconds: Option<f64>,
+    pub data_loss_seconds: Option<f64>,
+}
+
+/// A label value in the text exposition format: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn is_control(m: &Manifest) -> bool {
+    m.unsafe_stagger_ms.is_some() || m.unsafe_disk_order.is_some()
+}
+
+fn succeeded(m: &Manifest) -> bool {
+    matches!(
+        m.state,
+        SnapState::Taken | SnapState::Releasing | SnapState::Released
+    )
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    format!("{:.3}", t.timestamp_millis() as f64 / 1000.0)
+}
+
+/// One metric family: HELP, TYPE (all gauges) and its samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: &[(&str, &str)], value: String) {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        self.samples.push((l.join(","), value));
+    }
+
+    fn write(&self, o: &mut String) {
+        if self.samples.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(o, "# TYPE {} gauge", self.name);
+        for (l, v) in &self.samples {
+            let _ = writeln!(o, "{}{{{l}}} {v}", self.name);
+        }
+    }
+}
+
+/// The exposition text for every group in `manifests` (oldest first, as `Catalog::list`);
+/// `reports` maps a snapshot ID to its verification report.
+pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) -> String {
+    let mut groups: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
+    for m in manifests {
+        groups.entry(m.group.as_str()).or_default().push(m);
+    }
+    let mut by_state = Family::new(
+        "cgsnap_snapshots",
+        "Snapshots in the catalog by state (pending, taken, failed and releasing hold overlays).",
+    );
+    let mut held_since = Family::new(
+        "cgsnap_snapshot_outstanding_since_timestamp_seconds",
+        "Creation time of the oldest snapshot whose overlays may still be in use (run cgsnap release).",
+    );
+    let mut attempt_ts = Family::new(
+        "cgsnap_snapshot_last_attempt_timestamp_seconds",
+        "Start of the newest snapshot attempt.",
+    );
+    let mut attempt_ok = Family::new(
+        "cgsnap_snapshot_last_attempt_success",
+        "1 if the newest snapshot attempt was taken, 0 if it was aborted, failed or never finished.",
+    );
+    let mut success_ts = Family::new(
+        "cgsnap_snapshot_last_success_timestamp_seconds",
+        "Consistency point of the newest snapshot that was taken.",
+    );
+    let mut window = Family::new(
+        "cgsnap_snapshot_last_freeze_window_seconds",
+        "Group freeze window (first pause to last resume) of the newest snapshot taken.",
+    );
+    let mut member_freeze = Family::new(
+        "cgsnap_snapshot_last_member_freeze_seconds",
+        "Time each member was paused in the newest snapshot taken.",
+    );
+    let mut released_ts = Family::new(
+        "cgsnap_release_last_success_timestamp_seconds",
+        "Time the newest release finished (every overlay committed back).",
+    );
+    let mut verify_ts = Family::new(
+        "cgsnap_verify_last_timestamp_seconds",
+        "End of the newest restore verification.",
+    );
+    let mut verify_pass = Family::new(
+        "cgsnap_verify_last_pass",
+        "1 if the newest restore verification passed.",
+    );
+    let mut verify_pass_ts = Family::new(
+        "cgsnap_verify_last_pass_timestamp_seconds",
+        "End of the newest restore verification that passed.",
+    );
+    let mut rpo = Family::new(
+        "cgsnap_verify_rpo_seconds",
+        "RPO target of the newest verification's profile.",
+    );
+    let mut recovery = Family::new(
+        "cgsnap_verify_last_recovery_seconds",
+        "Per member: restored VM boot to database ready, crash recovery included (RTO).",
+    );
+    let mut loss = Family::new(
+        "cgsnap_verify_last_data_loss_seconds",
+        "Per member: consistency point minus the newest recovered beacon.",
+    );
+    for (g, ms) in &groups {
+        for s in STATES {
+            let n = ms.iter().filter(|m| m.state == s).count();
+            by_state.add(&[("group", g), ("state", &s.to_string())], n.to_string());
+        }
+        if let Some(m) = ms.iter().find(|m| m.state.outstanding()) {
+            held_since.add(&[("group", g)], ts(m.created_at));
+        }
+        let real: Vec<&Manifest> = ms.iter().copied().filter(|m| !is_control(m)).collect();
+        if let Some(m) = real.last() {
+            attempt_ts.add(&[("group", g)], ts(m.created_at));
+            attempt_ok.add(&[("group", g)], u8::from(succeeded(m)).to_string());
+        }
+        if let Some(m) = real.iter().rev().find(|m| succeeded(m)) {
+            if let Some(cp) = m.consistency_point {
+                success_ts.add(&[("group", g)], ts(cp));
+            }
+            if let Some(w) = m.freeze_window_ms {
+                window.add(&[("group", g)], format!("{:.6}", w / 1000.0));
+            }
+            for mem in &m.members {
+                if let Some(f) = mem.freeze_ms {
+                    member_freeze.add(
+                        &[("group", g), ("domain", &mem.domain)],
+                        format!("{:.6}", f / 1000.0),
+                    );
+                }
+            }
+        }
+        if let Some(t) = real.iter().filter_map(|m| m.released_at).max() {
+            released_ts.add(&[("group", g)], ts(t));
+        }
+        let verified: Vec<&VerifyView> = real.iter().filter_map(|m| reports.get(&m.id)).collect();
+        if let Some(r) = verified.iter().max_by_key(|r| r.finished_at) {
+            verify_ts.add(&[("group", g)], ts(r.finished_at));
+            verify_pass.add(&[("group", g)], u8::from(r.verdict == "pass").to_string());
+            rpo.add(&[("group", g)], format!("{}", r.rpo_seconds));
+            for mem in &r.members {
+                let l = [("group", *g), ("domain", mem.domain.as_str())];
+                if let Some(v) = mem.recovery_seconds {
+                    recovery.add(&l, format!("{v:.3}"));
+                }
+                if let Some(v) = mem.data_loss_seconds {
+                    loss.add(&l, format!("{v:.3}"));
+                }
+            }
+        }
+        if let Some(t) = verified
+            .iter()
+            .filter(|r| r.verdict == "pass")
+            .map(|r| r.finished_at)
+            .max()
+        {
+            verify_pass_ts.add(&[("group", g)], ts(t));
+        }
+    }
+    let mut o = String::new();
+    for f in [
+        by_state,
+        held_since,
+        attempt_ts,
+        attempt_ok,
+        success_ts,
+        window,
+        member_freeze,
+        released_ts,
+        verify_ts,
+        verify_pass,
+        verify_pass_ts,
+        rpo,
+        recovery,
+        loss,
+    ] {
+        f.write(&mut o);
+    }
+    o
+}
+
+/// The verification reports the catalog holds, by snapshot ID. A report that cannot be read
+/// is left out: it was written by `verify` itself, and a torn one must not stop the metrics.
+pub fn reports(cat: &Catalog, manifests: &[Manifest]) -> BTreeMap<String, VerifyView> {
+    manifests
+        .iter()
+        .filter_map(|m| {
+            let b = fs::read(cat.report_dir(&m.id).join("report.json")).ok()?;
+            let v: VerifyView = serde_json::from_slice(&b).ok()?;
+            Some((m.id.clone(), v))
+        })
+        .collect()
+}
+
+/// Re-render `dir/cgsnap.prom` from the catalog; returns its path and text.
+pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MetricsError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let lock_path = dir.join(".cgsnap.prom.lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    // SAFETY: flock on a descriptor we own; blocking, held only while rendering (milliseconds).
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io(&lock_path)(std::io::Error::last_os_error()));
+    }
+    let manifests = cat.list()?;
+    let text = render(&manifests, &reports(cat, &manifests));
+    let path = dir.join(FILE_NAME);
+    // The collector reads only `*.prom`: the temporary name must not end so.
+    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    drop(lock);
+    Ok((path, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{FORMAT_VERSION, MemberRecord, Phases};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(s, 0).expect("timestamp")
+    }
+
+    fn manifest(id: &str, group: &str, state: SnapState, created: i64) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: id.into(),
+            group: group.into(),
+            state,
+            created_at: at(created),
+            consistency_point: Some(at(created + 1)),
+            freeze_window_ms: Some(40.0),
+            phases: Phases::default(),
+            members: vec![MemberRecord {
+                domain: "db\"1".into(),
+                uri: "qemu:///system".into(),
+                freeze_ms: Some(25.0),
+                pause_ms: None,
+                snapshot_ms: None,
+                resume_ms: None,
+                domain_xml: String::new(),
+                disks: vec![],
+            }],
+            error: None,
+            released_at: (state == SnapState::Released).then(|| at(created + 60)),
+            unsafe_stagger_ms: None,
+            unsafe_disk_order: None,
+            unsafe_disk_gap_ms: None,
+        }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l[prefix.len()..].trim())
+    }
+
+    #[test]
+    fn held_snapshot_failed_attempt_and_last_success() {
+        let ms = vec![
+            manifest("a-1", "a", SnapState::Released, 1000),
+            manifest("a-2", "a", SnapState::Taken, 2000),
+            manifest("b-1", "b", SnapState::Released, 1500),
+            manifest("b-2", "b", SnapState::Aborted, 2500),
+        ];
+        let t = render(&ms, &BTreeMap::new());
+        assert_eq!(
+            line(&t, "cgsnap_snapshots{group=\"a\",state=\"taken\"}"),
+            Some("1")
+        );
+        assert_eq!(
+            line(&t, "cgsnap_snapshots{group=\"a\",state=\"released\"}"),
+            Some("1")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "cgsnap_snapshot_outstanding_since_timestamp_seconds{group=\"a\"}"
+            ),
+            Some("2000.000")
+        );
+        assert!(
+            line(
+                &t,
+                "cgsnap_snapshot_outstanding_since_timestamp_seconds{group=\"b\"}"
+            )
+            .is_none(),
+            "{t}"
+        );
+        assert_eq!(
+            line(&t, "cgsnap_snapshot_last_attempt_success{group=\"a\"}"),
+            Some("1")
+        );
+        assert_eq!(
+            line(&t, "cgsnap_snapshot_last_attempt_success{group=\"b\"}"),
+            Some("0")
+        );
+        // b's last success is b-1 (consistency point 1501), not the aborted b-2.
+        assert_eq!(
+            line(
+                &t,
+                "cgsnap_snapshot_last_success_timestamp_seconds{group=\"b\"}"
+            ),
+            Some("1501.000")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "cgsnap_release_last_success_timestamp_seconds{group=\"a\"}"
+            ),
+            Some("1060.000")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "cgsnap_snapshot_last_member_freeze_seconds{group=\"a\",domain=\"db\\\"1\"}"
+            ),
+            Some("0.025000")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "cgsnap_snapshot_last_freeze_window_seconds{group=\"a\"}"
+            ),
+            Some("0.040000")
+        );
+        // Each family is declared once, before its samples.
+        assert_eq!(t.matches("# TYPE cgsnap_snapshots gauge").count(), 1);
+    }
+
+    #[test]
+    fn negative_controls_hold_overlays_but_are_no_backup() {
+        let mut c = manifest("a-2", "a", SnapState::Taken, 2000);
+        c.unsafe_stagger_ms = Some(500);
+        let ms = vec![manifest("a-1", "a", SnapState::Aborted, 1000), c];
+        let mut reports = BTreeMap::new();
+        reports.insert(
+            "a-2".to_string(),
+            VerifyView {
+                verdict: "fail".into(),
+                finished_at: at(2100),
+                rpo_seconds: 5.0,
+                members: vec![],
+            },
+        );
+        let t = render(&ms, &reports);
+        assert_eq!(
+            line(
+                &t,
+                "cgsnap_snapshot_outstanding_since_timestamp_seconds{group=\"a\"}"
+            ),
+            Some("2000.000")
+        );
+        assert_eq!(
+            line(&t, "cgsnap_snapshot_last_attempt_success{group=\"a\"}"),
+            Some("0")
+        );
+        assert!(!t.contains("cgsnap_snapshot_last_success_timestamp_seconds"));
+        assert!(!t.contains("cgsnap_verify_last_pass"), "{t}");
+    }
+
+    #[test]
+    fn newest_verification_and_newest_pass() {
+        let ms = vec![
+            manifest("a-1", "a", SnapState::Released, 1000),
+            manifest("a-2", "a", SnapState::Released, 2000),
+        ];
+        let view = |verdict: &str, end: i64| VerifyView {
+            verdict: verdict.into(),
+            finished_at: at(end),
+            rpo_seconds: 5.0,
+            members: vec![VerifyMemberView {
+                domain: "orders".into(),
+                recovery_seconds: Some(12.5),
+                data_loss_seconds: Some(0.25),
+            }],
+        };
+        let mut reports = BTreeMap::new();
+        reports.insert("a-1".to_string(), view("pass", 1100));
+        reports.insert("a-2".to_string(), view("fail", 2100));
+        let t = render(&ms, &reports);
+        assert_eq!(line(&t, "cgsnap_verify_last_pass{group=\"a\"}"), Some("0"));
+        assert_eq!(
+            line(&t, "cgsnap_verify_last_pass_timestamp_seconds{group=\"a\"}"),
+            Some("1100.000")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "cgsnap_verify_last_data_loss_seconds{group=\"a\",domain=\"orders\"}"
+            ),
+            Some("0.250")
+        );
+        assert_eq!(
+            line(&t, "cgsnap_verify_rpo_seconds{group=\"a\"}"),
+            Some("5")
+        );
+    }
+
+    #[test]
+    fn refresh_writes_the_file_atomically_from_the_catalog() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+        cat.write(&manifest("g-1", "g", SnapState::Taken, 1000))
+            .expect("write");
+        let dir = t.path().join("metrics");
+        let (path, text) = refresh(&cat, &dir).expect("refresh");
+        assert_eq!(fs::read_to_string(&path).expect("read"), text);
+        assert!(text.contains("cgsnap_snapshots{group=\"g\",state=\"taken\"} 1"));
+        let names: Vec<String> = fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".prom"))
+            .collect();
+        assert_eq!(names, vec![FILE_NAME.to_string()]);
+        // Empty catalog: an empty file, so stale series disappear.
+        fs::remove_file(cat.dir().join("snapshots/g-1.json")).expect("rm");
+        let (_, text) = refresh(&cat, &dir).expect("refresh");
+        assert!(text.is_empty(), "{text}");
+    }
+}
