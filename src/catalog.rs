@@ -218,6 +218,20 @@ impl Catalog {
         Ok(())
     }
 
+    /// Remove the manifest of `id` (retention; the caller holds its group's lock). Removing an
+    /// absent manifest succeeds, so an interrupted prune can simply run again.
+    pub fn remove(&self, id: &str) -> Result<(), CatalogError> {
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+            _ => {}
+        }
+        let dir = self.dir.join("snapshots");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))
+    }
+
     pub fn parse(path: &Path, body: &[u8]) -> Result<Manifest, CatalogError> {
         let m: Manifest = serde_json::from_slice(body).map_err(|e| CatalogError::Malformed {
             path: path.to_path_buf(),

@@ -8,7 +8,7 @@ use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
 use crate::protocol::Resume;
-use crate::{duration, group, hook, metrics, release, snapshot};
+use crate::{duration, group, hook, metrics, prune, release, snapshot};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,6 +76,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove old finished snapshots (aborted, released) and their reports from the catalog.
+    Prune(PruneArgs),
     /// Write METRICS_DIR/cgsnap.prom (Prometheus textfile) from the catalog and print it.
     Metrics,
     /// Reproducible testbeds (PostgreSQL VMs with workloads).
@@ -180,6 +182,22 @@ pub struct ReleaseArgs {
     pub bandwidth: u64,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Only this group (default: every group in the catalog).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Finished snapshots kept per group, newest first.
+    #[arg(long, default_value_t = 30)]
+    pub keep: usize,
+    /// Never remove a snapshot younger than this.
+    #[arg(long, default_value = "7d", value_parser = duration::parse)]
+    pub min_age: Duration,
+    /// Only print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// A failure ready to print: one line and an exit code.
@@ -490,6 +508,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
         Cmd::Report { json } => crate::history::run(&open_catalog()?, *json),
+        Cmd::Prune(a) => {
+            let policy = prune::Policy {
+                keep: a.keep,
+                min_age: a.min_age,
+            };
+            let cat = open_catalog()?;
+            let plans = prune::run(
+                &cat,
+                a.group.as_deref(),
+                &policy,
+                a.dry_run,
+                chrono::Utc::now(),
+            )?;
+            let verb = if a.dry_run { "would prune" } else { "pruned" };
+            for p in &plans {
+                println!(
+                    "group {}: {verb} {} snapshot(s), kept {}{}{}",
+                    p.group,
+                    p.remove.len(),
+                    p.kept,
+                    if p.remove.is_empty() { "" } else { ": " },
+                    p.remove.join(", ")
+                );
+            }
+            if plans.is_empty() {
+                println!("nothing to prune: no snapshot in {}", cat.dir().display());
+            }
+            Ok(())
+        }
         Cmd::Metrics => {
             let (path, text) = metrics::refresh(&open_catalog()?, &metrics_dir(&cli))?;
             print!("{text}");
@@ -531,7 +578,7 @@ pub fn main() -> u8 {
     let cli = Cli::parse();
     let metrics_after = matches!(
         cli.cmd,
-        Cmd::Snapshot(_) | Cmd::Release(_) | Cmd::Hook { .. } | Cmd::Verify(_)
+        Cmd::Snapshot(_) | Cmd::Release(_) | Cmd::Hook { .. } | Cmd::Verify(_) | Cmd::Prune(_)
     )
     .then(|| (cli.catalog.clone(), metrics_dir(&cli)));
     // Commands that create throwaway VMs remove them when interrupted (exit 128 + signal).

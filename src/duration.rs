@@ -1,4 +1,5 @@
-//! Human durations on the command line: `250ms`, `2s`, `5m`, or a bare number of seconds.
+//! Human durations on the command line: `250ms`, `2s`, `5m`, `6h`, `30d`, or a bare number of
+//! seconds.
 
 use std::time::Duration;
 
@@ -16,7 +17,12 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "s" => v,
         "m" => v * 60.0,
         "h" => v * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+        "d" => v * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("duration {s:?} must be positive"));
@@ -35,6 +41,7 @@ mod tests {
         assert_eq!(parse("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse("2d"), Ok(Duration::from_secs(2 * 86400)));
         assert!(parse("2x").is_err());
         assert!(parse("0s").is_err());
         assert!(parse("").is_err());

@@ -6,7 +6,8 @@
 //! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
 //! - [`release`]: committing overlays back; [`vanished`]: offline, for a deleted member;
-//! - [`catalog`]: manifests and locks; [`hook`]: the backup-scheduler contract;
+//! - [`catalog`]: manifests and locks; [`prune`]: their retention; [`hook`]: the
+//!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
 //! - [`exit`]: the documented exit codes.
 
@@ -25,6 +26,7 @@ pub mod hypervisor;
 pub mod metrics;
 pub mod preflight;
 pub mod protocol;
+pub mod prune;
 pub mod release;
 pub mod snapshot;
 pub mod testbed_cmd;

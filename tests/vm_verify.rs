@@ -245,6 +245,27 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
             png.len()
         );
     }
+
+    // Retention on this real catalog: keep the newest snapshot (a negative control) and the
+    // newest that passed verification (DR evidence); the others go with their reports.
+    lab.cgsnap()
+        .args(["prune", "--keep", "1", "--min-age", "1ms"])
+        .assert()
+        .success();
+    let left = list_json(&lab);
+    let left = left.as_array().expect("list");
+    assert_eq!(left.len(), 2, "{left:?}");
+    let reports = std::fs::read_dir(lab.catalog.path().join("reports"))
+        .expect("reports")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .count();
+    assert_eq!(reports, 2, "one report per remaining snapshot");
+    assert_eq!(
+        lab.metric(&format!("cgsnap_verify_last_pass{{group=\"{g}\"}}")),
+        Some(1.0),
+        "the evidence survived"
+    );
 }
 
 /// Render a local HTML file in headless Chromium: returns the DOM, writes a screenshot.
