@@ -8,7 +8,7 @@ use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
 use crate::protocol::Resume;
-use crate::{duration, group, hook, metrics, prune, release, snapshot};
+use crate::{duration, hook, metrics, release, snapshot};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub enum Cmd {
     /// Define consistency groups (stored in each domain's libvirt metadata).
     Group {
         #[command(subcommand)]
-        cmd: GroupCmd,
+        cmd: crate::group_cmd::GroupCmd,
     },
     /// Take a crash-consistent snapshot of every disk of every member of GROUP.
     Snapshot(SnapArgs),
@@ -77,7 +77,7 @@ pub enum Cmd {
         json: bool,
     },
     /// Remove old finished snapshots (aborted, released) and their reports from the catalog.
-    Prune(PruneArgs),
+    Prune(crate::catalog_cmd::PruneArgs),
     /// Write METRICS_DIR/cgsnap.prom (Prometheus textfile) from the catalog and print it.
     Metrics,
     /// Reproducible testbeds (PostgreSQL VMs with workloads).
@@ -97,25 +97,6 @@ pub enum Cmd {
 pub enum Phase {
     Pre,
     Post,
-}
-
-#[derive(Subcommand)]
-pub enum GroupCmd {
-    /// Add domains to a group (creating it).
-    Add { name: String, domains: Vec<String> },
-    /// Remove domains from a group (all of them when none is named).
-    Remove { name: String, domains: Vec<String> },
-    /// List groups and their members.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show the members of one group with their state.
-    Show {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 #[derive(Args, Clone)]
@@ -184,22 +165,6 @@ pub struct ReleaseArgs {
     pub json: bool,
 }
 
-#[derive(Args)]
-pub struct PruneArgs {
-    /// Only this group (default: every group in the catalog).
-    #[arg(long)]
-    pub group: Option<String>,
-    /// Finished snapshots kept per group, newest first.
-    #[arg(long, default_value_t = 30)]
-    pub keep: usize,
-    /// Never remove a snapshot younger than this.
-    #[arg(long, default_value = "7d", value_parser = duration::parse)]
-    pub min_age: Duration,
-    /// Only print what would be removed.
-    #[arg(long)]
-    pub dry_run: bool,
-}
-
 /// A failure ready to print: one line and an exit code.
 pub struct Failure {
     pub code: ExitCode,
@@ -225,7 +190,7 @@ impl<E: Classify + std::error::Error> From<E> for Failure {
     }
 }
 
-fn usage(msg: impl Into<String>) -> Failure {
+pub(crate) fn usage(msg: impl Into<String>) -> Failure {
     Failure {
         code: ExitCode::Usage,
         msg: msg.into(),
@@ -260,7 +225,7 @@ impl Ctx {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<String, Failure> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<String, Failure> {
     serde_json::to_string_pretty(v).map_err(|e| internal(e.to_string()))
 }
 
@@ -350,64 +315,6 @@ fn print_manifest_summary(m: &Manifest) {
     }
 }
 
-fn run_group(ctx: &Ctx, cmd: &GroupCmd) -> Result<(), Failure> {
-    let hosts = ctx.hosts()?;
-    match cmd {
-        GroupCmd::Add { name, domains } => {
-            if domains.is_empty() {
-                return Err(usage("group add needs at least one DOMAIN"));
-            }
-            group::add(&hosts, name, domains)?;
-            println!("group {name}: added {}", domains.join(", "));
-        }
-        GroupCmd::Remove { name, domains } => {
-            let n = group::remove(&hosts, name, domains)?;
-            println!("group {name}: removed {n} member(s)");
-        }
-        GroupCmd::List { json: as_json } => {
-            let all = group::list(&hosts)?;
-            if *as_json {
-                let v: serde_json::Map<String, serde_json::Value> = all
-                    .iter()
-                    .map(|(g, ms)| (g.clone(), members_json(ms)))
-                    .collect();
-                println!("{}", json(&v)?);
-            } else if all.is_empty() {
-                println!("no groups on {}", ctx.uris.join(", "));
-            } else {
-                for (g, ms) in &all {
-                    let names: Vec<_> = ms.iter().map(|m| m.domain.as_str()).collect();
-                    println!("{g}: {}", names.join(" "));
-                }
-            }
-        }
-        GroupCmd::Show {
-            name,
-            json: as_json,
-        } => {
-            let ms = group::resolve(&hosts, name)?;
-            if *as_json {
-                println!("{}", json(&members_json(&ms))?);
-            } else {
-                for m in &ms {
-                    println!("{}\t{}\t{}", m.domain, m.host.uri(), m.state);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn members_json(ms: &[group::Member]) -> serde_json::Value {
-    serde_json::Value::Array(
-        ms.iter()
-            .map(|m| {
-                serde_json::json!({"domain": m.domain, "uri": m.host.uri(), "state": m.state.to_string()})
-            })
-            .collect(),
-    )
-}
-
 fn run(cli: Cli) -> Result<(), Failure> {
     let ctx = Ctx {
         pool: Pool::libvirt(),
@@ -416,7 +323,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let open_catalog = || Catalog::open(&cli.catalog);
     match &cli.cmd {
         Cmd::Watchdog => std::process::exit(crate::watchdog::main()),
-        Cmd::Group { cmd } => run_group(&ctx, cmd),
+        Cmd::Group { cmd } => crate::group_cmd::run(&ctx, cmd),
         Cmd::Snapshot(a) => {
             let cat = open_catalog()?;
             let opts = snap_options(&a.tuning, &a.group, Duration::from_secs(300))?;
@@ -450,41 +357,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::List {
-            group,
-            json: as_json,
-        } => {
-            let cat = open_catalog()?;
-            let all: Vec<Manifest> = cat
-                .list()?
-                .into_iter()
-                .filter(|m| group.as_ref().is_none_or(|g| &m.group == g))
-                .collect();
-            if *as_json {
-                println!("{}", json(&all)?);
-            } else {
-                println!(
-                    "{:<40} {:<16} {:<10} {:>10} {:>7}",
-                    "ID", "GROUP", "STATE", "FREEZE_MS", "MEMBERS"
-                );
-                for m in &all {
-                    println!(
-                        "{:<40} {:<16} {:<10} {:>10.1} {:>7}",
-                        m.id,
-                        m.group,
-                        m.state.to_string(),
-                        m.freeze_window_ms.unwrap_or_default(),
-                        m.members.len()
-                    );
-                }
-            }
-            Ok(())
+        Cmd::List { group, json } => {
+            crate::catalog_cmd::list(&open_catalog()?, group.as_deref(), *json)
         }
-        Cmd::Show { id } => {
-            let m = open_catalog()?.load(id)?;
-            println!("{}", json(&m)?);
-            Ok(())
-        }
+        Cmd::Show { id } => crate::catalog_cmd::show(&open_catalog()?, id),
         Cmd::Hook {
             phase,
             snap,
@@ -508,41 +384,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
         Cmd::Report { json } => crate::history::run(&open_catalog()?, *json),
-        Cmd::Prune(a) => {
-            let policy = prune::Policy {
-                keep: a.keep,
-                min_age: a.min_age,
-            };
-            let cat = open_catalog()?;
-            let plans = prune::run(
-                &cat,
-                a.group.as_deref(),
-                &policy,
-                a.dry_run,
-                chrono::Utc::now(),
-            )?;
-            let verb = if a.dry_run { "would prune" } else { "pruned" };
-            for p in &plans {
-                println!(
-                    "group {}: {verb} {} snapshot(s), kept {}{}{}",
-                    p.group,
-                    p.remove.len(),
-                    p.kept,
-                    if p.remove.is_empty() { "" } else { ": " },
-                    p.remove.join(", ")
-                );
-            }
-            if plans.is_empty() {
-                println!("nothing to prune: no snapshot in {}", cat.dir().display());
-            }
-            Ok(())
-        }
-        Cmd::Metrics => {
-            let (path, text) = metrics::refresh(&open_catalog()?, &metrics_dir(&cli))?;
-            print!("{text}");
-            eprintln!("cgsnap: wrote {}", path.display());
-            Ok(())
-        }
+        Cmd::Prune(a) => crate::catalog_cmd::prune(&open_catalog()?, a),
+        Cmd::Metrics => crate::catalog_cmd::metrics(&open_catalog()?, &metrics_dir(&cli)),
         Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, a),
         Cmd::Testbed { cmd } => crate::testbed_cmd::run(&ctx, &cli.catalog, cmd),
         Cmd::Beacon(a) => crate::testbed_cmd::beacon(a),

@@ -9,10 +9,11 @@
 //! - [`catalog`]: manifests and locks; [`prune`]: their retention; [`hook`]: the
 //!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
-//! - [`exit`]: the documented exit codes.
+//! - [`exit`]: the documented exit codes; [`cli`] parses and dispatches to the `*_cmd` modules.
 
 pub mod bench;
 pub mod catalog;
+pub mod catalog_cmd;
 pub mod cli;
 pub mod demo;
 pub mod disk_order;
@@ -20,6 +21,7 @@ pub mod domxml;
 pub mod duration;
 pub mod exit;
 pub mod group;
+pub mod group_cmd;
 pub mod history;
 pub mod hook;
 pub mod hypervisor;

@@ -268,40 +268,30 @@ pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
         TestbedCmd::Status { name } if cass_bed::is_cassandra_testbed(name) => {
             let sdir = state_dir(catalog, name);
             let st = cass_bed::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
-            for v in &st.vms {
-                println!(
-                    "{}\t{:?}\t127.0.0.1:{}\tboot-to-ready {:.1} s",
-                    v.name, v.engine, v.port, v.boot_to_ready_s
-                );
-            }
+            let vms = st.vms.iter().map(|v| {
+                (
+                    &v.name,
+                    format!("{:?}", v.engine),
+                    v.port,
+                    v.boot_to_ready_s,
+                )
+            });
+            print_status(vms, cass_bed::throughput(&sdir), st.workload_pid);
             println!(
                 "Cassandra {}, commitlog_sync {}",
                 st.cassandra_version, st.sync
             );
-            if let Some((n, tps)) = cass_bed::throughput(&sdir) {
-                println!(
-                    "workload: {n} commits, {tps:.1} commits/s (pid {:?})",
-                    st.workload_pid
-                );
-            }
             Ok(())
         }
         TestbedCmd::Status { name } => {
             known(name)?;
             let sdir = state_dir(catalog, name);
             let st = pair::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
-            for v in &st.vms {
-                println!(
-                    "{}\t{:?}\t127.0.0.1:{}\tboot-to-ready {:.1} s",
-                    v.name, v.role, v.port, v.boot_to_ready_s
-                );
-            }
-            if let Some((n, tps)) = pair::throughput(&sdir) {
-                println!(
-                    "workload: {n} commits, {tps:.1} commits/s (pid {:?})",
-                    st.workload_pid
-                );
-            }
+            let vms = st
+                .vms
+                .iter()
+                .map(|v| (&v.name, format!("{:?}", v.role), v.port, v.boot_to_ready_s));
+            print_status(vms, pair::throughput(&sdir), st.workload_pid);
             Ok(())
         }
         TestbedCmd::Down { name } => {
@@ -344,6 +334,22 @@ pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
                 .map_err(|e| fail(ExitCode::Internal, e))?;
             Ok(())
         }
+    }
+}
+
+/// `testbed status`: one line per VM (name, role, loopback port, boot-to-ready), then the
+/// workload's throughput when it has recorded any.
+fn print_status<'a>(
+    vms: impl Iterator<Item = (&'a String, String, u16, f64)>,
+    throughput: Option<(usize, f64)>,
+    workload_pid: Option<u32>,
+) {
+    for (name, role, port, boot) in vms {
+        println!("{name}\t{role}\t127.0.0.1:{port}\tboot-to-ready {boot:.1} s");
+    }
+    if let Some((n, tps)) = throughput {
+        let pid = workload_pid.map_or("no pid recorded".to_string(), |p| format!("pid {p}"));
+        println!("workload: {n} commits, {tps:.1} commits/s ({pid})");
     }
 }
 

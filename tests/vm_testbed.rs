@@ -135,6 +135,25 @@ fn pair_testbed_sustains_workload_and_tears_down_cleanly() {
     );
     println!("workload: {} acknowledged commits in {secs} s", last.0);
 
+    // `testbed status`: each VM with its loopback port and boot-to-ready time, and throughput.
+    let status = lab.cgsnap().args(["testbed", "status"]).assert().success();
+    let status = String::from_utf8_lossy(&status.get_output().stdout).to_string();
+    print!("{status}");
+    for (vm, port) in state.vms.iter().zip([PORTS.0, PORTS.1]) {
+        assert!(
+            status.lines().any(|l| l.starts_with(&vm.name)
+                && l.contains(&format!("127.0.0.1:{port}"))
+                && l.contains("boot-to-ready")),
+            "{status}"
+        );
+    }
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("workload: ") && l.contains(&format!("(pid {pid})"))),
+        "{status}"
+    );
+
     lab.cgsnap().args(["testbed", "down"]).assert().success();
     for vm in &state.vms {
         assert_eq!(domstate(&vm.name), "", "{} removed", vm.name);

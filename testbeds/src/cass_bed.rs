@@ -8,7 +8,7 @@
 
 use crate::cassandra::{self, SyncMode};
 use crate::cql::Cql;
-use crate::{assets, cass_workload, guest, postgres, state_file, teardown, workload};
+use crate::{assets, cass_workload, guest, postgres, state_file, teardown};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -147,12 +147,8 @@ pub fn up(
     for (g, vm) in guests.iter().zip(state.vms.iter_mut()) {
         match vm.engine {
             Engine::Postgres => {
-                let t = g
-                    .wait_console("CGSNAP-PG: ready", Duration::from_secs(300))
-                    .map_err(|e| e.to_string())?;
-                vm.boot_to_ready_s = t.as_secs_f64();
-                let mut c = workload::connect(&postgres::conninfo(vm.port))?;
-                workload::init_schema(&mut c, cass_workload::PG_ROLE)?;
+                vm.boot_to_ready_s =
+                    postgres::ready_with_schema(g, vm.port, cass_workload::PG_ROLE)?;
             }
             Engine::Cassandra => {
                 g.wait_console(cassandra::READY_MARKER, CASS_READY)

@@ -9,7 +9,6 @@ use crate::{assets, guest, postgres, state_file, teardown, workload};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub const NAME: &str = "postgres-pair";
 
@@ -53,7 +52,7 @@ kind = "postgres"
 port = {port}
 user = "postgres"
 password = "{pw}"
-ready_marker = "CGSNAP-PG: ready"
+ready_marker = "{ready}"
 failure_marker = "CGSNAP-PG: error"
 beacon_table = "cgsnap_beacon"
 ack_db = "{db}"
@@ -67,6 +66,7 @@ invariants = [
 "#,
             port = postgres::GUEST_PORT,
             pw = postgres::PASSWORD,
+            ready = postgres::READY_MARKER,
             total = i64::from(workload::ACCOUNTS) * workload::INITIAL_BALANCE,
         )
     };
@@ -141,12 +141,7 @@ pub fn up(
         guests.push(g);
     }
     for (g, vm) in guests.iter().zip(state.vms.iter_mut()) {
-        let t = g
-            .wait_console("CGSNAP-PG: ready", Duration::from_secs(300))
-            .map_err(|e| e.to_string())?;
-        vm.boot_to_ready_s = t.as_secs_f64();
-        let mut c = workload::connect(&postgres::conninfo(vm.port))?;
-        workload::init_schema(&mut c, vm.role)?;
+        vm.boot_to_ready_s = postgres::ready_with_schema(g, vm.port, vm.role)?;
     }
     for g in guests {
         g.keep();

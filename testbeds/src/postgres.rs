@@ -13,6 +13,10 @@ pub const BUILD_SCRIPT: &str = include_str!("../postgres/build.sh");
 /// Password of the `postgres` role in the testbed images (scram-sha-256 over TCP).
 pub const PASSWORD: &str = "cgsnap";
 pub const GUEST_PORT: u16 = 5432;
+/// What the guest's init prints on the console once the server accepts connections.
+pub const READY_MARKER: &str = "CGSNAP-PG: ready";
+/// Longest wait for a testbed guest's server, first boot included.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct Images {
@@ -51,4 +55,19 @@ pub fn conninfo(port: u16) -> String {
     format!(
         "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres connect_timeout=5"
     )
+}
+
+/// Wait until a testbed guest's server is ready, then create the workload schema of `role`.
+/// Returns the boot-to-ready time in seconds.
+pub fn ready_with_schema(
+    g: &crate::guest::Guest,
+    port: u16,
+    role: crate::workload::Role,
+) -> Result<f64, String> {
+    let t = g
+        .wait_console(READY_MARKER, READY_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let mut c = crate::workload::connect(&conninfo(port))?;
+    crate::workload::init_schema(&mut c, role)?;
+    Ok(t.as_secs_f64())
 }

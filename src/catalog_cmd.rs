@@ -1,0 +1,96 @@
+//! Commands over the catalog alone (no hypervisor): `list`, `show`, `prune`, `metrics`.
+
+use crate::catalog::{Catalog, Manifest};
+use crate::cli::{Failure, json};
+use crate::{duration, metrics, prune};
+use clap::Args;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Only this group (default: every group in the catalog).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Finished snapshots kept per group, newest first.
+    #[arg(long, default_value_t = 30)]
+    pub keep: usize,
+    /// Never remove a snapshot younger than this.
+    #[arg(long, default_value = "7d", value_parser = duration::parse)]
+    pub min_age: Duration,
+    /// Only print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `cgsnap list [--group G] [--json]`: every manifest, oldest first.
+pub fn list(cat: &Catalog, group: Option<&str>, as_json: bool) -> Result<(), Failure> {
+    let all: Vec<Manifest> = cat
+        .list()?
+        .into_iter()
+        .filter(|m| group.is_none_or(|g| m.group == g))
+        .collect();
+    if as_json {
+        println!("{}", json(&all)?);
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<16} {:<10} {:>10} {:>7}",
+        "ID", "GROUP", "STATE", "FREEZE_MS", "MEMBERS"
+    );
+    for m in &all {
+        println!(
+            "{:<40} {:<16} {:<10} {:>10.1} {:>7}",
+            m.id,
+            m.group,
+            m.state.to_string(),
+            m.freeze_window_ms.unwrap_or_default(),
+            m.members.len()
+        );
+    }
+    Ok(())
+}
+
+/// `cgsnap show ID`: one manifest as JSON.
+pub fn show(cat: &Catalog, id: &str) -> Result<(), Failure> {
+    println!("{}", json(&cat.load(id)?)?);
+    Ok(())
+}
+
+/// `cgsnap prune`: one line per group, naming what went (or would go).
+pub fn prune(cat: &Catalog, a: &PruneArgs) -> Result<(), Failure> {
+    let policy = prune::Policy {
+        keep: a.keep,
+        min_age: a.min_age,
+    };
+    let plans = prune::run(
+        cat,
+        a.group.as_deref(),
+        &policy,
+        a.dry_run,
+        chrono::Utc::now(),
+    )?;
+    let verb = if a.dry_run { "would prune" } else { "pruned" };
+    for p in &plans {
+        println!(
+            "group {}: {verb} {} snapshot(s), kept {}{}{}",
+            p.group,
+            p.remove.len(),
+            p.kept,
+            if p.remove.is_empty() { "" } else { ": " },
+            p.remove.join(", ")
+        );
+    }
+    if plans.is_empty() {
+        println!("nothing to prune: no snapshot in {}", cat.dir().display());
+    }
+    Ok(())
+}
+
+/// `cgsnap metrics`: re-render the metrics file, print it, name it on stderr.
+pub fn metrics(cat: &Catalog, dir: &Path) -> Result<(), Failure> {
+    let (path, text) = metrics::refresh(cat, dir)?;
+    print!("{text}");
+    eprintln!("cgsnap: wrote {}", path.display());
+    Ok(())
+}
