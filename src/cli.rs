@@ -45,6 +45,9 @@ pub enum Cmd {
     },
     /// Take a crash-consistent snapshot of every disk of every member of GROUP.
     Snapshot(SnapArgs),
+    /// Check that GROUP can be snapshotted now (everything `snapshot` checks before it
+    /// freezes), without freezing or writing anything.
+    Check(crate::check::CheckArgs),
     /// Commit a snapshot's overlays back into their images and remove them.
     Release(ReleaseArgs),
     /// List the snapshots in the catalog with their states.
@@ -108,7 +111,7 @@ pub struct SnapTuning {
     #[arg(long)]
     pub overlay_dir: Option<PathBuf>,
     /// Free bytes required in each overlay directory.
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = crate::preflight::DEFAULT_MIN_FREE)]
     pub min_free: u64,
     /// Let libvirt create the overlays inside the freeze instead of pre-creating them.
     #[arg(long)]
@@ -335,6 +338,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Check(a) => crate::check::run(&ctx.hosts()?, &open_catalog()?, a),
         Cmd::Release(a) => {
             let cat = open_catalog()?;
             let id = match (&a.id, &a.group) {

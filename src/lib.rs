@@ -4,6 +4,7 @@
 //! - [`group`]: consistency groups stored in domain metadata, resolved live;
 //! - [`hypervisor`]: the one boundary to libvirt (trait, adapter, fake, connection pool);
 //! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
+//!   [`check`]: its checks alone, as a command;
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
 //! - [`release`]: committing overlays back; [`vanished`]: offline, for a deleted member;
 //! - [`catalog`]: manifests and locks; [`prune`]: their retention; [`hook`]: the
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod catalog_cmd;
+pub mod check;
 pub mod cli;
 pub mod demo;
 pub mod disk_order;

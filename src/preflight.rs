@@ -64,6 +64,10 @@ impl Classify for PreflightError {
     }
 }
 
+/// Free bytes required in each overlay directory unless `--min-free` says otherwise: room for
+/// the overlays to grow while the backup reads the frozen images.
+pub const DEFAULT_MIN_FREE: u64 = 256 << 20;
+
 pub struct Options<'a> {
     pub id: &'a str,
     /// Put overlays here instead of next to each image (required for block-device disks).

@@ -249,6 +249,31 @@ pub(crate) fn roll_back_into(
     }
 }
 
+/// What every snapshot checks before it writes anything, and all that `cgsnap check` does: a
+/// valid group name, no outstanding snapshot, every member resolved and planned by preflight.
+/// Only reads. `take` calls it holding the group lock; `check` without, so that a monitoring
+/// probe can never make a scheduled snapshot fail with "busy".
+pub fn plan(
+    hosts: &[Arc<dyn Host>],
+    cat: &Catalog,
+    group_name: &str,
+    popts: &preflight::Options,
+) -> Result<Vec<PlannedMember>, SnapshotError> {
+    group::validate_name(group_name)?;
+    if let Some(m) = cat.outstanding(group_name)?.into_iter().next() {
+        return Err(SnapshotError::Outstanding {
+            group: m.group,
+            id: m.id,
+            state: m.state,
+        });
+    }
+    let members = group::resolve(hosts, group_name)?;
+    Ok(members
+        .iter()
+        .map(|m| preflight::plan_member(m, popts))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Take a group snapshot. `now` names the snapshot; timings use the monotonic clock.
 pub fn take(
     hosts: &[Arc<dyn Host>],
@@ -259,24 +284,13 @@ pub fn take(
     let t0 = Instant::now();
     group::validate_name(&opts.group)?;
     let _lock = cat.lock(&opts.group)?;
-    if let Some(m) = cat.outstanding(&opts.group)?.into_iter().next() {
-        return Err(SnapshotError::Outstanding {
-            group: m.group,
-            id: m.id,
-            state: m.state,
-        });
-    }
-    let members = group::resolve(hosts, &opts.group)?;
     let id = catalog::new_id(&opts.group, now);
     let popts = preflight::Options {
         id: &id,
         overlay_dir: opts.overlay_dir.as_deref(),
         min_free: opts.min_free,
     };
-    let plan = members
-        .iter()
-        .map(|m| preflight::plan_member(m, &popts))
-        .collect::<Result<Vec<_>, _>>()?;
+    let plan = plan(hosts, cat, &opts.group, &popts)?;
     let reuse = opts.precreate && plan.iter().all(|p| is_local(p.member.host.uri()));
     // Everything that can fail without touching a disk fails before the manifest exists.
     let staged = match &opts.unsafe_disk_order {

@@ -30,6 +30,26 @@ fn untouched(lab: &Lab, running: &[String]) {
     }
 }
 
+/// `snapshot ARGS` and `check ARGS` fail alike: same exit code, same one-line error.
+fn snapshot_and_check_fail(lab: &Lab, args: &[&str], code: i32) -> String {
+    let o = lab.cgsnap().arg("snapshot").args(args).assert().code(code);
+    let e = err_line(&o);
+    let c = lab.cgsnap().arg("check").args(args).assert().code(code);
+    // The planned overlay names carry the run's time: compare up to them.
+    let cut = |s: &str| {
+        s.split(".cgsnap-overlay")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        cut(&err_line(&c)),
+        cut(&e),
+        "check reports what snapshot does"
+    );
+    e
+}
+
 #[test]
 fn bad_inputs_fail_cleanly_with_documented_codes() {
     let mut lab = lab("cgt-bad", 1, 2);
@@ -44,15 +64,8 @@ fn bad_inputs_fail_cleanly_with_documented_codes() {
     let all_running = vec![running[0].clone(), "cgt-bad-raw".to_string()];
 
     // Unknown group.
-    let o = lab
-        .cgsnap()
-        .args(["snapshot", "cgt-nosuch"])
-        .assert()
-        .code(3);
-    assert!(
-        err_line(&o).contains("unknown group \"cgt-nosuch\"")
-            && err_line(&o).contains("cgsnap group add")
-    );
+    let e = snapshot_and_check_fail(&lab, &["cgt-nosuch"], 3);
+    assert!(e.contains("unknown group \"cgt-nosuch\"") && e.contains("cgsnap group add"));
     // Unknown domain: nothing is written, not even for the known one.
     let o = lab
         .cgsnap()
@@ -71,8 +84,7 @@ fn bad_inputs_fail_cleanly_with_documented_codes() {
 
     // Stopped member: refused before anything is frozen.
     lab.group_add("cgt-stop", &[running[0].clone(), "cgt-bad-off".into()]);
-    let o = lab.cgsnap().args(["snapshot", "cgt-stop"]).assert().code(4);
-    let e = err_line(&o);
+    let e = snapshot_and_check_fail(&lab, &["cgt-stop"], 4);
     assert!(
         e.contains("member cgt-bad-off") && e.contains("shut off") && e.contains("virsh start"),
         "{e}"
@@ -81,8 +93,7 @@ fn bad_inputs_fail_cleanly_with_documented_codes() {
 
     // Raw disk: refused with the conversion command.
     lab.group_add("cgt-raw", &["cgt-bad-raw".into()]);
-    let o = lab.cgsnap().args(["snapshot", "cgt-raw"]).assert().code(4);
-    let e = err_line(&o);
+    let e = snapshot_and_check_fail(&lab, &["cgt-raw"], 4);
     assert!(
         e.contains("disk vda of cgt-bad-raw") && e.contains("qemu-img convert"),
         "{e}"
@@ -91,12 +102,30 @@ fn bad_inputs_fail_cleanly_with_documented_codes() {
 
     // Missing space in the overlay directory.
     lab.group_add("cgt-space", &[running[0].clone()]);
+    let max = u64::MAX.to_string();
+    let e = snapshot_and_check_fail(&lab, &["cgt-space", "--min-free", &max], 4);
+    assert!(e.contains("bytes free"), "{e}");
+    untouched(&lab, &all_running);
+
+    // A group that can be snapshotted: check says so, lists the plan, and writes nothing.
+    let o = lab.cgsnap().args(["check", "cgt-space"]).assert().success();
+    let out = String::from_utf8_lossy(&o.get_output().stdout).to_string();
+    assert!(
+        out.starts_with("group cgt-space: ready to snapshot: 1 members, 2 disks"),
+        "{out}"
+    );
     let o = lab
         .cgsnap()
-        .args(["snapshot", "cgt-space", "--min-free", &u64::MAX.to_string()])
+        .args(["check", "cgt-space", "--json"])
         .assert()
-        .code(4);
-    assert!(err_line(&o).contains("bytes free"));
+        .success();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&o.get_output().stdout).expect("check --json");
+    assert_eq!(plan["members"][0]["domain"], running[0].as_str());
+    let overlays = disk_fields(&plan, 0, "overlay");
+    assert_eq!(overlays.len(), 2);
+    assert!(overlays.iter().all(|o| o.ends_with(".cgsnap-overlay")));
+    assert!(lab.manifest_files().is_empty(), "check writes no manifest");
     untouched(&lab, &all_running);
 
     // Malformed manifest in the catalog.
@@ -127,7 +156,13 @@ fn bad_inputs_fail_cleanly_with_documented_codes() {
         .assert()
         .code(5);
     assert!(err_line(&o).contains("holds the lock on group cgt-space"));
+    // A snapshot in progress shows to check through its pending manifest; check never takes
+    // the lock, so it cannot make the running snapshot fail.
+    let o = lab.cgsnap().args(["check", "cgt-space"]).assert().code(6);
+    assert!(err_line(&o).contains("(pending)"));
     assert!(first.wait().expect("wait").success(), "first run completes");
+    let o = lab.cgsnap().args(["check", "cgt-space"]).assert().code(6);
+    assert!(err_line(&o).contains("(taken)"));
     lab.cgsnap()
         .args(["hook", "post", "--group", "cgt-space"])
         .assert()
