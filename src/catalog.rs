@@ -119,6 +119,44 @@ pub struct Manifest {
     pub unsafe_disk_gap_ms: Option<u64>,
 }
 
+impl MemberRecord {
+    /// A member as planned, before it is frozen (no timings yet).
+    pub fn new(domain: &str, uri: &str, domain_xml: String, disks: Vec<DiskRecord>) -> Self {
+        Self {
+            domain: domain.to_string(),
+            uri: uri.to_string(),
+            freeze_ms: None,
+            pause_ms: None,
+            snapshot_ms: None,
+            resume_ms: None,
+            domain_xml,
+            disks,
+        }
+    }
+}
+
+impl Manifest {
+    /// A manifest of the current format with no members, timings or outcome yet.
+    pub fn new(id: &str, group: &str, state: SnapState, created_at: DateTime<Utc>) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            id: id.to_string(),
+            group: group.to_string(),
+            state,
+            created_at,
+            consistency_point: None,
+            freeze_window_ms: None,
+            phases: Phases::default(),
+            members: vec![],
+            error: None,
+            released_at: None,
+            unsafe_stagger_ms: None,
+            unsafe_disk_order: None,
+            unsafe_disk_gap_ms: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog {path}: {source} (check --catalog / CGSNAP_CATALOG and permissions)")]
@@ -330,22 +368,7 @@ mod tests {
     use super::*;
 
     fn manifest(id: &str, group: &str, state: SnapState) -> Manifest {
-        Manifest {
-            format_version: FORMAT_VERSION,
-            id: id.into(),
-            group: group.into(),
-            state,
-            created_at: Utc::now(),
-            consistency_point: None,
-            freeze_window_ms: None,
-            phases: Phases::default(),
-            members: vec![],
-            error: None,
-            released_at: None,
-            unsafe_stagger_ms: None,
-            unsafe_disk_order: None,
-            unsafe_disk_gap_ms: None,
-        }
+        Manifest::new(id, group, state, Utc::now())
     }
 
     #[test]

@@ -317,37 +317,23 @@ pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{FORMAT_VERSION, MemberRecord, Phases};
+    use crate::catalog::MemberRecord;
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(s, 0).expect("timestamp")
     }
 
     fn manifest(id: &str, group: &str, state: SnapState, created: i64) -> Manifest {
+        let member = MemberRecord {
+            freeze_ms: Some(25.0),
+            ..MemberRecord::new("db\"1", "qemu:///system", String::new(), vec![])
+        };
         Manifest {
-            format_version: FORMAT_VERSION,
-            id: id.into(),
-            group: group.into(),
-            state,
-            created_at: at(created),
             consistency_point: Some(at(created + 1)),
             freeze_window_ms: Some(40.0),
-            phases: Phases::default(),
-            members: vec![MemberRecord {
-                domain: "db\"1".into(),
-                uri: "qemu:///system".into(),
-                freeze_ms: Some(25.0),
-                pause_ms: None,
-                snapshot_ms: None,
-                resume_ms: None,
-                domain_xml: String::new(),
-                disks: vec![],
-            }],
-            error: None,
+            members: vec![member],
             released_at: (state == SnapState::Released).then(|| at(created + 60)),
-            unsafe_stagger_ms: None,
-            unsafe_disk_order: None,
-            unsafe_disk_gap_ms: None,
+            ..Manifest::new(id, group, state, at(created))
         }
     }
 

@@ -173,25 +173,9 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{FORMAT_VERSION, Phases};
 
     fn m(id: &str, group: &str, state: SnapState, day: i64) -> Manifest {
-        Manifest {
-            format_version: FORMAT_VERSION,
-            id: id.into(),
-            group: group.into(),
-            state,
-            created_at: DateTime::from_timestamp(day * 86400, 0).expect("ts"),
-            consistency_point: None,
-            freeze_window_ms: None,
-            phases: Phases::default(),
-            members: vec![],
-            error: None,
-            released_at: None,
-            unsafe_stagger_ms: None,
-            unsafe_disk_order: None,
-            unsafe_disk_gap_ms: None,
-        }
+        Manifest::new(id, group, state, self::day(day))
     }
 
     fn day(d: i64) -> DateTime<Utc> {

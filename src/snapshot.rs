@@ -155,32 +155,14 @@ fn precreate(d: &catalog::DiskRecord) -> Result<(), SnapshotError> {
 
 fn manifest(id: &str, group: &str, now: DateTime<Utc>, plan: &[PlannedMember]) -> Manifest {
     Manifest {
-        format_version: catalog::FORMAT_VERSION,
-        id: id.to_string(),
-        group: group.to_string(),
-        state: SnapState::Pending,
-        created_at: now,
-        consistency_point: None,
-        freeze_window_ms: None,
-        phases: Phases::default(),
         members: plan
             .iter()
-            .map(|p| MemberRecord {
-                domain: p.member.domain.clone(),
-                uri: p.member.host.uri().to_string(),
-                freeze_ms: None,
-                pause_ms: None,
-                snapshot_ms: None,
-                resume_ms: None,
-                domain_xml: p.domain_xml.clone(),
-                disks: p.disks.clone(),
+            .map(|p| {
+                let uri = p.member.host.uri();
+                MemberRecord::new(&p.member.domain, uri, p.domain_xml.clone(), p.disks.clone())
             })
             .collect(),
-        error: None,
-        released_at: None,
-        unsafe_stagger_ms: None,
-        unsafe_disk_order: None,
-        unsafe_disk_gap_ms: None,
+        ..Manifest::new(id, group, SnapState::Pending, now)
     }
 }
 

@@ -3,28 +3,14 @@
 //! passing verification, the newest `--keep`, anything younger than `--min-age`), `--dry-run`,
 //! a busy group (exit 5, nothing removed) and a bad group name (exit 2).
 
-use cgsnap::catalog::{Catalog, FORMAT_VERSION, Manifest, Phases, SnapState};
+use cgsnap::catalog::{Catalog, Manifest, SnapState};
 use chrono::{Duration, Utc};
 use std::path::Path;
 use std::process::Output;
 
 fn manifest(id: &str, state: SnapState, days_ago: i64) -> Manifest {
-    Manifest {
-        format_version: FORMAT_VERSION,
-        id: id.into(),
-        group: id.split('-').next().expect("group").into(),
-        state,
-        created_at: Utc::now() - Duration::days(days_ago),
-        consistency_point: None,
-        freeze_window_ms: None,
-        phases: Phases::default(),
-        members: vec![],
-        error: None,
-        released_at: None,
-        unsafe_stagger_ms: None,
-        unsafe_disk_order: None,
-        unsafe_disk_gap_ms: None,
-    }
+    let group = id.split('-').next().expect("group");
+    Manifest::new(id, group, state, Utc::now() - Duration::days(days_ago))
 }
 
 fn report(cat: &Catalog, id: &str, verdict: &str) {

@@ -8,7 +8,7 @@
 //! - a real node_exporter's textfile collector serves that file on 127.0.0.1 without a scrape
 //!   error, with the values the catalog implies.
 
-use cgsnap::catalog::{Catalog, FORMAT_VERSION, Manifest, MemberRecord, Phases, SnapState};
+use cgsnap::catalog::{Catalog, Manifest, MemberRecord, SnapState};
 use chrono::{DateTime, Utc};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -61,33 +61,16 @@ fn at(s: i64) -> DateTime<Utc> {
 }
 
 fn manifest(id: &str, state: SnapState, created: i64) -> Manifest {
+    let member = |d: &str| MemberRecord {
+        freeze_ms: Some(30.0),
+        ..MemberRecord::new(d, "qemu:///system", String::new(), vec![])
+    };
     Manifest {
-        format_version: FORMAT_VERSION,
-        id: id.into(),
-        group: "pg".into(),
-        state,
-        created_at: at(created),
         consistency_point: Some(at(created + 1)),
         freeze_window_ms: Some(42.0),
-        phases: Phases::default(),
-        members: ["orders", "payments"]
-            .iter()
-            .map(|d| MemberRecord {
-                domain: (*d).into(),
-                uri: "qemu:///system".into(),
-                freeze_ms: Some(30.0),
-                pause_ms: None,
-                snapshot_ms: None,
-                resume_ms: None,
-                domain_xml: String::new(),
-                disks: vec![],
-            })
-            .collect(),
-        error: None,
+        members: vec![member("orders"), member("payments")],
         released_at: (state == SnapState::Released).then(|| at(created + 600)),
-        unsafe_stagger_ms: None,
-        unsafe_disk_order: None,
-        unsafe_disk_gap_ms: None,
+        ..Manifest::new(id, "pg", state, at(created))
     }
 }
 
