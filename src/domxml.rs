@@ -34,6 +34,8 @@ pub struct DiskInfo {
     pub source: Option<String>,
     pub readonly: bool,
     pub shareable: bool,
+    /// The domain's own per-disk snapshot mode (`<disk snapshot='no'>`), when set.
+    pub snapshot_mode: Option<String>,
     /// A block job (copy, commit) is mirroring this disk.
     pub mirror: bool,
     /// Backing files below the top image, nearest first, as libvirt reports them.
@@ -42,9 +44,19 @@ pub struct DiskInfo {
 
 impl DiskInfo {
     /// Read-only and shareable disks are not snapshotted: their content cannot diverge through
-    /// this guest alone, and QEMU refuses external snapshots of some of them.
+    /// this guest alone, and QEMU refuses external snapshots of some of them. Nor is a disk
+    /// the domain itself excludes from snapshots (`snapshot='no'`, or `'manual'`: managed by
+    /// hand), libvirt's own way to mark swap or scratch disks.
     pub fn is_snapshotted(&self) -> bool {
-        self.device == "disk" && !self.readonly && !self.shareable
+        self.device == "disk"
+            && !self.readonly
+            && !self.shareable
+            && !matches!(self.snapshot_mode.as_deref(), Some("no" | "manual"))
+    }
+
+    /// The guest can write it: a sandbox must never get the original.
+    pub fn is_writable(&self) -> bool {
+        !self.readonly && matches!(self.device.as_str(), "disk" | "lun")
     }
 }
 
@@ -97,6 +109,7 @@ pub fn disks(domain: &str, xml: &str) -> Result<Vec<DiskInfo>, XmlError> {
             source: source_path(d),
             readonly: d.children().any(|c| c.has_tag_name("readonly")),
             shareable: d.children().any(|c| c.has_tag_name("shareable")),
+            snapshot_mode: d.attribute("snapshot").map(str::to_string),
             mirror: d.children().any(|c| c.has_tag_name("mirror")),
             backing: backing_chain(d),
         })
@@ -160,12 +173,15 @@ mod tests {
         <target dev='vdb' bus='virtio'/><mirror type='file' job='active-commit'/></disk>
       <disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='hdc'/><readonly/></disk>
       <disk type='network' device='disk'><source protocol='rbd' name='p/i'/><target dev='vdc'/></disk>
+      <disk type='file' device='disk' snapshot='no'><driver name='qemu' type='raw'/>
+        <source file='/img/swap.raw'/><target dev='vdd' bus='virtio'/></disk>
+      <disk type='file' device='disk'><source file='/img/shared.raw'/><target dev='vde'/><shareable/></disk>
     </devices></domain>"#;
 
     #[test]
     fn parses_disks_and_chain() {
         let d = disks("a", XML).expect("parse");
-        assert_eq!(d.len(), 4);
+        assert_eq!(d.len(), 6);
         assert_eq!(d[0].target, "vda");
         assert_eq!(d[0].source.as_deref(), Some("/img/a.ovl"));
         assert_eq!(d[0].backing, vec!["/img/a.qcow2".to_string()]);
@@ -177,6 +193,12 @@ mod tests {
         assert!(!d[2].is_snapshotted());
         assert_eq!(d[3].kind, "network");
         assert_eq!(d[3].source, None);
+        // The domain's own exclusion, and a shared disk: left out, but writable.
+        assert_eq!(d[4].snapshot_mode.as_deref(), Some("no"));
+        assert!(!d[4].is_snapshotted() && d[4].is_writable());
+        assert!(!d[5].is_snapshotted() && d[5].is_writable());
+        assert!(!d[2].is_writable(), "a read-only cdrom");
+        assert!(d[0].is_snapshotted() && d[0].is_writable());
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn plan_disk(
             domain,
             d,
             format!(
-                "{} disks cannot get a local qcow2 overlay; exclude it by making it <readonly/> or <shareable/>",
+                "{} disks cannot get a local qcow2 overlay; leave it out of snapshots with snapshot='no' on its <disk> (`virsh edit {domain}`), if it holds nothing to restore",
                 d.kind
             ),
         ));
@@ -131,7 +131,7 @@ fn plan_disk(
             domain,
             d,
             format!(
-                "format {:?} (only qcow2 images are supported): convert it with `qemu-img convert -O qcow2 {src} NEW.qcow2` and point the domain at NEW.qcow2",
+                "format {:?} (only qcow2 images are supported): convert it with `qemu-img convert -O qcow2 {src} NEW.qcow2` and point the domain at NEW.qcow2, or, if it holds nothing to restore (swap, scratch), set snapshot='no' on its <disk> (`virsh edit {domain}`)",
                 if format.is_empty() {
                     "unknown"
                 } else {
@@ -320,8 +320,28 @@ mod tests {
             e.to_string().contains("disk vda of raw") && e.to_string().contains("qemu-img convert")
         );
         assert_eq!(e.exit_code(), ExitCode::Precondition);
+        assert!(e.to_string().contains("snapshot='no'"), "{e}");
         let e = plan_member(&member(&h, "net"), &opts()).err().expect("net");
         assert!(e.to_string().contains("network disks"));
+        // A raw disk the domain itself excludes: planned without it.
+        let d = t.path().display();
+        h.add(
+            "swap",
+            &format!(
+                "<domain><devices>\
+                 <disk type='file' device='disk' snapshot='no'><driver type='raw'/><source file='{d}/swap.raw'/><target dev='vda'/></disk>\
+                 <disk type='file' device='disk'><driver type='qcow2'/><source file='{d}/b.qcow2'/><target dev='vdb'/></disk>\
+                 </devices></domain>"
+            ),
+        );
+        let p = plan_member(&member(&h, "swap"), &opts()).expect("swap disk left out");
+        assert_eq!(p.disks.len(), 1);
+        assert_eq!(p.disks[0].target, "vdb");
+        assert!(
+            p.snapshot_xml.contains("name='vda' snapshot='no'"),
+            "{}",
+            p.snapshot_xml
+        );
         let e = plan_member(&member(&h, "off"), &opts()).err().expect("off");
         assert!(e.to_string().contains("member off (fake://) is paused"));
         let o = Options {

@@ -218,3 +218,65 @@ fn resume_together_holds_every_member_until_the_last_snapshot() {
     lab.cgsnap().args(["release", &id]).assert().success();
     assert!(lab.overlays_on_disk().is_empty());
 }
+
+#[test]
+fn a_disk_the_domain_excludes_is_left_out_and_kept_from_sandboxes() {
+    let mut lab = lab("cgt-scratch", 0, 0);
+    let mut spec = cgsnap_testbeds::guest::Spec::writer("cgt-scratch-1", 2);
+    spec.scratch = true;
+    let g = lab.add_guest(spec);
+    g.wait_console("seq ", Duration::from_secs(120))
+        .expect("guest writes");
+    let scratch = g.disks[2].to_string_lossy().into_owned();
+    lab.group_add("cgt-scratch", &lab.names());
+
+    // A raw disk would be refused (exit 4); marked snapshot='no' it is left out.
+    let (id, m) = lab.snapshot_json("cgt-scratch", &[]);
+    assert_eq!(disk_fields(&m, 0, "target"), ["vda", "vdb"]);
+    let live = domblklist("cgt-scratch-1");
+    assert_eq!(live[2], ("vdc".to_string(), scratch.clone()), "{live:?}");
+    assert!(live[0].1.ends_with(".cgsnap-overlay") && live[1].1.ends_with(".cgsnap-overlay"));
+
+    // A sandbox of this member never gets the live scratch disk: a blank stand-in instead.
+    let images: Vec<(String, std::path::PathBuf)> = disk_fields(&m, 0, "target")
+        .into_iter()
+        .zip(disk_fields(&m, 0, "image"))
+        .map(|(t, i)| (t, i.into()))
+        .collect();
+    let dir = Path::new(BASE).join("cgt-scratch-sandbox");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let sb = cgsnap_verify::sandbox::Sandbox::start(
+        URI,
+        m["members"][0]["domain_xml"].as_str().expect("domain xml"),
+        "cgt-scratch-sb",
+        &images,
+        &dir,
+        (port, 9),
+    )
+    .expect("sandbox starts");
+    assert_eq!(sb.stand_ins.len(), 1, "{:?}", sb.stand_ins);
+    assert!(
+        sb.stand_ins[0].starts_with("vdc (snapshot='no', source ")
+            && sb.stand_ins[0].contains("blank 64 MiB"),
+        "{:?}",
+        sb.stand_ins
+    );
+    let in_sandbox = domblklist("cgt-scratch-sb");
+    assert_eq!(in_sandbox.len(), 3, "{in_sandbox:?}");
+    for (t, src) in &in_sandbox {
+        assert!(
+            src.starts_with(&*dir.to_string_lossy()),
+            "{t}: {src} is outside the sandbox"
+        );
+    }
+    assert!(in_sandbox[2].1.ends_with("vdc.blank.qcow2"));
+    drop(sb);
+    assert_eq!(domstate("cgt-scratch-sb"), "", "sandbox removed");
+    assert!(!dir.exists());
+
+    lab.cgsnap().args(["release", &id]).assert().success();
+    assert_own_images(lab.guest("cgt-scratch-1"));
+}

@@ -53,6 +53,9 @@ pub struct Spec {
     pub cmdline: String,
     /// Forward `127.0.0.1:host` to the guest's TCP `guest` port (QEMU user-mode networking).
     pub forward: Option<(u16, u16)>,
+    /// One more disk after the others: raw, `disk_size`, marked `snapshot='no'` in the domain
+    /// (swap or scratch space that no snapshot should take).
+    pub scratch: bool,
 }
 
 /// Content of one disk of a guest.
@@ -79,6 +82,7 @@ impl Spec {
             sources: Vec::new(),
             cmdline: String::new(),
             forward: None,
+            scratch: false,
         }
     }
 }
@@ -122,11 +126,13 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
         spec.cmdline
     );
     for (i, d) in disks.iter().enumerate() {
+        let scratch = spec.scratch && i + 1 == disks.len();
         let _ = write!(
             x,
-            "<disk type='file' device='disk'><driver name='qemu' type='{}' cache='none'/>\
+            "<disk type='file' device='disk'{}><driver name='qemu' type='{}' cache='none'/>\
              <source file='{}'/><target dev='{}' bus='virtio'/></disk>",
-            spec.format,
+            if scratch { " snapshot='no'" } else { "" },
+            if scratch { "raw" } else { spec.format },
             d.display(),
             target(i)
         );
@@ -285,6 +291,13 @@ impl Guest {
                 ));
             }
             prefill(&p, spec.format, spec.prefill).map_err(|e| err("prefill", e))?;
+            disks.push(p);
+        }
+        if spec.scratch {
+            let p = dir.join(format!("{}.scratch.raw", target(disks.len())));
+            let f = std::fs::File::create(&p).map_err(|e| err("scratch disk", e.to_string()))?;
+            f.set_len(spec.disk_size)
+                .map_err(|e| err("scratch disk", e.to_string()))?;
             disks.push(p);
         }
         if let Some((uid, gid)) = spec.owner {

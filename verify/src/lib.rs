@@ -2,11 +2,13 @@
 //!
 //! - [`profile`]: what each member runs and what must hold (TOML, strict);
 //! - [`sandbox`]: throwaway overlays + renamed transient domains, loopback-only networking;
+//!   [`stand_in`]: blank disks in place of writable disks the snapshot left out;
 //! - [`pg`]: PostgreSQL checks; [`cassandra`]: Cassandra checks, with [`replay`] (commit log
 //!   replay from the log) and [`bound`] (loss bound by sync mode); [`beacon`]: beacon checks
 //!   of every kind; [`report`]: JSON, HTML and Prometheus output.
 //!
-//! Invariants: frozen images are never written (every sandbox writes to its own overlays);
+//! Invariants: frozen images are never written (every sandbox writes to its own overlays), nor
+//! is any live disk (writable disks outside the snapshot get blank stand-ins);
 //! all sandboxes are removed when [`run`] returns, whatever happened; the verdict is `pass`
 //! only if every check of every member and every cross-member check passed.
 
@@ -18,6 +20,7 @@ pub mod profile;
 pub mod replay;
 pub mod report;
 pub mod sandbox;
+pub mod stand_in;
 
 use cgsnap_testbeds::cql::Cql;
 use cgsnap_testbeds::workload::Ack;
@@ -190,6 +193,14 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
                 (r, c.map(|c| Conn::Cql(Box::new(c))))
             }
         };
+        let mut r = r;
+        if !sb.stand_ins.is_empty() {
+            r.checks.push(Check {
+                name: "disks outside the snapshot get blank stand-ins".into(),
+                ok: true,
+                evidence: sb.stand_ins.join("; "),
+            });
+        }
         members.push(r);
         clients.push(conn);
     }

@@ -7,6 +7,9 @@
 //! - The sandbox has a new name and no UUID (libvirt assigns one), no NIC of the original, no
 //!   host devices or graphics; its only network is QEMU user mode with `restrict=on` and one
 //!   port forward bound to 127.0.0.1.
+//! - A disk the guest can write that the snapshot left out (shareable, `snapshot='no'`) never
+//!   reaches the sandbox: it gets a blank stand-in ([`crate::stand_in`]), and `sandbox_xml`
+//!   refuses a writable disk it was given no file for.
 //! - Dropping a [`Sandbox`] destroys the domain and deletes the directory, also on panic, and so
 //!   does an interrupt (SIGINT/SIGTERM/SIGHUP) once `cgsnap_testbeds::interrupt` is installed.
 
@@ -24,6 +27,8 @@ pub struct Sandbox {
     pub console: PathBuf,
     pub host_port: u16,
     pub started: Instant,
+    /// One line per disk given a blank stand-in, for the report.
+    pub stand_ins: Vec<String>,
     conn: Connect,
     /// Removes the sandbox if the process is interrupted.
     _interrupt: cgsnap_testbeds::interrupt::Registration,
@@ -96,7 +101,19 @@ pub fn sandbox_xml(
             if let Some(drv) = d.get_mut_child("driver") {
                 drv.attributes.insert("type".into(), "qcow2".into());
             }
+            // The sandbox's file is private: nothing to share, and libvirt may snapshot it.
+            d.attributes.remove("snapshot");
+            strip(d, &["shareable"]);
             mapped += 1;
+        } else if d.get_child("readonly").is_none()
+            && matches!(
+                d.attributes.get("device").map_or("disk", String::as_str),
+                "disk" | "lun"
+            )
+        {
+            return Err(format!(
+                "disk {target} is writable and not in the snapshot: the sandbox must not get the original"
+            ));
         }
     }
     if mapped != disks.len() {
@@ -162,6 +179,7 @@ impl Sandbox {
             console: console.clone(),
             host_port: forward.0,
             started: Instant::now(),
+            stand_ins: Vec::new(),
             conn,
             _interrupt: reg,
         };
@@ -182,6 +200,12 @@ impl Sandbox {
                 ));
             }
             overlays.push((target.clone(), ovl));
+        }
+        let snapshotted: Vec<String> = images.iter().map(|(t, _)| t.clone()).collect();
+        for d in crate::stand_in::left_out(saved_xml, &snapshotted)? {
+            let (blank, line) = crate::stand_in::create(&d, dir)?;
+            overlays.push((d.target.clone(), blank));
+            sb.stand_ins.push(line);
         }
         let xml = sandbox_xml(saved_xml, name, &overlays, &console, forward)?;
         if let Ok(old) = sb.conn.lookup_domain_by_name(name) {
@@ -292,6 +316,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("0 of the 1"));
+    }
+
+    #[test]
+    fn writable_disks_outside_the_snapshot_never_reach_the_sandbox() {
+        let saved = "<domain><name>a</name><devices>\
+            <disk type='file' device='disk'><source file='/img/a.qcow2'/><target dev='vda'/></disk>\
+            <disk type='block' device='disk' snapshot='no'><driver type='raw'/><source dev='/dev/sdz'/><target dev='vdb'/><shareable/></disk>\
+            <disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='hdc'/><readonly/></disk>\
+            </devices></domain>";
+        let vda = ("vda".to_string(), PathBuf::from("/sb/vda.sandbox.qcow2"));
+        // Without a stand-in for vdb: refused, naming it.
+        let e = sandbox_xml(
+            saved,
+            "b",
+            std::slice::from_ref(&vda),
+            Path::new("/c"),
+            (1, 2),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("disk vdb is writable and not in the snapshot"),
+            "{e}"
+        );
+        // With one: the original is gone, the stand-in is a private qcow2; the ISO stays.
+        let blank = ("vdb".to_string(), PathBuf::from("/sb/vdb.blank.qcow2"));
+        let x = sandbox_xml(saved, "b", &[vda, blank], Path::new("/c"), (1, 2)).expect("xml");
+        assert!(!x.contains("/dev/sdz") && !x.contains("shareable"), "{x}");
+        assert!(!x.contains("snapshot="), "{x}");
+        assert!(
+            x.contains("/sb/vdb.blank.qcow2") && x.contains("/iso/x.iso"),
+            "{x}"
+        );
     }
 
     fn roxmltree_like(x: &str) -> String {

@@ -1,0 +1,184 @@
+//! Stand-ins for the disks a group snapshot left out but the guest can write: shareable disks
+//! and disks the domain excludes itself (`<disk snapshot='no'>`: swap, scratch space).
+//!
+//! Invariants:
+//! - The sandbox never gets such a disk's original: it is live data of a running VM (for a
+//!   shareable disk, of a whole cluster), and a restored guest would write to it. It gets a
+//!   blank qcow2 of the same virtual size instead (read from the original's header with
+//!   `qemu-img info -U`, which never writes or locks; 1 GiB when it cannot be read), so device
+//!   names and order stay what the guest expects.
+//! - Read-only disks (ISO images, `<readonly/>`) keep their source: the guest cannot write them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use xmltree::{Element, XMLNode};
+
+/// Size of a stand-in whose original cannot be read here (network disk, another host).
+const FALLBACK_SIZE: u64 = 1 << 30;
+
+/// A writable disk of the saved domain XML that the snapshot did not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub target: String,
+    pub source: Option<String>,
+    /// Why the snapshot left it out: `shareable` or `snapshot='no'` (or `'manual'`).
+    pub reason: String,
+}
+
+fn child<'a>(e: &'a Element, name: &str) -> Option<&'a Element> {
+    e.children.iter().find_map(|c| match c {
+        XMLNode::Element(x) if x.name == name => Some(x),
+        _ => None,
+    })
+}
+
+/// Writable disks of `saved` whose target is not in `snapshotted`.
+pub fn left_out(saved: &str, snapshotted: &[String]) -> Result<Vec<LeftOut>, String> {
+    let root = Element::parse(saved.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))?;
+    let Some(devices) = child(&root, "devices") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for d in devices.children.iter().filter_map(|c| match c {
+        XMLNode::Element(x) if x.name == "disk" => Some(x),
+        _ => None,
+    }) {
+        let device = d.attributes.get("device").map_or("disk", String::as_str);
+        let target = child(d, "target")
+            .and_then(|t| t.attributes.get("dev").cloned())
+            .unwrap_or_default();
+        if !matches!(device, "disk" | "lun")
+            || child(d, "readonly").is_some()
+            || snapshotted.contains(&target)
+        {
+            continue;
+        }
+        let source = child(d, "source").and_then(|s| {
+            s.attributes
+                .get("file")
+                .or_else(|| s.attributes.get("dev"))
+                .cloned()
+        });
+        let reason = if child(d, "shareable").is_some() {
+            "shareable".to_string()
+        } else {
+            match d.attributes.get("snapshot") {
+                Some(m) => format!("snapshot='{m}'"),
+                None => "not in the snapshot".to_string(),
+            }
+        };
+        out.push(LeftOut {
+            target,
+            source,
+            reason,
+        });
+    }
+    Ok(out)
+}
+
+/// Virtual size of an image from its header, without locking or writing it.
+fn virtual_size(source: &str) -> Option<u64> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json", source])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["virtual-size"].as_u64()
+}
+
+/// Create a blank qcow2 stand-in for `d` in `dir`; returns its path and a line for the report.
+pub fn create(d: &LeftOut, dir: &Path) -> Result<(PathBuf, String), String> {
+    let probed = d.source.as_deref().and_then(virtual_size);
+    let size = probed.unwrap_or(FALLBACK_SIZE);
+    let path = dir.join(format!("{}.blank.qcow2", d.target));
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg(size.to_string())
+        .output()
+        .map_err(|e| format!("qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "blank stand-in for {}: {}",
+            d.target,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let line = format!(
+        "{} ({}, source {}): blank {} MiB disk in the sandbox{}",
+        d.target,
+        d.reason,
+        d.source.as_deref().unwrap_or("none"),
+        size >> 20,
+        if probed.is_none() {
+            " (size unknown here)"
+        } else {
+            ""
+        }
+    );
+    Ok((path, line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_writable_disks_outside_the_snapshot() {
+        let xml = "<domain><devices>\
+            <disk type='file' device='disk'><source file='/img/a.qcow2'/><target dev='vda'/></disk>\
+            <disk type='file' device='disk' snapshot='no'><source file='/img/swap.raw'/><target dev='vdb'/></disk>\
+            <disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdc'/><shareable/></disk>\
+            <disk type='file' device='cdrom'><source file='/x.iso'/><target dev='hdc'/><readonly/></disk>\
+            <disk type='file' device='disk'><source file='/img/ro.raw'/><target dev='vdd'/><readonly/></disk>\
+            </devices></domain>";
+        let l = left_out(xml, &["vda".to_string()]).expect("parse");
+        assert_eq!(
+            l,
+            vec![
+                LeftOut {
+                    target: "vdb".into(),
+                    source: Some("/img/swap.raw".into()),
+                    reason: "snapshot='no'".into()
+                },
+                LeftOut {
+                    target: "vdc".into(),
+                    source: Some("/dev/sdz".into()),
+                    reason: "shareable".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn stand_in_has_the_size_of_the_original_and_is_blank() {
+        let t = tempfile::tempdir().expect("tmp");
+        let orig = t.path().join("swap.raw");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "raw"])
+            .arg(&orig)
+            .arg("48M")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        let d = LeftOut {
+            target: "vdb".into(),
+            source: Some(orig.to_string_lossy().into_owned()),
+            reason: "snapshot='no'".into(),
+        };
+        let (p, line) = create(&d, t.path()).expect("create");
+        assert_eq!(virtual_size(&p.to_string_lossy()), Some(48 << 20), "{line}");
+        assert!(line.contains("blank 48 MiB"), "{line}");
+        let unknown = LeftOut {
+            target: "vdc".into(),
+            source: None,
+            reason: "shareable".into(),
+        };
+        let (p, line) = create(&unknown, t.path()).expect("create");
+        assert_eq!(virtual_size(&p.to_string_lossy()), Some(FALLBACK_SIZE));
+        assert!(line.contains("size unknown"), "{line}");
+    }
+}
