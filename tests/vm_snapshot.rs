@@ -224,6 +224,19 @@ fn a_disk_the_domain_excludes_is_left_out_and_kept_from_sandboxes() {
     let mut lab = lab("cgt-scratch", 0, 0);
     let mut spec = cgsnap_testbeds::guest::Spec::writer("cgt-scratch-1", 2);
     spec.scratch = true;
+    // Things a sandbox must not share with the running original: a host directory, and a
+    // serial port listening on loopback (a second listener on it could not even start).
+    let share = Path::new(BASE).join("cgt-scratch-share");
+    std::fs::create_dir_all(&share).expect("share dir");
+    let serial_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    spec.extra_devices = format!(
+        "<filesystem type='mount' accessmode='mapped'><source dir='{}'/><target dir='share'/></filesystem>\
+         <serial type='tcp'><source mode='bind' host='127.0.0.1' service='{serial_port}'/><protocol type='raw'/><target port='1'/></serial>",
+        share.display()
+    );
     let g = lab.add_guest(spec);
     g.wait_console("seq ", Duration::from_secs(120))
         .expect("guest writes");
@@ -273,7 +286,19 @@ fn a_disk_the_domain_excludes_is_left_out_and_kept_from_sandboxes() {
         );
     }
     assert!(in_sandbox[2].1.ends_with("vdc.blank.qcow2"));
+    let xml = std::process::Command::new("virsh")
+        .args(["-c", URI, "dumpxml", "cgt-scratch-sb"])
+        .output()
+        .expect("virsh dumpxml");
+    let xml = String::from_utf8_lossy(&xml.stdout).to_string();
+    assert!(xml.contains("<name>cgt-scratch-sb</name>"), "{xml}");
+    assert!(
+        !xml.contains("<filesystem") && !xml.contains(&share.to_string_lossy().to_string()),
+        "{xml}"
+    );
+    assert!(!xml.contains(&format!("service='{serial_port}'")), "{xml}");
     drop(sb);
+    let _ = std::fs::remove_dir_all(&share);
     assert_eq!(domstate("cgt-scratch-sb"), "", "sandbox removed");
     assert!(!dir.exists());
 

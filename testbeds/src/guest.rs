@@ -56,6 +56,8 @@ pub struct Spec {
     /// One more disk after the others: raw, `disk_size`, marked `snapshot='no'` in the domain
     /// (swap or scratch space that no snapshot should take).
     pub scratch: bool,
+    /// More `<devices>` children, as XML (tests of what a sandbox must not share).
+    pub extra_devices: String,
 }
 
 /// Content of one disk of a guest.
@@ -83,6 +85,7 @@ impl Spec {
             cmdline: String::new(),
             forward: None,
             scratch: false,
+            extra_devices: String::new(),
         }
     }
 }
@@ -139,9 +142,10 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
     }
     let _ = write!(
         x,
-        "<serial type='file'><source path='{}'/><target port='0'/></serial>\
+        "<serial type='file'><source path='{}'/><target port='0'/></serial>{}\
          <memballoon model='none'/></devices>",
-        console.display()
+        console.display(),
+        spec.extra_devices
     );
     if let Some((host, guest)) = spec.forward {
         // User-mode networking: the guest reaches nothing but QEMU's NAT, and the host reaches

@@ -2,7 +2,8 @@
 //!
 //! - [`profile`]: what each member runs and what must hold (TOML, strict);
 //! - [`sandbox`]: throwaway overlays + renamed transient domains, loopback-only networking;
-//!   [`stand_in`]: blank disks in place of writable disks the snapshot left out;
+//!   [`stand_in`]: blank disks in place of writable disks the snapshot left out; [`isolate`]:
+//!   what a sandbox must not share with the running original or the host;
 //! - [`pg`]: PostgreSQL checks; [`cassandra`]: Cassandra checks, with [`replay`] (commit log
 //!   replay from the log) and [`bound`] (loss bound by sync mode); [`beacon`]: beacon checks
 //!   of every kind; [`report`]: JSON, HTML and Prometheus output.
@@ -15,6 +16,7 @@
 pub mod beacon;
 pub mod bound;
 pub mod cassandra;
+pub mod isolate;
 pub mod pg;
 pub mod profile;
 pub mod replay;

@@ -4,9 +4,10 @@
 //! Invariants:
 //! - Frozen and backup images are only ever backing files opened read-only: every write of the
 //!   sandbox goes to its own overlay in the sandbox directory.
-//! - The sandbox has a new name and no UUID (libvirt assigns one), no NIC of the original, no
-//!   host devices or graphics; its only network is QEMU user mode with `restrict=on` and one
-//!   port forward bound to 127.0.0.1.
+//! - The sandbox has a new name and no UUID (libvirt assigns one), nothing it could share with
+//!   the running original or the host ([`crate::isolate`]: NICs, host devices, shared
+//!   directories and memory, vsock, TPM, leases, sockets; a copy of the NVRAM); its only network
+//!   is QEMU user mode with `restrict=on` and one port forward bound to 127.0.0.1.
 //! - A disk the guest can write that the snapshot left out (shareable, `snapshot='no'`) never
 //!   reaches the sandbox: it gets a blank stand-in ([`crate::stand_in`]), and `sandbox_xml`
 //!   refuses a writable disk it was given no file for.
@@ -82,9 +83,7 @@ pub fn sandbox_xml(
     let devices = root
         .get_mut_child("devices")
         .ok_or("saved domain XML has no <devices>")?;
-    devices.children.retain(|c| {
-        !matches!(c, XMLNode::Element(x) if ["interface", "hostdev", "graphics", "redirdev", "smartcard", "video", "channel"].contains(&x.name.as_str()))
-    });
+    crate::isolate::devices(devices, console);
     let mut mapped = 0;
     for d in children_named(devices, "disk") {
         let target = d
@@ -121,13 +120,6 @@ pub fn sandbox_xml(
             "saved domain XML has {mapped} of the {} snapshotted disks",
             disks.len()
         ));
-    }
-    for kind in ["serial", "console"] {
-        for s in children_named(devices, kind) {
-            if s.attributes.get("type").map(String::as_str) == Some("file") {
-                set_source(s, "path", &console.to_string_lossy());
-            }
-        }
     }
     let mut cl = Element::new("commandline");
     cl.prefix = Some("qemu".into());
@@ -207,7 +199,18 @@ impl Sandbox {
             overlays.push((d.target.clone(), blank));
             sb.stand_ins.push(line);
         }
-        let xml = sandbox_xml(saved_xml, name, &overlays, &console, forward)?;
+        // UEFI variables: a private copy, written into the XML before it is rewritten.
+        let mut root =
+            Element::parse(saved_xml.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))?;
+        let saved_xml = match crate::isolate::copy_nvram(&mut root, dir)? {
+            None => saved_xml.to_string(),
+            Some(_) => {
+                let mut out = Vec::new();
+                root.write(&mut out).map_err(|e| e.to_string())?;
+                String::from_utf8(out).map_err(|e| e.to_string())?
+            }
+        };
+        let xml = sandbox_xml(&saved_xml, name, &overlays, &console, forward)?;
         if let Ok(old) = sb.conn.lookup_domain_by_name(name) {
             let _ = old.destroy();
         }

@@ -1,0 +1,198 @@
+//! What a sandbox must not share with the running original or with the host, applied to the
+//! member's saved domain XML. The original keeps running while its restore is verified, so
+//! anything both could open is live state of production.
+//!
+//! Invariants:
+//! - Devices that reach host resources or the original's peers are dropped: NICs, host and USB
+//!   passthrough, shared host directories (`filesystem`), shared memory (`shmem`), `vsock`
+//!   (its CID is the original's), TPMs, lock-manager leases, channels (guest agent sockets),
+//!   parallel ports, graphics, video and smartcards.
+//! - Serial port 0 and the console that mirrors it write to the sandbox's console file (the
+//!   verifier reads its markers there, whatever the original used: pty, socket, TCP); every
+//!   other serial port or console is `null`, so no socket, TCP port or host device is opened.
+//! - UEFI variables: the sandbox gets a copy of the original's NVRAM file (or of its template),
+//!   never the file itself.
+
+use std::path::{Path, PathBuf};
+use xmltree::{Element, XMLNode};
+
+const DROPPED: [&str; 13] = [
+    "interface",
+    "hostdev",
+    "graphics",
+    "redirdev",
+    "smartcard",
+    "video",
+    "channel",
+    "filesystem",
+    "shmem",
+    "vsock",
+    "tpm",
+    "lease",
+    "parallel",
+];
+
+fn elements<'a>(e: &'a mut Element, name: &'a str) -> impl Iterator<Item = &'a mut Element> + 'a {
+    e.children.iter_mut().filter_map(move |c| match c {
+        XMLNode::Element(x) if x.name == name => Some(x),
+        _ => None,
+    })
+}
+
+/// Point a character device at `path` (a file), or at nothing (`None`: type `null`).
+fn chardev(e: &mut Element, path: Option<&Path>) {
+    e.children.retain(|c| {
+        !matches!(c, XMLNode::Element(x) if ["source", "protocol", "log"].contains(&x.name.as_str()))
+    });
+    match path {
+        Some(p) => {
+            e.attributes.insert("type".into(), "file".into());
+            let mut s = Element::new("source");
+            s.attributes
+                .insert("path".into(), p.to_string_lossy().into_owned());
+            e.children.insert(0, XMLNode::Element(s));
+        }
+        None => {
+            e.attributes.insert("type".into(), "null".into());
+        }
+    }
+}
+
+/// Drop shared devices and rewire character devices of `<devices>` (see the module invariants).
+pub fn devices(devices: &mut Element, console: &Path) {
+    devices
+        .children
+        .retain(|c| !matches!(c, XMLNode::Element(x) if DROPPED.contains(&x.name.as_str())));
+    for (i, s) in elements(devices, "serial").enumerate() {
+        chardev(s, (i == 0).then_some(console));
+    }
+    for c in elements(devices, "console") {
+        let target = c
+            .get_child("target")
+            .and_then(|t| t.attributes.get("type").cloned());
+        let mirrors_serial = target.as_deref().is_none_or(|t| t == "serial");
+        chardev(c, mirrors_serial.then_some(console));
+    }
+}
+
+/// The NVRAM file of the saved XML (`<os><nvram>PATH</nvram>`) and its template, if any.
+pub fn nvram(root: &Element) -> Option<(PathBuf, Option<PathBuf>)> {
+    let n = root.get_child("os")?.get_child("nvram")?;
+    let path = n.get_text()?.trim().to_string();
+    (!path.is_empty()).then(|| {
+        (
+            PathBuf::from(path),
+            n.attributes.get("template").map(PathBuf::from),
+        )
+    })
+}
+
+/// Give the sandbox its own copy of the NVRAM (the original's, else its template) in `dir`;
+/// the XML then names the copy. Without an NVRAM in the XML, nothing to do.
+pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, String> {
+    let Some((orig, template)) = nvram(root) else {
+        return Ok(None);
+    };
+    let copy = dir.join("nvram.fd");
+    let from = if orig.exists() {
+        orig.clone()
+    } else {
+        template.ok_or_else(|| {
+            format!(
+                "NVRAM {} is not here and the domain names no template: copy it next to the images",
+                orig.display()
+            )
+        })?
+    };
+    std::fs::copy(&from, &copy).map_err(|e| format!("copy NVRAM {}: {e}", from.display()))?;
+    if let Some(n) = root
+        .get_mut_child("os")
+        .and_then(|os| os.get_mut_child("nvram"))
+    {
+        n.children = vec![XMLNode::Text(copy.to_string_lossy().into_owned())];
+    }
+    Ok(Some(copy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(x: &str) -> Element {
+        Element::parse(x.as_bytes()).expect("xml")
+    }
+
+    fn text(e: &Element) -> String {
+        let mut out = Vec::new();
+        e.write(&mut out).expect("write");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn shared_devices_go_and_chardevs_stay_local() {
+        let mut d = parse(
+            "<devices>\
+             <filesystem type='mount'><source dir='/srv/share'/><target dir='share'/></filesystem>\
+             <shmem name='ivshmem0'/><vsock model='virtio'><cid auto='no' address='42'/></vsock>\
+             <tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>\
+             <lease><lockspace>s</lockspace><key>k</key><target path='/leases'/></lease>\
+             <serial type='pty'><source path='/dev/pts/3'/><target port='0'/></serial>\
+             <serial type='tcp'><source mode='bind' host='0.0.0.0' service='4555'/><protocol type='telnet'/><target port='1'/></serial>\
+             <console type='pty'><target type='serial' port='0'/></console>\
+             <console type='unix'><source mode='bind' path='/run/c.sock'/><target type='virtio' port='1'/></console>\
+             <disk type='file' device='disk'><source file='/sb/vda.qcow2'/><target dev='vda'/></disk>\
+             </devices>",
+        );
+        devices(&mut d, Path::new("/sb/console.log"));
+        let x = text(&d);
+        for gone in [
+            "filesystem",
+            "/srv/share",
+            "shmem",
+            "vsock",
+            "tpm",
+            "lease",
+            "/dev/pts/3",
+            "4555",
+            "telnet",
+            "/run/c.sock",
+        ] {
+            assert!(!x.contains(gone), "{gone} left in {x}");
+        }
+        assert_eq!(x.matches("/sb/console.log").count(), 2, "{x}");
+        assert_eq!(x.matches("type=\"null\"").count(), 2, "{x}");
+        assert!(x.contains("/sb/vda.qcow2"), "disks are not this module's");
+    }
+
+    #[test]
+    fn nvram_is_copied_never_shared() {
+        let t = tempfile::tempdir().expect("tmp");
+        let orig = t.path().join("vm_VARS.fd");
+        std::fs::write(&orig, b"vars").expect("write");
+        let sb = t.path().join("sb");
+        std::fs::create_dir_all(&sb).expect("mkdir");
+        let mut root = parse(&format!(
+            "<domain><os><loader readonly='yes' type='pflash'>/code.fd</loader><nvram>{}</nvram></os></domain>",
+            orig.display()
+        ));
+        let copy = copy_nvram(&mut root, &sb).expect("copy").expect("an nvram");
+        assert_eq!(std::fs::read(&copy).expect("read"), b"vars");
+        let x = text(&root);
+        assert!(
+            x.contains(&*copy.to_string_lossy()) && !x.contains("vm_VARS.fd"),
+            "{x}"
+        );
+        // Not here, no template: could not run, naming the file.
+        let mut root = parse("<domain><os><nvram>/nowhere/VARS.fd</nvram></os></domain>");
+        let e = copy_nvram(&mut root, &sb).unwrap_err();
+        assert!(e.contains("/nowhere/VARS.fd"), "{e}");
+        // Not here, with a template: a fresh copy of the template.
+        let mut root = parse(&format!(
+            "<domain><os><nvram template='{}'>/nowhere/VARS.fd</nvram></os></domain>",
+            orig.display()
+        ));
+        assert!(copy_nvram(&mut root, &sb).expect("template").is_some());
+        let mut bios = parse("<domain><os><type>hvm</type></os></domain>");
+        assert_eq!(copy_nvram(&mut bios, &sb).expect("none"), None);
+    }
+}
