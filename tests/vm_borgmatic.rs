@@ -96,7 +96,22 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         .join("cgsnap-orders/vdb.qcow2");
     assert!(extracted.exists(), "{} extracted", extracted.display());
 
+    // Verified as a production guest would be: no ready marker on the console (readiness is
+    // the first connection that succeeds).
     let profile = pair::verify_profile(&lab.catalog.path().join("testbeds").join(pair::NAME));
+    let text = std::fs::read_to_string(&profile).expect("profile");
+    let unmarked: String = text
+        .lines()
+        .filter(|l| !l.starts_with("ready_marker"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(unmarked.matches("[[member]]").count(), 2);
+    assert!(
+        unmarked.len() < text.len(),
+        "the testbed profile had markers"
+    );
+    let profile = work.path().join("no-marker.toml");
+    std::fs::write(&profile, unmarked).expect("write profile");
     let out = lab
         .cgsnap()
         .args([
@@ -115,4 +130,5 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
     print!("{text}");
     assert!(text.contains(": PASS"), "{text}");
+    assert!(text.contains("recovery "), "{text}");
 }

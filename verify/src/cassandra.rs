@@ -193,15 +193,17 @@ pub fn check_member(
         r.loss_bound_seconds = Some(bound::loss_bound(mode).as_secs_f64());
         r.checks.extend(sync_check(mode, ctx.domain_xml));
     }
+    // The profile guarantees a marker for Cassandra members.
+    let ready_marker = prof.ready_marker.as_deref().unwrap_or_default();
     let marker = sb.wait_marker(
-        &prof.ready_marker,
+        ready_marker,
         prof.failure_marker.as_deref(),
         ctx.ready_timeout,
     );
     let conn = match marker {
         Wait::TimedOut => Err(format!(
             "no {:?} within {} s",
-            prof.ready_marker,
+            ready_marker,
             ctx.ready_timeout.as_secs()
         )),
         Wait::Failed(d) => Err(format!(

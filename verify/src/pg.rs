@@ -31,6 +31,29 @@ pub fn connect(info: &str, timeout: Duration) -> Result<Client, String> {
     }
 }
 
+/// Ready without a console marker: the first connection that succeeds (PostgreSQL refuses
+/// connections until crash recovery is done). A failure marker on the console still ends the
+/// wait at once. Returns how the wait ended and the connection.
+fn wait_connect(
+    sb: &Sandbox,
+    info: &str,
+    failure: Option<&str>,
+    timeout: Duration,
+) -> (Wait, Option<Client>) {
+    loop {
+        if failure.is_some_and(|f| sb.console_text().contains(f)) {
+            return (Wait::Failed(sb.started.elapsed()), None);
+        }
+        if let Ok(c) = Client::connect(info, NoTls) {
+            return (Wait::Ready(sb.started.elapsed()), Some(c));
+        }
+        if sb.started.elapsed() > timeout {
+            return (Wait::TimedOut, None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn check(name: &str, ok: bool, evidence: String) -> Check {
     Check {
         name: name.to_string(),
@@ -120,11 +143,14 @@ pub fn check_member(
     sb: &Sandbox,
 ) -> (MemberReport, Option<Client>) {
     let mut r = MemberReport::new(ctx.domain, &sb.name);
-    let waited = sb.wait_marker(
-        &prof.ready_marker,
-        prof.failure_marker.as_deref(),
-        ctx.ready_timeout,
-    );
+    let info = conninfo(prof, sb.host_port);
+    let (waited, mut first) = match &prof.ready_marker {
+        Some(m) => (
+            sb.wait_marker(m, prof.failure_marker.as_deref(), ctx.ready_timeout),
+            None,
+        ),
+        None => wait_connect(sb, &info, prof.failure_marker.as_deref(), ctx.ready_timeout),
+    };
     let ready = match waited {
         Wait::Ready(d) => Some(d),
         _ => None,
@@ -142,8 +168,10 @@ pub fn check_member(
                 d.as_secs_f64(),
                 if recovered {
                     "crash recovery replayed WAL"
-                } else {
+                } else if console.contains("database system") {
                     "no WAL replay was needed"
+                } else {
+                    "WAL replay not visible (the server log is not on the console)"
                 }
             ),
             Wait::Failed(d) => format!(
@@ -158,8 +186,10 @@ pub fn check_member(
             ),
         },
     ));
-    let client =
-        ready.and_then(|_| connect(&conninfo(prof, sb.host_port), Duration::from_secs(60)).ok());
+    let client = match first.take() {
+        Some(c) => Some(c),
+        None => ready.and_then(|_| connect(&info, Duration::from_secs(60)).ok()),
+    };
     let Some(mut c) = client else {
         if ready.is_some() {
             r.checks

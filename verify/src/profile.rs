@@ -73,8 +73,11 @@ pub struct MemberProfile {
     pub password: String,
     #[serde(default = "default_db")]
     pub dbname: String,
-    /// Console line the guest prints once the database accepts connections.
-    pub ready_marker: String,
+    /// Console line the guest prints once the database accepts connections. PostgreSQL: when
+    /// absent, ready is the first successful connection through the forward (no guest change
+    /// needed; the server refuses connections until crash recovery is done). Cassandra: required.
+    #[serde(default)]
+    pub ready_marker: Option<String>,
     /// Console line the guest prints when the database cannot start (e.g. recovery failed):
     /// the member fails at once instead of waiting out the ready timeout.
     #[serde(default)]
@@ -131,6 +134,9 @@ impl MemberProfile {
     /// Per-kind rules serde cannot express.
     fn validate(&self) -> Result<(), String> {
         match self.kind {
+            Kind::Cassandra if self.ready_marker.is_none() => Err(
+                "a cassandra member needs a ready_marker (its console line once CQL is up)".into(),
+            ),
             Kind::Cassandra => self.sync_mode().map(|_| ()),
             Kind::Postgres if self.user.is_empty() || self.password.is_empty() => {
                 Err("a postgres member needs user and password".into())
@@ -253,6 +259,22 @@ invariants = ["SELECT count(*), max(id) FROM cgsnap.events"]
 
     /// The profiles `cgsnap testbed up` writes for the Cassandra testbeds parse here.
     #[test]
+    fn postgres_ready_marker_is_optional() {
+        let p = parse(
+            Path::new("p.toml"),
+            &OK.replace("ready_marker = \"READY\"\n", ""),
+        )
+        .expect("parse");
+        assert_eq!(p.members[0].ready_marker, None);
+        assert_eq!(
+            parse(Path::new("p.toml"), OK).expect("parse").members[0]
+                .ready_marker
+                .as_deref(),
+            Some("READY")
+        );
+    }
+
+    #[test]
     fn testbed_profiles_parse() {
         use cgsnap_testbeds::cass_bed::{self, State, Vm};
         for (bed, sync) in [
@@ -339,6 +361,10 @@ invariants = ["SELECT count(*), max(id) FROM cgsnap.events"]
                 "needs commitlog_sync =",
             ),
             (CASS.replace("\"periodic\"", "\"group\""), "group"),
+            (
+                CASS.replace("ready_marker = \"CGSNAP-CASS: ready\"\n", ""),
+                "needs a ready_marker",
+            ),
         ] {
             let e = parse(Path::new("c.toml"), &bad).expect_err(why);
             assert!(e.to_string().contains(why), "{why}: {e}");
