@@ -12,9 +12,16 @@
 //!   other serial port or console is `null`, so no socket, TCP port or host device is opened.
 //! - UEFI variables: the sandbox gets a copy of the original's NVRAM file (or of its template),
 //!   never the file itself.
+//! - Host placement of the original is not inherited (`memoryBacking`: hugepages reserved for
+//!   production; `cputune`, `numatune`: pinning onto its cores and nodes).
+//! - Sandboxes on this host start only if their guest memory fits in 90 % of what the host has
+//!   available: a restore test must never push the running originals into the OOM killer.
 
 use std::path::{Path, PathBuf};
 use xmltree::{Element, XMLNode};
+
+/// Top-level elements of the domain that place the original on this host.
+pub const DROPPED_TOP: [&str; 3] = ["memoryBacking", "cputune", "numatune"];
 
 const DROPPED: [&str; 13] = [
     "interface",
@@ -114,6 +121,55 @@ pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, Str
     Ok(Some(copy))
 }
 
+/// Guest memory of a domain XML in KiB (`<memory unit='...'>`, KiB when no unit is given).
+pub fn memory_kib(xml: &str) -> Result<u64, String> {
+    let root = Element::parse(xml.as_bytes()).map_err(|e| format!("domain XML: {e}"))?;
+    let m = root
+        .get_child("memory")
+        .ok_or("domain XML has no <memory>")?;
+    let v: u64 = m
+        .get_text()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or("domain XML: <memory> is not a number")?;
+    let unit = m.attributes.get("unit").map_or("KiB", String::as_str);
+    let bytes_per: u64 = match unit {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        other => return Err(format!("domain XML: unknown memory unit {other:?}")),
+    };
+    Ok(v.saturating_mul(bytes_per) / 1024)
+}
+
+/// `MemAvailable` of this host in KiB.
+pub fn available_kib() -> Result<u64, String> {
+    let text =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "/proc/meminfo has no MemAvailable".to_string())
+}
+
+/// Refuse sandboxes whose guest memory (`need_kib`, all of them) exceeds 90 % of `available_kib`.
+pub fn check_memory(need_kib: u64, available_kib: u64) -> Result<(), String> {
+    if need_kib <= available_kib / 10 * 9 {
+        return Ok(());
+    }
+    Err(format!(
+        "the sandboxes need {} MiB of guest memory and this host has {} MiB available (90 % may be used): \
+         free memory, or verify from copies (--images) on a host with room",
+        need_kib >> 10,
+        available_kib >> 10
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +218,31 @@ mod tests {
         assert_eq!(x.matches("/sb/console.log").count(), 2, "{x}");
         assert_eq!(x.matches("type=\"null\"").count(), 2, "{x}");
         assert!(x.contains("/sb/vda.qcow2"), "disks are not this module's");
+    }
+
+    #[test]
+    fn memory_units_and_the_guard() {
+        let m = |v: &str, unit: &str| {
+            memory_kib(&format!(
+                "<domain><memory unit='{unit}'>{v}</memory></domain>"
+            ))
+        };
+        assert_eq!(m("512", "MiB"), Ok(512 * 1024));
+        assert_eq!(m("2", "GiB"), Ok(2 * 1024 * 1024));
+        assert_eq!(m("1048576", "KiB"), Ok(1024 * 1024));
+        assert_eq!(m("1000000", "KB"), Ok(976_562));
+        assert!(m("2", "parsecs").is_err());
+        assert_eq!(
+            memory_kib("<domain><memory>4096</memory></domain>"),
+            Ok(4096)
+        );
+        assert!(check_memory(900, 1000).is_ok());
+        let e = check_memory(2 << 20, 1 << 20).unwrap_err();
+        assert!(
+            e.contains("2048 MiB") && e.contains("1024 MiB available"),
+            "{e}"
+        );
+        assert!(available_kib().expect("this host's meminfo") > 0);
     }
 
     #[test]

@@ -138,6 +138,20 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     let cp = m
         .consistency_point
         .ok_or_else(|| CouldNotRun(format!("snapshot {} has no consistency point", m.id)))?;
+    // Sandboxes on this host (URIs without a host part) must leave the originals room.
+    if m.members
+        .iter()
+        .all(|x| !x.uri.contains("://") || x.uri.contains(":///"))
+    {
+        let need = m
+            .members
+            .iter()
+            .map(|x| isolate::memory_kib(&x.domain_xml))
+            .sum::<Result<u64, String>>()
+            .map_err(CouldNotRun)?;
+        isolate::check_memory(need, isolate::available_kib().map_err(CouldNotRun)?)
+            .map_err(CouldNotRun)?;
+    }
     let mut sandboxes = Vec::new();
     for (i, mem) in m.members.iter().enumerate() {
         let prof = req

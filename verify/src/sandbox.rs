@@ -76,7 +76,8 @@ pub fn sandbox_xml(
     }
     // Drop identity, runtime and host-specific parts; libvirt assigns what it needs.
     root.children.retain(|c| {
-        !matches!(c, XMLNode::Element(x) if ["uuid", "seclabel", "commandline"].contains(&x.name.as_str()))
+        !matches!(c, XMLNode::Element(x) if ["uuid", "seclabel", "commandline"].contains(&x.name.as_str())
+            || crate::isolate::DROPPED_TOP.contains(&x.name.as_str()))
     });
     strip(&mut root, &["alias", "backingStore", "mirror"]);
     root.attributes.remove("id");
