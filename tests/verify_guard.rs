@@ -1,19 +1,22 @@
-//! `cgsnap verify` refuses, before it creates anything, to start sandboxes whose guest memory
-//! would not fit in what this host has available (read from the real /proc/meminfo): a restore
-//! test must never push the running originals into the OOM killer. Exit 12 (could not run),
-//! one line naming both figures.
+//! `cgsnap verify` refuses, before it creates anything (exit 12, could not run, one line):
+//! sandboxes whose guest memory would not fit in what this host has available (read from the
+//! real /proc/meminfo; a restore test must never push the running originals into the OOM
+//! killer), and members on another host (sandboxes are built from files on this one).
 
 use cgsnap::catalog::{Catalog, DiskRecord, Manifest, MemberRecord, SnapState};
 use chrono::Utc;
 use std::process::Command;
 
-#[test]
-fn sandboxes_that_do_not_fit_in_memory_are_refused_before_anything_starts() {
+/// Run `cgsnap verify` on a one-member snapshot (`uri`, `memory_mib` in the saved XML);
+/// returns the exit code and stderr, and asserts that no sandbox directory was created.
+fn verify(uri: &str, memory_mib: u64) -> (Option<i32>, String) {
     let t = tempfile::tempdir().expect("tempdir");
     let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
-    let xml = "<domain type='qemu'><name>big-db</name><memory unit='TiB'>64</memory>\
-               <devices><disk type='file' device='disk'><source file='/nowhere/vda.qcow2'/>\
-               <target dev='vda'/></disk></devices></domain>";
+    let xml = format!(
+        "<domain type='qemu'><name>big-db</name><memory unit='MiB'>{memory_mib}</memory>\
+         <devices><disk type='file' device='disk'><source file='/nowhere/vda.qcow2'/>\
+         <target dev='vda'/></disk></devices></domain>"
+    );
     let disk = DiskRecord {
         target: "vda".into(),
         image: "/nowhere/vda.qcow2".into(),
@@ -23,12 +26,7 @@ fn sandboxes_that_do_not_fit_in_memory_are_refused_before_anything_starts() {
     };
     let m = Manifest {
         consistency_point: Some(Utc::now()),
-        members: vec![MemberRecord::new(
-            "big-db",
-            "qemu:///system",
-            xml.into(),
-            vec![disk],
-        )],
+        members: vec![MemberRecord::new("big-db", uri, xml, vec![disk])],
         ..Manifest::new("big-1", "big", SnapState::Taken, Utc::now())
     };
     cat.write(&m).expect("manifest");
@@ -49,13 +47,30 @@ fn sandboxes_that_do_not_fit_in_memory_are_refused_before_anything_starts() {
         .arg(&sandboxes)
         .output()
         .expect("cgsnap verify");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(12), "{err}");
+    assert!(!sandboxes.exists(), "nothing was created");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(err.lines().count(), 1, "{err}");
+    (out.status.code(), err)
+}
+
+#[test]
+fn sandboxes_that_do_not_fit_in_memory_are_refused_before_anything_starts() {
+    let (code, err) = verify("qemu:///system", 64 << 20);
+    assert_eq!(code, Some(12), "{err}");
     assert!(
         err.contains("the sandboxes need 67108864 MiB of guest memory")
             && err.contains("MiB available"),
         "{err}"
     );
-    assert!(!sandboxes.exists(), "nothing was created");
+}
+
+#[test]
+fn members_on_another_host_are_refused_before_anything_starts() {
+    // A URI with a host part (loopback, so that a regression could only reach this host).
+    let (code, err) = verify("qemu+tcp://127.0.0.1:1/system", 512);
+    assert_eq!(code, Some(12), "{err}");
+    assert!(
+        err.contains("member big-db runs on qemu+tcp://127.0.0.1:1/system"),
+        "{err}"
+    );
 }

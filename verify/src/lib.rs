@@ -138,20 +138,27 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     let cp = m
         .consistency_point
         .ok_or_else(|| CouldNotRun(format!("snapshot {} has no consistency point", m.id)))?;
-    // Sandboxes on this host (URIs without a host part) must leave the originals room.
-    if m.members
-        .iter()
-        .all(|x| !x.uri.contains("://") || x.uri.contains(":///"))
-    {
-        let need = m
-            .members
-            .iter()
-            .map(|x| isolate::memory_kib(&x.domain_xml))
-            .sum::<Result<u64, String>>()
-            .map_err(CouldNotRun)?;
-        isolate::check_memory(need, isolate::available_kib().map_err(CouldNotRun)?)
-            .map_err(CouldNotRun)?;
+    // Sandboxes are built from files on this host and started on the member's daemon: both
+    // must be here (a URI without a host part, as for snapshot's overlay pre-creation).
+    let here = |uri: &str| {
+        uri.split_once("://")
+            .is_some_and(|(_, rest)| rest.starts_with('/'))
+    };
+    if let Some(x) = m.members.iter().find(|x| !here(&x.uri)) {
+        return Err(CouldNotRun(format!(
+            "member {} runs on {}: verify builds its sandboxes on this host; run it on that host",
+            x.domain, x.uri
+        )));
     }
+    // The sandboxes must leave the running originals room.
+    let need = m
+        .members
+        .iter()
+        .map(|x| isolate::memory_kib(&x.domain_xml))
+        .sum::<Result<u64, String>>()
+        .map_err(CouldNotRun)?;
+    isolate::check_memory(need, isolate::available_kib().map_err(CouldNotRun)?)
+        .map_err(CouldNotRun)?;
     let mut sandboxes = Vec::new();
     for (i, mem) in m.members.iter().enumerate() {
         let prof = req
