@@ -224,8 +224,8 @@ fn a_disk_the_domain_excludes_is_left_out_and_kept_from_sandboxes() {
     let mut lab = lab("cgt-scratch", 0, 0);
     let mut spec = cgsnap_testbeds::guest::Spec::writer("cgt-scratch-1", 2);
     spec.scratch = true;
-    // Things a sandbox must not share with the running original: a host directory, and a
-    // serial port listening on loopback (a second listener on it could not even start).
+    // Things a sandbox must not share with the running original: a host directory, a serial
+    // port listening on loopback (a second listener on it could not even start), a TPM.
     let share = Path::new(BASE).join("cgt-scratch-share");
     std::fs::create_dir_all(&share).expect("share dir");
     let serial_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -234,13 +234,23 @@ fn a_disk_the_domain_excludes_is_left_out_and_kept_from_sandboxes() {
         .port();
     spec.extra_devices = format!(
         "<filesystem type='mount' accessmode='mapped'><source dir='{}'/><target dir='share'/></filesystem>\
-         <serial type='tcp'><source mode='bind' host='127.0.0.1' service='{serial_port}'/><protocol type='raw'/><target port='1'/></serial>",
+         <serial type='tcp'><source mode='bind' host='127.0.0.1' service='{serial_port}'/><protocol type='raw'/><target port='1'/></serial>\
+         <tpm model='tpm-tis'><backend type='emulator' version='2.0'/></tpm>",
         share.display()
     );
     let g = lab.add_guest(spec);
     g.wait_console("seq ", Duration::from_secs(120))
         .expect("guest writes");
     let scratch = g.disks[2].to_string_lossy().into_owned();
+    let original = std::process::Command::new("virsh")
+        .args(["-c", URI, "dumpxml", "cgt-scratch-1"])
+        .output()
+        .expect("virsh dumpxml");
+    let original = String::from_utf8_lossy(&original.stdout).to_string();
+    assert!(
+        original.contains("<filesystem") && original.contains("<tpm"),
+        "{original}"
+    );
     lab.group_add("cgt-scratch", &lab.names());
 
     // A raw disk would be refused (exit 4); marked snapshot='no' it is left out.
@@ -297,6 +307,10 @@ fn a_disk_the_domain_excludes_is_left_out_and_kept_from_sandboxes() {
         "{xml}"
     );
     assert!(!xml.contains(&format!("service='{serial_port}'")), "{xml}");
+    assert!(
+        !xml.contains("<tpm"),
+        "the original's TPM state is not the sandbox's: {xml}"
+    );
     drop(sb);
     let _ = std::fs::remove_dir_all(&share);
     assert_eq!(domstate("cgt-scratch-sb"), "", "sandbox removed");
