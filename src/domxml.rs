@@ -53,11 +53,6 @@ impl DiskInfo {
             && !self.shareable
             && !matches!(self.snapshot_mode.as_deref(), Some("no" | "manual"))
     }
-
-    /// The guest can write it: a sandbox must never get the original.
-    pub fn is_writable(&self) -> bool {
-        !self.readonly && matches!(self.device.as_str(), "disk" | "lun")
-    }
 }
 
 fn source_path(node: roxmltree::Node) -> Option<String> {
@@ -193,12 +188,10 @@ mod tests {
         assert!(!d[2].is_snapshotted());
         assert_eq!(d[3].kind, "network");
         assert_eq!(d[3].source, None);
-        // The domain's own exclusion, and a shared disk: left out, but writable.
+        // The domain's own exclusion, and a shared disk: left out.
         assert_eq!(d[4].snapshot_mode.as_deref(), Some("no"));
-        assert!(!d[4].is_snapshotted() && d[4].is_writable());
-        assert!(!d[5].is_snapshotted() && d[5].is_writable());
-        assert!(!d[2].is_writable(), "a read-only cdrom");
-        assert!(d[0].is_snapshotted() && d[0].is_writable());
+        assert!(!d[4].is_snapshotted());
+        assert!(!d[5].is_snapshotted() && d[5].shareable);
     }
 
     #[test]
