@@ -23,7 +23,8 @@ pub struct PruneArgs {
     pub dry_run: bool,
 }
 
-/// `cgsnap list [--group G] [--json]`: every manifest, oldest first.
+/// `cgsnap list [--group G] [--json]`: every manifest, oldest first; the table adds the space
+/// held overlays take here.
 pub fn list(cat: &Catalog, group: Option<&str>, as_json: bool) -> Result<(), Failure> {
     let all: Vec<Manifest> = cat
         .list()?
@@ -35,20 +36,42 @@ pub fn list(cat: &Catalog, group: Option<&str>, as_json: bool) -> Result<(), Fai
         return Ok(());
     }
     println!(
-        "{:<40} {:<16} {:<10} {:>10} {:>7}",
-        "ID", "GROUP", "STATE", "FREEZE_MS", "MEMBERS"
+        "{:<40} {:<16} {:<10} {:>10} {:>7} {:>10}",
+        "ID", "GROUP", "STATE", "FREEZE_MS", "MEMBERS", "OVERLAYS"
     );
     for m in &all {
         println!(
-            "{:<40} {:<16} {:<10} {:>10.1} {:>7}",
+            "{:<40} {:<16} {:<10} {:>10.1} {:>7} {:>10}",
             m.id,
             m.group,
             m.state.to_string(),
             m.freeze_window_ms.unwrap_or_default(),
-            m.members.len()
+            m.members.len(),
+            overlay_use(m)
         );
     }
     Ok(())
+}
+
+/// Space the overlays of a held snapshot take on this host (they grow with every guest
+/// write until release): `-` when nothing is held or no overlay is here.
+fn overlay_use(m: &Manifest) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if !m.state.outstanding() {
+        return "-".into();
+    }
+    let bytes: Option<u64> = m
+        .members
+        .iter()
+        .flat_map(|x| x.disks.iter())
+        .filter_map(|d| std::fs::metadata(&d.overlay).ok())
+        .map(|md| md.blocks() * 512)
+        .reduce(|a, b| a + b);
+    match bytes {
+        None => "-".into(),
+        Some(b) if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
 }
 
 /// `cgsnap show ID`: one manifest as JSON.

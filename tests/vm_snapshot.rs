@@ -134,6 +134,14 @@ fn hook_contract_pre_post_twice_and_out_of_order() {
     let since = r#"cgsnap_snapshot_outstanding_since_timestamp_seconds{group="cgt-hook"}"#;
     assert_eq!(held(&lab), Some(1.0));
     assert!(lab.metric(since).is_some());
+    // `cgsnap list` shows how much space the held overlays take (they grow until release).
+    let o = lab.cgsnap().args(["list"]).assert().success();
+    let table = String::from_utf8_lossy(&o.get_output().stdout).to_string();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("cgt-hook-"))
+        .expect("the snapshot's row");
+    assert!(row.contains(" taken ") && row.ends_with(" MiB"), "{table}");
     assert_eq!(
         lab.metric(r#"cgsnap_snapshot_last_attempt_success{group="cgt-hook"}"#),
         Some(1.0)
@@ -163,6 +171,14 @@ fn hook_contract_pre_post_twice_and_out_of_order() {
     assert!(lab.overlays_on_disk().is_empty());
     assert_eq!(held(&lab), Some(0.0));
     assert_eq!(lab.metric(since), None, "nothing held any more");
+    let o = lab.cgsnap().args(["list"]).assert().success();
+    let table = String::from_utf8_lossy(&o.get_output().stdout).to_string();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("cgt-hook-") && l.contains(" released ") && l.ends_with(" -")),
+        "{table}"
+    );
     let released = lab
         .metric(r#"cgsnap_release_last_success_timestamp_seconds{group="cgt-hook"}"#)
         .expect("release time");
