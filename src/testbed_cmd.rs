@@ -134,17 +134,11 @@ fn cassandra_up(
             format!("testbed {name} needs a Cassandra distribution: {e}"),
         )
     })?;
-    let uri = ctx
-        .uris
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "qemu:///system".into());
     let sdir = state_dir(catalog, name);
-    let mut st = cass_bed::up(name, &uri, &sdir, dir, ports, sync)
+    let mut st = cass_bed::up(name, &testbed_uri(ctx), &sdir, dir, ports, sync)
         .map_err(|e| fail(ExitCode::Precondition, e))?;
     let names: Vec<String> = st.vms.iter().map(|v| v.name.clone()).collect();
-    group::add(&ctx.hosts()?, name, &names)?;
-    st.workload_pid = Some(spawn_workload(catalog, name, &sdir)?);
+    st.workload_pid = Some(group_and_workload(ctx, catalog, name, &names, &sdir)?);
     cass_bed::save(&sdir, &st).map_err(|e| fail(ExitCode::Internal, e))?;
     for v in &st.vms {
         println!(
@@ -245,17 +239,11 @@ pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
                     "--ports takes two ports: ORDERS,PAYMENTS",
                 ));
             };
-            let uri = ctx
-                .uris
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "qemu:///system".into());
             let sdir = state_dir(catalog, name);
-            let mut st = pair::up(&uri, &sdir, dir, (po, pp))
+            let mut st = pair::up(&testbed_uri(ctx), &sdir, dir, (po, pp))
                 .map_err(|e| fail(ExitCode::Precondition, e))?;
             let names: Vec<String> = st.vms.iter().map(|v| v.name.clone()).collect();
-            group::add(&ctx.hosts()?, name, &names)?;
-            st.workload_pid = Some(spawn_workload(catalog, name, &sdir)?);
+            st.workload_pid = Some(group_and_workload(ctx, catalog, name, &names, &sdir)?);
             pair::save(&sdir, &st).map_err(|e| fail(ExitCode::Internal, e))?;
             for v in &st.vms {
                 println!(
@@ -335,6 +323,26 @@ pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Testbed VMs live on the first `--connect` host (default qemu:///system).
+fn testbed_uri(ctx: &Ctx) -> String {
+    ctx.uris
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "qemu:///system".into())
+}
+
+/// Define the testbed's group over its VMs and start its workload; returns the workload's pid.
+fn group_and_workload(
+    ctx: &Ctx,
+    catalog: &Path,
+    name: &str,
+    vms: &[String],
+    sdir: &Path,
+) -> Result<u32, Failure> {
+    group::add(&ctx.hosts()?, name, vms)?;
+    spawn_workload(catalog, name, sdir)
 }
 
 /// `testbed status`: one line per VM (name, role, loopback port, boot-to-ready), then the
