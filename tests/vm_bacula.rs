@@ -31,7 +31,6 @@ mod common;
 
 use bacula::{Bacula, FAILING_FILESET, GROUP};
 use common::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Job `job`'s log holds pre's `taken` line and post's `released` line for snapshot `snap`.
@@ -93,41 +92,7 @@ fn bacula_job_with_the_shipped_snippet_backs_up_and_restores_a_consistent_cut() 
         restored.path().display()
     ));
     eprintln!("restore job: {:.1} s", t.elapsed().as_secs_f64());
-    assert!(
-        files_under(restored.path(), ".cgsnap-overlay").is_empty(),
-        "overlays excluded from the backup"
-    );
-    let mut checked = 0;
-    for g in &lab.guests {
-        let images: Vec<String> = g
-            .disks
-            .iter()
-            .map(|d| {
-                let p = restored
-                    .path()
-                    .join(d.strip_prefix("/").expect("absolute image path"));
-                assert!(p.exists(), "{} restored", p.display());
-                let check = Command::new("qemu-img")
-                    .args(["check", "-f", "qcow2"])
-                    .arg(&p)
-                    .output()
-                    .expect("qemu-img");
-                assert!(
-                    check.status.success(),
-                    "qemu-img check {}: {}{}",
-                    p.display(),
-                    String::from_utf8_lossy(&check.stdout),
-                    String::from_utf8_lossy(&check.stderr)
-                );
-                checked += 1;
-                p.to_string_lossy().into_owned()
-            })
-            .collect();
-        // One instant per guest: vda's record equal to vdb's or exactly one ahead of it.
-        let recs = records(&images);
-        eprintln!("{}: restored records {recs:?}", g.name());
-        assert!(recs[0].seq > 0, "the guest had written before the snapshot");
-    }
+    let checked = assert_restored_backup(&lab, restored.path());
     assert_eq!(checked, 4, "two guests with two disks each");
     eprintln!("total {:.1} s", start.elapsed().as_secs_f64());
 }

@@ -369,6 +369,46 @@ pub fn domblklist_on(uri: &str, dom: &str) -> Vec<String> {
         .collect()
 }
 
+/// A backup of the lab's guests restored under `restored` (each image at `restored/<its
+/// absolute path>`): no overlay in it, every image passes `qemu-img check`, and each guest's
+/// images hold one instant of it (see [`records`]) written before the snapshot. Returns how
+/// many images were checked.
+pub fn assert_restored_backup(lab: &Lab, restored: &Path) -> usize {
+    assert!(
+        files_under(restored, ".cgsnap-overlay").is_empty(),
+        "overlays excluded from the backup"
+    );
+    let mut checked = 0;
+    for g in &lab.guests {
+        let images: Vec<String> = g
+            .disks
+            .iter()
+            .map(|d| {
+                let p = restored.join(d.strip_prefix("/").expect("absolute image path"));
+                assert!(p.exists(), "{} restored", p.display());
+                let check = Command::new("qemu-img")
+                    .args(["check", "-f", "qcow2"])
+                    .arg(&p)
+                    .output()
+                    .expect("qemu-img");
+                assert!(
+                    check.status.success(),
+                    "qemu-img check {}: {}{}",
+                    p.display(),
+                    String::from_utf8_lossy(&check.stdout),
+                    String::from_utf8_lossy(&check.stderr)
+                );
+                checked += 1;
+                p.to_string_lossy().into_owned()
+            })
+            .collect();
+        let recs = records(&images);
+        eprintln!("{}: restored records {recs:?}", g.name());
+        assert!(recs[0].seq > 0, "the guest had written before the snapshot");
+    }
+    checked
+}
+
 /// `cgsnap list --json` of the lab's catalog.
 pub fn list_json(lab: &Lab) -> serde_json::Value {
     let out = lab.cgsnap().args(["list", "--json"]).assert().success();
