@@ -81,32 +81,7 @@ fn round(lab: &Lab, bed: &str, profile: &Path, stagger: Option<&str>) -> (serde_
         snap.args(["--unsafe-stagger", ms]);
     }
     snap.assert().success();
-    let out = lab
-        .std_cgsnap()
-        .args([
-            "verify",
-            "--group",
-            bed,
-            "--json",
-            "--base-port",
-            "40400",
-            "--profile",
-        ])
-        .arg(profile)
-        .output()
-        .expect("verify");
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 11,
-        "verify could not run ({code}): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
-    lab.cgsnap()
-        .args(["hook", "post", "--group", bed])
-        .assert()
-        .success();
-    (r, code)
+    lab.verify_and_release(bed, profile, 40400)
 }
 
 fn member<'a>(r: &'a serde_json::Value, domain: &str) -> &'a serde_json::Value {

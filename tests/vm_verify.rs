@@ -28,32 +28,7 @@ fn round(lab: &Lab, profile: &Path, extra: &[&str]) -> (serde_json::Value, PathB
         .args(extra)
         .assert()
         .success();
-    let out = lab
-        .cgsnap()
-        .args([
-            "verify",
-            "--group",
-            pair::NAME,
-            "--json",
-            "--base-port",
-            "40300",
-            "--profile",
-        ])
-        .arg(profile)
-        .timeout(Duration::from_secs(600))
-        .output()
-        .expect("verify");
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 11,
-        "verify could not run ({code}): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
-    lab.cgsnap()
-        .args(["hook", "post", "--group", pair::NAME])
-        .assert()
-        .success();
+    let (r, code) = lab.verify_and_release(pair::NAME, profile, 40300);
     let id = r["snapshot_id"].as_str().expect("id");
     let html = lab
         .catalog

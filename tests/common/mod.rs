@@ -110,6 +110,38 @@ impl Lab {
         (id, m)
     }
 
+    /// `cgsnap verify --group GROUP --json` (sandbox forwards from `base_port`), which must
+    /// run (pass, 0, or find a violation, 11), then `hook post` releases the snapshot.
+    /// Returns the report and the exit code.
+    pub fn verify_and_release(
+        &self,
+        group: &str,
+        profile: &Path,
+        base_port: u16,
+    ) -> (serde_json::Value, i32) {
+        let out = self
+            .cgsnap()
+            .args(["verify", "--group", group, "--json", "--base-port"])
+            .arg(base_port.to_string())
+            .arg("--profile")
+            .arg(profile)
+            .timeout(Duration::from_secs(900))
+            .output()
+            .expect("verify");
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            code == 0 || code == 11,
+            "verify could not run ({code}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
+        self.cgsnap()
+            .args(["hook", "post", "--group", group])
+            .assert()
+            .success();
+        (r, code)
+    }
+
     /// The value of one series (name and labels as rendered, e.g.
     /// `cgsnap_snapshots{group="g",state="taken"}`) in `CATALOG/metrics/cgsnap.prom`, which
     /// cgsnap re-renders after every snapshot, release, hook and verify.
