@@ -61,17 +61,21 @@ fn set_source(e: &mut Element, attr: &str, value: &str) {
     }
 }
 
-/// Rewrite a saved domain XML for the sandbox. `disks` maps target → sandbox overlay.
+/// Parse a saved domain XML (once per sandbox: stand-ins, NVRAM and rewrite share it).
+pub fn parse(saved: &str) -> Result<Element, String> {
+    Element::parse(saved.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))
+}
+
+/// Rewrite a (parsed) saved domain XML for the sandbox. `disks` maps target → sandbox file.
 pub fn sandbox_xml(
-    saved: &str,
+    mut root: Element,
     name: &str,
     disks: &[(String, PathBuf)],
     console: &Path,
     forward: (u16, u16),
 ) -> Result<String, String> {
-    let mut root =
-        Element::parse(saved.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))?;
-    for n in children_named(&mut root, "name") {
+    let root = &mut root;
+    for n in children_named(root, "name") {
         n.children = vec![XMLNode::Text(name.to_string())];
     }
     // Drop identity, runtime and host-specific parts; libvirt assigns what it needs.
@@ -79,7 +83,7 @@ pub fn sandbox_xml(
         !matches!(c, XMLNode::Element(x) if ["uuid", "seclabel", "commandline"].contains(&x.name.as_str())
             || crate::isolate::DROPPED_TOP.contains(&x.name.as_str()))
     });
-    strip(&mut root, &["alias", "backingStore", "mirror"]);
+    strip(root, &["alias", "backingStore", "mirror"]);
     root.attributes.remove("id");
     let devices = root
         .get_mut_child("devices")
@@ -105,12 +109,7 @@ pub fn sandbox_xml(
             d.attributes.remove("snapshot");
             strip(d, &["shareable"]);
             mapped += 1;
-        } else if d.get_child("readonly").is_none()
-            && matches!(
-                d.attributes.get("device").map_or("disk", String::as_str),
-                "disk" | "lun"
-            )
-        {
+        } else if crate::stand_in::is_writable(d) {
             return Err(format!(
                 "disk {target} is writable and not in the snapshot: the sandbox must not get the original"
             ));
@@ -194,24 +193,16 @@ impl Sandbox {
             }
             overlays.push((target.clone(), ovl));
         }
+        let mut root = parse(saved_xml)?;
         let snapshotted: Vec<String> = images.iter().map(|(t, _)| t.clone()).collect();
-        for d in crate::stand_in::left_out(saved_xml, &snapshotted)? {
+        for d in crate::stand_in::left_out(&root, &snapshotted) {
             let (blank, line) = crate::stand_in::create(&d, dir)?;
             overlays.push((d.target.clone(), blank));
             sb.stand_ins.push(line);
         }
-        // UEFI variables: a private copy, written into the XML before it is rewritten.
-        let mut root =
-            Element::parse(saved_xml.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))?;
-        let saved_xml = match crate::isolate::copy_nvram(&mut root, dir)? {
-            None => saved_xml.to_string(),
-            Some(_) => {
-                let mut out = Vec::new();
-                root.write(&mut out).map_err(|e| e.to_string())?;
-                String::from_utf8(out).map_err(|e| e.to_string())?
-            }
-        };
-        let xml = sandbox_xml(&saved_xml, name, &overlays, &console, forward)?;
+        // UEFI variables: a private copy, named in the XML before it is rewritten.
+        crate::isolate::copy_nvram(&mut root, dir)?;
+        let xml = sandbox_xml(root, name, &overlays, &console, forward)?;
         if let Ok(old) = sb.conn.lookup_domain_by_name(name) {
             let _ = old.destroy();
         }
@@ -282,7 +273,7 @@ mod tests {
           <qemu:commandline><qemu:arg value='-netdev'/><qemu:arg value='user,hostfwd=tcp:127.0.0.1:25501-:5432'/></qemu:commandline>
         </domain>"#;
         let x = sandbox_xml(
-            saved,
+            parse(saved).expect("xml"),
             "orders-verify",
             &[("vda".into(), PathBuf::from("/sb/vda.sandbox.qcow2"))],
             Path::new("/sb/console.log"),
@@ -312,7 +303,7 @@ mod tests {
     #[test]
     fn missing_disk_is_an_error() {
         let e = sandbox_xml(
-            "<domain><name>a</name><devices/></domain>",
+            parse("<domain><name>a</name><devices/></domain>").expect("xml"),
             "b",
             &[("vda".into(), PathBuf::from("/x"))],
             Path::new("/c"),
@@ -332,7 +323,7 @@ mod tests {
         let vda = ("vda".to_string(), PathBuf::from("/sb/vda.sandbox.qcow2"));
         // Without a stand-in for vdb: refused, naming it.
         let e = sandbox_xml(
-            saved,
+            parse(saved).expect("xml"),
             "b",
             std::slice::from_ref(&vda),
             Path::new("/c"),
@@ -345,7 +336,14 @@ mod tests {
         );
         // With one: the original is gone, the stand-in is a private qcow2; the ISO stays.
         let blank = ("vdb".to_string(), PathBuf::from("/sb/vdb.blank.qcow2"));
-        let x = sandbox_xml(saved, "b", &[vda, blank], Path::new("/c"), (1, 2)).expect("xml");
+        let x = sandbox_xml(
+            parse(saved).expect("xml"),
+            "b",
+            &[vda, blank],
+            Path::new("/c"),
+            (1, 2),
+        )
+        .expect("xml");
         assert!(!x.contains("/dev/sdz") && !x.contains("shareable"), "{x}");
         assert!(!x.contains("snapshot="), "{x}");
         assert!(

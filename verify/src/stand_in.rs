@@ -32,25 +32,27 @@ fn child<'a>(e: &'a Element, name: &str) -> Option<&'a Element> {
     })
 }
 
-/// Writable disks of `saved` whose target is not in `snapshotted`.
-pub fn left_out(saved: &str, snapshotted: &[String]) -> Result<Vec<LeftOut>, String> {
-    let root = Element::parse(saved.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))?;
-    let Some(devices) = child(&root, "devices") else {
-        return Ok(Vec::new());
+/// A `<disk>` element the guest can write (a disk or LUN without `<readonly/>`): a sandbox
+/// must never get its original.
+pub fn is_writable(disk: &Element) -> bool {
+    let device = disk.attributes.get("device").map_or("disk", String::as_str);
+    matches!(device, "disk" | "lun") && child(disk, "readonly").is_none()
+}
+
+/// Writable disks of the domain `root` whose target is not in `snapshotted`.
+pub fn left_out(root: &Element, snapshotted: &[String]) -> Vec<LeftOut> {
+    let Some(devices) = child(root, "devices") else {
+        return Vec::new();
     };
     let mut out = Vec::new();
     for d in devices.children.iter().filter_map(|c| match c {
         XMLNode::Element(x) if x.name == "disk" => Some(x),
         _ => None,
     }) {
-        let device = d.attributes.get("device").map_or("disk", String::as_str);
         let target = child(d, "target")
             .and_then(|t| t.attributes.get("dev").cloned())
             .unwrap_or_default();
-        if !matches!(device, "disk" | "lun")
-            || child(d, "readonly").is_some()
-            || snapshotted.contains(&target)
-        {
+        if !is_writable(d) || snapshotted.contains(&target) {
             continue;
         }
         let source = child(d, "source").and_then(|s| {
@@ -73,7 +75,7 @@ pub fn left_out(saved: &str, snapshotted: &[String]) -> Result<Vec<LeftOut>, Str
             reason,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Virtual size of an image from its header, without locking or writing it.
@@ -135,7 +137,8 @@ mod tests {
             <disk type='file' device='cdrom'><source file='/x.iso'/><target dev='hdc'/><readonly/></disk>\
             <disk type='file' device='disk'><source file='/img/ro.raw'/><target dev='vdd'/><readonly/></disk>\
             </devices></domain>";
-        let l = left_out(xml, &["vda".to_string()]).expect("parse");
+        let root = Element::parse(xml.as_bytes()).expect("xml");
+        let l = left_out(&root, &["vda".to_string()]);
         assert_eq!(
             l,
             vec![
