@@ -76,6 +76,21 @@ pub fn run(catalog: &Path, a: &VerifyArgs) -> Result<(), Failure> {
         };
         fail(code, e.to_string())
     })?;
+    // Sandboxes are built from files on this host and started on the member's daemon: both
+    // must be here (a URI without a host part, as for the overlays a snapshot pre-creates).
+    if let Some(x) = m
+        .members
+        .iter()
+        .find(|x| !crate::snapshot::is_local(&x.uri))
+    {
+        return Err(fail(
+            ExitCode::VerifyCouldNotRun,
+            format!(
+                "cannot verify: member {} runs on {}: verify builds its sandboxes on this host; run it on that host",
+                x.domain, x.uri
+            ),
+        ));
+    }
     let view: ManifestView = serde_json::to_value(&m)
         .and_then(serde_json::from_value)
         .map_err(|e| fail(ExitCode::Internal, e.to_string()))?;

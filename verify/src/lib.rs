@@ -138,19 +138,8 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     let cp = m
         .consistency_point
         .ok_or_else(|| CouldNotRun(format!("snapshot {} has no consistency point", m.id)))?;
-    // Sandboxes are built from files on this host and started on the member's daemon: both
-    // must be here (a URI without a host part, as for snapshot's overlay pre-creation).
-    let here = |uri: &str| {
-        uri.split_once("://")
-            .is_some_and(|(_, rest)| rest.starts_with('/'))
-    };
-    if let Some(x) = m.members.iter().find(|x| !here(&x.uri)) {
-        return Err(CouldNotRun(format!(
-            "member {} runs on {}: verify builds its sandboxes on this host; run it on that host",
-            x.domain, x.uri
-        )));
-    }
-    // The sandboxes must leave the running originals room.
+    // The sandboxes (on this host: the caller refuses members on others) must leave the
+    // running originals room.
     let need = m
         .members
         .iter()
