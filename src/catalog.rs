@@ -15,6 +15,7 @@
 use crate::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
@@ -119,6 +120,23 @@ pub struct Manifest {
     pub unsafe_disk_gap_ms: Option<u64>,
 }
 
+/// What the catalog's readers (metrics, retention) need from a verification report
+/// (`reports/ID/report.json`, written by `verify`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifyView {
+    pub verdict: String,
+    pub finished_at: DateTime<Utc>,
+    pub rpo_seconds: f64,
+    pub members: Vec<VerifyMemberView>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifyMemberView {
+    pub domain: String,
+    pub recovery_seconds: Option<f64>,
+    pub data_loss_seconds: Option<f64>,
+}
+
 impl MemberRecord {
     /// A member as planned, before it is frozen (no timings yet).
     pub fn new(domain: &str, uri: &str, domain_xml: String, disks: Vec<DiskRecord>) -> Self {
@@ -136,6 +154,12 @@ impl MemberRecord {
 }
 
 impl Manifest {
+    /// Taken with `--unsafe-stagger` or `--unsafe-disk-order`: a test of verifiers, never a
+    /// consistent cut, so never a backup or DR evidence.
+    pub fn is_negative_control(&self) -> bool {
+        self.unsafe_stagger_ms.is_some() || self.unsafe_disk_order.is_some()
+    }
+
     /// A manifest of the current format with no members, timings or outcome yet.
     pub fn new(id: &str, group: &str, state: SnapState, created_at: DateTime<Utc>) -> Self {
         Self {
@@ -231,6 +255,20 @@ impl Catalog {
     /// Where `verify` writes the report of snapshot `id` by default.
     pub fn report_dir(&self, id: &str) -> PathBuf {
         self.dir.join("reports").join(id)
+    }
+
+    /// The verification reports the catalog holds for `manifests`, by snapshot ID. A report
+    /// that cannot be read is left out: it was written by `verify` itself, and a torn one must
+    /// not stop the metrics or retention.
+    pub fn verifications(&self, manifests: &[Manifest]) -> BTreeMap<String, VerifyView> {
+        manifests
+            .iter()
+            .filter_map(|m| {
+                let b = fs::read(self.report_dir(&m.id).join("report.json")).ok()?;
+                let v: VerifyView = serde_json::from_slice(&b).ok()?;
+                Some((m.id.clone(), v))
+            })
+            .collect()
     }
 
     fn path_of(&self, id: &str) -> PathBuf {

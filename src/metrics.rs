@@ -12,10 +12,9 @@
 //! - Ages are left to Prometheus (`time() - ..._timestamp_seconds`): the file stays true between
 //!   runs without a timer re-rendering it.
 
-use crate::catalog::{Catalog, CatalogError, Manifest, SnapState};
+use crate::catalog::{Catalog, CatalogError, Manifest, SnapState, VerifyView};
 use crate::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -55,31 +54,11 @@ impl Classify for MetricsError {
     }
 }
 
-/// What the metrics need from a verification report (`reports/ID/report.json`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct VerifyView {
-    pub verdict: String,
-    pub finished_at: DateTime<Utc>,
-    pub rpo_seconds: f64,
-    pub members: Vec<VerifyMemberView>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct VerifyMemberView {
-    pub domain: String,
-    pub recovery_seconds: Option<f64>,
-    pub data_loss_seconds: Option<f64>,
-}
-
 /// A label value in the text exposition format: backslash, quote and newline escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-fn is_control(m: &Manifest) -> bool {
-    m.unsafe_stagger_ms.is_some() || m.unsafe_disk_order.is_some()
 }
 
 fn succeeded(m: &Manifest) -> bool {
@@ -200,7 +179,11 @@ pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) ->
         if let Some(m) = ms.iter().find(|m| m.state.outstanding()) {
             held_since.add(&[("group", g)], ts(m.created_at));
         }
-        let real: Vec<&Manifest> = ms.iter().copied().filter(|m| !is_control(m)).collect();
+        let real: Vec<&Manifest> = ms
+            .iter()
+            .copied()
+            .filter(|m| !m.is_negative_control())
+            .collect();
         if let Some(m) = real.last() {
             attempt_ts.add(&[("group", g)], ts(m.created_at));
             attempt_ok.add(&[("group", g)], u8::from(succeeded(m)).to_string());
@@ -270,19 +253,6 @@ pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) ->
     o
 }
 
-/// The verification reports the catalog holds, by snapshot ID. A report that cannot be read
-/// is left out: it was written by `verify` itself, and a torn one must not stop the metrics.
-pub fn reports(cat: &Catalog, manifests: &[Manifest]) -> BTreeMap<String, VerifyView> {
-    manifests
-        .iter()
-        .filter_map(|m| {
-            let b = fs::read(cat.report_dir(&m.id).join("report.json")).ok()?;
-            let v: VerifyView = serde_json::from_slice(&b).ok()?;
-            Some((m.id.clone(), v))
-        })
-        .collect()
-}
-
 /// Re-render `dir/cgsnap.prom` from the catalog; returns its path and text.
 pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsError> {
     let io = |path: &Path| {
@@ -302,7 +272,7 @@ pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsEr
         return Err(io(&lock_path)(std::io::Error::last_os_error()));
     }
     let manifests = cat.list()?;
-    let text = render(&manifests, &reports(cat, &manifests));
+    let text = render(&manifests, &cat.verifications(&manifests));
     let path = dir.join(FILE_NAME);
     // The collector reads only `*.prom`: the temporary name must not end so.
     let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
@@ -317,7 +287,7 @@ pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::MemberRecord;
+    use crate::catalog::{MemberRecord, VerifyMemberView};
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(s, 0).expect("timestamp")

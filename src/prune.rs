@@ -16,7 +16,6 @@
 use crate::catalog::{Catalog, CatalogError, GroupLock, Manifest, SnapState};
 use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
-use crate::metrics;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -69,10 +68,6 @@ fn finished(m: &Manifest) -> bool {
     matches!(m.state, SnapState::Aborted | SnapState::Released)
 }
 
-fn control(m: &Manifest) -> bool {
-    m.unsafe_stagger_ms.is_some() || m.unsafe_disk_order.is_some()
-}
-
 /// The snapshots to remove, per group (only groups in `group` when given). `manifests` are
 /// oldest first (as `Catalog::list`); `passed` holds the IDs whose verification passed.
 pub fn plan(
@@ -97,7 +92,7 @@ pub fn plan(
         .map(|(g, newest_first)| {
             let evidence = newest_first
                 .iter()
-                .find(|m| !control(m) && passed.contains(&m.id))
+                .find(|m| !m.is_negative_control() && passed.contains(&m.id))
                 .map(|m| m.id.as_str());
             let remove: Vec<String> = newest_first
                 .iter()
@@ -138,7 +133,8 @@ pub fn run(
         .map(|g| cat.lock(g))
         .collect::<Result<_, _>>()?;
     let manifests = cat.list()?;
-    let passed: BTreeSet<String> = metrics::reports(cat, &manifests)
+    let passed: BTreeSet<String> = cat
+        .verifications(&manifests)
         .into_iter()
         .filter(|(_, r)| r.verdict == "pass")
         .map(|(id, _)| id)
