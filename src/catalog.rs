@@ -223,6 +223,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
     }
 }
 
+/// Replace `path` with `body` atomically: written to `tmp` (same directory), fsynced, renamed
+/// over `path`, so a reader sees the old or the new content, never a torn one. An error names
+/// the file it concerns.
+pub(crate) fn replace_file(
+    tmp: &Path,
+    path: &Path,
+    body: &[u8],
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    let mut f = File::create(tmp).map_err(at(tmp))?;
+    f.write_all(body).map_err(at(tmp))?;
+    f.sync_all().map_err(at(tmp))?;
+    fs::rename(tmp, path).map_err(at(path))
+}
+
 /// Snapshot IDs sort by time and name their group: `GROUP-YYYYMMDDTHHMMSSmmmZ`.
 pub fn new_id(group: &str, now: DateTime<Utc>) -> String {
     format!("{group}-{}", now.format("%Y%m%dT%H%M%S%3fZ"))
@@ -283,15 +301,16 @@ impl Catalog {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        replace_file(&tmp, &path, &body).map_err(|(p, e)| io(&p)(e))?;
+        self.sync_snapshots_dir()
+    }
+
+    /// Make a rename or removal in `snapshots/` durable.
+    fn sync_snapshots_dir(&self) -> Result<(), CatalogError> {
         let dir = self.dir.join("snapshots");
         File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
-        Ok(())
+            .map_err(io(&dir))
     }
 
     /// Remove the manifest of `id` (retention; the caller holds its group's lock). Removing an
@@ -302,10 +321,7 @@ impl Catalog {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
             _ => {}
         }
-        let dir = self.dir.join("snapshots");
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))
+        self.sync_snapshots_dir()
     }
 
     pub fn parse(path: &Path, body: &[u8]) -> Result<Manifest, CatalogError> {

@@ -17,8 +17,7 @@ use crate::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::fs::{self, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -276,10 +275,8 @@ pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsEr
     let path = dir.join(FILE_NAME);
     // The collector reads only `*.prom`: the temporary name must not end so.
     let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io(&path))?;
+    crate::catalog::replace_file(&tmp, &path, text.as_bytes())
+        .map_err(|(p, source)| MetricsError::Io { path: p, source })?;
     drop(lock);
     Ok((path, text))
 }
