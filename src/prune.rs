@@ -13,7 +13,7 @@
 //! - A snapshot's report directory is removed before its manifest: if prune dies in between,
 //!   the next run still finds the manifest and finishes; no report is ever orphaned.
 
-use crate::catalog::{Catalog, CatalogError, GroupLock, Manifest, SnapState};
+use crate::catalog::{Catalog, CatalogError, GroupLock, Manifest};
 use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
 use chrono::{DateTime, Utc};
@@ -57,15 +57,11 @@ pub struct Policy {
 }
 
 /// What prune does (or would do) to one group.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GroupPlan {
     pub group: String,
     pub remove: Vec<String>,
     pub kept: usize,
-}
-
-fn finished(m: &Manifest) -> bool {
-    matches!(m.state, SnapState::Aborted | SnapState::Released)
 }
 
 /// The snapshots to remove, per group (only groups in `group` when given). `manifests` are
@@ -96,7 +92,7 @@ pub fn plan(
                 .map(|m| m.id.as_str());
             let remove: Vec<String> = newest_first
                 .iter()
-                .filter(|m| finished(m))
+                .filter(|m| !m.state.outstanding())
                 .skip(policy.keep)
                 .filter(|m| m.created_at < cutoff && Some(m.id.as_str()) != evidence)
                 .map(|m| m.id.clone())
@@ -169,6 +165,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SnapState;
 
     fn m(id: &str, group: &str, state: SnapState, day: i64) -> Manifest {
         Manifest::new(id, group, state, self::day(day))
