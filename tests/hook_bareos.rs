@@ -9,11 +9,12 @@
 //!   into /var/cache/cgsnap/bacula), and rejects a copy with a misspelled directive, which shows
 //!   the check reads the snippet. Debian 12 has no Bareos package; Bareos shares these directives.
 
-use std::path::{Path, PathBuf};
+#[path = "bacula/conf.rs"]
+mod bacula_conf;
+
 use std::process::Command;
 
 const SNIPPET: &str = include_str!("../hooks/bareos/cgsnap-job.conf");
-const BACULA: &str = "/var/cache/cgsnap/bacula";
 
 /// The snippet without comments.
 fn code() -> String {
@@ -171,91 +172,27 @@ fn fileset_reads_images_and_excludes_overlays() {
     assert_eq!(get(&job, "fileset"), get(&fs, "name"));
 }
 
-/// A director configuration around `snippet` with the resources the snippet refers to.
-fn director_conf(dir: &Path, snippet: &Path) -> PathBuf {
-    let d = dir.display();
-    let conf = format!(
-        r#"Director {{
-  Name = cgsnap-test-dir
-  Password = "unused"
-  QueryFile = "{d}/query.sql"
-  WorkingDirectory = "{d}"
-  PidDirectory = "{d}"
-  Messages = "Standard"
-}}
-Catalog {{
-  Name = "Catalog"
-  dbname = "bacula"; dbuser = "bacula"; dbpassword = ""
-}}
-Messages {{
-  Name = "Standard"
-  console = all
-}}
-Storage {{
-  Name = "File"
-  Address = localhost
-  Password = "unused"
-  Device = "FileStorage"
-  Media Type = File
-}}
-Pool {{
-  Name = "Full"
-  Pool Type = Backup
-}}
-Client {{
-  Name = "hypervisor-fd"
-  Address = localhost
-  Password = "unused"
-  Catalog = "Catalog"
-}}
-@{}
-"#,
-        snippet.display()
-    );
-    let p = dir.join("bacula-dir.conf");
-    std::fs::write(&p, conf).expect("write director config");
-    p
-}
-
-fn bacula_dir_t(conf: &Path) -> std::process::Output {
-    let root = Path::new(BACULA);
-    let bin = root.join("usr/sbin/bacula-dir");
-    assert!(
-        bin.exists(),
-        "{} missing: run testbeds/host-setup.sh",
-        bin.display()
-    );
-    let libs = [
-        "usr/lib/bacula",
-        "lib/x86_64-linux-gnu",
-        "usr/lib/x86_64-linux-gnu",
-    ]
-    .map(|l| root.join(l).display().to_string())
-    .join(":");
-    Command::new(bin)
+/// `bacula-dir -t` on the test director configuration (the one `tests/vm_bacula.rs` runs)
+/// including `snippet`, in a fresh directory with its catalog.
+fn parse_check(snippet: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let file = d.join("cgsnap-job.conf");
+    std::fs::write(&file, snippet).expect("snippet");
+    // The unfilled snippet's FileSet is `cgsnap-GROUP`.
+    bacula_conf::write_configs(d, "GROUP", &[file]);
+    bacula_conf::create_catalog(d);
+    bacula_conf::program("bacula-dir")
         .arg("-t")
         .arg("-c")
-        .arg(conf)
-        .env("LD_LIBRARY_PATH", libs)
+        .arg(d.join("dir.conf"))
         .output()
         .expect("run bacula-dir")
 }
 
 #[test]
 fn bacula_director_parses_the_snippet() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("query.sql"), "").expect("query file");
-    // `-t` opens the catalog and reads its version: an SQLite catalog with just that table.
-    let db = Command::new("sqlite3")
-        .arg(dir.path().join("bacula.db"))
-        .arg("CREATE TABLE Version (VersionId INTEGER); INSERT INTO Version VALUES (16);")
-        .status()
-        .expect("sqlite3 (installed by testbeds/host-setup.sh)");
-    assert!(db.success());
-
-    let shipped = dir.path().join("cgsnap-job.conf");
-    std::fs::write(&shipped, SNIPPET).expect("snippet");
-    let out = bacula_dir_t(&director_conf(dir.path(), &shipped));
+    let out = parse_check(SNIPPET);
     assert!(
         out.status.success(),
         "bacula-dir -t: {}{}",
@@ -264,13 +201,7 @@ fn bacula_director_parses_the_snippet() {
     );
 
     // Negative control: a misspelled directive in the snippet fails the same check.
-    let broken = dir.path().join("broken.conf");
-    std::fs::write(
-        &broken,
-        SNIPPET.replace("RunsOnFailure = yes", "RunsOnFailur = yes"),
-    )
-    .expect("broken snippet");
-    let out = bacula_dir_t(&director_conf(dir.path(), &broken));
+    let out = parse_check(&SNIPPET.replace("RunsOnFailure = yes", "RunsOnFailur = yes"));
     assert!(!out.status.success(), "a broken snippet must not parse");
     let err =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);

@@ -16,18 +16,7 @@ fn err_line(o: &assert_cmd::assert::Assert) -> String {
 
 fn untouched(lab: &Lab, running: &[String]) {
     wait_running(running, Duration::from_secs(1)).expect("members keep running");
-    assert!(
-        lab.overlays_on_disk().is_empty(),
-        "{:?}",
-        lab.overlays_on_disk()
-    );
-    for g in lab
-        .guests
-        .iter()
-        .filter(|g| running.contains(&g.name().to_string()))
-    {
-        assert_own_images(g);
-    }
+    lab.assert_no_overlays(running);
 }
 
 /// `snapshot ARGS` and `check ARGS` fail alike: same exit code, same one-line error.

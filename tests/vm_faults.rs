@@ -195,17 +195,12 @@ fn settle(lab: &Lab, alive: &[String]) {
         st.iter().all(|s| s == "aborted" || s == "released"),
         "catalog holds an outstanding or unfinished snapshot: {st:?}"
     );
-    assert!(
-        lab.overlays_on_disk().is_empty(),
-        "{:?}",
-        lab.overlays_on_disk()
-    );
+    lab.assert_no_overlays(alive);
     for g in lab
         .guests
         .iter()
         .filter(|g| alive.iter().any(|a| a == g.name()))
     {
-        assert_own_images(g);
         g.wait_progress(g.console_seq() + 10, Duration::from_secs(60))
             .expect("guest writing");
     }

@@ -8,7 +8,9 @@
 # Static cassandra.yaml edits happen here; the commit log sync mode is applied by the guest's
 # init at every boot from the kernel command line, so one image serves both modes.
 # Rebuilt when this script, cass-yaml.sh or the distribution (version, jar list, conf, bin)
-# changes. Usage: build.sh OUTDIR   (root; needs debootstrap, e2fsprogs, qemu-utils)
+# changes, or lib/rootfs.sh (the steps shared with the PostgreSQL build, written beside this
+# script as rootfs.sh by cgsnap). Usage: build.sh OUTDIR   (root; needs debootstrap, e2fsprogs,
+# qemu-utils)
 set -euo pipefail
 
 out=${1:?usage: build.sh OUTDIR}
@@ -16,12 +18,13 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "cassandra/build.sh: $*" >&2; exit 1; }
-for b in debootstrap mkfs.ext4 qemu-img; do
-  command -v "$b" >/dev/null || die "$b not found: apt-get install debootstrap e2fsprogs qemu-utils"
-done
+lib=$here/rootfs.sh
+[ -f "$lib" ] || lib=$here/../lib/rootfs.sh
+# shellcheck source=../lib/rootfs.sh
+. "$lib"
+rootfs_need_tools
 # shellcheck source=yaml.sh
 . "$here/cass-yaml.sh"
-mirror=${CGSNAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Debian 12 ships Java 17 only: Cassandra 5.0 supports it; 4.x supports 8 and 11 only.
 jre=${CGSNAP_CASSANDRA_JRE_PACKAGE:-openjdk-17-jre-headless}
 
@@ -35,26 +38,12 @@ version=$(ls "$home/lib" | sed -n 's/^apache-cassandra-\([0-9][^/]*\)\.jar$/\1/p
 [ -n "$version" ] || die "$home/lib has no apache-cassandra-VERSION.jar"
 major=${version%%.*}
 
-inputs=$( { cat "$0" "$here/cass-yaml.sh"; echo "$jre $version"; ls "$home/lib";
+inputs=$( { cat "$0" "$ROOTFS_LIB" "$here/cass-yaml.sh"; echo "$jre $version"; ls "$home/lib";
             cat "$home/conf/cassandra.yaml" "$home/bin/cassandra"; } | sha256sum | cut -d' ' -f1)
-if [ -f "$out/cass-inputs.sha256" ] && [ "$(cat "$out/cass-inputs.sha256")" = "$inputs" ] \
-   && [ -s "$out/cass-root.qcow2" ] && [ -s "$out/cass-commitlog.qcow2" ] && [ -s "$out/cass-data.qcow2" ]; then
-  echo "$out/cass-root.qcow2"
-  exit 0
-fi
+rootfs_current "$out" cass "$inputs" root commitlog data && exit 0
 
-work=$(mktemp -d /var/tmp/cgsnap-cass.XXXXXX)
-root="$work/root"
-cleanup() {
-  umount "$root/proc" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-debootstrap --variant=minbase --include="$jre",iproute2,procps \
-  bookworm "$root" "$mirror" > "$work/debootstrap.log" 2>&1 \
-  || { tail -n 20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
-rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+rootfs_start cass
+rootfs_debootstrap "$jre",iproute2,procps
 
 mount -t proc proc "$root/proc"
 chroot "$root" java -version > "$work/java.txt" 2>&1 || { cat "$work/java.txt" >&2; die "java does not run in the image"; }
@@ -95,28 +84,11 @@ printf '127.0.0.1 localhost\n10.0.2.15 cgsnap-cass\n' > "$root/etc/hosts"
 echo cgsnap-cass > "$root/etc/hostname"
 chroot "$root" chown -R cassandra:cassandra /opt/cassandra /casscommit /cassdata
 
-cat > "$root/sbin/cgsnap-cass-init" <<'INIT'
-#!/bin/sh
-# PID 1 of the Cassandra testbed guest. Console lines: "CGSNAP-CASS: ready" once the CQL port
-# accepts connections (after commit log replay), "CGSNAP-CASS: error ..." otherwise; the
-# server's own log goes to the console too. Kernel command line: cgsnap.cass_sync=batch|periodic,
-# cgsnap.cass_sync_period_ms=N (periodic).
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-say() { echo "CGSNAP-CASS: $*" > /dev/console; }
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mount -o remount,rw /
-mount /dev/vdb /casscommit || say "error: cannot mount commit log disk vdb"
-mount /dev/vdc /cassdata || say "error: cannot mount data disk vdc"
+# Console lines: "CGSNAP-CASS: ready" once the CQL port accepts connections (after commit log
+# replay), "CGSNAP-CASS: error ..." otherwise; the server's own log goes to the console too.
+# Kernel command line: cgsnap.cass_sync=batch|periodic, cgsnap.cass_sync_period_ms=N (periodic).
+rootfs_init cgsnap-cass-init CGSNAP-CASS "vdb:/casscommit:commit log" vdc:/cassdata:data <<'INIT'
 hostname cgsnap-cass
-ip link set lo up
-ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
 mode=periodic
 period=10000
 for opt in $(cat /proc/cmdline); do
@@ -140,20 +112,6 @@ until bash -c 'exec 3<>/dev/tcp/10.0.2.15/9042' 2>/dev/null; do
   sleep 1
 done
 [ $i -le 900 ] && say "ready"
-# PID 1 reaps orphans forever.
-while :; do wait; sleep 1; done
 INIT
-chmod 755 "$root/sbin/cgsnap-cass-init"
 
-# ext4 images built from directories, no mount needed; ownership is preserved.
-mkfs.ext4 -q -F -L cgsnap-commitlog -d "$root/casscommit" "$work/commitlog.raw" 2G
-mkfs.ext4 -q -F -L cgsnap-data -d "$root/cassdata" "$work/data.raw" 2G
-rm -rf "$root/casscommit"/* "$root/cassdata"/*
-mkfs.ext4 -q -F -L cgsnap-root -d "$root" "$work/root.raw" 3G
-for n in root commitlog data; do
-  qemu-img convert -f raw -O qcow2 "$work/$n.raw" "$out/cass-$n.qcow2.tmp"
-  chmod 644 "$out/cass-$n.qcow2.tmp"
-  mv "$out/cass-$n.qcow2.tmp" "$out/cass-$n.qcow2"
-done
-echo "$inputs" > "$out/cass-inputs.sha256"
-echo "$out/cass-root.qcow2"
+rootfs_images "$out" cass "$inputs" 3G commitlog:/casscommit:cgsnap-commitlog:2G data:/cassdata:cgsnap-data:2G

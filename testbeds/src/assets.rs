@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const BUILD_SCRIPT: &str = include_str!("../guest/build.sh");
+/// Steps shared by the root-file-system image builds, sourced by them as `rootfs.sh`.
+pub const ROOTFS_LIB: &str = include_str!("../lib/rootfs.sh");
 pub const DEFAULT_CACHE: &str = "/var/cache/cgsnap/guest";
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,7 @@ pub fn run_script(dir: &Path, file: &str, body: &str) -> Result<(), AssetError> 
 }
 
 /// [`run_script`] with extra environment variables for the script.
-pub fn run_script_env(
+fn run_script_env(
     dir: &Path,
     file: &str,
     body: &str,
@@ -61,6 +63,26 @@ pub fn run_script_env(
         return Err(err(format!("{file} failed: {}", tail.join(" | "))));
     }
     Ok(())
+}
+
+/// [`run_script_env`] for a root-file-system image build: writes [`ROOTFS_LIB`] beside it as
+/// `rootfs.sh`, where the script sources it from.
+pub fn run_image_script(
+    dir: &Path,
+    file: &str,
+    body: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<(), AssetError> {
+    std::fs::create_dir_all(dir).map_err(|e| AssetError {
+        dir: dir.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let lib = dir.join("rootfs.sh");
+    std::fs::write(&lib, ROOTFS_LIB).map_err(|e| AssetError {
+        dir: dir.to_path_buf(),
+        detail: format!("{}: {e}", lib.display()),
+    })?;
+    run_script_env(dir, file, body, env)
 }
 
 /// Build (or reuse) the guest assets in `dir`.

@@ -152,7 +152,7 @@ pub fn ensure(dir: &Path, dist: &Distribution) -> Result<Images, AssetError> {
     std::fs::write(&yaml, crate::cass_yaml::SCRIPT)
         .map_err(|e| err(format!("{}: {e}", yaml.display())))?;
     // The script reads the distribution from its environment: pass the one checked here.
-    crate::assets::run_script_env(
+    crate::assets::run_image_script(
         dir,
         "cassandra-build.sh",
         BUILD_SCRIPT,

@@ -27,7 +27,7 @@ pub struct Images {
 
 /// Build (or reuse) the PostgreSQL images in `dir` (several minutes the first time).
 pub fn ensure(dir: &Path) -> Result<Images, AssetError> {
-    crate::assets::run_script(dir, "postgres-build.sh", BUILD_SCRIPT)?;
+    crate::assets::run_image_script(dir, "postgres-build.sh", BUILD_SCRIPT, &[])?;
     Ok(Images {
         root: dir.join("pg-root.qcow2"),
         data: dir.join("pg-data.qcow2"),

@@ -14,42 +14,19 @@
 //! The daemons come from `testbeds/host-setup.sh` (extracted into /var/cache/cgsnap/bacula);
 //! without them the test fails and says so. They are killed on drop.
 
+pub mod conf;
+
 use crate::common::*;
+use conf::*;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SNIPPET: &str = include_str!("../../hooks/bareos/cgsnap-job.conf");
-const BACULA: &str = "/var/cache/cgsnap/bacula";
 pub const GROUP: &str = "cgt-bacula";
 /// The shipped FileSet plus a FIFO read first: jobs with it stay mid-read while the FIFO is held.
 pub const FAILING_FILESET: &str = "cgsnap-cgt-bacula-blocked";
-/// Loopback ports of the private daemons (Bacula's defaults are 9101-9103).
-const DIR_PORT: u16 = 29101;
-const FD_PORT: u16 = 29102;
-const SD_PORT: u16 = 29103;
-
-/// An extracted Bacula program with its libraries.
-fn program(name: &str) -> Command {
-    let root = Path::new(BACULA);
-    let bin = root.join("usr/sbin").join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: run testbeds/host-setup.sh (extracts Debian's Bacula daemons)",
-        bin.display()
-    );
-    let libs = [
-        "usr/lib/bacula",
-        "lib/x86_64-linux-gnu",
-        "usr/lib/x86_64-linux-gnu",
-    ]
-    .map(|l| root.join(l).display().to_string())
-    .join(":");
-    let mut c = Command::new(bin);
-    c.env("LD_LIBRARY_PATH", libs);
-    c
-}
 
 /// The shipped snippet with its placeholders filled in for this lab.
 fn snippet(lab: &Lab) -> String {
@@ -105,133 +82,6 @@ fn failing_fileset(snippet: &str, fifo: &Path) -> String {
     out
 }
 
-/// Director, storage and file daemon configurations plus bconsole's, in `d`; the director
-/// includes the files `includes` (Bacula's `@file`).
-fn write_configs(d: &Path, includes: &[PathBuf]) {
-    let b = BACULA;
-    let w = d.display();
-    let includes: String = includes
-        .iter()
-        .map(|p| format!("@{}\n", p.display()))
-        .collect();
-    let dir = format!(
-        r#"Director {{
-  Name = cgsnap-test-dir
-  DirAddress = 127.0.0.1
-  DirPort = {DIR_PORT}
-  Password = "dir-pw"
-  QueryFile = "{b}/etc/bacula/scripts/query.sql"
-  WorkingDirectory = "{w}"
-  PidDirectory = "{w}"
-  Messages = "Daemon"
-}}
-Catalog {{
-  Name = "Catalog"
-  dbname = "bacula"; dbuser = "bacula"; dbpassword = ""
-}}
-Messages {{
-  Name = "Standard"
-  catalog = all, !skipped
-  append = "{w}/jobs.log" = all, !skipped
-}}
-Messages {{
-  Name = "Daemon"
-  append = "{w}/daemon.log" = all, !skipped
-}}
-Storage {{
-  Name = "File"
-  Address = 127.0.0.1
-  SDPort = {SD_PORT}
-  Password = "sd-pw"
-  Device = "FileStorage"
-  Media Type = File
-}}
-Pool {{
-  Name = "Full"
-  Pool Type = Backup
-  Label Format = "cgsnap-"
-}}
-Client {{
-  Name = "hypervisor-fd"
-  Address = 127.0.0.1
-  FDPort = {FD_PORT}
-  Password = "fd-pw"
-  Catalog = "Catalog"
-}}
-Job {{
-  Name = "cgsnap-restore"
-  Type = Restore
-  Client = "hypervisor-fd"
-  FileSet = "cgsnap-{GROUP}"
-  Storage = "File"
-  Pool = "Full"
-  Messages = "Standard"
-  Where = "{w}/restore"
-}}
-{includes}"#
-    );
-    let sd = format!(
-        r#"Storage {{
-  Name = cgsnap-test-sd
-  SDAddress = 127.0.0.1
-  SDPort = {SD_PORT}
-  WorkingDirectory = "{w}"
-  PidDirectory = "{w}"
-}}
-Director {{
-  Name = cgsnap-test-dir
-  Password = "sd-pw"
-}}
-Device {{
-  Name = "FileStorage"
-  Media Type = File
-  Archive Device = "{w}/volumes"
-  LabelMedia = yes
-  Random Access = yes
-  AutomaticMount = yes
-  RemovableMedia = no
-  AlwaysOpen = no
-}}
-Messages {{
-  Name = Standard
-  director = cgsnap-test-dir = all
-}}
-"#
-    );
-    // fd.log: the file daemon's own copy of its job messages (see the module doc).
-    let fd = format!(
-        r#"FileDaemon {{
-  Name = hypervisor-fd
-  FDAddress = 127.0.0.1
-  FDPort = {FD_PORT}
-  WorkingDirectory = "{w}"
-  PidDirectory = "{w}"
-}}
-Director {{
-  Name = cgsnap-test-dir
-  Password = "fd-pw"
-}}
-Messages {{
-  Name = Standard
-  director = cgsnap-test-dir = all, !skipped
-  append = "{w}/fd.log" = all, !skipped
-}}
-"#
-    );
-    let console = format!(
-        "Director {{\n  Name = cgsnap-test-dir\n  Address = 127.0.0.1\n  DIRPort = {DIR_PORT}\n  Password = \"dir-pw\"\n}}\n"
-    );
-    for (name, text) in [
-        ("dir.conf", dir),
-        ("sd.conf", sd),
-        ("fd.conf", fd),
-        ("bconsole.conf", console),
-    ] {
-        std::fs::write(d.join(name), text).expect("write Bacula configuration");
-    }
-    std::fs::create_dir_all(d.join("volumes")).expect("volume directory");
-}
-
 /// The three daemons in the foreground, killed on drop (and when the test process dies).
 /// It borrows the lab: the lab holds the lock that runs this binary's VM tests one at a time,
 /// so two tests never start daemons on the same ports at once, and the daemons (and a post
@@ -261,19 +111,8 @@ impl<'a> Bacula<'a> {
         assert!(made.success(), "mkfifo {}", fifo.display());
         let failing = d.join("failing-fileset.conf");
         std::fs::write(&failing, failing_fileset(&text, &fifo)).expect("write FileSet");
-        write_configs(d, &[snippet, failing]);
-        // The SQLite catalog, from the schema Debian ships for the director.
-        let schema = std::fs::File::open(
-            Path::new(BACULA)
-                .join("usr/share/dbconfig-common/data/bacula-director-sqlite3/install/sqlite3"),
-        )
-        .expect("catalog schema: run testbeds/host-setup.sh");
-        let made = Command::new("sqlite3")
-            .arg(d.join("bacula.db"))
-            .stdin(schema)
-            .status()
-            .expect("sqlite3 (installed by testbeds/host-setup.sh)");
-        assert!(made.success(), "creating the catalog failed");
+        write_configs(d, GROUP, &[snippet, failing]);
+        create_catalog(d);
 
         let mut b = Bacula {
             _lab: lab,

@@ -186,6 +186,20 @@ impl Lab {
         }
         out
     }
+
+    /// No overlay file is left in any guest directory, and every guest named in `names` has its
+    /// disks on its own images again.
+    pub fn assert_no_overlays(&self, names: &[String]) {
+        let left = self.overlays_on_disk();
+        assert!(left.is_empty(), "overlays left: {left:?}");
+        for g in self
+            .guests
+            .iter()
+            .filter(|g| names.iter().any(|n| n == g.name()))
+        {
+            assert_own_images(g);
+        }
+    }
 }
 
 /// One field (`image`, `overlay`, `target`) of every disk of member `i` of a manifest.
@@ -461,15 +475,8 @@ pub fn assert_all_released(lab: &Lab, count: Option<usize>) -> serde_json::Value
         snaps.iter().all(|s| s["state"] == "released"),
         "every snapshot released: {listed}"
     );
-    assert!(
-        lab.overlays_on_disk().is_empty(),
-        "{:?}",
-        lab.overlays_on_disk()
-    );
     wait_running(&lab.names(), Duration::from_secs(5)).expect("members running");
-    for g in &lab.guests {
-        assert_own_images(g);
-    }
+    lab.assert_no_overlays(&lab.names());
     listed
 }
 
