@@ -5,9 +5,9 @@
 //! are listed in beacon write order (PostgreSQL first), which the cross-member order check uses.
 
 use crate::cass_bed::{Engine, State};
-use crate::cass_workload::{ACK_DB, BEACONS, EVENTS};
+use crate::cass_workload::{self, ACK_DB, BEACONS, EVENTS};
 use crate::cassandra::{self, SyncMode};
-use crate::{postgres, workload};
+use crate::pg_profile;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -54,33 +54,6 @@ invariants = ["SELECT count(*), max(id) FROM {EVENTS}"]
     );
 }
 
-fn postgres_member(out: &mut String, domain: &str) {
-    let _ = write!(
-        out,
-        r#"
-[[member]]
-domain = "{domain}"
-kind = "postgres"
-port = {port}
-user = "postgres"
-password = "{pw}"
-ready_marker = "CGSNAP-PG: ready"
-failure_marker = "CGSNAP-PG: error"
-beacon_table = "cgsnap_beacon"
-ack_db = "orders"
-ack_kind = "order"
-ack_table = "orders"
-invariants = [
-  "SELECT sum(balance) = {total} FROM ledger_account",
-  "SELECT count(*) = coalesce(max(id), 0) FROM orders",
-]
-"#,
-        port = postgres::GUEST_PORT,
-        pw = postgres::PASSWORD,
-        total = i64::from(workload::ACCOUNTS) * workload::INITIAL_BALANCE,
-    );
-}
-
 /// Profile text for a testbed state.
 pub fn text(s: &State, acks: &Path) -> String {
     let mut o = format!(
@@ -93,7 +66,7 @@ pub fn text(s: &State, acks: &Path) -> String {
     );
     for vm in &s.vms {
         match vm.engine {
-            Engine::Postgres => postgres_member(&mut o, &vm.name),
+            Engine::Postgres => o.push_str(&pg_profile::member(&vm.name, cass_workload::PG_ROLE)),
             Engine::Cassandra => cassandra_member(&mut o, &vm.name, s.sync),
         }
     }

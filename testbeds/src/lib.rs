@@ -7,7 +7,8 @@
 //! - [`interrupt`]: removing registered guests and sandboxes when the process is interrupted;
 //! - [`record`]: reading those records back from an image (frozen, overlay or released);
 //! - [`teardown`]: stopping a testbed's workload and removing its VMs;
-//! - [`postgres`], [`pair`], [`workload`]: the PostgreSQL guests, pair testbed and workload;
+//! - [`postgres`], [`pair`], [`workload`], [`pg_profile`]: the PostgreSQL guests, pair testbed,
+//!   workload and the verification profile member of a PostgreSQL guest;
 //! - [`cassandra`], [`cql`], [`cass_workload`], [`cass_bed`], [`cass_profile`]: Cassandra guests
 //!   built from a user-supplied distribution, the CQL client, workload, testbeds and profile.
 
@@ -21,6 +22,7 @@ pub mod cql;
 pub mod guest;
 pub mod interrupt;
 pub mod pair;
+pub mod pg_profile;
 pub mod postgres;
 pub mod record;
 pub mod state_file;

@@ -5,7 +5,7 @@
 //! the workload log) and one image directory; `down` removes both, the domains and the
 //! workload process, whatever `up` got to.
 
-use crate::{assets, guest, postgres, state_file, teardown, workload};
+use crate::{assets, guest, pg_profile, postgres, state_file, teardown, workload};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -43,33 +43,6 @@ pub use crate::state_file::{ack_log, verify_profile};
 
 /// The verification profile of this testbed (see `cgsnap verify --profile`).
 pub fn profile_text(state_dir: &Path) -> String {
-    let member = |domain: &str, db: &str, kind: &str, table: &str, extra: &str| {
-        format!(
-            r#"
-[[member]]
-domain = "{domain}"
-kind = "postgres"
-port = {port}
-user = "postgres"
-password = "{pw}"
-ready_marker = "{ready}"
-failure_marker = "CGSNAP-PG: error"
-beacon_table = "cgsnap_beacon"
-ack_db = "{db}"
-ack_kind = "{kind}"
-ack_table = "{table}"
-invariants = [
-  "SELECT sum(balance) = {total} FROM ledger_account",
-  "SELECT count(*) = coalesce(max(id), 0) FROM ledger_transfer",
-  "SELECT count(*) = coalesce(max(id), 0) FROM {table}",{extra}
-]
-"#,
-            port = postgres::GUEST_PORT,
-            pw = postgres::PASSWORD,
-            ready = postgres::READY_MARKER,
-            total = i64::from(workload::ACCOUNTS) * workload::INITIAL_BALANCE,
-        )
-    };
     format!(
         r#"# Verification profile of the {NAME} testbed (written by `cgsnap testbed up`).
 format_version = 1
@@ -84,8 +57,8 @@ behind_domain = "cgsnap-payments"
 behind_sql = "SELECT coalesce(max(order_id), 0)::bigint FROM payments"
 "#,
         acks = ack_log(state_dir).display(),
-        orders = member("cgsnap-orders", "orders", "order", "orders", ""),
-        payments = member("cgsnap-payments", "payments", "payment", "payments", ""),
+        orders = pg_profile::member("cgsnap-orders", workload::Role::Orders),
+        payments = pg_profile::member("cgsnap-payments", workload::Role::Payments),
     )
 }
 

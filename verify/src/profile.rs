@@ -331,6 +331,20 @@ invariants = ["SELECT count(*), max(id) FROM cgsnap.events"]
     }
 
     #[test]
+    fn the_postgres_pair_profile_parses() {
+        let text = cgsnap_testbeds::pair::profile_text(Path::new("/s"));
+        let p = parse(Path::new("t.toml"), &text).expect(&text);
+        assert_eq!(p.members.len(), 2);
+        assert!(
+            p.members
+                .iter()
+                .all(|m| m.kind == Kind::Postgres && m.invariants.len() == 3),
+            "{text}"
+        );
+        assert_eq!(p.cross.len(), 1);
+    }
+
+    #[test]
     fn cassandra_members_state_a_valid_sync_mode() {
         let p = parse(Path::new("c.toml"), CASS).expect("parse");
         assert_eq!(p.members[0].kind, Kind::Cassandra);
