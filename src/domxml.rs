@@ -76,10 +76,7 @@ fn backing_chain(disk: roxmltree::Node) -> Vec<String> {
 
 /// All `<disk>` elements under `<devices>`.
 pub fn disks(domain: &str, xml: &str) -> Result<Vec<DiskInfo>, XmlError> {
-    let doc = roxmltree::Document::parse(xml).map_err(|source| XmlError {
-        domain: domain.to_string(),
-        source,
-    })?;
+    let doc = parse(domain, xml)?;
     let devices = doc.descendants().find(|n| n.has_tag_name("devices"));
     let Some(devices) = devices else {
         return Ok(Vec::new());
@@ -109,6 +106,68 @@ pub fn disks(domain: &str, xml: &str) -> Result<Vec<DiskInfo>, XmlError> {
             backing: backing_chain(d),
         })
         .collect())
+}
+
+fn parse<'a>(domain: &str, xml: &'a str) -> Result<roxmltree::Document<'a>, XmlError> {
+    roxmltree::Document::parse(xml).map_err(|source| XmlError {
+        domain: domain.to_string(),
+        source,
+    })
+}
+
+fn find_disk<'a, 'i>(
+    doc: &'a roxmltree::Document<'i>,
+    target: &str,
+) -> Option<roxmltree::Node<'a, 'i>> {
+    doc.descendants().find(|n| {
+        n.has_tag_name("disk")
+            && n.children()
+                .any(|c| c.has_tag_name("target") && c.attribute("dev") == Some(target))
+    })
+}
+
+/// The `<disk>` element of `target` exactly as written in `xml`, if there is one.
+pub fn disk_element(domain: &str, xml: &str, target: &str) -> Result<Option<String>, XmlError> {
+    let doc = parse(domain, xml)?;
+    Ok(find_disk(&doc, target).map(|d| xml[d.range()].to_string()))
+}
+
+/// The `<disk>` element of `target`, as written in `xml`, with its source file replaced by
+/// `file` and its `<backingStore>` removed: the disk definition that puts a file disk back on
+/// `file` (libvirt reads the backing chain from the image itself). `None` when the domain has
+/// no such file disk. Everything else in the element (driver, address, boot order, ...) is
+/// kept byte for byte.
+pub fn disk_on_file(
+    domain: &str,
+    xml: &str,
+    target: &str,
+    file: &str,
+) -> Result<Option<String>, XmlError> {
+    let doc = parse(domain, xml)?;
+    let Some(disk) = find_disk(&doc, target).filter(|d| d.attribute("type") == Some("file")) else {
+        return Ok(None);
+    };
+    let source = disk
+        .children()
+        .find(|c| c.has_tag_name("source"))
+        .and_then(|s| s.attributes().find(|a| a.name() == "file"));
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    // Edits as (byte range, replacement), applied back to front so ranges stay valid.
+    let mut edits = vec![(source.range_value(), escape(file))];
+    edits.extend(
+        disk.children()
+            .filter(|c| c.has_tag_name("backingStore"))
+            .map(|b| (b.range(), String::new())),
+    );
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let base = disk.range().start;
+    let mut out = xml[disk.range()].to_string();
+    for (r, text) in edits {
+        out.replace_range(r.start - base..r.end - base, &text);
+    }
+    Ok(Some(out))
 }
 
 /// Escape text for use inside an XML attribute value.
@@ -192,6 +251,27 @@ mod tests {
         assert_eq!(d[4].snapshot_mode.as_deref(), Some("no"));
         assert!(!d[4].is_snapshotted());
         assert!(!d[5].is_snapshotted() && d[5].shareable);
+    }
+
+    #[test]
+    fn disk_on_file_points_the_disk_back_at_its_image_and_keeps_the_rest() {
+        let x = disk_on_file("a", XML, "vda", "/img/a&b.qcow2")
+            .expect("parse")
+            .expect("vda is a file disk");
+        let doc = roxmltree::Document::parse(&x).expect("valid xml");
+        let d = disks("a", &format!("<domain><devices>{x}</devices></domain>")).expect("parse");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].target, "vda");
+        assert_eq!(d[0].source.as_deref(), Some("/img/a&b.qcow2"));
+        assert!(d[0].backing.is_empty(), "{x}");
+        assert!(!x.contains("backingStore"), "{x}");
+        assert_eq!(d[0].format.as_deref(), Some("qcow2"));
+        assert!(doc.root_element().has_tag_name("disk"));
+        let original = disk_element("a", XML, "vda").expect("parse").expect("vda");
+        assert!(original.starts_with("<disk type='file'") && original.contains("backingStore"));
+        // Not a file disk, or no such target: nothing to rewrite.
+        assert_eq!(disk_on_file("a", XML, "vdb", "/x").expect("parse"), None);
+        assert_eq!(disk_on_file("a", XML, "vdz", "/x").expect("parse"), None);
     }
 
     #[test]

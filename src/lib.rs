@@ -6,7 +6,8 @@
 //! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
 //!   [`check`]: its checks alone, as a command;
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
-//! - [`release`]: committing overlays back; [`vanished`]: offline, for a deleted member;
+//! - [`release`]: committing overlays back; offline ([`merge`]) for a deleted member
+//!   ([`vanished`]) or a shut-off one ([`offline`]);
 //! - [`catalog`]: manifests and locks; [`prune`]: their retention; [`hook`]: the
 //!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
@@ -27,7 +28,9 @@ pub mod group_cmd;
 pub mod history;
 pub mod hook;
 pub mod hypervisor;
+pub mod merge;
 pub mod metrics;
+pub mod offline;
 pub mod preflight;
 pub mod protocol;
 pub mod prune;

@@ -9,7 +9,8 @@
 //!   disk on image → only the file removal is left).
 //! - An overlay file is deleted only when no disk of its domain has it as source or anywhere in
 //!   its backing chain; a pre-created overlay that was never used holds no guest data.
-//! - A member whose domain no longer exists is released offline by [`crate::vanished`].
+//! - A member whose domain no longer exists is released offline by [`crate::vanished`], one
+//!   that is shut off by [`crate::offline`].
 //! - A commit that is not ready within the timeout is cancelled (the disk stays on its overlay,
 //!   nothing is lost) and reported; the manifest stays `releasing` so a later run retries.
 
@@ -66,6 +67,18 @@ pub enum ReleaseError {
         overlay: String,
         user: String,
     },
+    #[error(
+        "member {domain} is shut off and its overlay {overlay} cannot be merged offline ({detail}); it is kept: start it (`virsh start {domain}`) and run release again"
+    )]
+    OfflineMerge {
+        domain: String,
+        overlay: String,
+        detail: String,
+    },
+    #[error(
+        "member {domain} was started while its overlays were merged offline; nothing is lost: run release again (it now commits online)"
+    )]
+    StartedDuringRelease { domain: String },
     #[error("cannot remove overlay {path}: {source}")]
     Remove {
         path: String,
@@ -233,6 +246,14 @@ pub fn release_member(
         .collect::<Result<Vec<_>, _>>()?;
     let pending = steps.iter().any(|(_, s)| !matches!(s, DiskStep::Done));
     if pending && !matches!(state, DomState::Running | DomState::PausedByUser) {
+        if state == DomState::ShutOff {
+            let on_overlay: Vec<&DiskRecord> = steps
+                .iter()
+                .filter(|(_, s)| matches!(s, DiskStep::Commit))
+                .map(|(d, _)| *d)
+                .collect();
+            return crate::offline::release(host, domain, &xml, disks, &on_overlay);
+        }
         return Err(ReleaseError::NotRunning {
             domain: domain.to_string(),
             state,

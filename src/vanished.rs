@@ -6,8 +6,8 @@
 //! Invariants:
 //! - Used only when the member's libvirt answered "no such domain", never when it was
 //!   unreachable, and only on a local host (whose files this process can open).
-//! - An overlay is merged only into the image the manifest recorded, checked against the
-//!   overlay's own backing file, and deleted only after the merge succeeded.
+//! - An overlay is merged ([`crate::merge`]) only into the image the manifest recorded, and
+//!   deleted only after the merge succeeded.
 //! - An overlay that any domain of the host still names in its disks (e.g. the member renamed
 //!   while stopped) is left alone, and so is one some process still writes (a VM migrated or
 //!   started by hand on it): QEMU's image locks make `qemu-img commit` fail on it.
@@ -18,45 +18,10 @@ use crate::catalog::DiskRecord;
 use crate::hypervisor::Host;
 use crate::release::{self, ReleaseError};
 use std::path::Path;
-use std::process::Command;
-
-fn stderr_line(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
-/// The backing file an overlay's header names, resolved against the overlay's directory.
-fn backing_of(overlay: &str) -> Result<Option<String>, String> {
-    // -U: read the header without taking locks; the commit below takes them.
-    let out = Command::new("qemu-img")
-        .args(["info", "-U", "--output=json", overlay])
-        .output()
-        .map_err(|e| format!("qemu-img: {e}"))?;
-    if !out.status.success() {
-        return Err(stderr_line(&out));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("qemu-img info output: {e}"))?;
-    Ok(v.get("full-backing-filename")
-        .or_else(|| v.get("backing-filename"))
-        .and_then(|b| b.as_str())
-        .map(str::to_string))
-}
-
-fn same_file(a: &str, b: &str) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
-}
 
 /// Merge one disk's (existing) overlay into its image and delete it.
 fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
-    let fail = |detail: String| {
+    crate::merge::merge(d).map_err(|detail| {
         let fix = if detail.contains("lock") {
             "a process still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again".to_string()
         } else {
@@ -71,28 +36,7 @@ fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
             detail,
             fix,
         }
-    };
-    if !Path::new(&d.image).exists() {
-        return Err(fail(format!("its image {} is gone", d.image)));
-    }
-    match backing_of(&d.overlay).map_err(&fail)? {
-        Some(b) if same_file(&b, &d.image) => {}
-        Some(b) => {
-            return Err(fail(format!(
-                "its backing file is {b}, not the snapshot's image {}",
-                d.image
-            )));
-        }
-        None => return Err(fail("it has no backing file".into())),
-    }
-    // -d: do not empty the overlay afterwards; it is deleted next.
-    let out = Command::new("qemu-img")
-        .args(["commit", "-q", "-d", "-f", "qcow2", &d.overlay])
-        .output()
-        .map_err(|e| fail(format!("qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(stderr_line(&out)));
-    }
+    })?;
     std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
         path: d.overlay.clone(),
         source,

@@ -335,3 +335,75 @@ fn a_disk_the_domain_excludes_is_left_out_and_kept_from_sandboxes() {
     lab.cgsnap().args(["release", &id]).assert().success();
     assert_own_images(lab.guest("cgt-scratch-1"));
 }
+
+/// Production VMs are persistent domains. While a snapshot is held their persistent
+/// definition names the overlays too, so a member restarted meanwhile (a host reboot in the
+/// backup window) keeps writing to the overlays, never to the frozen images; release then
+/// commits those writes and leaves the definition naming the original images, so the next
+/// boot does not look for a deleted overlay.
+#[test]
+fn persistent_member_definition_follows_snapshot_restart_and_release() {
+    let mut lab = lab("cgt-persist", 0, 2);
+    let name = "cgt-persist-1";
+    lab.add_persistent_guest(cgsnap_testbeds::guest::Spec::writer(name, 2));
+    lab.group_add("cgt-persist", &lab.names());
+    let own: Vec<String> = lab
+        .guest(name)
+        .disks
+        .iter()
+        .map(|d| d.to_string_lossy().to_string())
+        .collect();
+    assert_eq!(inactive_sources(name), own);
+
+    let out = lab
+        .cgsnap()
+        .args(["snapshot", "cgt-persist", "--json"])
+        .assert()
+        .success();
+    let m = json(&out.get_output().stdout);
+    let overlays = disk_fields(&m, 0, "overlay");
+    assert_eq!(
+        inactive_sources(name),
+        overlays,
+        "held: definition on the overlays"
+    );
+    let frozen = records(&own);
+
+    // Power cut and boot from the persistent definition while the snapshot is held.
+    virsh_ok(&["destroy", name]);
+    virsh_ok(&["start", name]);
+    let g = lab.guest(name);
+    g.wait_progress(g.console_seq() + 20, Duration::from_secs(120))
+        .expect("restarted guest writes");
+    let live: Vec<String> = domblklist(name).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(live, overlays, "restarted on the overlays");
+    assert_eq!(
+        records(&own),
+        frozen,
+        "frozen images untouched by the restarted guest"
+    );
+
+    lab.cgsnap()
+        .args(["release", "--group", "cgt-persist"])
+        .assert()
+        .success();
+    assert_eq!(
+        inactive_sources(name),
+        own,
+        "released: definition on the images"
+    );
+    lab.assert_no_overlays(&lab.names());
+    // Power cut: the images hold what the restarted guest wrote on the overlays.
+    let seq = g.console_seq();
+    virsh_ok(&["destroy", name]);
+    let after = records(&own);
+    assert!(
+        after[0].seq >= seq && after != frozen,
+        "images hold the writes made on the overlays: {after:?}, frozen {frozen:?}"
+    );
+    // The next boot, from the definition, is on the images.
+    virsh_ok(&["start", name]);
+    g.wait_progress(g.console_seq() + 20, Duration::from_secs(120))
+        .expect("guest writes after reboot");
+    assert_own_images(g);
+}

@@ -66,6 +66,12 @@ impl FakeHost {
             .insert((op.to_string(), dom.to_string()), d);
     }
 
+    pub fn set_state(&self, dom: &str, state: DomState) {
+        if let Some(d) = self.lock_domains().get_mut(dom) {
+            d.state = state;
+        }
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -236,6 +242,37 @@ impl Host for FakeHost {
     fn abort_job(&self, dom: &str, disk: &str) -> HvResult<()> {
         self.with("abort_job", dom, |d| {
             d.jobs.remove(disk);
+            Ok(())
+        })
+    }
+
+    /// Replaces the `<disk>` element with the same target in the domain's XML.
+    fn set_disk_config(&self, dom: &str, disk_xml: &str) -> HvResult<()> {
+        let bad = |message: String| HvError {
+            uri: String::new(),
+            op: "set_disk_config",
+            target: dom.to_string(),
+            message,
+            kind: HvErrorKind::Other,
+        };
+        let target_of = |n: roxmltree::Node| {
+            n.children()
+                .find(|c| c.has_tag_name("target"))
+                .and_then(|t| t.attribute("dev"))
+                .map(str::to_string)
+        };
+        let new = roxmltree::Document::parse(disk_xml).map_err(|e| bad(e.to_string()))?;
+        let target = target_of(new.root_element()).ok_or_else(|| bad("no target".into()))?;
+        self.with("set_disk_config", dom, |d| {
+            let doc = roxmltree::Document::parse(&d.xml).map_err(|e| bad(e.to_string()))?;
+            let range = doc
+                .descendants()
+                .find(|n| n.has_tag_name("disk") && target_of(*n).as_deref() == Some(&target))
+                .map(|n| n.range())
+                .ok_or_else(|| bad(format!("no disk {target}")))?;
+            let mut xml = d.xml.clone();
+            xml.replace_range(range, disk_xml);
+            d.xml = xml;
             Ok(())
         })
     }

@@ -269,6 +269,12 @@ impl Host for LibvirtHost {
     fn abort_job(&self, dom: &str, disk: &str) -> HvResult<()> {
         self.job_abort(dom, disk, 0, "abort block job")
     }
+
+    fn set_disk_config(&self, dom: &str, disk_xml: &str) -> HvResult<()> {
+        self.dom(dom)?
+            .update_device_flags(disk_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)
+            .map_err(|e| self.err("update disk definition", dom, e))
+    }
 }
 
 impl LibvirtHost {

@@ -130,4 +130,7 @@ pub trait Host: Send + Sync {
     fn pivot(&self, dom: &str, disk: &str) -> HvResult<()>;
     /// Cancel a block job, leaving the disk on its current top image.
     fn abort_job(&self, dom: &str, disk: &str) -> HvResult<()>;
+    /// Replace one disk (matched by its target) in the persistent definition only; the
+    /// running domain, if any, is not touched.
+    fn set_disk_config(&self, dom: &str, disk_xml: &str) -> HvResult<()>;
 }

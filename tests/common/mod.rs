@@ -64,6 +64,18 @@ impl Lab {
         self.guests.push(g);
     }
 
+    /// A persistent domain (as production VMs are), defined and then started from its
+    /// definition; it waits until the guest writes.
+    pub fn add_persistent_guest(&mut self, spec: guest::Spec) -> &guest::Guest {
+        let name = spec.name.clone();
+        self.define_stopped(spec);
+        virsh_ok(&["start", &name]);
+        let g = self.guest(&name);
+        g.wait_console("seq ", Duration::from_secs(120))
+            .expect("guest boots and writes");
+        g
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.guests.iter().map(|g| g.name().to_string()).collect()
     }
@@ -230,12 +242,36 @@ pub fn domstate(dom: &str) -> String {
     domstate_on(URI, dom)
 }
 
-/// (target, source) pairs from `virsh domblklist`.
+/// (target, source) pairs from `virsh domblklist` (the running domain).
 pub fn domblklist(dom: &str) -> Vec<(String, String)> {
+    blklist(URI, dom, false)
+}
+
+/// Disk sources of the domain's persistent definition (`virsh domblklist --inactive`).
+pub fn inactive_sources(dom: &str) -> Vec<String> {
+    blklist(URI, dom, true)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// `virsh -c qemu:///system ARGS...`, which must succeed.
+pub fn virsh_ok(args: &[&str]) {
     let out = Command::new("virsh")
-        .args(["-c", URI, "domblklist", dom])
+        .args(["-c", URI])
+        .args(args)
         .output()
         .expect("virsh");
+    assert!(out.status.success(), "virsh {args:?}: {out:?}");
+}
+
+/// `virsh domblklist` on `uri` as (target, source) pairs; none when the domain is absent.
+fn blklist(uri: &str, dom: &str, inactive: bool) -> Vec<(String, String)> {
+    let mut args = vec!["-c", uri, "domblklist", dom];
+    if inactive {
+        args.push("--inactive");
+    }
+    let out = Command::new("virsh").args(&args).output().expect("virsh");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(2)
@@ -404,14 +440,9 @@ pub fn domstate_on(uri: &str, dom: &str) -> String {
 }
 
 pub fn domblklist_on(uri: &str, dom: &str) -> Vec<String> {
-    let out = Command::new("virsh")
-        .args(["-c", uri, "domblklist", dom])
-        .output()
-        .expect("virsh");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+    blklist(uri, dom, false)
+        .into_iter()
+        .map(|(_, s)| s)
         .collect()
 }
 
@@ -456,6 +487,26 @@ pub fn assert_restored_backup(lab: &Lab, restored: &Path) -> usize {
 }
 
 /// `cgsnap list --json` of the lab's catalog.
+/// Hold `image` open for writing, with QEMU's image locks, as a running VM would: a
+/// `qemu-nbd` serving it on the socket `sock`, started and waited for. Kill it to let go.
+pub fn hold_open(image: &str, sock: &Path) -> std::process::Child {
+    let child = Command::new("qemu-nbd")
+        .args(["-f", "qcow2", "-k"])
+        .arg(sock)
+        .arg(image)
+        .spawn()
+        .expect("qemu-nbd");
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 pub fn list_json(lab: &Lab) -> serde_json::Value {
     let out = lab.cgsnap().args(["list", "--json"]).assert().success();
     serde_json::from_slice(&out.get_output().stdout).expect("list --json")

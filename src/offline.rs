@@ -1,0 +1,227 @@
+//! Release of a member that is shut off: a persistent domain stopped (or not started again
+//! after a host reboot) while its snapshot was held. Its definition names the overlays, so
+//! every boot keeps writing to them, and an online commit needs a running QEMU. Instead each
+//! overlay is merged into its image offline ([`crate::merge`]), the disk's persistent
+//! definition is pointed back at the image, and only then is the overlay deleted. Without
+//! this, one stopped VM would block its group's next snapshot until someone started it.
+//!
+//! Invariants:
+//! - Local hosts and file images only (this process must open the files, and the disk is
+//!   defined back as a file); otherwise the member keeps the "start it and run release
+//!   again" error, with nothing touched.
+//! - Per disk, in this order: merge, definition on the image, then overlay deleted once no
+//!   disk of the (still shut off) domain names it. A crash between steps leaves a state the
+//!   next release finishes: a merged overlay still named by the definition is merged again
+//!   (same data), one no longer named is deleted.
+//! - A domain started meanwhile never loses a write: started before a merge, QEMU's image locks
+//!   make the merge fail; started after its definition changed, it runs on the image; started
+//!   between the two, it runs on the overlay, so that disk's definition is put back on the
+//!   overlay and the next (online) release commits it. Nothing is deleted while it runs on an
+//!   overlay.
+
+use crate::catalog::DiskRecord;
+use crate::domxml;
+use crate::hypervisor::{DomState, Host};
+use crate::release::{self, ReleaseError};
+use std::path::Path;
+
+/// The persistent definition of each listed disk: (record, original `<disk>`, on its image).
+type Rewrite<'a> = (&'a DiskRecord, String, String);
+
+/// Release `on_overlay` (the disks whose definition names their overlay) of the shut-off
+/// `domain`, whose persistent definition is `xml`; `disks` are all of the member's disks.
+pub fn release(
+    host: &dyn Host,
+    domain: &str,
+    xml: &str,
+    disks: &[DiskRecord],
+    on_overlay: &[&DiskRecord],
+) -> Result<(), ReleaseError> {
+    let not_running = || ReleaseError::NotRunning {
+        domain: domain.to_string(),
+        state: DomState::ShutOff,
+    };
+    if !crate::snapshot::is_local(host.uri()) {
+        return Err(not_running());
+    }
+    // Check every disk before touching any.
+    let mut rewrites: Vec<Rewrite> = Vec::new();
+    for d in on_overlay {
+        if !Path::new(&d.image).is_file() {
+            return Err(not_running());
+        }
+        let original = domxml::disk_element(domain, xml, &d.target)?;
+        let back = domxml::disk_on_file(domain, xml, &d.target, &d.image)?;
+        match (original, back) {
+            (Some(o), Some(b)) => rewrites.push((d, o, b)),
+            _ => return Err(not_running()),
+        }
+    }
+    for (d, _, back) in &rewrites {
+        crate::merge::merge(d).map_err(|detail| ReleaseError::OfflineMerge {
+            domain: domain.to_string(),
+            overlay: d.overlay.clone(),
+            detail,
+        })?;
+        host.set_disk_config(domain, back)?;
+    }
+    let state = host.state(domain)?;
+    if state != DomState::ShutOff {
+        return Err(undo_for_running(host, domain, &rewrites));
+    }
+    release::remove_unused(host, domain, disks)?;
+    eprintln!(
+        "cgsnap: {domain} is shut off: merged {} overlay(s) into their images offline and defined its disks on them",
+        rewrites.len()
+    );
+    Ok(())
+}
+
+/// The domain was started during the merge: put back on its overlay the definition of every
+/// disk it now runs on the overlay of, so no boot after this one skips the writes there.
+fn undo_for_running(host: &dyn Host, domain: &str, rewrites: &[Rewrite]) -> ReleaseError {
+    let undo = || -> Result<(), ReleaseError> {
+        let live = host.xml(domain)?;
+        for (d, original, _) in rewrites {
+            let on_overlay = domxml::disks(domain, &live)?
+                .iter()
+                .any(|x| x.target == d.target && x.source.as_deref() == Some(d.overlay.as_str()));
+            if on_overlay {
+                host.set_disk_config(domain, original)?;
+            }
+        }
+        Ok(())
+    };
+    match undo() {
+        Ok(()) => ReleaseError::StartedDuringRelease {
+            domain: domain.to_string(),
+        },
+        Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{Classify, ExitCode};
+    use crate::hypervisor::fake::FakeHost;
+    use std::process::Command;
+
+    fn qemu_img(args: &[&str]) {
+        let st = Command::new("qemu-img")
+            .args(args)
+            .status()
+            .expect("qemu-img");
+        assert!(st.success(), "qemu-img {args:?}");
+    }
+
+    fn qemu_io_write(file: &str, pattern: &str) {
+        let st = Command::new("qemu-io")
+            .args([
+                "-f",
+                "qcow2",
+                "-c",
+                &format!("write -P {pattern} 0 64k"),
+                file,
+            ])
+            .output()
+            .expect("qemu-io");
+        assert!(st.status.success(), "qemu-io write {file}");
+    }
+
+    fn byte0(file: &str) -> String {
+        let out = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "read -v 0 1", file])
+            .output()
+            .expect("qemu-io");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A stopped member with one disk whose definition names the overlay, which holds writes
+    /// (pattern 0x5a) newer than the image (0x11).
+    fn member(dir: &Path) -> (FakeHost, DiskRecord) {
+        let img = dir.join("vda.qcow2").to_string_lossy().to_string();
+        let ovl = dir.join("vda.ovl").to_string_lossy().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", &img, "1M"]);
+        qemu_io_write(&img, "0x11");
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &img, &ovl,
+        ]);
+        qemu_io_write(&ovl, "0x5a");
+        let host = FakeHost::new("qemu:///system");
+        host.add(
+            "db",
+            &format!(
+                "<domain><name>db</name><devices><disk type='file' device='disk'>\
+                 <driver name='qemu' type='qcow2'/><source file='{ovl}'/>\
+                 <backingStore type='file'><format type='qcow2'/><source file='{img}'/></backingStore>\
+                 <target dev='vda' bus='virtio'/><boot order='1'/></disk></devices></domain>"
+            ),
+        );
+        host.set_state("db", DomState::ShutOff);
+        let d = DiskRecord {
+            target: "vda".into(),
+            image: img,
+            overlay: ovl,
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        };
+        (host, d)
+    }
+
+    fn disks_of(host: &FakeHost) -> Vec<domxml::DiskInfo> {
+        domxml::disks("db", &host.xml("db").expect("xml")).expect("parse")
+    }
+
+    #[test]
+    fn a_shut_off_member_is_merged_defined_on_its_image_and_its_overlay_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (host, d) = member(dir.path());
+        release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
+            .expect("offline release");
+        assert!(byte0(&d.image).contains("5a"), "overlay writes merged");
+        assert!(!Path::new(&d.overlay).exists(), "overlay removed");
+        let disks = disks_of(&host);
+        assert_eq!(disks[0].source.as_deref(), Some(d.image.as_str()));
+        assert!(disks[0].backing.is_empty());
+        assert!(host.xml("db").expect("xml").contains("<boot order='1'/>"));
+        // Again: nothing left to do.
+        release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
+            .expect("idempotent");
+    }
+
+    #[test]
+    fn a_remote_shut_off_member_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (local, d) = member(dir.path());
+        let host = FakeHost::new("qemu+ssh://far/system");
+        host.add("db", &local.xml("db").expect("xml"));
+        host.set_state("db", DomState::ShutOff);
+        let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
+            .expect_err("remote");
+        assert!(matches!(e, ReleaseError::NotRunning { .. }), "{e}");
+        assert!(e.to_string().contains("virsh start db"), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        assert!(Path::new(&d.overlay).exists());
+        assert!(byte0(&d.image).contains("11"), "image untouched");
+    }
+
+    #[test]
+    fn an_overlay_that_is_not_the_images_child_is_kept_and_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (host, mut d) = member(dir.path());
+        let other = dir.path().join("other.qcow2").to_string_lossy().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", &other, "1M"]);
+        d.image = other;
+        let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
+            .expect_err("wrong backing file");
+        assert!(matches!(e, ReleaseError::OfflineMerge { .. }), "{e}");
+        assert!(e.to_string().contains(&d.overlay), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        assert!(Path::new(&d.overlay).exists());
+        assert_eq!(
+            disks_of(&host)[0].source.as_deref(),
+            Some(d.overlay.as_str())
+        );
+    }
+}
