@@ -9,6 +9,33 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
+/// The newest record on the first overlay of a member stopped after writing on its overlays;
+/// it must be well past the frozen one.
+fn newest_on_overlay(overlays: &[String], frozen: &[record::Record]) -> u64 {
+    let newest = record::read(Path::new(&overlays[0]))
+        .expect("read")
+        .expect("record")
+        .seq;
+    assert!(
+        newest >= frozen[0].seq + 30,
+        "overlay holds the later writes"
+    );
+    newest
+}
+
+/// Release `id` while a process holds `overlay` open for writing, with QEMU's image locks, as
+/// a running VM would: it must fail (exit 10) and keep the overlay. Returns stderr.
+fn release_while_held(lab: &Lab, id: &str, overlay: &str) -> String {
+    let mut nbd = hold_open(overlay, &lab.catalog.path().join("nbd.sock"));
+    let out = lab.cgsnap().args(["release", id]).assert().code(10);
+    let _ = nbd.kill();
+    let _ = nbd.wait();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    eprintln!("{err}");
+    assert!(Path::new(overlay).exists(), "overlay in use is kept");
+    err
+}
+
 #[test]
 fn release_killed_mid_commit_is_finished_by_the_next_release() {
     let lab = lab("cgt-rel", 1, 2);
@@ -77,29 +104,15 @@ fn release_of_a_deleted_member_merges_its_overlays_offline_unless_in_use() {
         .expect("writes to overlays");
     g.destroy_domain();
     assert_eq!(domstate(&dom), "", "domain is gone");
-    let newest = record::read(Path::new(&overlays[0]))
-        .expect("read")
-        .expect("record")
-        .seq;
-    assert!(
-        newest >= frozen[0].seq + 30,
-        "overlay holds the later writes"
-    );
+    let newest = newest_on_overlay(&overlays, &frozen);
 
-    // Hold the second overlay open for writing, with QEMU's image locks, like a running VM.
-    let mut nbd = hold_open(&overlays[1], &lab.catalog.path().join("nbd.sock"));
-    let out = lab.cgsnap().args(["release", &id]).assert().code(10);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    eprintln!("{err}");
+    let err = release_while_held(&lab, &id, &overlays[1]);
     assert!(
         err.contains(&format!("member {dom} no longer exists"))
             && err.contains(&overlays[1])
             && err.contains("it is kept: a process still has it open"),
         "{err}"
     );
-    assert!(Path::new(&overlays[1]).exists(), "overlay in use is kept");
-    let _ = nbd.kill();
-    let _ = nbd.wait();
 
     let out = lab.cgsnap().args(["release", &id]).assert().success();
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
@@ -170,19 +183,9 @@ fn release_merges_a_shut_off_member_offline() {
     g.wait_progress(g.console_seq() + 50, Duration::from_secs(60))
         .expect("writes on the overlays");
     virsh_ok(&["destroy", dom]);
-    let newest = record::read(Path::new(&overlays[0]))
-        .expect("read")
-        .expect("record")
-        .seq;
-    assert!(
-        newest >= frozen[0].seq + 30,
-        "overlay holds the later writes"
-    );
+    let newest = newest_on_overlay(&overlays, &frozen);
 
-    let mut nbd = hold_open(&overlays[1], &lab.catalog.path().join("nbd.sock"));
-    let out = lab.cgsnap().args(["release", &id]).assert().code(10);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    eprintln!("{err}");
+    let err = release_while_held(&lab, &id, &overlays[1]);
     assert!(
         err.contains(&format!(
             "member {dom} is shut off and its overlay {} cannot be merged offline",
@@ -190,10 +193,7 @@ fn release_merges_a_shut_off_member_offline() {
         )) && err.contains(&format!("virsh start {dom}")),
         "{err}"
     );
-    assert!(Path::new(&overlays[1]).exists(), "overlay in use is kept");
     assert_eq!(list_json(&lab)[0]["state"], "releasing");
-    let _ = nbd.kill();
-    let _ = nbd.wait();
 
     let out = lab.cgsnap().args(["release", &id]).assert().success();
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
