@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// first, and the second is reported next to it (A/B on the same guests).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "together")]
     pub resume: Vec<Resume>,
+    /// Define the guests as persistent domains, as production VMs are (libvirt then also
+    /// rewrites each one's definition on disk inside the snapshot call); default transient.
+    #[arg(long)]
+    pub persistent: bool,
     /// Directory for the benchmark VMs' images.
     #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-bench")]
     pub dir: PathBuf,
@@ -126,6 +130,8 @@ pub struct Row {
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub machine: serde_json::Value,
+    /// The guests were persistent domains (`--persistent`), else transient.
+    pub persistent: bool,
     pub rounds: usize,
     /// Resume policies of our snapshots in this run (the first is "ours").
     pub resume: Vec<Resume>,
@@ -263,9 +269,12 @@ fn run_config(
         let mut spec = guest::Spec::writer(&format!("cgsnap-bench-{i}"), c.disks);
         spec.disk_size = c.disk_size;
         spec.prefill = c.written;
-        guests.push(
-            guest::Guest::start(&uri, &a.dir, spec, assets).map_err(|e| fail(e.to_string()))?,
-        );
+        let g = if a.persistent {
+            guest::Guest::start_persistent(&uri, &a.dir, spec, assets)
+        } else {
+            guest::Guest::start(&uri, &a.dir, spec, assets)
+        };
+        guests.push(g.map_err(|e| fail(e.to_string()))?);
     }
     for g in &guests {
         g.wait_console("seq ", Duration::from_secs(300))
@@ -486,6 +495,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     }
     let results = Results {
         machine: machine(),
+        persistent: a.persistent,
         rounds: a.rounds,
         resume: a.resume.clone(),
         rows,

@@ -244,6 +244,27 @@ impl Guest {
         Self::make(uri, base_dir, spec, assets, false)
     }
 
+    /// Create the disks, define a persistent domain (as production VMs are) and start it.
+    pub fn start_persistent(
+        uri: &str,
+        base_dir: &Path,
+        spec: Spec,
+        assets: &Assets,
+    ) -> Result<Guest, GuestError> {
+        let g = Self::make(uri, base_dir, spec, assets, true)?;
+        let err = |detail: String| GuestError::Op {
+            name: g.spec.name.clone(),
+            op: "start domain",
+            detail,
+        };
+        let d = g
+            .conn
+            .lookup_domain_by_name(&g.spec.name)
+            .map_err(|e| err(e.to_string()))?;
+        d.create().map_err(|e| err(e.to_string()))?;
+        Ok(g)
+    }
+
     /// Create the disks and define a persistent domain without starting it (a stopped VM).
     pub fn define(
         uri: &str,

@@ -64,16 +64,15 @@ impl Lab {
         self.guests.push(g);
     }
 
-    /// A persistent domain (as production VMs are), defined and then started from its
-    /// definition; it waits until the guest writes.
+    /// A persistent domain (as production VMs are), defined and started from its definition;
+    /// returns once the guest writes.
     pub fn add_persistent_guest(&mut self, spec: guest::Spec) -> &guest::Guest {
-        let name = spec.name.clone();
-        self.define_stopped(spec);
-        virsh_ok(&["start", &name]);
-        let g = self.guest(&name);
+        let g = guest::Guest::start_persistent(URI, Path::new(BASE), spec, &self.assets)
+            .expect("start persistent guest");
         g.wait_console("seq ", Duration::from_secs(120))
             .expect("guest boots and writes");
-        g
+        self.guests.push(g);
+        self.guests.last().expect("just pushed")
     }
 
     pub fn names(&self) -> Vec<String> {
