@@ -1,4 +1,4 @@
-//! The catalog: versioned JSON manifests of group snapshots, and per-group locks.
+//! The catalog: versioned JSON manifests of group snapshots (its locks: [`crate::lock`]).
 //!
 //! Layout under the catalog directory (default `/var/lib/cgsnap`):
 //! `snapshots/<ID>.json` (one manifest per snapshot), `locks/<GROUP>.lock`, `reports/<ID>/`
@@ -9,16 +9,13 @@
 //!   directory fsynced: a reader sees the old or the new manifest, never a torn one.
 //! - A manifest is written *before* anything is frozen (state `pending`), so a crash at any
 //!   later point leaves a record of every overlay that may exist; `release` can finish it.
-//! - A group lock is an `flock` on its lock file: the kernel drops it when the holder dies, so
-//!   a killed run never blocks the next one.
 
 use crate::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -201,6 +198,10 @@ pub enum CatalogError {
         "another cgsnap run (pid {pid}) holds the lock on group {group}: wait for it to finish, or check `ps -p {pid}`"
     )]
     Busy { group: String, pid: String },
+    #[error(
+        "another cgsnap run (pid {pid}) has been planning a snapshot for {secs} s (it holds the catalog's planning lock): check `ps -p {pid}`, then run again"
+    )]
+    PlanningBusy { pid: String, secs: u64 },
 }
 
 impl Classify for CatalogError {
@@ -211,12 +212,12 @@ impl Classify for CatalogError {
             CatalogError::UnknownSnapshot { .. } | CatalogError::NoSnapshot { .. } => {
                 ExitCode::NotFound
             }
-            CatalogError::Busy { .. } => ExitCode::Busy,
+            CatalogError::Busy { .. } | CatalogError::PlanningBusy { .. } => ExitCode::Busy,
         }
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
     move |source| CatalogError::Io {
         path: path.to_path_buf(),
         source,
@@ -247,12 +248,7 @@ pub fn new_id(group: &str, now: DateTime<Utc>) -> String {
 }
 
 pub struct Catalog {
-    dir: PathBuf,
-}
-
-/// An exclusive lock on one group, released on drop (or by the kernel if the process dies).
-pub struct GroupLock {
-    _file: File,
+    pub(crate) dir: PathBuf,
 }
 
 impl Catalog {
@@ -383,37 +379,6 @@ impl Catalog {
             .into_iter()
             .filter(|m| m.group == group && m.state.outstanding())
             .collect())
-    }
-
-    /// Take the group lock without waiting.
-    pub fn lock(&self, group: &str) -> Result<GroupLock, CatalogError> {
-        let path = self.dir.join("locks").join(format!("{group}.lock"));
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut pid = String::new();
-                let _ = f.read_to_string(&mut pid);
-                return Err(CatalogError::Busy {
-                    group: group.to_string(),
-                    pid: pid.trim().to_string(),
-                });
-            }
-            return Err(io(&path)(err));
-        }
-        // The pid is informational (named in the Busy error); the flock is the lock.
-        f.set_len(0).map_err(io(&path))?;
-        f.rewind().map_err(io(&path))?;
-        writeln!(f, "{}", std::process::id()).map_err(io(&path))?;
-        Ok(GroupLock { _file: f })
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
 //! - [`release`]: committing overlays back; offline ([`merge`]) for a deleted member
 //!   ([`vanished`]) or a shut-off one ([`offline`]);
-//! - [`catalog`]: manifests and locks; [`prune`]: their retention; [`hook`]: the
+//! - [`catalog`]: manifests, [`lock`]: their locks; [`prune`]: their retention; [`hook`]: the
 //!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
 //! - [`exit`]: the documented exit codes; [`cli`] parses and dispatches to the `*_cmd` modules.
@@ -28,6 +28,7 @@ pub mod group_cmd;
 pub mod history;
 pub mod hook;
 pub mod hypervisor;
+pub mod lock;
 pub mod merge;
 pub mod metrics;
 pub mod offline;

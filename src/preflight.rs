@@ -37,6 +37,14 @@ pub enum PreflightError {
     #[error("member {domain} has no disk to snapshot: remove it from the group")]
     NoDisks { domain: String },
     #[error(
+        "disk {target} of {domain} is on {path}, an overlay of a snapshot not yet released (another group's, or one whose manifest is gone): release that snapshot first (`cgsnap list --json` names its overlays), or commit the overlay back with `virsh blockcommit {domain} {target} --active --pivot`"
+    )]
+    OnOverlay {
+        domain: String,
+        target: String,
+        path: String,
+    },
+    #[error(
         "overlay {path} already exists: remove it if no domain uses it, or release the snapshot that owns it"
     )]
     OverlayExists { path: PathBuf },
@@ -125,6 +133,19 @@ fn plan_disk(
     let Some(src) = d.source.as_deref() else {
         return Err(unsupported(domain, d, "it has no source (empty drive)"));
     };
+    // Stacking a second overlay would make this snapshot's "frozen image" a thin overlay of the
+    // other one, and that one's release would find its chain changed.
+    let suffix = format!(".{OVERLAY_SUFFIX}");
+    if let Some(o) = std::iter::once(src)
+        .chain(d.backing.iter().map(String::as_str))
+        .find(|p| p.ends_with(&suffix))
+    {
+        return Err(PreflightError::OnOverlay {
+            domain: domain.to_string(),
+            target: d.target.clone(),
+            path: o.to_string(),
+        });
+    }
     let format = d.format.clone().unwrap_or_default();
     if format != "qcow2" {
         return Err(unsupported(
@@ -274,6 +295,15 @@ mod tests {
         )
     }
 
+    /// One qcow2 disk on `top`, backed by `below`.
+    fn chained(top: &str, below: &str) -> String {
+        format!(
+            "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
+             <source file='{top}'/><backingStore type='file'><format type='qcow2'/>\
+             <source file='{below}'/></backingStore><target dev='vda'/></disk></devices></domain>"
+        )
+    }
+
     fn member(h: &Arc<FakeHost>, name: &str) -> Member {
         Member {
             host: h.clone() as Arc<dyn Host>,
@@ -304,6 +334,31 @@ mod tests {
                 .to_string_lossy()
         );
         assert!(p.snapshot_xml.contains("name='hdc' snapshot='no'"));
+    }
+
+    #[test]
+    fn refuses_a_disk_already_on_a_snapshot_overlay() {
+        let t = tempfile::tempdir().expect("tmp");
+        let h = Arc::new(FakeHost::new("fake://"));
+        let d = t.path().display();
+        let held = format!("{d}/a.qcow2.other-20261126T000000000Z.cgsnap-overlay");
+        h.add("a", &chained(&held, &format!("{d}/a.qcow2")));
+        let e = plan_member(&member(&h, "a"), &opts())
+            .err()
+            .expect("on an overlay");
+        let msg = e.to_string();
+        assert!(matches!(e, PreflightError::OnOverlay { .. }), "{msg}");
+        assert!(
+            msg.contains(&held) && msg.contains("virsh blockcommit a vda"),
+            "{msg}"
+        );
+        assert_eq!(e.exit_code(), ExitCode::Precondition);
+        // Deeper in the chain counts too (an overlay someone snapshotted by hand on top).
+        h.add("b", &chained(&format!("{d}/b.manual"), &held));
+        let e = plan_member(&member(&h, "b"), &opts())
+            .err()
+            .expect("overlay below");
+        assert!(matches!(e, PreflightError::OnOverlay { .. }), "{e}");
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub enum SnapshotError {
         state: SnapState,
     },
     #[error(
+        "member {domain} ({uri}) is in snapshot {id} of group {group}, not yet released ({state}): a VM in several groups can be in one unreleased snapshot at a time; release it first with `cgsnap release {id}`"
+    )]
+    MemberHeld {
+        domain: String,
+        uri: String,
+        id: String,
+        group: String,
+        state: SnapState,
+    },
+    #[error(
         "--unsafe-disk-order names disk {target}, which no member of group {group} has: list targets as shown by `virsh domblklist`"
     )]
     UnknownTarget { group: String, target: String },
@@ -70,7 +80,9 @@ impl Classify for SnapshotError {
             SnapshotError::Catalog(e) => e.exit_code(),
             SnapshotError::Preflight(e) => e.exit_code(),
             SnapshotError::Watchdog(_) => ExitCode::Hypervisor,
-            SnapshotError::Outstanding { .. } => ExitCode::Outstanding,
+            SnapshotError::Outstanding { .. } | SnapshotError::MemberHeld { .. } => {
+                ExitCode::Outstanding
+            }
             SnapshotError::Precreate { .. } => ExitCode::Precondition,
             SnapshotError::UnknownTarget { .. } => ExitCode::Usage,
             SnapshotError::Protocol { .. } => ExitCode::Hypervisor,
@@ -242,14 +254,37 @@ pub fn plan(
     popts: &preflight::Options,
 ) -> Result<Vec<PlannedMember>, SnapshotError> {
     group::validate_name(group_name)?;
-    if let Some(m) = cat.outstanding(group_name)?.into_iter().next() {
+    let held: Vec<Manifest> = cat
+        .list()?
+        .into_iter()
+        .filter(|m| m.state.outstanding())
+        .collect();
+    if let Some(m) = held.iter().find(|m| m.group == group_name) {
         return Err(SnapshotError::Outstanding {
-            group: m.group,
-            id: m.id,
+            group: m.group.clone(),
+            id: m.id.clone(),
             state: m.state,
         });
     }
     let members = group::resolve(hosts, group_name)?;
+    // A member shared with another group must not be frozen or snapshotted twice at once, nor
+    // get a second overlay on top of the other group's (preflight also refuses a disk already
+    // on an overlay; this names the snapshot, and sees one still pending).
+    for other in &held {
+        if let Some(r) = other.members.iter().find(|r| {
+            members
+                .iter()
+                .any(|m| m.domain == r.domain && m.host.uri() == r.uri)
+        }) {
+            return Err(SnapshotError::MemberHeld {
+                domain: r.domain.clone(),
+                uri: r.uri.clone(),
+                id: other.id.clone(),
+                group: other.group.clone(),
+                state: other.state,
+            });
+        }
+    }
     Ok(members
         .iter()
         .map(|m| preflight::plan_member(m, popts))
@@ -272,6 +307,9 @@ pub fn take(
         overlay_dir: opts.overlay_dir.as_deref(),
         min_free: opts.min_free,
     };
+    // From the checks until the pending manifest is written, no other group's run can pass
+    // the same checks for a member this one is about to freeze.
+    let planning = cat.lock_planning()?;
     let plan = plan(hosts, cat, &opts.group, &popts)?;
     let reuse = opts.precreate && plan.iter().all(|p| is_local(p.member.host.uri()));
     // Everything that can fail without touching a disk fails before the manifest exists.
@@ -281,6 +319,7 @@ pub fn take(
     };
     let mut man = manifest(&id, &opts.group, now, &plan);
     cat.write(&man)?;
+    drop(planning);
 
     if reuse {
         let created = plan
@@ -441,7 +480,65 @@ pub fn manifest_path(cat: &Catalog, id: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::is_local;
+    use super::*;
+    use crate::hypervisor::fake::FakeHost;
+
+    #[test]
+    fn a_member_in_another_groups_unreleased_snapshot_is_refused() {
+        let t = tempfile::tempdir().expect("tmp");
+        let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+        let h = Arc::new(FakeHost::new("qemu:///system"));
+        h.add(
+            "db",
+            &format!(
+                "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
+                 <source file='{}/db.qcow2'/><target dev='vda'/></disk></devices></domain>",
+                t.path().display()
+            ),
+        );
+        let hosts: Vec<Arc<dyn Host>> = vec![h.clone()];
+        for g in ["a", "b"] {
+            group::add(&hosts, g, &["db".to_string()]).expect("group add");
+        }
+        let popts = preflight::Options {
+            id: "b-1",
+            overlay_dir: None,
+            min_free: 0,
+        };
+        plan(&hosts, &cat, "b", &popts).expect("nothing held yet");
+
+        let mut m = Manifest::new("a-1", "a", SnapState::Pending, Utc::now());
+        m.members.push(MemberRecord::new(
+            "db",
+            "qemu:///system",
+            String::new(),
+            vec![],
+        ));
+        cat.write(&m).expect("write");
+        for state in [SnapState::Pending, SnapState::Taken, SnapState::Failed] {
+            m.state = state;
+            cat.write(&m).expect("write");
+            let e = plan(&hosts, &cat, "b", &popts).err().expect("held");
+            let msg = e.to_string();
+            assert!(matches!(e, SnapshotError::MemberHeld { .. }), "{msg}");
+            assert!(
+                msg.contains("member db (qemu:///system) is in snapshot a-1 of group a")
+                    && msg.contains("cgsnap release a-1"),
+                "{msg}"
+            );
+            assert_eq!(e.exit_code(), ExitCode::Outstanding);
+        }
+        // The same domain name on another host is another VM.
+        let other = Arc::new(FakeHost::new("qemu+ssh://far/system"));
+        other.add("db", &h.xml("db").expect("xml"));
+        let far: Vec<Arc<dyn Host>> = vec![other.clone()];
+        group::add(&far, "b", &["db".to_string()]).expect("group add");
+        plan(&far, &cat, "b", &popts).expect("another host's db");
+
+        m.state = SnapState::Released;
+        cat.write(&m).expect("write");
+        plan(&hosts, &cat, "b", &popts).expect("released: free again");
+    }
 
     #[test]
     fn local_uris() {

@@ -152,8 +152,47 @@ fn bad_inputs_fail_cleanly_with_documented_codes() {
     assert!(first.wait().expect("wait").success(), "first run completes");
     let o = lab.cgsnap().args(["check", "cgt-space"]).assert().code(6);
     assert!(err_line(&o).contains("(taken)"));
+
+    // A VM in two groups: while one group's snapshot holds it, the other group's is refused
+    // before anything is frozen, naming the snapshot to release.
+    lab.group_add("cgt-other", &[running[0].clone()]);
+    let e = snapshot_and_check_fail(&lab, &["cgt-other"], 6);
+    assert!(
+        e.contains(&format!(
+            "member {} (qemu:///system) is in snapshot cgt-space-",
+            running[0]
+        )) && e.contains("of group cgt-space")
+            && e.contains("cgsnap release cgt-space-"),
+        "{e}"
+    );
+    // Another catalog does not know that snapshot, but the disks show it: still refused.
+    let elsewhere = tempfile::tempdir().expect("second catalog");
+    let o = assert_cmd::Command::cargo_bin("cgsnap")
+        .expect("binary")
+        .args(["--connect", URI, "--catalog"])
+        .arg(elsewhere.path())
+        .args(["snapshot", "cgt-other"])
+        .assert()
+        .code(4);
+    let e = err_line(&o);
+    assert!(
+        e.contains(&format!("disk vda of {} is on ", running[0]))
+            && e.contains(".cgsnap-overlay, an overlay of a snapshot not yet released")
+            && e.contains("virsh blockcommit"),
+        "{e}"
+    );
     lab.cgsnap()
         .args(["hook", "post", "--group", "cgt-space"])
+        .assert()
+        .success();
+    untouched(&lab, &all_running);
+    // Released: the other group can be snapshotted (and released) now.
+    lab.cgsnap()
+        .args(["hook", "pre", "--group", "cgt-other"])
+        .assert()
+        .success();
+    lab.cgsnap()
+        .args(["hook", "post", "--group", "cgt-other"])
         .assert()
         .success();
     untouched(&lab, &all_running);

@@ -1,0 +1,102 @@
+//! Locks in the catalog directory (`locks/`): one per group, held by every command that
+//! changes the group's snapshots, and the catalog-wide planning lock.
+//!
+//! Invariants:
+//! - A lock is an `flock` on its file: the kernel drops it when the holder dies, so a killed
+//!   run never blocks the next one. The pid written into the file only names the holder in
+//!   errors.
+//! - The planning lock is held only from a snapshot's checks until its pending manifest is on
+//!   disk, so every check that no other unreleased snapshot holds a member sees every snapshot
+//!   that passed the same check before it.
+
+use crate::catalog::{Catalog, CatalogError, io};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// An exclusive lock (a group's or the planning lock), released on drop (or by the kernel if
+/// the process dies).
+pub struct GroupLock {
+    _file: File,
+}
+
+impl Catalog {
+    /// Take the group lock without waiting.
+    pub fn lock(&self, group: &str) -> Result<GroupLock, CatalogError> {
+        self.lock_file(&format!("{group}.lock"), Duration::ZERO)
+            .map_err(|e| match e {
+                LockError::Busy(pid) => CatalogError::Busy {
+                    group: group.to_string(),
+                    pid,
+                },
+                LockError::Catalog(e) => e,
+            })
+    }
+
+    /// The catalog-wide planning lock. `snapshot` holds it from its checks until its pending
+    /// manifest is written (a fraction of a second), so that two groups sharing a member cannot
+    /// both pass the check that no unreleased snapshot holds it. Waits up to [`PLANNING_WAIT`].
+    pub fn lock_planning(&self) -> Result<GroupLock, CatalogError> {
+        self.lock_file(PLANNING_LOCK, PLANNING_WAIT)
+            .map_err(|e| match e {
+                LockError::Busy(pid) => CatalogError::PlanningBusy {
+                    pid,
+                    secs: PLANNING_WAIT.as_secs(),
+                },
+                LockError::Catalog(e) => e,
+            })
+    }
+
+    /// An exclusive `flock` on `locks/NAME`, retried until `wait` has passed.
+    fn lock_file(&self, name: &str, wait: Duration) -> Result<GroupLock, LockError> {
+        let path = self.dir.join("locks").join(name);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(&path)(err).into());
+            }
+            if start.elapsed() >= wait {
+                let mut pid = String::new();
+                let _ = f.read_to_string(&mut pid);
+                return Err(LockError::Busy(pid.trim().to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The pid is informational (named in the Busy error); the flock is the lock.
+        f.set_len(0).map_err(io(&path))?;
+        f.rewind().map_err(io(&path))?;
+        writeln!(f, "{}", std::process::id()).map_err(io(&path))?;
+        Ok(GroupLock { _file: f })
+    }
+}
+
+/// Lock file of [`Catalog::lock_planning`]; not a valid group name, so no group's lock.
+const PLANNING_LOCK: &str = ".planning.lock";
+/// Longest wait for the planning lock: planning takes well under a second.
+pub const PLANNING_WAIT: Duration = Duration::from_secs(30);
+
+enum LockError {
+    /// Held by another process (its pid, as it wrote it).
+    Busy(String),
+    Catalog(CatalogError),
+}
+
+impl From<CatalogError> for LockError {
+    fn from(e: CatalogError) -> Self {
+        LockError::Catalog(e)
+    }
+}
