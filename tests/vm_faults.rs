@@ -1,7 +1,8 @@
 //! The fault suite, on one real group (two TCG writer guests, two qcow2 disks each): the
 //! coordinator SIGKILLed at each phase, libvirtd restarted during a snapshot and a release,
-//! the overlay directory full or read-only (before and inside the freeze), a member removed
-//! between resolution and freeze, a member on an unreachable host, a commit that cannot
+//! the overlay directory full or read-only (before and inside the freeze), a persistent member
+//! shut down and a transient member removed between resolution and freeze, a member on an
+//! unreachable host, a commit that cannot
 //! converge in time, and the hook contract misused (post without pre, pre twice, two runs).
 //!
 //! Every case is followed by the same checks: every surviving member running, no overlay in use
@@ -516,64 +517,117 @@ fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
     ]
 }
 
+/// Run one case, then the checks every case is followed by: `alive` running on their own
+/// images, writing, nothing outstanding; no acknowledged write of `checked` (alive, plus a
+/// member the case left shut off) missing from its disks.
+fn run_case(lab: &Lab, case: &'static str, f: Case, alive: &[String], checked: &[String]) -> Row {
+    let out = catch_unwind(AssertUnwindSafe(|| {
+        let r = f(lab);
+        settle(lab, alive);
+        r
+    }));
+    let lost = lost_bytes(lab, checked);
+    match out {
+        Ok((what, t)) => Row {
+            case,
+            result: Ok(what),
+            running_after: t,
+            lost,
+        },
+        Err(p) => Row {
+            case,
+            result: Err(panic_text(p)),
+            running_after: None,
+            lost,
+        },
+    }
+}
+
+/// A snapshot held after group resolution while `fault` stops a member: it must exit 8 with
+/// the other members resumed and the attempt aborted. Returns the seconds from the fault
+/// until the coordinator gave up.
+fn stop_between_resolution_and_freeze(lab: &Lab, survivors: &[String], fault: &[&str]) -> f64 {
+    let mut c = spawn_until(
+        lab.std_cgsnap()
+            .args(["snapshot", G])
+            .env("CGSNAP_TEST_HOLD_RESOLVED_MS", "2000"),
+        "members resolved",
+    );
+    sh(fault);
+    let t = Instant::now();
+    let code = c.wait().expect("wait").code();
+    assert_eq!(code, Some(8));
+    let took = t.elapsed().as_secs_f64();
+    wait_running(survivors, Duration::from_secs(1)).expect("survivors resumed");
+    assert_eq!(newest_state(lab), "aborted");
+    took
+}
+
 #[test]
 fn fault_suite_keeps_every_member_running_and_every_byte() {
-    let lab = lab("cgt-fault", 2, 2);
+    let mut lab = lab("cgt-fault", 2, 2);
     lab.group_add(G, &lab.names());
     let names = lab.names();
     let mut rows = Vec::new();
-    let mut list = cases(names.clone());
-    // Last: removes the second member for good.
+    for (case, f) in cases(names.clone()) {
+        rows.push(run_case(&lab, case, f, &names, &names));
+    }
+
+    // A persistent member (as production VMs are) shut down between resolution and freeze:
+    // it stays defined and shut off with its data intact, and the next snapshot names it.
+    let off = format!("{G}-persistent");
+    lab.add_persistent_guest(cgsnap_testbeds::guest::Spec::writer(&off, 2));
+    lab.group_add(G, std::slice::from_ref(&off));
+    let all: Vec<String> = names.iter().chain([&off]).cloned().collect();
+    let o = off.clone();
+    let n = names.clone();
+    rows.push(run_case(
+        &lab,
+        "persistent member shut down between resolution and freeze",
+        Box::new(move |lab: &Lab| {
+            let took =
+                stop_between_resolution_and_freeze(lab, &n, &["virsh", "-c", URI, "destroy", &o]);
+            assert_eq!(domstate(&o), "shut off", "still defined, not started");
+            let own: Vec<String> = inactive_sources(&o);
+            assert!(
+                own.iter().all(|s| !s.ends_with(".cgsnap-overlay")),
+                "definition on its own images: {own:?}"
+            );
+            expect_code(
+                lab,
+                &["snapshot", G],
+                4,
+                &format!("member {o} (qemu:///system) is shut off"),
+            );
+            let (c, e) = run(lab, &["group", "remove", G, &o]);
+            assert_eq!(c, 0, "group remove of a shut-off member: {e}");
+            (
+                "exit 8, others resumed, aborted; next snapshot exit 4 names it".into(),
+                Some(took),
+            )
+        }),
+        &names,
+        &all,
+    ));
+
+    // Last: removes the second member for good (transient: destroyed is gone).
     let victim = names[1].clone();
     let survivors = vec![names[0].clone()];
     let s2 = survivors.clone();
-    list.push((
+    rows.push(run_case(
+        &lab,
         "member removed between resolution and freeze",
         Box::new(move |lab: &Lab| {
-            let mut c = spawn_until(
-                lab.std_cgsnap()
-                    .args(["snapshot", G])
-                    .env("CGSNAP_TEST_HOLD_RESOLVED_MS", "2000"),
-                "members resolved",
+            let took = stop_between_resolution_and_freeze(
+                lab,
+                &s2,
+                &["virsh", "-c", URI, "destroy", &victim],
             );
-            sh(&["virsh", "-c", URI, "destroy", &victim]);
-            let t = Instant::now();
-            let code = c.wait().expect("wait").code();
-            assert_eq!(code, Some(8));
-            let took = t.elapsed().as_secs_f64();
-            wait_running(&s2, Duration::from_secs(1)).expect("survivor resumed");
-            assert_eq!(newest_state(lab), "aborted");
             ("exit 8, survivor resumed, aborted".into(), Some(took))
         }),
+        &survivors,
+        &survivors,
     ));
-    let total = list.len();
-    for (i, (case, f)) in list.into_iter().enumerate() {
-        let alive = if i + 1 == total {
-            survivors.clone()
-        } else {
-            names.clone()
-        };
-        let out = catch_unwind(AssertUnwindSafe(|| {
-            let r = f(&lab);
-            settle(&lab, &alive);
-            r
-        }));
-        let lost = lost_bytes(&lab, &alive);
-        rows.push(match out {
-            Ok((what, t)) => Row {
-                case,
-                result: Ok(what),
-                running_after: t,
-                lost,
-            },
-            Err(p) => Row {
-                case,
-                result: Err(panic_text(p)),
-                running_after: None,
-                lost,
-            },
-        });
-    }
 
     // Printed uncaptured: the table is the suite's report.
     let mut t = String::from(
