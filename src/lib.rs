@@ -6,8 +6,8 @@
 //! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
 //!   [`check`]: its checks alone, as a command;
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
-//! - [`release`]: committing overlays back; offline ([`merge`]) for a deleted member
-//!   ([`vanished`]) or a shut-off one ([`offline`]);
+//! - [`release`]: committing overlays back, if [`room`] says they fit; offline ([`merge`]) for
+//!   a deleted member ([`vanished`]) or a shut-off one ([`offline`]);
 //! - [`catalog`]: manifests, [`lock`]: their locks; [`prune`]: their retention; [`hook`]: the
 //!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
@@ -36,6 +36,7 @@ pub mod preflight;
 pub mod protocol;
 pub mod prune;
 pub mod release;
+pub mod room;
 pub mod snapshot;
 pub mod testbed_cmd;
 pub mod vanished;

@@ -193,7 +193,7 @@ pub fn check_dir(dir: &Path, min_free: u64) -> Result<(), PreflightError> {
             detail: "path contains NUL".into(),
         }
     })?;
-    // SAFETY: valid NUL-terminated path; statvfs fills a plain C struct.
+    // SAFETY: valid NUL-terminated path.
     let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
     if !writable {
         return Err(PreflightError::NotWritable {
@@ -201,14 +201,10 @@ pub fn check_dir(dir: &Path, min_free: u64) -> Result<(), PreflightError> {
             detail: std::io::Error::last_os_error().to_string(),
         });
     }
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(PreflightError::NotWritable {
-            dir: dir.to_path_buf(),
-            detail: std::io::Error::last_os_error().to_string(),
-        });
-    }
+    let st = crate::room::statvfs(dir).map_err(|e| PreflightError::NotWritable {
+        dir: dir.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     if st.f_flag & libc::ST_RDONLY != 0 {
         return Err(PreflightError::NotWritable {
             dir: dir.to_path_buf(),

@@ -34,6 +34,14 @@ pub enum ReleaseError {
         end: u64,
     },
     #[error(
+        "commit of {domain}/{target} ended without switching the disk back to its image (the job failed, e.g. the image's filesystem ran out of room, or someone cancelled it); the disk stays on its overlay {overlay}, nothing is lost: see libvirtd's log, then run release again"
+    )]
+    CommitEnded {
+        domain: String,
+        target: String,
+        overlay: String,
+    },
+    #[error(
         "member {domain} is {state}: overlays can only be committed while it runs; start it (`virsh start {domain}`) and run release again"
     )]
     NotRunning { domain: String, state: DomState },
@@ -288,7 +296,16 @@ pub fn release_member(
     // Re-read: every disk must now be on its image before anything is deleted.
     let xml = host.xml(domain)?;
     for d in disks {
-        if !matches!(step_for(domain, &xml, d)?, DiskStep::Done) {
+        let step = step_for(domain, &xml, d)?;
+        if matches!(step, DiskStep::Commit) {
+            // The job went away without a pivot: it failed or someone cancelled it.
+            return Err(ReleaseError::CommitEnded {
+                domain: domain.to_string(),
+                target: d.target.clone(),
+                overlay: d.overlay.clone(),
+            });
+        }
+        if !matches!(step, DiskStep::Done) {
             return Err(ReleaseError::ChainChanged {
                 domain: domain.to_string(),
                 target: d.target.clone(),
@@ -311,6 +328,22 @@ pub enum SnapshotReleaseError {
         #[source]
         source: Box<ReleaseError>,
     },
+    #[error(
+        "snapshot {id}: no room to release: committing {} needs {} MiB more in {}, which has {} MiB free; free space there (or grow the filesystem) and run release again; until then the VMs keep writing to their overlays and nothing is lost",
+        short.overlays.join(", "),
+        mib(short.need),
+        short.dir.display(),
+        mib(short.free)
+    )]
+    NoRoom {
+        id: String,
+        short: crate::room::Shortage,
+    },
+}
+
+/// Bytes in MiB, rounded up (a need of a few KiB is not "0 MiB").
+fn mib(b: u64) -> u64 {
+    b.div_ceil(1 << 20)
 }
 
 impl Classify for SnapshotReleaseError {
@@ -318,6 +351,7 @@ impl Classify for SnapshotReleaseError {
         match self {
             SnapshotReleaseError::Catalog(e) => e.exit_code(),
             SnapshotReleaseError::Member { source, .. } => source.exit_code(),
+            SnapshotReleaseError::NoRoom { .. } => ExitCode::Precondition,
         }
     }
 }
@@ -337,6 +371,19 @@ pub fn release_snapshot(
         return Ok(man_now);
     }
     std::mem::swap(&mut man, &mut man_now);
+    // Before any commit starts: a release that cannot fit fails here, changing nothing.
+    let local: Vec<&crate::catalog::DiskRecord> = man
+        .members
+        .iter()
+        .filter(|m| crate::snapshot::is_local(&m.uri))
+        .flat_map(|m| m.disks.iter())
+        .collect();
+    if let Err(short) = crate::room::check(&local) {
+        return Err(SnapshotReleaseError::NoRoom {
+            id: id.to_string(),
+            short,
+        });
+    }
     man.state = SnapState::Releasing;
     cat.write(&man)?;
     // Members are independent: release them in parallel, report the first failure.

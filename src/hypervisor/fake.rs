@@ -219,10 +219,19 @@ impl Host for FakeHost {
         })
     }
 
+    /// Starts a job that is ready at once, or (with `fail_on("job_lost", dom)`) one that ends
+    /// at once without a pivot, as a commit that failed does.
     fn commit_active(&self, dom: &str, disk: &str, _bandwidth: u64) -> HvResult<()> {
+        let lost = self
+            .fail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&("job_lost".to_string(), dom.to_string()));
         self.with("commit", dom, |d| {
-            d.jobs
-                .insert(disk.to_string(), BlockJob { cur: 10, end: 10 });
+            if !lost {
+                d.jobs
+                    .insert(disk.to_string(), BlockJob { cur: 10, end: 10 });
+            }
             Ok(())
         })
     }
