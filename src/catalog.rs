@@ -253,10 +253,13 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn open(dir: &Path) -> Result<Self, CatalogError> {
-        for sub in ["snapshots", "locks"] {
-            let p = dir.join(sub);
-            fs::create_dir_all(&p).map_err(io(&p))?;
-        }
+        let p = dir.join("snapshots");
+        fs::create_dir_all(&p).map_err(io(&p))?;
+        // Its owner's alone, like the lock files in it (see crate::lock); best effort on a
+        // directory someone else owns.
+        let p = dir.join("locks");
+        fs::create_dir_all(&p).map_err(io(&p))?;
+        let _ = fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         Ok(Self {
             dir: dir.to_path_buf(),
         })

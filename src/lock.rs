@@ -5,6 +5,9 @@
 //! - A lock is an `flock` on its file: the kernel drops it when the holder dies, so a killed
 //!   run never blocks the next one. The pid written into the file only names the holder in
 //!   errors.
+//! - Lock files are their owner's alone (`locks/` 0700, files 0600): `flock` needs only a
+//!   read descriptor, so a lock file others could open would let any local user hold every
+//!   backup off.
 //! - The planning lock is held only from a snapshot's checks until its pending manifest is on
 //!   disk, so every check that no other unreleased snapshot holds a member sees every snapshot
 //!   that passed the same check before it.
@@ -13,6 +16,7 @@ use crate::catalog::{Catalog, CatalogError, io};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::time::Duration;
 
 /// An exclusive lock (a group's or the planning lock), released on drop (or by the kernel if
@@ -56,8 +60,12 @@ impl Catalog {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
+        // Also a lock file made before its mode was set here (best effort: another owner's
+        // file keeps its mode, and locking it still works).
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
         let start = std::time::Instant::now();
         loop {
             // SAFETY: flock on a file descriptor we own.
@@ -98,5 +106,29 @@ enum LockError {
 impl From<CatalogError> for LockError {
     fn from(e: CatalogError) -> Self {
         LockError::Catalog(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn lock_files_are_the_owners_alone_and_exclusive() {
+        let t = tempfile::tempdir().expect("tmp");
+        let cat = Catalog::open(t.path()).expect("catalog");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&t.path().join("locks")), 0o700);
+        let held = cat.lock("g").expect("lock");
+        assert_eq!(mode(&t.path().join("locks/g.lock")), 0o600);
+        let e = cat.lock("g").err().expect("held");
+        assert!(
+            e.to_string().contains(&std::process::id().to_string()),
+            "names the holder: {e}"
+        );
+        drop(held);
+        cat.lock("g").expect("free again");
     }
 }

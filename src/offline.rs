@@ -191,21 +191,6 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_that_ends_without_a_pivot_is_reported_and_the_overlay_kept() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let (host, d) = member(dir.path());
-        host.set_state("db", DomState::Running);
-        host.fail_on("job_lost", "db");
-        let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
-            .expect_err("the job ended, the disk is still on its overlay");
-        assert!(matches!(e, ReleaseError::CommitEnded { .. }), "{e}");
-        assert!(e.to_string().contains("nothing is lost"), "{e}");
-        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
-        assert!(!host.calls().iter().any(|c| c.starts_with("pivot")));
-        assert!(Path::new(&d.overlay).exists(), "overlay kept");
-    }
-
-    #[test]
     fn a_remote_shut_off_member_is_left_alone() {
         let dir = tempfile::tempdir().expect("tmp");
         let (local, d) = member(dir.path());

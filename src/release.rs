@@ -439,3 +439,42 @@ pub fn release_leftovers(
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::fake::FakeHost;
+
+    #[test]
+    fn a_commit_that_ends_without_a_pivot_is_reported_and_the_overlay_kept() {
+        let host = FakeHost::new("qemu:///system");
+        host.add(
+            "db",
+            "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
+             <source file='/i/vda.ovl'/><backingStore type='file'><format type='qcow2'/>\
+             <source file='/i/vda.qcow2'/></backingStore><target dev='vda'/></disk></devices></domain>",
+        );
+        // The job is gone at once, as one that failed (e.g. out of room) or was cancelled.
+        host.fail_on("job_lost", "db");
+        let d = DiskRecord {
+            target: "vda".into(),
+            image: "/i/vda.qcow2".into(),
+            overlay: "/i/vda.ovl".into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        };
+        let e = release_member(&host, "db", std::slice::from_ref(&d), &Options::default())
+            .expect_err("still on its overlay");
+        assert!(matches!(e, ReleaseError::CommitEnded { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("commit of db/vda ended without switching")
+                && e.to_string().contains("nothing is lost"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        let calls = host.calls();
+        assert!(calls.contains(&"commit:db".to_string()), "{calls:?}");
+        assert!(!calls.iter().any(|c| c.starts_with("pivot")), "{calls:?}");
+    }
+}
