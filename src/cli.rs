@@ -66,7 +66,7 @@ pub enum Cmd {
         snap: SnapTuning,
         #[arg(long)]
         group: String,
-        /// Longest wait for one disk's commit to become ready (post).
+        /// Longest time one disk's commit may go without progress towards ready (post).
         #[arg(long, default_value = "300s", value_parser = duration::parse)]
         timeout: Duration,
     },
@@ -158,7 +158,8 @@ pub struct ReleaseArgs {
     /// Release the newest snapshot of this group instead.
     #[arg(long, conflicts_with = "id")]
     pub group: Option<String>,
-    /// Longest wait for one disk's commit to become ready.
+    /// Longest time one disk's commit may go without progress towards ready (a steady copy
+    /// of a large overlay may take longer).
     #[arg(long, default_value = "300s", value_parser = duration::parse)]
     pub timeout: Duration,
     /// Limit each commit's copy rate to this many bytes/s (0: unlimited).

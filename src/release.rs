@@ -11,8 +11,10 @@
 //!   its backing chain; a pre-created overlay that was never used holds no guest data.
 //! - A member whose domain no longer exists is released offline by [`crate::vanished`], one
 //!   that is shut off by [`crate::offline`].
-//! - A commit that is not ready within the timeout is cancelled (the disk stays on its overlay,
-//!   nothing is lost) and reported; the manifest stays `releasing` so a later run retries.
+//! - A commit that makes no progress towards ready for the timeout is cancelled (the disk stays
+//!   on its overlay, nothing is lost) and reported; the manifest stays `releasing` so a later
+//!   run retries. Progress, not total time: a large overlay copying steadily is never cut off
+//!   (a retry would start its copy over), one the guest's writes outpace is.
 
 use crate::catalog::DiskRecord;
 use crate::domxml;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error(
-        "commit of {domain}/{target} did not converge within {secs:.1} s ({cur}/{end} bytes); the disk stays on its overlay, nothing is lost: retry `cgsnap release` when the guest writes less, or raise --timeout"
+        "commit of {domain}/{target} did not converge: no progress towards ready for {secs:.1} s ({cur}/{end} bytes); the disk stays on its overlay, nothing is lost: retry `cgsnap release` when the guest writes less, or raise --timeout"
     )]
     NotConverged {
         domain: String,
@@ -113,7 +115,7 @@ impl Classify for ReleaseError {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// How long one disk's commit may take to become ready.
+    /// How long one disk's commit may go without progress towards ready ([`Progress`]).
     pub timeout: Duration,
     pub poll: Duration,
     /// Fault injection for tests: pause this long once the commits are started, before
@@ -195,31 +197,73 @@ pub fn remove_unused(
     Ok(())
 }
 
-/// Wait for the job on one disk to be ready, then pivot. Cancels the job on timeout.
+/// Least drop in the bytes a commit has left to copy that counts as progress: small enough for
+/// any real copy rate, large enough that a copy the guest's writes outpace (the bytes left
+/// wobble up and down) does not keep postponing its deadline.
+const MIN_GAIN: u64 = 1 << 20;
+
+/// A commit's progress towards ready: its deadline is `timeout` after the bytes left to copy
+/// last reached a new low by at least [`MIN_GAIN`] (or after the wait began).
+struct Progress {
+    best: Option<u64>,
+    since: Instant,
+}
+
+impl Progress {
+    fn new(now: Instant) -> Self {
+        Self {
+            best: None,
+            since: now,
+        }
+    }
+
+    fn observe(&mut self, cur: u64, end: u64, now: Instant) {
+        let left = end.saturating_sub(cur);
+        match self.best {
+            Some(b) if left.saturating_add(MIN_GAIN) > b => {}
+            Some(_) => {
+                self.best = Some(left);
+                self.since = now;
+            }
+            // The first reading is the baseline; the clock still runs from the start.
+            None => self.best = Some(left),
+        }
+    }
+
+    fn stalled(&self, now: Instant, timeout: Duration) -> bool {
+        now.duration_since(self.since) >= timeout
+    }
+}
+
+/// Wait for the job on one disk to be ready, then pivot. Cancels the job once it has made no
+/// progress for the timeout.
 fn wait_and_pivot(
     host: &dyn Host,
     domain: &str,
     d: &DiskRecord,
     opts: &Options,
 ) -> Result<(), ReleaseError> {
-    let start = Instant::now();
+    let mut progress = Progress::new(Instant::now());
     let mut last;
     loop {
         match host.block_job(domain, &d.target)? {
             None => return Ok(()), // pivoted or finished by a concurrent actor: XML decides next.
             Some(j) => {
                 last = (j.cur, j.end);
+                progress.observe(j.cur, j.end, Instant::now());
                 if j.is_ready() {
                     match host.pivot(domain, &d.target) {
                         Ok(()) => return Ok(()),
                         // Not ready after all (guest wrote in between): keep waiting.
-                        Err(e) if start.elapsed() >= opts.timeout => return Err(e.into()),
+                        Err(e) if progress.stalled(Instant::now(), opts.timeout) => {
+                            return Err(e.into());
+                        }
                         Err(_) => {}
                     }
                 }
             }
         }
-        if start.elapsed() >= opts.timeout {
+        if progress.stalled(Instant::now(), opts.timeout) {
             // Cancel: the disk stays on its overlay, which keeps every write.
             let _ = host.abort_job(domain, &d.target);
             return Err(ReleaseError::NotConverged {
@@ -444,6 +488,36 @@ pub fn release_leftovers(
 mod tests {
     use super::*;
     use crate::hypervisor::fake::FakeHost;
+
+    #[test]
+    fn a_steady_copy_is_never_cut_off_a_stalled_one_is() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let timeout = Duration::from_secs(10);
+        // 40 GiB copied at 100 MiB/s: far longer than the timeout, gaining all the time.
+        let mut p = Progress::new(t0);
+        let end = 40u64 << 30;
+        for sec in 0..400 {
+            p.observe(sec * (100 << 20), end, s(sec));
+            assert!(!p.stalled(s(sec), timeout), "copying at {sec} s");
+        }
+        // Then the guest's writes keep it about 64 KiB short of ready: no new low.
+        let base = 400;
+        for k in 0..10 {
+            let wobble = if k % 2 == 0 { 64 << 10 } else { 300 << 10 };
+            p.observe(end - wobble, end + (k << 10), s(base + k));
+        }
+        assert!(!p.stalled(s(base + 9), timeout));
+        assert!(p.stalled(s(base + 10), timeout), "10 s without a gain");
+
+        // A small overlay (below the least gain) that never gets ready: the clock runs from
+        // the start.
+        let mut p = Progress::new(t0);
+        for sec in 0..=10 {
+            p.observe(sec * 100, 64 << 10, s(sec));
+        }
+        assert!(p.stalled(s(10), timeout));
+    }
 
     #[test]
     fn a_commit_that_ends_without_a_pivot_is_reported_and_the_overlay_kept() {

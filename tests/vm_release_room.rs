@@ -1,9 +1,10 @@
 //! Release needs room where the images live: a running member whose images sit on a small
-//! filesystem, next to its overlays (the default layout), gets 3 MiB of new data in an
+//! filesystem, next to its overlays (the default layout), gets 64 MiB of new data in an
 //! overlay while the snapshot is held; with that filesystem nearly full, release is refused
 //! before any commit starts (exit 4, one line naming the overlay, the directory, the need and
 //! the free space), the VM keeps running and writing on its overlays, and once room is made the
-//! same release merges everything, the new data included, into the image.
+//! same release merges everything, the new data included, into the image: rate-limited so that
+//! the copy takes twice `--timeout`, which bounds time without progress, not the copy.
 
 mod common;
 
@@ -66,11 +67,17 @@ fn holds(image: &str, pattern: &str, off: &str, len: &str) -> bool {
 #[test]
 fn release_without_room_for_the_overlays_data_is_refused_then_completes() {
     let mut lab = lab("cgt-room", 0, 2);
-    let _fs = SmallFs::mount("24m");
+    let _fs = SmallFs::mount("180m");
     let g = guest::Guest::start(
         URI,
         Path::new(ROOM),
-        guest::Spec::writer("cgt-room-1", 2),
+        // Writing every 200 ms: a rewrite of its record must not outpace the rate-limited
+        // commit below (the fault suite covers a commit that never converges).
+        guest::Spec {
+            interval_ms: 200,
+            disk_size: 256 << 20,
+            ..guest::Spec::writer("cgt-room-1", 2)
+        },
         &lab.assets,
     )
     .expect("guest on the small filesystem");
@@ -86,9 +93,9 @@ fn release_without_room_for_the_overlays_data_is_refused_then_completes() {
         "default layout: next to the image"
     );
 
-    // 3 MiB the image does not have, written by the guest's own QEMU into the active layer.
+    // 64 MiB the image does not have, written by the guest's own QEMU into the active layer.
     // Then flushed, as a guest's fsync would: QEMU caches qcow2 metadata until then.
-    for cmd in ["write -P 0x5a 1M 3M", "flush"] {
+    for cmd in ["write -P 0x5a 1M 64M", "flush"] {
         let out = Command::new("virsh")
             .args(["-c", URI, "qemu-monitor-command", &dom, "--hmp"])
             // Through the disk's own block backend (its QOM path: the PCI proxy has none).
@@ -104,7 +111,7 @@ fn release_without_room_for_the_overlays_data_is_refused_then_completes() {
             "{cmd}: {said}"
         );
     }
-    assert!(holds(&overlays[0], "0x5a", "1M", "3M"), "in the overlay");
+    assert!(holds(&overlays[0], "0x5a", "1M", "64M"), "in the overlay");
 
     // Leave 1 MiB free.
     let filler = Path::new(ROOM).join("filler");
@@ -141,10 +148,25 @@ fn release_without_room_for_the_overlays_data_is_refused_then_completes() {
         .expect("the guest keeps writing");
 
     std::fs::remove_file(&filler).expect("make room");
-    lab.cgsnap().args(["release", &id]).assert().success();
+    // Rate-limited, QEMU copies in bursts of 16 MiB and then waits: at 16 MiB/s the 64 MiB
+    // take about 4 s, twice the timeout, gaining every second. The copy is not cut off: the
+    // timeout bounds time without progress, not the copy.
+    let t = std::time::Instant::now();
+    lab.cgsnap()
+        .args(["release", &id, "--timeout", "2s", "--bandwidth", "16777216"])
+        .assert()
+        .success();
+    let took = t.elapsed();
+    assert!(
+        took > Duration::from_secs(3),
+        "the copy outlasted the timeout: {took:?}"
+    );
     let on: Vec<String> = domblklist(&dom).into_iter().map(|(_, s)| s).collect();
     assert_eq!(on, images, "back on the images");
     lab.assert_no_overlays(std::slice::from_ref(&dom));
-    assert!(holds(&images[0], "0x5a", "1M", "3M"), "the new data merged");
+    assert!(
+        holds(&images[0], "0x5a", "1M", "64M"),
+        "the new data merged"
+    );
     drop(lab);
 }
