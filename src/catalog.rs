@@ -434,18 +434,6 @@ mod tests {
     }
 
     #[test]
-    fn lock_is_exclusive_and_released_on_drop() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let c = Catalog::open(t.path()).expect("open");
-        let l = c.lock("g").expect("first lock");
-        let e = c.lock("g").err().expect("second lock must fail");
-        assert_eq!(e.exit_code(), ExitCode::Busy);
-        assert!(e.to_string().contains(&std::process::id().to_string()));
-        drop(l);
-        c.lock("g").expect("lock after drop");
-    }
-
-    #[test]
     fn ids_sort_by_time() {
         let a = new_id("g", DateTime::from_timestamp(1_000, 0).expect("ts"));
         let b = new_id("g", DateTime::from_timestamp(1_001, 5_000_000).expect("ts"));

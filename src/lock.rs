@@ -112,7 +112,7 @@ impl From<CatalogError> for LockError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use crate::exit::Classify;
 
     #[test]
     fn lock_files_are_the_owners_alone_and_exclusive() {
@@ -128,7 +128,26 @@ mod tests {
             e.to_string().contains(&std::process::id().to_string()),
             "names the holder: {e}"
         );
+        assert_eq!(e.exit_code(), crate::exit::ExitCode::Busy);
+        cat.lock("h").expect("another group's lock is another lock");
         drop(held);
         cat.lock("g").expect("free again");
+    }
+
+    #[test]
+    fn the_planning_lock_waits_for_its_holder() {
+        let t = tempfile::tempdir().expect("tmp");
+        let cat = Catalog::open(t.path()).expect("catalog");
+        let held = cat.lock_planning().expect("planning lock");
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                drop(held);
+            });
+            cat.lock_planning()
+                .expect("granted once the holder is done");
+        });
+        assert!(start.elapsed() >= Duration::from_millis(300), "it waited");
     }
 }
