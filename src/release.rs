@@ -197,6 +197,9 @@ pub fn remove_unused(
     Ok(())
 }
 
+/// How often a commit still running reports its progress on stderr.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
+
 /// Least drop in the bytes a commit has left to copy that counts as progress: small enough for
 /// any real copy rate, large enough that a copy the guest's writes outpace (the bytes left
 /// wobble up and down) does not keep postponing its deadline.
@@ -244,6 +247,7 @@ fn wait_and_pivot(
     opts: &Options,
 ) -> Result<(), ReleaseError> {
     let mut progress = Progress::new(Instant::now());
+    let mut next_report = Instant::now() + REPORT_EVERY;
     let mut last;
     loop {
         match host.block_job(domain, &d.target)? {
@@ -251,6 +255,17 @@ fn wait_and_pivot(
             Some(j) => {
                 last = (j.cur, j.end);
                 progress.observe(j.cur, j.end, Instant::now());
+                // A long commit says how far it got (stderr: the backup job's log), so nobody
+                // mistakes it for a hang; a short one stays quiet.
+                if Instant::now() >= next_report {
+                    eprintln!(
+                        "cgsnap: committing {domain}/{}: {} of {} MiB copied",
+                        d.target,
+                        j.cur >> 20,
+                        j.end >> 20
+                    );
+                    next_report += REPORT_EVERY;
+                }
                 if j.is_ready() {
                     match host.pivot(domain, &d.target) {
                         Ok(()) => return Ok(()),
