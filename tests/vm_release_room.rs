@@ -40,18 +40,6 @@ impl Drop for SmallFs {
     }
 }
 
-fn free_bytes() -> u64 {
-    let out = Command::new("df")
-        .args(["-B1", "--output=avail", ROOM])
-        .output()
-        .expect("df");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df avail")
-}
-
 /// `qemu-io` on an image in use (`-U`, read-only): does it hold `pattern` at `off`, `len`?
 fn holds(image: &str, pattern: &str, off: &str, len: &str) -> bool {
     let out = Command::new("qemu-io")
@@ -116,7 +104,9 @@ fn release_without_room_for_the_overlays_data_is_refused_then_completes() {
     // Leave 1 MiB free.
     let filler = Path::new(ROOM).join("filler");
     let keep = 1 << 20;
-    let fill = free_bytes().saturating_sub(keep);
+    let fill = cgsnap::room::free_bytes(Path::new(ROOM))
+        .expect("statvfs")
+        .saturating_sub(keep);
     let st = Command::new("fallocate")
         .args(["-l", &fill.to_string()])
         .arg(&filler)

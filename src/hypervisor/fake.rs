@@ -84,6 +84,14 @@ impl FakeHost {
         self.domains.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `fail_on(op, dom)` asked for this fault.
+    fn injected(&self, op: &str, dom: &str) -> bool {
+        self.fail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(op.to_string(), dom.to_string()))
+    }
+
     fn enter(&self, op: &'static str, dom: &str) -> HvResult<()> {
         self.log
             .lock()
@@ -98,12 +106,7 @@ impl FakeHost {
         if let Some(d) = delay {
             std::thread::sleep(d);
         }
-        let failing = self
-            .fail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(op.to_string(), dom.to_string()));
-        if failing {
+        if self.injected(op, dom) {
             return Err(self.error(op, dom, HvErrorKind::Other, "injected failure"));
         }
         Ok(())
@@ -222,11 +225,7 @@ impl Host for FakeHost {
     /// Starts a job that is ready at once, or (with `fail_on("job_lost", dom)`) one that ends
     /// at once without a pivot, as a commit that failed does.
     fn commit_active(&self, dom: &str, disk: &str, _bandwidth: u64) -> HvResult<()> {
-        let lost = self
-            .fail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&("job_lost".to_string(), dom.to_string()));
+        let lost = self.injected("job_lost", dom);
         self.with("commit", dom, |d| {
             if !lost {
                 d.jobs
