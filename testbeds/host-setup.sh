@@ -32,6 +32,8 @@ fi
 # creates the catalog. Re-extracted when any of the programs is missing (older set-ups had only
 # the director).
 BACULA=/var/cache/cgsnap/bacula
+# dpkg-deb -x creates its target directory but not the parents: on a fresh host there are none.
+$SUDO mkdir -p /var/cache/cgsnap
 bacula_ok=1
 for f in usr/sbin/bacula-dir usr/sbin/bacula-sd usr/sbin/bacula-fd usr/sbin/bconsole \
   usr/share/dbconfig-common/data/bacula-director-sqlite3/install/sqlite3; do
