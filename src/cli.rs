@@ -391,7 +391,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Report { json } => crate::history::run(&open_catalog()?, *json),
         Cmd::Prune(a) => crate::catalog_cmd::prune(&open_catalog()?, a),
         Cmd::Metrics => crate::catalog_cmd::metrics(&open_catalog()?, &metrics_dir(&cli)),
-        Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, a),
+        Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, &cli.connect, a),
         Cmd::Testbed { cmd } => crate::testbed_cmd::run(&ctx, &cli.catalog, cmd),
         Cmd::Beacon(a) => crate::testbed_cmd::beacon(a),
     }

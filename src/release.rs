@@ -392,7 +392,7 @@ pub enum SnapshotReleaseError {
         short.overlays.join(", "),
         mib(short.need),
         short.dir.display(),
-        mib(short.free)
+        short.free >> 20
     )]
     NoRoom {
         id: String,
@@ -400,7 +400,8 @@ pub enum SnapshotReleaseError {
     },
 }
 
-/// Bytes in MiB, rounded up (a need of a few KiB is not "0 MiB").
+/// Bytes in MiB, rounded up (a need of a few KiB is not "0 MiB"). Free space is rounded down
+/// instead, so a refusal never reads as if the need fitted.
 fn mib(b: u64) -> u64 {
     b.div_ceil(1 << 20)
 }

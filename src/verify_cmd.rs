@@ -52,7 +52,55 @@ fn write(dir: &Path, name: &str, body: &str) -> Result<PathBuf, Failure> {
     Ok(p)
 }
 
-pub fn run(catalog: &Path, a: &VerifyArgs) -> Result<(), Failure> {
+/// The daemon every sandbox runs on (`None`: each member's own), from the explicit `--connect`.
+///
+/// Sandboxes are built from files on this host, so their daemon must be here too (a URI
+/// without a host part). A member that ran elsewhere can be verified here only from copies of
+/// its images (`--images`, e.g. restored from the backup: the disaster-recovery drill on a
+/// spare host) and on a daemon named with `--connect`: its own daemon and frozen images are
+/// on its host, which verify never contacts.
+pub fn sandbox_host(
+    members: &[(&str, &str)],
+    connect: &[String],
+    images: bool,
+) -> Result<Option<String>, Failure> {
+    let on = match connect {
+        [] => None,
+        [u] if crate::snapshot::is_local(u) => Some(u.clone()),
+        [u] => {
+            return Err(fail(
+                ExitCode::Usage,
+                format!(
+                    "verify --connect {u}: sandboxes are built from files on this host; name a daemon on this host (e.g. --connect qemu:///system)"
+                ),
+            ));
+        }
+        _ => {
+            return Err(fail(
+                ExitCode::Usage,
+                "verify runs every sandbox on one libvirt daemon: give --connect once (e.g. --connect qemu:///system)",
+            ));
+        }
+    };
+    let Some((domain, uri)) = members.iter().find(|(_, u)| !crate::snapshot::is_local(u)) else {
+        return Ok(on);
+    };
+    let fix = match (images, &on) {
+        (true, Some(_)) => return Ok(on),
+        (true, None) => {
+            "name a daemon on this host for its sandbox with --connect (e.g. --connect qemu:///system)"
+        }
+        (false, _) => {
+            "verify on that host, or here from copies of its images with --images DIR (e.g. restored from the backup) --connect qemu:///system"
+        }
+    };
+    Err(fail(
+        ExitCode::VerifyCouldNotRun,
+        format!("cannot verify: member {domain} ran on {uri}, not on this host: {fix}"),
+    ))
+}
+
+pub fn run(catalog: &Path, connect: &[String], a: &VerifyArgs) -> Result<(), Failure> {
     let cat = Catalog::open(catalog)?;
     let id = match (&a.id, &a.group) {
         (Some(id), _) => id.clone(),
@@ -76,21 +124,12 @@ pub fn run(catalog: &Path, a: &VerifyArgs) -> Result<(), Failure> {
         };
         fail(code, e.to_string())
     })?;
-    // Sandboxes are built from files on this host and started on the member's daemon: both
-    // must be here (a URI without a host part, as for the overlays a snapshot pre-creates).
-    if let Some(x) = m
+    let members: Vec<(&str, &str)> = m
         .members
         .iter()
-        .find(|x| !crate::snapshot::is_local(&x.uri))
-    {
-        return Err(fail(
-            ExitCode::VerifyCouldNotRun,
-            format!(
-                "cannot verify: member {} runs on {}: verify builds its sandboxes on this host; run it on that host",
-                x.domain, x.uri
-            ),
-        ));
-    }
+        .map(|x| (x.domain.as_str(), x.uri.as_str()))
+        .collect();
+    let sandbox_uri = sandbox_host(&members, connect, a.images.is_some())?;
     let view: ManifestView = serde_json::to_value(&m)
         .and_then(serde_json::from_value)
         .map_err(|e| fail(ExitCode::Internal, e.to_string()))?;
@@ -100,6 +139,7 @@ pub fn run(catalog: &Path, a: &VerifyArgs) -> Result<(), Failure> {
         images_dir: a.images.as_deref(),
         sandbox_root: a.sandbox_dir.clone(),
         base_port: a.base_port,
+        sandbox_uri: sandbox_uri.as_deref(),
     };
     let r =
         cgsnap_verify::run(&req).map_err(|e| fail(ExitCode::VerifyCouldNotRun, e.to_string()))?;
@@ -151,5 +191,69 @@ pub fn run(catalog: &Path, a: &VerifyArgs) -> Result<(), Failure> {
                 html.display()
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: (&str, &str) = ("db1", "qemu:///system");
+    const REMOTE: (&str, &str) = ("db2", "qemu+ssh://prod2/system");
+
+    fn c(u: &[&str]) -> Vec<String> {
+        u.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn err(r: Result<Option<String>, Failure>) -> (ExitCode, String) {
+        let e = r.expect_err("refused");
+        (e.code, e.msg)
+    }
+
+    #[test]
+    fn local_members_run_on_their_own_daemon_unless_connect_names_one() {
+        assert_eq!(sandbox_host(&[LOCAL], &[], false).ok(), Some(None));
+        assert_eq!(
+            sandbox_host(&[LOCAL], &c(&["qemu:///session"]), true).ok(),
+            Some(Some("qemu:///session".into()))
+        );
+    }
+
+    #[test]
+    fn a_remote_member_needs_copies_of_its_images_and_a_daemon_here() {
+        let (code, msg) = err(sandbox_host(&[LOCAL, REMOTE], &[], false));
+        assert_eq!(code, ExitCode::VerifyCouldNotRun);
+        assert!(
+            msg.contains("member db2 ran on qemu+ssh://prod2/system"),
+            "{msg}"
+        );
+        assert!(msg.contains("--images DIR"), "{msg}");
+        let (code, msg) = err(sandbox_host(&[REMOTE], &c(&["qemu:///system"]), false));
+        assert_eq!(code, ExitCode::VerifyCouldNotRun);
+        assert!(msg.contains("--images DIR"), "{msg}");
+        let (code, msg) = err(sandbox_host(&[REMOTE], &[], true));
+        assert_eq!(code, ExitCode::VerifyCouldNotRun);
+        assert!(msg.contains("--connect qemu:///system"), "{msg}");
+        assert_eq!(
+            sandbox_host(&[LOCAL, REMOTE], &c(&["qemu:///system"]), true).ok(),
+            Some(Some("qemu:///system".into()))
+        );
+    }
+
+    #[test]
+    fn the_sandbox_daemon_must_be_one_and_on_this_host() {
+        let (code, msg) = err(sandbox_host(&[LOCAL], &c(&["qemu+ssh://dr/system"]), true));
+        assert_eq!(code, ExitCode::Usage);
+        assert!(
+            msg.contains("verify --connect qemu+ssh://dr/system"),
+            "{msg}"
+        );
+        let (code, msg) = err(sandbox_host(
+            &[LOCAL],
+            &c(&["qemu:///system", "qemu:///session"]),
+            true,
+        ));
+        assert_eq!(code, ExitCode::Usage);
+        assert!(msg.contains("give --connect once"), "{msg}");
     }
 }

@@ -131,4 +131,70 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     print!("{text}");
     assert!(text.contains(": PASS"), "{text}");
     assert!(text.contains("recovery "), "{text}");
+
+    dr_drill(snap["id"].as_str().expect("id"), &lab, &profile);
+}
+
+/// The disaster-recovery drill on a spare host: its catalog (a copy of the manifest) says the
+/// members ran on a host this one never contacts (`.invalid` does not resolve); verify builds
+/// their sandboxes here, on the daemon `--connect` names, from the restored images alone, and
+/// refuses, naming the fix, without them or without that daemon.
+fn dr_drill(id: &str, lab: &Lab, profile: &Path) {
+    const ORIGIN: &str = "qemu+ssh://prod.invalid/system";
+    let dr = tempfile::tempdir().expect("dr catalog");
+    let name = format!("{id}.json");
+    let body = std::fs::read(lab.catalog.path().join("snapshots").join(&name)).expect("manifest");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&body).expect("manifest json");
+    for m in manifest["members"].as_array_mut().expect("members") {
+        m["uri"] = ORIGIN.into();
+    }
+    std::fs::create_dir_all(dr.path().join("snapshots")).expect("dr snapshots");
+    std::fs::write(
+        dr.path().join("snapshots").join(&name),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("dr manifest");
+    let verify = |args: &[&str]| {
+        let mut c = assert_cmd::Command::cargo_bin("cgsnap").expect("binary");
+        c.arg("--catalog")
+            .arg(dr.path())
+            .args(["verify", id, "--base-port", "40410", "--json", "--profile"])
+            .arg(profile)
+            .args(args)
+            .timeout(Duration::from_secs(600));
+        c
+    };
+    let refused = |args: &[&str], fix: &str| {
+        let out = verify(args).assert().code(12).get_output().clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("refused: {}", err.trim());
+        assert!(
+            err.contains(&format!("ran on {ORIGIN}, not on this host")),
+            "{err}"
+        );
+        assert!(err.contains(fix), "{err}");
+    };
+    refused(&[], "--images DIR");
+    refused(&["--images", RESTORE], "--connect qemu:///system");
+    let out = verify(&["--images", RESTORE, "--connect", URI])
+        .assert()
+        .success();
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.get_output().stdout).expect("report json");
+    assert_eq!(r["verdict"], "pass", "{r}");
+    for m in r["members"].as_array().expect("members") {
+        assert_eq!(m["host"], ORIGIN);
+        assert_eq!(m["sandbox_host"], URI);
+        assert!(m["recovery_seconds"].as_f64().expect("rto") > 0.0);
+    }
+    let html = std::fs::read_to_string(dr.path().join("reports").join(id).join("report.html"))
+        .expect("report html");
+    assert!(
+        html.contains(&format!("on {ORIGIN} (sandbox")),
+        "host in the report"
+    );
+    println!(
+        "DR drill on {URI} from the restored images: {}",
+        r["verdict"]
+    );
 }

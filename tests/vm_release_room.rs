@@ -123,7 +123,10 @@ fn release_without_room_for_the_overlays_data_is_refused_then_completes() {
     assert!(
         err.contains(&format!("snapshot {id}: no room to release"))
             && err.contains(&overlays[0])
-            && err.contains(&format!("more in {ROOM}/cgt-room-1, which has 1 MiB free"))
+            // Free space is rounded down; the guest may have taken a few clusters since.
+            && ["1", "0"].iter().any(|n| err.contains(&format!(
+                "more in {ROOM}/cgt-room-1, which has {n} MiB free"
+            )))
             && err.contains("free space there"),
         "{err}"
     );

@@ -98,6 +98,9 @@ pub struct Request<'a> {
     pub sandbox_root: PathBuf,
     /// First loopback port for the sandboxes' forwards (one per member).
     pub base_port: u16,
+    /// The libvirt daemon every sandbox runs on; `None`: each member's own daemon. It must be
+    /// on this host: sandbox overlays are created here.
+    pub sandbox_uri: Option<&'a str>,
 }
 
 fn image_for(req: &Request, image: &str) -> Result<PathBuf, CouldNotRun> {
@@ -169,7 +172,7 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         let name = format!("{}-verify-{}", mem.domain, std::process::id());
         let port = req.base_port + i as u16;
         let sb = sandbox::Sandbox::start(
-            &mem.uri,
+            req.sandbox_uri.unwrap_or(&mem.uri),
             &mem.domain_xml,
             &name,
             &images,
@@ -206,6 +209,8 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
             }
         };
         let mut r = r;
+        r.host = mem.uri.clone();
+        r.sandbox_host = sb.uri.clone();
         if !sb.stand_ins.is_empty() {
             r.checks.push(Check {
                 name: "disks outside the snapshot get blank stand-ins".into(),

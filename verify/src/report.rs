@@ -18,7 +18,11 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberReport {
     pub domain: String,
+    /// The libvirt daemon the member ran on when it was snapshotted.
+    pub host: String,
     pub sandbox: String,
+    /// The libvirt daemon the sandbox ran on (the member's own, or the one `--connect` chose).
+    pub sandbox_host: String,
     /// Boot of the restored VM to database ready, crash recovery included (the RTO).
     pub recovery_seconds: Option<f64>,
     pub newest_beacon_seq: Option<i64>,
@@ -42,7 +46,9 @@ impl MemberReport {
     pub fn new(domain: &str, sandbox: &str) -> Self {
         Self {
             domain: domain.to_string(),
+            host: String::new(),
             sandbox: sandbox.to_string(),
+            sandbox_host: String::new(),
             recovery_seconds: None,
             newest_beacon_seq: None,
             newest_beacon_ts: None,
@@ -185,9 +191,11 @@ pub fn html(r: &Report) -> String {
     for m in &r.members {
         let _ = write!(
             o,
-            "<h3>{} (sandbox {})</h3>",
+            "<h3>{} on {} (sandbox {} on {})</h3>",
             esc(&m.domain),
-            esc(&m.sandbox)
+            esc(&m.host),
+            esc(&m.sandbox),
+            esc(&m.sandbox_host)
         );
         checks_table(&mut o, &m.checks);
     }

@@ -24,6 +24,8 @@ const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
 pub struct Sandbox {
     pub name: String,
+    /// The libvirt daemon it runs on.
+    pub uri: String,
     pub dir: PathBuf,
     pub console: PathBuf,
     pub host_port: u16,
@@ -167,6 +169,7 @@ impl Sandbox {
         let console = dir.join("console.log");
         let mut sb = Sandbox {
             name: name.to_string(),
+            uri: uri.to_string(),
             dir: dir.to_path_buf(),
             console: console.clone(),
             host_port: forward.0,
