@@ -1,7 +1,8 @@
 //! `cgsnap verify` refuses, before it creates anything (exit 12, could not run, one line):
 //! sandboxes whose guest memory would not fit in what this host has available (read from the
 //! real /proc/meminfo; a restore test must never push the running originals into the OOM
-//! killer), and members on another host (sandboxes are built from files on this one).
+//! killer), and members on another host without copies of their images (sandboxes are built
+//! from files on this one).
 
 use cgsnap::catalog::{Catalog, DiskRecord, Manifest, MemberRecord, SnapState};
 use chrono::Utc;
@@ -70,7 +71,8 @@ fn members_on_another_host_are_refused_before_anything_starts() {
     let (code, err) = verify("qemu+tcp://127.0.0.1:1/system", 512);
     assert_eq!(code, Some(12), "{err}");
     assert!(
-        err.contains("member big-db runs on qemu+tcp://127.0.0.1:1/system"),
+        err.contains("member big-db ran on qemu+tcp://127.0.0.1:1/system, not on this host")
+            && err.contains("--images DIR"),
         "{err}"
     );
 }
