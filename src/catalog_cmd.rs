@@ -60,9 +60,11 @@ fn overlay_use(m: &Manifest) -> String {
     if !m.state.outstanding() {
         return "-".into();
     }
+    // A remote member's overlay paths name files on its host, not here.
     let bytes: Option<u64> = m
         .members
         .iter()
+        .filter(|x| crate::snapshot::is_local(&x.uri))
         .flat_map(|x| x.disks.iter())
         .filter_map(|d| std::fs::metadata(&d.overlay).ok())
         .map(|md| md.blocks() * 512)

@@ -113,6 +113,7 @@ fn plan_disk(
     domain: &str,
     d: &DiskInfo,
     opts: &Options,
+    local: bool,
 ) -> Result<(String, String, String), PreflightError> {
     if d.mirror {
         return Err(PreflightError::BlockJob {
@@ -175,7 +176,9 @@ fn plan_disk(
             format!("cannot derive an overlay path from {src}"),
         )
     })?;
-    if overlay.exists() {
+    // On another host the path means a file there: libvirt refuses the snapshot (atomically)
+    // if it exists, since the overlay is not pre-created for remote members.
+    if local && overlay.exists() {
         return Err(PreflightError::OverlayExists { path: overlay });
     }
     Ok((
@@ -222,6 +225,24 @@ pub fn check_dir(dir: &Path, min_free: u64) -> Result<(), PreflightError> {
     Ok(())
 }
 
+/// The overlay directory of a member on another host: its files are not ours to look at, so
+/// its free space comes from the libvirt storage pool whose target it is. Without such a pool
+/// it is not checked here; libvirt still refuses, atomically, an overlay it cannot create.
+fn check_remote_dir(
+    host: &dyn crate::hypervisor::Host,
+    dir: &Path,
+    min_free: u64,
+) -> Result<(), PreflightError> {
+    match host.pool_free(&dir.to_string_lossy())? {
+        Some(free) if free < min_free => Err(PreflightError::NoSpace {
+            dir: PathBuf::from(format!("{} on {}", dir.display(), host.uri())),
+            free,
+            need: min_free,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Plan one member: state, disks, overlay paths, sizes and its snapshot XML.
 pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, PreflightError> {
     let host = member.host.as_ref();
@@ -236,6 +257,7 @@ pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, Pre
     }
     let xml = host.xml(domain)?;
     let disks = domxml::disks(domain, &xml)?;
+    let local = crate::snapshot::is_local(host.uri());
     let mut records = Vec::new();
     let mut spec = Vec::new();
     for d in &disks {
@@ -243,7 +265,7 @@ pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, Pre
             spec.push((d.target.clone(), None));
             continue;
         }
-        let (image, overlay, format) = plan_disk(domain, d, opts)?;
+        let (image, overlay, format) = plan_disk(domain, d, opts, local)?;
         if host.block_job(domain, &d.target)?.is_some() {
             return Err(PreflightError::BlockJob {
                 domain: domain.to_string(),
@@ -251,7 +273,11 @@ pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, Pre
             });
         }
         if let Some(dir) = Path::new(&overlay).parent() {
-            check_dir(dir, opts.min_free)?;
+            if local {
+                check_dir(dir, opts.min_free)?;
+            } else {
+                check_remote_dir(host, dir, opts.min_free)?;
+            }
         }
         let virtual_size = host.capacity(domain, &d.target)?;
         spec.push((d.target.clone(), Some(overlay.clone())));

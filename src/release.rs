@@ -180,14 +180,33 @@ pub(crate) fn in_use(domain: &str, xml: &str, path: &str) -> Result<bool, Releas
 }
 
 /// Remove overlay files of `disks` that no disk of the domain uses any more.
+///
+/// On this host directly. On another host only through libvirt (the storage pool whose target
+/// is the overlay's directory): a path there names a file there, and a file of the same name
+/// here belongs to someone else. Without such a pool the overlay, no longer used, stays on its
+/// host and is reported on stderr.
 pub fn remove_unused(
     host: &dyn Host,
     domain: &str,
     disks: &[DiskRecord],
 ) -> Result<(), ReleaseError> {
     let xml = host.xml(domain)?;
+    let local = crate::snapshot::is_local(host.uri());
     for d in disks {
-        if Path::new(&d.overlay).exists() && !in_use(domain, &xml, &d.overlay)? {
+        if in_use(domain, &xml, &d.overlay)? {
+            continue;
+        }
+        if !local {
+            if !host.pool_delete(&d.overlay)? {
+                eprintln!(
+                    "cgsnap: {domain}: overlay {} stays on {}: no active libvirt storage pool there has its directory as target; no disk uses it any more, remove it on that host (or define a pool for that directory so that release removes it)",
+                    d.overlay,
+                    host.uri()
+                );
+            }
+            continue;
+        }
+        if Path::new(&d.overlay).exists() {
             std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
                 path: d.overlay.clone(),
                 source,
@@ -566,5 +585,39 @@ mod tests {
         let calls = host.calls();
         assert!(calls.contains(&"commit:db".to_string()), "{calls:?}");
         assert!(!calls.iter().any(|c| c.starts_with("pivot")), "{calls:?}");
+    }
+
+    #[test]
+    fn a_remote_member_s_overlay_path_never_touches_a_file_here() {
+        // A same-named file on this host (same image layout on every host of a cluster) is
+        // someone else's: released on another host, it must survive.
+        let t = tempfile::tempdir().expect("tempdir");
+        let here = t.path().join("vda.qcow2.x.cgsnap-overlay");
+        std::fs::write(&here, b"local data").expect("local file");
+        let image = t.path().join("vda.qcow2");
+        let host = FakeHost::new("qemu+ssh://far/system");
+        host.add(
+            "db",
+            &format!(
+                "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
+                 <source file='{}'/><target dev='vda'/></disk></devices></domain>",
+                image.display()
+            ),
+        );
+        let d = DiskRecord {
+            target: "vda".into(),
+            image: image.to_string_lossy().into(),
+            overlay: here.to_string_lossy().into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        };
+        remove_unused(&host, "db", std::slice::from_ref(&d)).expect("released");
+        assert_eq!(std::fs::read(&here).expect("still here"), b"local data");
+
+        // The same on this host: the unused overlay goes.
+        let local = FakeHost::new("qemu:///system");
+        local.add("db", &host.xml("db").expect("xml"));
+        remove_unused(&local, "db", std::slice::from_ref(&d)).expect("released");
+        assert!(!here.exists());
     }
 }

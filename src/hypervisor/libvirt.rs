@@ -8,7 +8,9 @@ use super::{BlockJob, DomState, DomainSummary, Host, HvError, HvErrorKind, HvRes
 use std::ffi::CString;
 use virt::connect::Connect;
 use virt::domain::Domain;
+use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
+use virt::storage_pool::StoragePool;
 use virt::sys;
 
 pub struct LibvirtHost {
@@ -40,8 +42,8 @@ impl LibvirtHost {
 
     fn err(&self, op: &'static str, target: &str, e: virt::error::Error) -> HvError {
         let kind = match e.code() {
-            virt::enumutil::Enum::Known(ErrorNumber::NoDomain) => HvErrorKind::NoDomain,
-            virt::enumutil::Enum::Known(ErrorNumber::NoDomainMetadata) => HvErrorKind::NoMetadata,
+            Enum::Known(ErrorNumber::NoDomain) => HvErrorKind::NoDomain,
+            Enum::Known(ErrorNumber::NoDomainMetadata) => HvErrorKind::NoMetadata,
             _ => HvErrorKind::Other,
         };
         HvError {
@@ -50,6 +52,18 @@ impl LibvirtHost {
             target: target.to_string(),
             message: e.message().to_string(),
             kind,
+        }
+    }
+
+    /// The active storage pool whose target is exactly `dir`, if any.
+    fn pool_at(&self, dir: &str) -> HvResult<Option<StoragePool>> {
+        match self.conn().lookup_storage_pool_by_target_path(dir) {
+            Ok(p) => match p.is_active() {
+                Ok(active) => Ok(active.then_some(p)),
+                Err(e) => Err(self.err("get storage pool state", dir, e)),
+            },
+            Err(e) if matches!(e.code(), Enum::Known(ErrorNumber::NoStoragePool)) => Ok(None),
+            Err(e) => Err(self.err("look up storage pool", dir, e)),
         }
     }
 
@@ -274,6 +288,39 @@ impl Host for LibvirtHost {
         self.dom(dom)?
             .update_device_flags(disk_xml, sys::VIR_DOMAIN_AFFECT_CONFIG)
             .map_err(|e| self.err("update disk definition", dom, e))
+    }
+
+    fn pool_free(&self, dir: &str) -> HvResult<Option<u64>> {
+        let Some(p) = self.pool_at(dir)? else {
+            return Ok(None);
+        };
+        p.refresh(0)
+            .map_err(|e| self.err("refresh storage pool", dir, e))?;
+        p.info()
+            .map(|i| Some(i.available))
+            .map_err(|e| self.err("get storage pool info", dir, e))
+    }
+
+    fn pool_delete(&self, path: &str) -> HvResult<bool> {
+        let dir = std::path::Path::new(path)
+            .parent()
+            .and_then(|d| d.to_str())
+            .unwrap_or("/");
+        let Some(p) = self.pool_at(dir)? else {
+            return Ok(false);
+        };
+        // The pool learns of files created behind its back (the snapshot's overlays) only
+        // when it is refreshed.
+        p.refresh(0)
+            .map_err(|e| self.err("refresh storage pool", dir, e))?;
+        match self.conn().lookup_storage_vol_by_path(path) {
+            Ok(v) => v
+                .delete(0)
+                .map_err(|e| self.err("delete storage volume", path, e))?,
+            Err(e) if matches!(e.code(), Enum::Known(ErrorNumber::NoStorageVolume)) => {}
+            Err(e) => return Err(self.err("look up storage volume", path, e)),
+        }
+        Ok(true)
     }
 }
 

@@ -133,4 +133,16 @@ pub trait Host: Send + Sync {
     /// Replace one disk (matched by its target) in the persistent definition only; the
     /// running domain, if any, is not touched.
     fn set_disk_config(&self, dom: &str, disk_xml: &str) -> HvResult<()>;
+    /// Bytes free in the directory `dir` of the daemon's host, from the active storage pool
+    /// whose target is that directory (refreshed first); `None` when no pool has it as target.
+    /// For hosts whose files cgsnap cannot see; the default knows no pools.
+    fn pool_free(&self, _dir: &str) -> HvResult<Option<u64>> {
+        Ok(None)
+    }
+    /// Delete the file `path` on the daemon's host through the active storage pool whose
+    /// target is its directory; `false` when no pool has it as target (nothing was done).
+    /// A file already gone counts as deleted. The default knows no pools.
+    fn pool_delete(&self, _path: &str) -> HvResult<bool> {
+        Ok(false)
+    }
 }

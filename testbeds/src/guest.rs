@@ -58,6 +58,9 @@ pub struct Spec {
     pub scratch: bool,
     /// More `<devices>` children, as XML (tests of what a sandbox must not share).
     pub extra_devices: String,
+    /// The path under which the daemon sees the guests' base directory, when it runs in a mount
+    /// namespace of its own (standing in for another host): the domain names its files there.
+    pub daemon_dir: Option<PathBuf>,
 }
 
 /// Content of one disk of a guest.
@@ -86,6 +89,7 @@ impl Spec {
             forward: None,
             scratch: false,
             extra_devices: String::new(),
+            daemon_dir: None,
         }
     }
 }
@@ -332,7 +336,13 @@ impl Guest {
             }
         }
         let console = dir.join("console.log");
-        let xml = domain_xml(&spec, assets, &disks, &console);
+        // As the daemon sees them.
+        let seen = |p: &Path| match (&spec.daemon_dir, p.strip_prefix(base_dir)) {
+            (Some(d), Ok(rel)) => d.join(rel),
+            _ => p.to_path_buf(),
+        };
+        let seen_disks: Vec<PathBuf> = disks.iter().map(|p| seen(p)).collect();
+        let xml = domain_xml(&spec, assets, &seen_disks, &seen(&console));
         let g = Guest {
             spec,
             uri: uri.to_string(),

@@ -2,6 +2,8 @@
 //! TCG guests). Every helper cleans up on drop and waits with deadlines, never bare sleeps.
 #![allow(dead_code)]
 
+pub mod far;
+
 use cgsnap_testbeds::{assets, guest, record};
 use std::path::{Path, PathBuf};
 use std::process::Command;

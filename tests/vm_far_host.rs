@@ -1,0 +1,168 @@
+//! A group member on another libvirt host (see `common/far.rs`: a URI with a host part, and
+//! files at paths that name nothing here). The group is still one cut, and everything for the
+//! far member goes through libvirt: no overlay pre-created here, no space checked here, no
+//! file removed here. With a storage pool for its directory on that host, its free space is
+//! checked and its overlays removed through the pool; without one, release leaves the unused
+//! overlay there and says so.
+
+mod common;
+
+use cgsnap_testbeds::guest::{Guest, Spec};
+use common::far::{self, far};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn virsh(uri: &str, args: &[&str]) {
+    let out = Command::new("virsh")
+        .args(["-c", uri])
+        .args(args)
+        .output()
+        .expect("virsh");
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn strings(m: &serde_json::Value, member: &str, field: &str) -> Vec<String> {
+    m["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|x| x["domain"] == member)
+        .expect("member")["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .map(|d| d[field].as_str().expect("field").to_string())
+        .collect()
+}
+
+#[test]
+fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() {
+    let lab = lab("cgt-far", 1, 2);
+    let far = far();
+    let name = "cgt-far-remote";
+    let spec = Spec {
+        owner: Some((far.uid, far.gid)),
+        daemon_dir: Some(PathBuf::from(far::DIR)),
+        ..Spec::writer(name, 2)
+    };
+    let remote = Guest::start(&far.uri, Path::new(far::STORE), spec, &lab.assets)
+        .expect("guest on the far host");
+    remote
+        .wait_console("seq ", Duration::from_secs(120))
+        .expect("far guest boots");
+    let own = domblklist_on(&far.uri, name);
+    assert!(
+        own.iter()
+            .all(|p| p.starts_with(far::DIR) && !Path::new(p).exists()),
+        "its files are not where its domain says, seen from here: {own:?}"
+    );
+
+    let cg = || {
+        let mut c = assert_cmd::Command::cargo_bin("cgsnap").expect("binary");
+        c.args(["--connect", URI, "--connect", &far.uri, "--catalog"])
+            .arg(lab.catalog.path())
+            .timeout(Duration::from_secs(300));
+        c
+    };
+    let local = lab.names()[0].clone();
+    cg().args(["group", "add", "cgt-far", &local, name])
+        .assert()
+        .success();
+    cg().args(["group", "add", "cgt-far-solo", name])
+        .assert()
+        .success();
+    let pool_dir = format!("{}/{name}", far::DIR);
+    virsh(
+        &far.uri,
+        &["pool-create-as", "cgt-far", "dir", "--target", &pool_dir],
+    );
+
+    // The pool's free space is checked, on that host.
+    let out = cg()
+        .args([
+            "snapshot",
+            "cgt-far-solo",
+            "--min-free",
+            "1000000000000000000",
+        ])
+        .assert()
+        .code(4);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        err.contains(&format!("overlay directory {pool_dir} on {}", far.uri)),
+        "{err}"
+    );
+
+    // One cut across both hosts, the far overlays made by its daemon, where it keeps files.
+    let snap = |with_pool: bool| {
+        let out = cg()
+            .args(["snapshot", "cgt-far", "--json"])
+            .assert()
+            .success();
+        let m: serde_json::Value =
+            serde_json::from_slice(&out.get_output().stdout).expect("manifest");
+        let overlays = strings(&m, name, "overlay");
+        assert_eq!(
+            domblklist_on(&far.uri, name),
+            overlays,
+            "far member on overlays"
+        );
+        for o in &overlays {
+            assert!(!Path::new(o).exists(), "nothing made here: {o}");
+            assert!(far.here(o).exists(), "made on the far host: {o}");
+        }
+        let mut recs = records(&strings(&m, &local, "image"));
+        let far_images: Vec<String> = strings(&m, name, "image")
+            .iter()
+            .map(|i| far.here(i).to_string_lossy().to_string())
+            .collect();
+        recs.extend(records(&far_images));
+        println!(
+            "cut (pool {with_pool}): {:?}",
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>()
+        );
+        remote
+            .wait_progress(remote.console_seq() + 10, Duration::from_secs(60))
+            .expect("far guest writes through its overlays");
+        let id = m["id"].as_str().expect("id").to_string();
+        let out = cg().args(["release", &id]).assert().success();
+        let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert_eq!(
+            domblklist_on(&far.uri, name),
+            own,
+            "far member on its images"
+        );
+        assert_own_images(&lab.guests[0]);
+        for o in strings(&m, &local, "overlay") {
+            assert!(!Path::new(&o).exists(), "local overlay removed: {o}");
+        }
+        (overlays, err)
+    };
+    let (overlays, err) = snap(true);
+    for o in &overlays {
+        assert!(!far.here(o).exists(), "removed through the pool: {o}");
+    }
+    assert!(!err.contains("stays on"), "{err}");
+
+    // Without a pool: the overlay, unused, stays on its host, and release says so.
+    virsh(&far.uri, &["pool-destroy", "cgt-far"]);
+    let (overlays, err) = snap(false);
+    print!("{err}");
+    for o in &overlays {
+        assert!(far.here(o).exists(), "left on the far host: {o}");
+        assert!(
+            err.contains(&format!("overlay {o} stays on {}", far.uri)),
+            "{err}"
+        );
+        std::fs::remove_file(far.here(o)).expect("clean up");
+    }
+    remote
+        .wait_progress(remote.console_seq() + 10, Duration::from_secs(60))
+        .expect("far guest writes to its images");
+}
