@@ -165,4 +165,61 @@ fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() 
     remote
         .wait_progress(remote.console_seq() + 10, Duration::from_secs(60))
         .expect("far guest writes to its images");
+
+    // The coordinator SIGKILLed while both members are frozen: the watchdog resumes the far
+    // one too, over its own connection to that host.
+    let members = [(URI, local.as_str()), (far.uri.as_str(), name)];
+    let mut child = spawn_until(
+        Command::new(assert_cmd::cargo::cargo_bin("cgsnap"))
+            .args(["--connect", URI, "--connect", &far.uri, "--catalog"])
+            .arg(lab.catalog.path())
+            .args(["snapshot", "cgt-far", "--freeze-budget", "3s"])
+            .env("CGSNAP_TEST_HOLD_FROZEN_MS", "60000"),
+        "all members frozen",
+    );
+    for (u, d) in members {
+        assert_eq!(domstate_on(u, d), "paused", "{d} frozen before the kill");
+    }
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    let took = wait_running_on(&members, Duration::from_secs(4)).expect("both resumed");
+    println!(
+        "both members running again {:.0} ms after SIGKILL",
+        took.as_secs_f64() * 1000.0
+    );
+    let pending = list_json(&lab);
+    let pending = pending
+        .as_array()
+        .and_then(|a| a.last())
+        .expect("the killed snapshot");
+    assert_eq!(pending["state"], "pending");
+    let id = pending["id"].as_str().expect("id");
+    cg().args(["release", id]).assert().success();
+    assert_eq!(domblklist_on(&far.uri, name), own);
+    assert_own_images(&lab.guests[0]);
+
+    // A far member deleted while its snapshot is held: its overlays are on its host, where
+    // cgsnap does not merge files; release says so and leaves them, and releases the rest.
+    let out = cg()
+        .args(["snapshot", "cgt-far", "--json"])
+        .assert()
+        .success();
+    let m: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
+    let overlays = strings(&m, name, "overlay");
+    virsh(&far.uri, &["destroy", name]);
+    let id = m["id"].as_str().expect("id");
+    let out = cg().args(["release", id]).assert().code(10);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        err.contains(&format!(
+            "member {name} no longer exists on {}, a remote host",
+            far.uri
+        )),
+        "{err}"
+    );
+    assert_own_images(&lab.guests[0]);
+    for o in &overlays {
+        assert!(far.here(o).exists(), "kept on its host: {o}");
+    }
 }

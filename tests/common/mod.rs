@@ -332,9 +332,15 @@ pub fn spawn_until(cmd: &mut Command, pattern: &str) -> std::process::Child {
 
 /// Wait until every domain is running; returns how long that took.
 pub fn wait_running(doms: &[String], timeout: Duration) -> Result<Duration, String> {
+    let on: Vec<(&str, &str)> = doms.iter().map(|d| (URI, d.as_str())).collect();
+    wait_running_on(&on, timeout)
+}
+
+/// [`wait_running`] for (URI, domain) pairs on any daemons.
+pub fn wait_running_on(doms: &[(&str, &str)], timeout: Duration) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
-        let states: Vec<String> = doms.iter().map(|d| domstate(d)).collect();
+        let states: Vec<String> = doms.iter().map(|(u, d)| domstate_on(u, d)).collect();
         if states.iter().all(|s| s == "running") {
             return Ok(start.elapsed());
         }
