@@ -8,7 +8,8 @@
 //!   from what a previous run remembers (disk on overlay → commit; job running → wait/pivot;
 //!   disk on image → only the file removal is left).
 //! - An overlay file is deleted only when no disk of its domain has it as source or anywhere in
-//!   its backing chain; a pre-created overlay that was never used holds no guest data.
+//!   its backing chain; a pre-created overlay that was never used holds no guest data. A
+//!   member's file on another host is deleted only through libvirt on that host, never here.
 //! - A member whose domain no longer exists is released offline by [`crate::vanished`], one
 //!   that is shut off by [`crate::offline`].
 //! - A commit that makes no progress towards ready for the timeout is cancelled (the disk stays
