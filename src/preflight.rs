@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn plans_overlay_next_to_image_and_skips_readonly() {
         let t = tempfile::tempdir().expect("tmp");
-        let h = Arc::new(FakeHost::new("fake://"));
+        let h = Arc::new(FakeHost::new("fake:///"));
         h.add("a", &xml(t.path(), "qcow2", "file"));
         let p = plan_member(&member(&h, "a"), &opts()).expect("plan");
         assert_eq!(p.disks.len(), 1);
@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn refuses_a_disk_already_on_a_snapshot_overlay() {
         let t = tempfile::tempdir().expect("tmp");
-        let h = Arc::new(FakeHost::new("fake://"));
+        let h = Arc::new(FakeHost::new("fake:///"));
         let d = t.path().display();
         let held = format!("{d}/a.qcow2.other-20261126T000000000Z.cgsnap-overlay");
         h.add("a", &chained(&held, &format!("{d}/a.qcow2")));
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn rejects_raw_network_stopped_and_full() {
         let t = tempfile::tempdir().expect("tmp");
-        let h = Arc::new(FakeHost::new("fake://"));
+        let h = Arc::new(FakeHost::new("fake:///"));
         h.add("raw", &xml(t.path(), "raw", "file"));
         h.add("net", &xml(t.path(), "raw", "network"));
         h.add("off", &xml(t.path(), "qcow2", "file"));
@@ -420,12 +420,49 @@ mod tests {
             p.snapshot_xml
         );
         let e = plan_member(&member(&h, "off"), &opts()).err().expect("off");
-        assert!(e.to_string().contains("member off (fake://) is paused"));
+        assert!(e.to_string().contains("member off (fake:///) is paused"));
         let o = Options {
             min_free: u64::MAX,
             ..opts()
         };
         let e = plan_member(&member(&h, "ok"), &o).err().expect("space");
         assert!(matches!(e, PreflightError::NoSpace { .. }));
+    }
+
+    #[test]
+    fn another_host_s_directories_are_checked_through_its_pools_never_here() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = t.path().display();
+        let h = Arc::new(FakeHost::new("fake://far/"));
+        h.add(
+            "db",
+            &format!(
+                "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
+                 <source file='{d}/a.qcow2'/><target dev='vda'/></disk></devices></domain>"
+            ),
+        );
+        // Here the directory is full and an overlay of that name exists: neither is the far
+        // host's business.
+        let mut p = plan_member(&member(&h, "db"), &opts()).expect("planned");
+        std::fs::write(&p.disks.remove(0).overlay, b"someone else's").expect("file here");
+        let o = Options {
+            min_free: u64::MAX,
+            ..opts()
+        };
+        plan_member(&member(&h, "db"), &o).expect("not checked here, no pool there");
+        h.pools
+            .lock()
+            .expect("pools")
+            .insert(t.path().to_string_lossy().into(), 1 << 20);
+        let e = plan_member(&member(&h, "db"), &o)
+            .err()
+            .expect("pool too small");
+        assert!(matches!(e, PreflightError::NoSpace { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("{d} on fake://far/ has 1048576 bytes free")),
+            "{e}"
+        );
+        plan_member(&member(&h, "db"), &opts()).expect("room in the pool");
     }
 }

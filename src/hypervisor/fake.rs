@@ -29,6 +29,8 @@ pub struct FakeHost {
     pub log: Mutex<Vec<String>>,
     /// (operation, domain) pairs that take this long (to model a slow member).
     pub slow: Mutex<BTreeMap<(String, String), std::time::Duration>>,
+    /// Storage pools: target directory -> bytes free.
+    pub pools: Mutex<BTreeMap<String, u64>>,
 }
 
 impl FakeHost {
@@ -255,6 +257,15 @@ impl Host for FakeHost {
     }
 
     /// Replaces the `<disk>` element with the same target in the domain's XML.
+    fn pool_free(&self, dir: &str) -> HvResult<Option<u64>> {
+        Ok(self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dir)
+            .copied())
+    }
+
     fn set_disk_config(&self, dom: &str, disk_xml: &str) -> HvResult<()> {
         let bad = |message: String| HvError {
             uri: String::new(),
