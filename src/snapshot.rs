@@ -198,13 +198,16 @@ pub(crate) fn rollback(
         };
         // A member that vanished (transient domain destroyed) before it was snapshotted never
         // used its pre-created overlays: they are empty and can go. One that may have been
-        // snapshotted keeps them: they may hold the only copy of its newest writes.
+        // snapshotted keeps them: they may hold the only copy of its newest writes. Overlays
+        // are pre-created only on this host; another host's paths name nothing of ours here.
         if let Err(e) = &state
             && e.kind == HvErrorKind::NoDomain
             && !cut.get(i).copied().unwrap_or(true)
         {
-            for d in &p.disks {
-                let _ = std::fs::remove_file(&d.overlay);
+            if is_local(host.uri()) {
+                for d in &p.disks {
+                    let _ = std::fs::remove_file(&d.overlay);
+                }
             }
             continue;
         }
@@ -538,6 +541,40 @@ mod tests {
         m.state = SnapState::Released;
         cat.write(&m).expect("write");
         plan(&hosts, &cat, "b", &popts).expect("released: free again");
+    }
+
+    #[test]
+    fn rollback_of_a_vanished_member_deletes_pre_created_overlays_only_on_this_host() {
+        let t = tempfile::tempdir().expect("tmp");
+        let overlay = t.path().join("vda.qcow2.g-1.cgsnap-overlay");
+        let planned = |uri: &str| PlannedMember {
+            member: group::Member {
+                host: Arc::new(FakeHost::new(uri)) as Arc<dyn Host>,
+                domain: "gone".into(),
+                state: crate::hypervisor::DomState::Running,
+            },
+            domain_xml: String::new(),
+            disks: vec![catalog::DiskRecord {
+                target: "vda".into(),
+                image: t.path().join("vda.qcow2").to_string_lossy().into(),
+                overlay: overlay.to_string_lossy().into(),
+                format: "qcow2".into(),
+                virtual_size: 1 << 20,
+            }],
+            snapshot_xml: String::new(),
+        };
+        let opts = release::Options::default();
+        std::fs::write(&overlay, b"someone else's").expect("file here");
+        rollback(&[planned("qemu+ssh://far/system")], &opts, &[false]).expect("rolled back");
+        assert!(
+            overlay.exists(),
+            "a path of another host names nothing of ours here"
+        );
+        rollback(&[planned("qemu:///system")], &opts, &[false]).expect("rolled back");
+        assert!(
+            !overlay.exists(),
+            "our own pre-created, unused overlay goes"
+        );
     }
 
     #[test]
