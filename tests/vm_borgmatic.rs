@@ -50,6 +50,10 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     );
     let cfg = include_str!("../hooks/borgmatic/config.yaml")
         .replace("/var/lib/libvirt/images\n", &format!("{DIR}\n"))
+        .replace(
+            "/var/lib/cgsnap/snapshots",
+            &lab.catalog.path().join("snapshots").to_string_lossy(),
+        )
         .replace("/var/backups/cgsnap-borg", &repo.to_string_lossy())
         .replace("cgsnap hook", &format!("{cgsnap} hook"))
         .replace("GROUP", pair::NAME);
@@ -135,29 +139,27 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     dr_drill(snap["id"].as_str().expect("id"), &lab, &profile);
 }
 
-/// The disaster-recovery drill on a spare host: its catalog (a copy of the manifest) says the
-/// members ran on a host this one never contacts (`.invalid` does not resolve); verify builds
-/// their sandboxes here, on the daemon `--connect` names, from the restored images alone, and
+/// The disaster-recovery drill on a spare host, from the extracted archive alone: it holds the
+/// snapshot's manifest, so the extraction is a catalog of its own. The manifest is edited to
+/// say the members ran on a host this one never contacts (`.invalid` does not resolve): verify
+/// builds their sandboxes here, on the daemon `--connect` names, from the restored images, and
 /// refuses, naming the fix, without them or without that daemon.
 fn dr_drill(id: &str, lab: &Lab, profile: &Path) {
     const ORIGIN: &str = "qemu+ssh://prod.invalid/system";
-    let dr = tempfile::tempdir().expect("dr catalog");
-    let name = format!("{id}.json");
-    let body = std::fs::read(lab.catalog.path().join("snapshots").join(&name)).expect("manifest");
+    let catalog = lab.catalog.path().strip_prefix("/").expect("absolute");
+    let dr = Path::new(RESTORE).join(catalog);
+    let path = dr.join("snapshots").join(format!("{id}.json"));
+    let body = std::fs::read(&path).expect("the manifest is in the backup");
     let mut manifest: serde_json::Value = serde_json::from_slice(&body).expect("manifest json");
+    assert_eq!(manifest["state"], "taken", "backed up while held");
     for m in manifest["members"].as_array_mut().expect("members") {
         m["uri"] = ORIGIN.into();
     }
-    std::fs::create_dir_all(dr.path().join("snapshots")).expect("dr snapshots");
-    std::fs::write(
-        dr.path().join("snapshots").join(&name),
-        serde_json::to_vec_pretty(&manifest).expect("json"),
-    )
-    .expect("dr manifest");
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).expect("json")).expect("edit");
     let verify = |args: &[&str]| {
         let mut c = assert_cmd::Command::cargo_bin("cgsnap").expect("binary");
         c.arg("--catalog")
-            .arg(dr.path())
+            .arg(&dr)
             .args(["verify", id, "--base-port", "40410", "--json", "--profile"])
             .arg(profile)
             .args(args)
@@ -187,7 +189,7 @@ fn dr_drill(id: &str, lab: &Lab, profile: &Path) {
         assert_eq!(m["sandbox_host"], URI);
         assert!(m["recovery_seconds"].as_f64().expect("rto") > 0.0);
     }
-    let html = std::fs::read_to_string(dr.path().join("reports").join(id).join("report.html"))
+    let html = std::fs::read_to_string(dr.join("reports").join(id).join("report.html"))
         .expect("report html");
     assert!(
         html.contains(&format!("on {ORIGIN} (sandbox")),
