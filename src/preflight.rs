@@ -258,6 +258,7 @@ pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, Pre
     let xml = host.xml(domain)?;
     let disks = domxml::disks(domain, &xml)?;
     let local = crate::snapshot::is_local(host.uri());
+    let mut checked = std::collections::BTreeSet::new();
     let mut records = Vec::new();
     let mut spec = Vec::new();
     for d in &disks {
@@ -272,7 +273,11 @@ pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, Pre
                 target: d.target.clone(),
             });
         }
-        if let Some(dir) = Path::new(&overlay).parent() {
+        // Once per directory: a member's disks usually share one, and on another host each
+        // check refreshes a storage pool.
+        if let Some(dir) = Path::new(&overlay).parent()
+            && checked.insert(dir.to_path_buf())
+        {
             if local {
                 check_dir(dir, opts.min_free)?;
             } else {

@@ -257,15 +257,6 @@ impl Host for FakeHost {
     }
 
     /// Replaces the `<disk>` element with the same target in the domain's XML.
-    fn pool_free(&self, dir: &str) -> HvResult<Option<u64>> {
-        Ok(self
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(dir)
-            .copied())
-    }
-
     fn set_disk_config(&self, dom: &str, disk_xml: &str) -> HvResult<()> {
         let bad = |message: String| HvError {
             uri: String::new(),
@@ -294,5 +285,14 @@ impl Host for FakeHost {
             d.xml = xml;
             Ok(())
         })
+    }
+
+    fn pool_free(&self, dir: &str) -> HvResult<Option<u64>> {
+        Ok(self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dir)
+            .copied())
     }
 }

@@ -67,6 +67,17 @@ impl LibvirtHost {
         }
     }
 
+    /// [`Self::pool_at`], refreshed: a pool learns of files created behind its back (the
+    /// snapshot's overlays) and of its free space only when it is refreshed.
+    fn refreshed_pool_at(&self, dir: &str) -> HvResult<Option<StoragePool>> {
+        let Some(p) = self.pool_at(dir)? else {
+            return Ok(None);
+        };
+        p.refresh(0)
+            .map_err(|e| self.err("refresh storage pool", dir, e))?;
+        Ok(Some(p))
+    }
+
     fn last_err(&self, op: &'static str, target: &str) -> HvError {
         self.err(op, target, virt::error::Error::last_error())
     }
@@ -291,11 +302,9 @@ impl Host for LibvirtHost {
     }
 
     fn pool_free(&self, dir: &str) -> HvResult<Option<u64>> {
-        let Some(p) = self.pool_at(dir)? else {
+        let Some(p) = self.refreshed_pool_at(dir)? else {
             return Ok(None);
         };
-        p.refresh(0)
-            .map_err(|e| self.err("refresh storage pool", dir, e))?;
         p.info()
             .map(|i| Some(i.available))
             .map_err(|e| self.err("get storage pool info", dir, e))
@@ -306,13 +315,9 @@ impl Host for LibvirtHost {
             .parent()
             .and_then(|d| d.to_str())
             .unwrap_or("/");
-        let Some(p) = self.pool_at(dir)? else {
+        if self.refreshed_pool_at(dir)?.is_none() {
             return Ok(false);
-        };
-        // The pool learns of files created behind its back (the snapshot's overlays) only
-        // when it is refreshed.
-        p.refresh(0)
-            .map_err(|e| self.err("refresh storage pool", dir, e))?;
+        }
         match self.conn().lookup_storage_vol_by_path(path) {
             Ok(v) => v
                 .delete(0)

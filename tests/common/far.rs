@@ -84,19 +84,7 @@ pub fn far() -> Far {
     );
     run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &inner]));
     let uri = format!("qemu+tcp://127.0.0.1:{PORT}/session");
-    let start = Instant::now();
-    while !Command::new("virsh")
-        .args(["-c", &uri, "version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "far daemon not answering on {uri}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    super::wait_answering(&uri);
     assert!(
         std::fs::read_dir(DIR)
             .expect("mount point")

@@ -380,6 +380,27 @@ fn id_of(flag: &str) -> Option<u32> {
     String::from_utf8_lossy(&o.stdout).trim().parse().ok()
 }
 
+/// Whether a libvirt daemon answers on `uri`.
+pub fn answers(uri: &str) -> bool {
+    Command::new("virsh")
+        .args(["-c", uri, "version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Wait (up to 20 s) until a daemon just started answers on `uri`.
+pub fn wait_answering(uri: &str) {
+    let start = Instant::now();
+    while !answers(uri) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "libvirt daemon not answering on {uri}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A second libvirt daemon on this machine: the session daemon of [`PEER_USER`] (created if
 /// missing), reached by root through its socket. Its guests run as that user.
 pub fn peer() -> Peer {
@@ -396,14 +417,7 @@ pub fn peer() -> Peer {
         "qemu+unix:///session?socket={}/.cache/libvirt/libvirt-sock",
         home.display()
     );
-    let alive = |u: &str| {
-        Command::new("virsh")
-            .args(["-c", u, "version"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !alive(&uri) {
+    if !answers(&uri) {
         let ok = Command::new("su")
             .args([
                 "-s",
@@ -418,14 +432,7 @@ pub fn peer() -> Peer {
             ok.success(),
             "cannot start the session daemon of {PEER_USER}"
         );
-        let start = Instant::now();
-        while !alive(&uri) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "session daemon of {PEER_USER} not answering"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_answering(&uri);
     }
     let base = home.join("cgsnap-tests");
     std::fs::create_dir_all(&base).expect("peer base dir");
