@@ -36,6 +36,7 @@ pub mod preflight;
 pub mod protocol;
 pub mod prune;
 pub mod release;
+pub mod remote_merge;
 pub mod room;
 pub mod snapshot;
 pub mod testbed_cmd;

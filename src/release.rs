@@ -67,10 +67,6 @@ pub enum ReleaseError {
         fix: String,
     },
     #[error(
-        "member {domain} no longer exists on {uri}, a remote host: cgsnap merges a deleted member's overlays only on its own host; merge them on that host with `qemu-img commit OVERLAY` (paths in `cgsnap show ID`)"
-    )]
-    VanishedRemote { domain: String, uri: String },
-    #[error(
         "member {domain} no longer exists, but domain {user} uses its overlay {overlay} (renamed?): rename it back (`virsh domrename {user} {domain}`, start it) and run release again"
     )]
     VanishedButUsed {
@@ -198,13 +194,7 @@ pub fn remove_unused(
             continue;
         }
         if !local {
-            if !host.pool_delete(&d.overlay)? {
-                eprintln!(
-                    "cgsnap: {domain}: overlay {} stays on {}: no active libvirt storage pool there has its directory as target; no disk uses it any more, remove it on that host (or define a pool for that directory so that release removes it)",
-                    d.overlay,
-                    host.uri()
-                );
-            }
+            remove_remote(host, domain, &d.overlay)?;
             continue;
         }
         if Path::new(&d.overlay).exists() {
@@ -213,6 +203,22 @@ pub fn remove_unused(
                 source,
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Remove an unused overlay on another host through the storage pool of its directory, or say
+/// on stderr that it stays there.
+pub(crate) fn remove_remote(
+    host: &dyn Host,
+    domain: &str,
+    overlay: &str,
+) -> Result<(), ReleaseError> {
+    if !host.pool_delete(overlay)? {
+        eprintln!(
+            "cgsnap: {domain}: overlay {overlay} stays on {}: no active libvirt storage pool there has its directory as target; no disk uses it any more, remove it on that host (or define a pool for that directory so that release removes it)",
+            host.uri()
+        );
     }
     Ok(())
 }
@@ -260,7 +266,7 @@ impl Progress {
 
 /// Wait for the job on one disk to be ready, then pivot. Cancels the job once it has made no
 /// progress for the timeout.
-fn wait_and_pivot(
+pub(crate) fn wait_and_pivot(
     host: &dyn Host,
     domain: &str,
     d: &DiskRecord,
@@ -322,7 +328,7 @@ pub fn release_member(
 ) -> Result<(), ReleaseError> {
     let state = match host.state(domain) {
         Err(e) if e.kind == crate::hypervisor::HvErrorKind::NoDomain => {
-            return crate::vanished::release(host, domain, disks);
+            return crate::vanished::release(host, domain, disks, opts);
         }
         r => r?,
     };

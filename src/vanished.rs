@@ -1,22 +1,26 @@
 //! Release of a member whose domain no longer exists on its host (deleted, undefined, or a
 //! transient domain destroyed while its snapshot was held): its overlays are merged into their
-//! images offline with `qemu-img commit`, so no guest write is lost and the group is not
-//! blocked by a snapshot that an online release can never finish.
+//! images offline, so no guest write is lost and the group is not blocked by a snapshot that an
+//! online release can never finish. On this host with `qemu-img commit` ([`crate::merge`]); on
+//! another host, whose files this process cannot open, by that host's libvirt and QEMU through
+//! a paused helper domain ([`crate::remote_merge`]), the overlay then removed through the
+//! storage pool of its directory (or named on stderr as left there).
 //!
 //! Invariants:
 //! - Used only when the member's libvirt answered "no such domain", never when it was
-//!   unreachable, and only on a local host (whose files this process can open).
-//! - An overlay is merged ([`crate::merge`]) only into the image the manifest recorded, and
-//!   deleted only after the merge succeeded.
+//!   unreachable.
+//! - An overlay is merged only into the image the manifest recorded (checked against the
+//!   overlay's own backing file), and deleted only after the merge succeeded.
 //! - An overlay that any domain of the host still names in its disks (e.g. the member renamed
 //!   while stopped) is left alone, and so is one some process still writes (a VM migrated or
-//!   started by hand on it): QEMU's image locks make `qemu-img commit` fail on it.
+//!   started by hand on it): QEMU's image locks make the merge fail on it.
 //! - Safe to repeat after a crash: merging the same overlay again writes the same data, and an
 //!   overlay that is already gone means its disk is done.
 
 use crate::catalog::DiskRecord;
 use crate::hypervisor::Host;
 use crate::release::{self, ReleaseError};
+use crate::remote_merge::Outcome;
 use std::path::Path;
 
 /// Merge one disk's (existing) overlay into its image and delete it.
@@ -64,14 +68,16 @@ fn user_of(
 }
 
 /// Release the disks of `domain`, which no longer exists on `host`.
-pub fn release(host: &dyn Host, domain: &str, disks: &[DiskRecord]) -> Result<(), ReleaseError> {
+pub fn release(
+    host: &dyn Host,
+    domain: &str,
+    disks: &[DiskRecord],
+    opts: &release::Options,
+) -> Result<(), ReleaseError> {
     let uri = host.uri();
-    // A remote host's files are not ours to look at, let alone merge.
+    // A remote host's files are not ours to open: its own libvirt merges them.
     if !crate::snapshot::is_local(uri) {
-        return Err(ReleaseError::VanishedRemote {
-            domain: domain.to_string(),
-            uri: uri.to_string(),
-        });
+        return remote(host, domain, disks, opts);
     }
     let left: Vec<&DiskRecord> = disks
         .iter()
@@ -94,6 +100,61 @@ pub fn release(host: &dyn Host, domain: &str, disks: &[DiskRecord]) -> Result<()
         "cgsnap: {domain} no longer exists on {uri}: merged {} overlay(s) into their images offline",
         left.len()
     );
+    Ok(())
+}
+
+/// The same on another host, through its libvirt: each overlay merged there by a helper
+/// domain ([`crate::remote_merge`]), then removed through the storage pool of its directory.
+fn remote(
+    host: &dyn Host,
+    domain: &str,
+    disks: &[DiskRecord],
+    opts: &release::Options,
+) -> Result<(), ReleaseError> {
+    let all: Vec<&DiskRecord> = disks.iter().collect();
+    if let Some((user, overlay)) = user_of(host, &all)? {
+        return Err(ReleaseError::VanishedButUsed {
+            domain: domain.to_string(),
+            overlay,
+            user,
+        });
+    }
+    let mut merged = 0;
+    for d in disks {
+        match crate::remote_merge::merge(host, domain, d, opts) {
+            Ok(Outcome::Gone) => {}
+            Ok(Outcome::Merged) => {
+                merged += 1;
+                release::remove_remote(host, domain, &d.overlay)?;
+            }
+            Err(detail) => {
+                let fix = if detail.contains("lock") {
+                    format!(
+                        "a process on {} still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again",
+                        host.uri()
+                    )
+                } else {
+                    format!(
+                        "merge it on {} (`qemu-img commit {}`) or, if the VM is gone for good, delete it there; then run release again",
+                        host.uri(),
+                        d.overlay
+                    )
+                };
+                return Err(ReleaseError::VanishedMerge {
+                    domain: domain.to_string(),
+                    overlay: d.overlay.clone(),
+                    detail,
+                    fix,
+                });
+            }
+        }
+    }
+    if merged > 0 {
+        eprintln!(
+            "cgsnap: {domain} no longer exists on {}: merged {merged} overlay(s) into their images there, through a paused helper domain",
+            host.uri()
+        );
+    }
     Ok(())
 }
 
@@ -135,16 +196,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let d = disk(dir.path(), "a.qcow2", "a.ovl");
         release_gone("qemu:///system", &d).expect("nothing left to merge");
-    }
-
-    #[test]
-    fn deleted_member_on_a_remote_host_is_reported_not_guessed() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let d = disk(dir.path(), "a.qcow2", "a.ovl");
-        let e = release_gone("qemu+ssh://far/system", &d).expect_err("remote");
-        assert!(matches!(e, ReleaseError::VanishedRemote { .. }), "{e}");
-        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
-        assert!(e.to_string().contains("qemu+ssh://far/system"));
     }
 
     #[test]

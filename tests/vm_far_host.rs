@@ -3,7 +3,8 @@
 //! far member goes through libvirt: no overlay pre-created here, no space checked here, no
 //! file removed here. With a storage pool for its directory on that host, its free space is
 //! checked and its overlays removed through the pool; without one, release leaves the unused
-//! overlay there and says so.
+//! overlay there and says so. A far member deleted while its snapshot is held has its overlays
+//! merged on its host by that host's libvirt and QEMU (a paused helper domain).
 
 mod common;
 
@@ -199,27 +200,57 @@ fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() 
     assert_eq!(domblklist_on(&far.uri, name), own);
     assert_own_images(&lab.guests[0]);
 
-    // A far member deleted while its snapshot is held: its overlays are on its host, where
-    // cgsnap does not merge files; release says so and leaves them, and releases the rest.
+    // A far member deleted while its snapshot is held: its overlays are merged on its host,
+    // by its own libvirt and QEMU (a paused helper domain), and removed through its pool.
+    virsh(
+        &far.uri,
+        &["pool-create-as", "cgt-far", "dir", "--target", &pool_dir],
+    );
     let out = cg()
         .args(["snapshot", "cgt-far", "--json"])
         .assert()
         .success();
     let m: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
     let overlays = strings(&m, name, "overlay");
+    let far_images: Vec<String> = strings(&m, name, "image")
+        .iter()
+        .map(|i| far.here(i).to_string_lossy().to_string())
+        .collect();
+    let cut = records(&far_images)[0].seq;
+    let written = remote
+        .wait_progress(remote.console_seq() + 10, Duration::from_secs(60))
+        .expect("far guest writes through its overlays");
+    assert!(written > cut, "written {written} after the cut {cut}");
     virsh(&far.uri, &["destroy", name]);
     let id = m["id"].as_str().expect("id");
-    let out = cg().args(["release", id]).assert().code(10);
+    let out = cg().args(["release", id]).assert().success();
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    print!("{err}");
     assert!(
         err.contains(&format!(
-            "member {name} no longer exists on {}, a remote host",
+            "{name} no longer exists on {}: merged 2 overlay(s) into their images there",
             far.uri
         )),
         "{err}"
     );
-    assert_own_images(&lab.guests[0]);
+    // Every write the guest made on its overlays is now in its images, as one instant.
+    let merged = records(&far_images);
+    assert!(
+        merged.iter().all(|r| r.seq >= written),
+        "images hold seq {:?}, the guest had written {written} (cut {cut})",
+        merged.iter().map(|r| r.seq).collect::<Vec<_>>()
+    );
     for o in &overlays {
-        assert!(far.here(o).exists(), "kept on its host: {o}");
+        assert!(!far.here(o).exists(), "removed through the pool: {o}");
     }
+    let listed = Command::new("virsh")
+        .args(["-c", &far.uri, "list", "--all", "--name"])
+        .output()
+        .expect("virsh list");
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(!listed.contains("cgsnap-merge"), "no helper left: {listed}");
+    assert_own_images(&lab.guests[0]);
+    let shown = list_json(&lab);
+    let last = shown.as_array().and_then(|a| a.last()).expect("snapshot");
+    assert_eq!(last["state"], "released");
 }

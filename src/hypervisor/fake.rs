@@ -31,6 +31,11 @@ pub struct FakeHost {
     pub slow: Mutex<BTreeMap<(String, String), std::time::Duration>>,
     /// Storage pools: target directory -> bytes free.
     pub pools: Mutex<BTreeMap<String, u64>>,
+    /// Files in those pools' directories (what `pool_has` finds).
+    pub pool_files: Mutex<HashSet<String>>,
+    /// Image file -> the backing file its header names, which libvirt reads when it starts a
+    /// domain on the image and shows as the disk's `<backingStore>`.
+    pub backing: Mutex<BTreeMap<String, String>>,
 }
 
 impl FakeHost {
@@ -285,6 +290,65 @@ impl Host for FakeHost {
             d.xml = xml;
             Ok(())
         })
+    }
+
+    fn pool_has(&self, path: &str) -> HvResult<Option<bool>> {
+        let dir = std::path::Path::new(path)
+            .parent()
+            .and_then(|d| d.to_str())
+            .unwrap_or("/");
+        if !self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(dir)
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.pool_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(path),
+        ))
+    }
+
+    /// Adds the domain, paused, with a `<backingStore>` after each `<source file='P'/>` whose
+    /// P has an entry in [`FakeHost::backing`].
+    fn start_helper(&self, name: &str, xml: &str) -> HvResult<()> {
+        self.enter("start_helper", name)?;
+        if self.lock_domains().contains_key(name) {
+            return Err(self.error(
+                "start_helper",
+                name,
+                HvErrorKind::Other,
+                "domain already exists",
+            ));
+        }
+        let mut xml = xml.to_string();
+        for (file, base) in self
+            .backing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let source = format!("<source file='{file}'/>");
+            let chain = format!(
+                "{source}<backingStore type='file'><format type='qcow2'/><source file='{base}'/><backingStore/></backingStore>"
+            );
+            xml = xml.replace(&source, &chain);
+        }
+        self.add(name, &xml);
+        self.set_state(name, DomState::PausedByUser);
+        Ok(())
+    }
+
+    fn destroy(&self, dom: &str) -> HvResult<()> {
+        self.enter("destroy", dom)?;
+        match self.lock_domains().remove(dom) {
+            Some(_) => Ok(()),
+            None => Err(self.error("destroy", dom, HvErrorKind::NoDomain, "no such domain")),
+        }
     }
 
     fn pool_free(&self, dir: &str) -> HvResult<Option<u64>> {

@@ -11,6 +11,7 @@ use virt::domain::Domain;
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
 use virt::sys;
 
 pub struct LibvirtHost {
@@ -76,6 +77,25 @@ impl LibvirtHost {
         p.refresh(0)
             .map_err(|e| self.err("refresh storage pool", dir, e))?;
         Ok(Some(p))
+    }
+
+    /// The file `path` as a volume of the (refreshed) pool of its directory: `None` when no
+    /// active pool has that directory as target, `Some(None)` when the pool has no such file.
+    fn pool_volume(&self, path: &str) -> HvResult<Option<Option<StorageVol>>> {
+        let dir = std::path::Path::new(path)
+            .parent()
+            .and_then(|d| d.to_str())
+            .unwrap_or("/");
+        if self.refreshed_pool_at(dir)?.is_none() {
+            return Ok(None);
+        }
+        match self.conn().lookup_storage_vol_by_path(path) {
+            Ok(v) => Ok(Some(Some(v))),
+            Err(e) if matches!(e.code(), Enum::Known(ErrorNumber::NoStorageVolume)) => {
+                Ok(Some(None))
+            }
+            Err(e) => Err(self.err("look up storage volume", path, e)),
+        }
     }
 
     fn last_err(&self, op: &'static str, target: &str) -> HvError {
@@ -311,21 +331,35 @@ impl Host for LibvirtHost {
     }
 
     fn pool_delete(&self, path: &str) -> HvResult<bool> {
-        let dir = std::path::Path::new(path)
-            .parent()
-            .and_then(|d| d.to_str())
-            .unwrap_or("/");
-        if self.refreshed_pool_at(dir)?.is_none() {
-            return Ok(false);
+        match self.pool_volume(path)? {
+            None => Ok(false),
+            Some(None) => Ok(true),
+            Some(Some(v)) => {
+                v.delete(0)
+                    .map_err(|e| self.err("delete storage volume", path, e))?;
+                Ok(true)
+            }
         }
-        match self.conn().lookup_storage_vol_by_path(path) {
-            Ok(v) => v
-                .delete(0)
-                .map_err(|e| self.err("delete storage volume", path, e))?,
-            Err(e) if matches!(e.code(), Enum::Known(ErrorNumber::NoStorageVolume)) => {}
-            Err(e) => return Err(self.err("look up storage volume", path, e)),
-        }
-        Ok(true)
+    }
+
+    fn pool_has(&self, path: &str) -> HvResult<Option<bool>> {
+        Ok(self.pool_volume(path)?.map(|v| v.is_some()))
+    }
+
+    fn start_helper(&self, name: &str, xml: &str) -> HvResult<()> {
+        self.conn()
+            .create_domain_xml(
+                xml,
+                sys::VIR_DOMAIN_START_PAUSED | sys::VIR_DOMAIN_START_AUTODESTROY,
+            )
+            .map(|_| ())
+            .map_err(|e| self.err("start helper domain", name, e))
+    }
+
+    fn destroy(&self, dom: &str) -> HvResult<()> {
+        self.dom(dom)?
+            .destroy()
+            .map_err(|e| self.err("destroy", dom, e))
     }
 }
 

@@ -145,4 +145,15 @@ pub trait Host: Send + Sync {
     fn pool_delete(&self, _path: &str) -> HvResult<bool> {
         Ok(false)
     }
+    /// Whether the file `path` exists on the daemon's host, from the active storage pool whose
+    /// target is its directory (refreshed first); `None` when no pool has it as target.
+    fn pool_has(&self, _path: &str) -> HvResult<Option<bool>> {
+        Ok(None)
+    }
+    /// Start a transient domain `name` from `xml` with its vCPUs stopped (no guest code ever runs
+    /// until it is resumed), tied to this connection: libvirt destroys it when the connection
+    /// closes, so a helper cannot outlive the process that started it.
+    fn start_helper(&self, name: &str, xml: &str) -> HvResult<()>;
+    /// Stop a domain at once (QEMU is asked to quit, then killed).
+    fn destroy(&self, dom: &str) -> HvResult<()>;
 }

@@ -1,0 +1,232 @@
+//! Merge of one overlay on another host, whose files this process cannot open (the overlays of
+//! a member deleted there while its snapshot was held, [`crate::vanished`]): done by that
+//! host's own libvirt and QEMU. A throwaway helper domain is started there with the overlay as
+//! its only disk and its vCPUs stopped, the overlay is committed into its image (active commit,
+//! pivot, as in an online release), and the helper is destroyed.
+//!
+//! Invariants:
+//! - No guest code ever runs: the helper is started paused and never resumed; it has no
+//!   kernel, network or display, only the one disk.
+//! - The helper cannot outlive this process: it is started with libvirt's auto-destroy (killed
+//!   when our connection closes) and destroyed on every path out of [`merge`]. A commit cut
+//!   short leaves the overlay with all its data and the image holding only data the overlay
+//!   also holds, so merging again later writes the same result.
+//! - An overlay is committed only into the image the manifest recorded: the backing file that
+//!   libvirt read from the overlay's header must be that image, else nothing is committed.
+//! - QEMU's image locks apply as on this host: while any process on that host has the overlay
+//!   or the image open (a VM migrated or started by hand on it), the helper does not start and
+//!   nothing is written.
+//! - Nothing is deleted here: the caller removes the overlay (through a storage pool) once the
+//!   merge succeeded.
+
+use crate::catalog::DiskRecord;
+use crate::domxml;
+use crate::hypervisor::Host;
+use crate::release::{self, Options};
+
+/// The helper's disk target.
+const TARGET: &str = "vda";
+
+/// What became of one overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed into its image; the overlay file is still there, unused.
+    Merged,
+    /// The overlay file no longer exists on that host (removed after an earlier merge).
+    Gone,
+}
+
+/// Name of the helper that merges `d` of `domain`: unique per member disk, and one member is in
+/// at most one unreleased snapshot, released under its group's lock.
+pub fn helper_name(domain: &str, d: &DiskRecord) -> String {
+    format!("cgsnap-merge-{domain}-{}", d.target)
+}
+
+/// The helper's definition: TCG (runs wherever the host has QEMU for its own architecture),
+/// little memory (never touched: the vCPUs never start), no display or network, the overlay as
+/// its one disk, with no `<backingStore>` so that libvirt reads the chain from its header.
+pub fn helper_xml(name: &str, overlay: &str) -> String {
+    format!(
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type>hvm</type></os><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='{TARGET}' bus='virtio'/></disk>\
+         <memballoon model='none'/></devices></domain>",
+        domxml::escape(name),
+        domxml::escape(overlay)
+    )
+}
+
+/// libvirt's refusal to start the helper says the overlay itself (not its image) is missing.
+pub fn says_overlay_missing(message: &str, d: &DiskRecord) -> bool {
+    message.contains("No such file or directory")
+        && message.contains(&format!("'{}'", d.overlay))
+        && !message.contains(&format!("'{}'", d.image))
+        && !message.contains("backing")
+}
+
+/// Merge the overlay of `d` into its image on `host`; the error is a one-line detail for the
+/// caller's message. `domain` is the (deleted) member, named in the helper's name.
+pub fn merge(
+    host: &dyn Host,
+    domain: &str,
+    d: &DiskRecord,
+    opts: &Options,
+) -> Result<Outcome, String> {
+    if host.pool_has(&d.overlay).map_err(|e| e.to_string())? == Some(false) {
+        return Ok(Outcome::Gone);
+    }
+    let name = helper_name(domain, d);
+    if let Err(e) = host.start_helper(&name, &helper_xml(&name, &d.overlay)) {
+        if says_overlay_missing(&e.message, d) {
+            return Ok(Outcome::Gone);
+        }
+        return Err(e.message);
+    }
+    let merged = commit(host, &name, d, opts);
+    let destroyed = host.destroy(&name);
+    merged?;
+    // Still running, the helper would keep the image open: report, the next run merges again.
+    destroyed.map_err(|e| format!("merged, but the helper domain {name} did not stop: {e}"))?;
+    Ok(Outcome::Merged)
+}
+
+/// Check the helper's chain, commit its disk into the image, pivot, and check it landed there.
+fn commit(host: &dyn Host, name: &str, d: &DiskRecord, opts: &Options) -> Result<(), String> {
+    let on = |what: &str| -> Result<domxml::DiskInfo, String> {
+        let xml = host.xml(name).map_err(|e| e.to_string())?;
+        domxml::disks(name, &xml)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|x| x.target == TARGET)
+            .ok_or_else(|| format!("the helper domain {name} has no disk {TARGET} {what}"))
+    };
+    let disk = on("after it started")?;
+    match disk.backing.first() {
+        Some(b) if *b == d.image => {}
+        Some(b) => {
+            return Err(format!(
+                "its backing file is {b}, not the snapshot's image {}",
+                d.image
+            ));
+        }
+        None => return Err("it has no backing file".into()),
+    }
+    let helper_disk = DiskRecord {
+        target: TARGET.to_string(),
+        ..d.clone()
+    };
+    host.commit_active(name, TARGET, opts.bandwidth)
+        .map_err(|e| e.to_string())?;
+    release::wait_and_pivot(host, name, &helper_disk, opts).map_err(|e| e.to_string())?;
+    let disk = on("after the commit")?;
+    if disk.source.as_deref() != Some(d.image.as_str()) {
+        return Err(format!(
+            "the commit ended without switching to the image (the disk is on {})",
+            disk.source.as_deref().unwrap_or("nothing")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::fake::FakeHost;
+
+    fn disk() -> DiskRecord {
+        DiskRecord {
+            target: "vdb".into(),
+            image: "/far/img.qcow2".into(),
+            overlay: "/far/img.qcow2.s1.cgsnap-overlay".into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn the_helper_has_the_overlay_as_its_only_disk_and_nothing_else() {
+        let d = disk();
+        let name = helper_name("db", &d);
+        assert_eq!(name, "cgsnap-merge-db-vdb");
+        let xml = helper_xml(&name, "/far/it's.ovl");
+        let disks = domxml::disks(&name, &xml).expect("well-formed");
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].source.as_deref(), Some("/far/it's.ovl"));
+        assert!(disks[0].backing.is_empty(), "libvirt reads the chain");
+        for absent in ["<interface", "<kernel", "<boot", "<serial", "<channel"] {
+            assert!(!xml.contains(absent), "{absent} in {xml}");
+        }
+    }
+
+    #[test]
+    fn only_a_missing_overlay_counts_as_gone() {
+        let d = disk();
+        let top = format!(
+            "Cannot access storage file '{}' (as uid:0, gid:0): No such file or directory",
+            d.overlay
+        );
+        assert!(says_overlay_missing(&top, &d));
+        let base = format!(
+            "Cannot access backing file '{}' of storage file '{}' (as uid:0, gid:0): No such file or directory",
+            d.image, d.overlay
+        );
+        assert!(!says_overlay_missing(&base, &d), "the image is missing");
+        let perm = format!(
+            "Cannot access storage file '{}': Permission denied",
+            d.overlay
+        );
+        assert!(!says_overlay_missing(&perm, &d));
+    }
+
+    /// A far host on which the overlay of `d` names `base` as its backing file.
+    fn far_host(d: &DiskRecord, base: &str) -> FakeHost {
+        let host = FakeHost::new("qemu+tcp://far/session");
+        host.backing
+            .lock()
+            .expect("lock")
+            .insert(d.overlay.clone(), base.to_string());
+        host
+    }
+
+    #[test]
+    fn an_overlay_on_another_backing_file_is_not_committed_and_the_helper_goes() {
+        let d = disk();
+        let host = far_host(&d, "/far/other.qcow2");
+        let e = merge(&host, "db", &d, &Options::default()).expect_err("wrong backing");
+        assert!(e.contains("its backing file is /far/other.qcow2"), "{e}");
+        let calls = host.calls();
+        assert!(!calls.iter().any(|c| c.starts_with("commit")), "{calls:?}");
+        assert!(calls.contains(&"destroy:cgsnap-merge-db-vdb".to_string()));
+        assert!(host.list_domains().expect("list").is_empty(), "helper gone");
+
+        // Without any backing file: the same.
+        host.backing.lock().expect("lock").clear();
+        let e = merge(&host, "db", &d, &Options::default()).expect_err("no backing");
+        assert!(e.contains("no backing file"), "{e}");
+        assert!(host.list_domains().expect("list").is_empty(), "helper gone");
+    }
+
+    #[test]
+    fn a_failed_commit_still_destroys_the_helper() {
+        let d = disk();
+        let host = far_host(&d, &d.image);
+        host.fail_on("commit", "cgsnap-merge-db-vdb");
+        let e = merge(&host, "db", &d, &Options::default()).expect_err("commit fails");
+        assert!(e.contains("injected failure"), "{e}");
+        assert!(host.list_domains().expect("list").is_empty(), "helper gone");
+    }
+
+    #[test]
+    fn an_overlay_a_pool_no_longer_has_is_done_without_a_helper() {
+        let d = disk();
+        let host = FakeHost::new("qemu+tcp://far/session");
+        host.pools
+            .lock()
+            .expect("lock")
+            .insert("/far".into(), 1 << 30);
+        let out = merge(&host, "db", &d, &Options::default()).expect("gone");
+        assert_eq!(out, Outcome::Gone);
+        assert!(host.calls().is_empty(), "{:?}", host.calls());
+    }
+}
