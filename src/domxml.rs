@@ -40,6 +40,8 @@ pub struct DiskInfo {
     pub mirror: bool,
     /// Backing files below the top image, nearest first, as libvirt reports them.
     pub backing: Vec<String>,
+    /// Type (`file`, `block`, ...) of the nearest backing file, when the chain is given.
+    pub backing_kind: Option<String>,
 }
 
 impl DiskInfo {
@@ -104,6 +106,11 @@ pub fn disks(domain: &str, xml: &str) -> Result<Vec<DiskInfo>, XmlError> {
             snapshot_mode: d.attribute("snapshot").map(str::to_string),
             mirror: d.children().any(|c| c.has_tag_name("mirror")),
             backing: backing_chain(d),
+            backing_kind: d
+                .children()
+                .find(|c| c.has_tag_name("backingStore"))
+                .and_then(|b| b.attribute("type"))
+                .map(str::to_string),
         })
         .collect())
 }

@@ -1,28 +1,32 @@
 //! Release of a member that is shut off: a persistent domain stopped (or not started again
 //! after a host reboot) while its snapshot was held. Its definition names the overlays, so
 //! every boot keeps writing to them, and an online commit needs a running QEMU. Instead each
-//! overlay is merged into its image offline ([`crate::merge`]), the disk's persistent
-//! definition is pointed back at the image, and only then is the overlay deleted. Without
-//! this, one stopped VM would block its group's next snapshot until someone started it.
+//! overlay is merged into its image offline (on this host with `qemu-img commit`,
+//! [`crate::merge`]; on another host by its own libvirt and QEMU through a paused helper
+//! domain, [`crate::remote_merge`]), the disk's persistent definition is pointed back at the
+//! image, and only then is the overlay deleted (on another host through its storage pool).
+//! Without this, one stopped VM would block its group's next snapshot until someone started it.
 //!
 //! Invariants:
-//! - Local hosts and file images only (this process must open the files, and the disk is
-//!   defined back as a file); otherwise the member keeps the "start it and run release
-//!   again" error, with nothing touched.
+//! - File images only (the disk is defined back as a file): on this host the image must be a
+//!   regular file, on another the definition's own backing store must be the recorded image,
+//!   of type file. Otherwise the member keeps the "start it and run release again" error, with
+//!   nothing touched.
 //! - Per disk, in this order: merge, definition on the image, then overlay deleted once no
 //!   disk of the (still shut off) domain names it. A crash between steps leaves a state the
 //!   next release finishes: a merged overlay still named by the definition is merged again
 //!   (same data), one no longer named is deleted.
 //! - A domain started meanwhile never loses a write: started before a merge, QEMU's image locks
-//!   make the merge fail; started after its definition changed, it runs on the image; started
-//!   between the two, it runs on the overlay, so that disk's definition is put back on the
-//!   overlay and the next (online) release commits it. Nothing is deleted while it runs on an
-//!   overlay.
+//!   make the merge fail (on another host, the helper's start); started after its definition
+//!   changed, it runs on the image; started between the two, it runs on the overlay, so that
+//!   disk's definition is put back on the overlay and the next (online) release commits it.
+//!   Nothing is deleted while it runs on an overlay.
 
 use crate::catalog::DiskRecord;
 use crate::domxml;
 use crate::hypervisor::{DomState, Host};
 use crate::release::{self, ReleaseError};
+use crate::remote_merge::Outcome;
 use std::path::Path;
 
 /// The persistent definition of each listed disk: (record, original `<disk>`, on its image).
@@ -36,18 +40,26 @@ pub fn release(
     xml: &str,
     disks: &[DiskRecord],
     on_overlay: &[&DiskRecord],
+    opts: &release::Options,
 ) -> Result<(), ReleaseError> {
     let not_running = || ReleaseError::NotRunning {
         domain: domain.to_string(),
         state: DomState::ShutOff,
     };
-    if !crate::snapshot::is_local(host.uri()) {
-        return Err(not_running());
-    }
+    let local = crate::snapshot::is_local(host.uri());
     // Check every disk before touching any.
     let mut rewrites: Vec<Rewrite> = Vec::new();
     for d in on_overlay {
-        if !Path::new(&d.image).is_file() {
+        let on_file = if local {
+            Path::new(&d.image).is_file()
+        } else {
+            domxml::disks(domain, xml)?.iter().any(|x| {
+                x.target == d.target
+                    && x.backing.first() == Some(&d.image)
+                    && x.backing_kind.as_deref() == Some("file")
+            })
+        };
+        if !on_file {
             return Err(not_running());
         }
         let original = domxml::disk_element(domain, xml, &d.target)?;
@@ -58,7 +70,17 @@ pub fn release(
         }
     }
     for (d, _, back) in &rewrites {
-        crate::merge::merge(d).map_err(|detail| ReleaseError::OfflineMerge {
+        let merged = if local {
+            crate::merge::merge(d)
+        } else {
+            match crate::remote_merge::merge(host, domain, d, opts) {
+                Ok(Outcome::Merged) => Ok(()),
+                // Its definition still names it: not ours to paper over.
+                Ok(Outcome::Gone) => Err(format!("it no longer exists on {}", host.uri())),
+                Err(detail) => Err(detail),
+            }
+        };
+        merged.map_err(|detail| ReleaseError::OfflineMerge {
             domain: domain.to_string(),
             overlay: d.overlay.clone(),
             detail,
@@ -190,18 +212,61 @@ mod tests {
             .expect("idempotent");
     }
 
-    #[test]
-    fn a_remote_shut_off_member_is_left_alone() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let (local, d) = member(dir.path());
+    /// The member of [`member`] on another host (its files are still those here, which the
+    /// code under test never opens for a remote host).
+    fn far(local: &FakeHost) -> FakeHost {
         let host = FakeHost::new("qemu+ssh://far/system");
         host.add("db", &local.xml("db").expect("xml"));
         host.set_state("db", DomState::ShutOff);
+        host
+    }
+
+    #[test]
+    fn a_remote_shut_off_member_on_a_block_image_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (local, d) = member(dir.path());
+        let host = far(&local);
+        let xml = host
+            .xml("db")
+            .expect("xml")
+            .replace("<backingStore type='file'>", "<backingStore type='block'>");
+        host.add("db", &xml);
+        host.set_state("db", DomState::ShutOff);
         let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
-            .expect_err("remote");
+            .expect_err("block image");
         assert!(matches!(e, ReleaseError::NotRunning { .. }), "{e}");
         assert!(e.to_string().contains("virsh start db"), "{e}");
         assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        assert!(host.calls().iter().all(|c| !c.starts_with("start_helper")));
+        assert_eq!(
+            disks_of(&host)[0].source.as_deref(),
+            Some(d.overlay.as_str())
+        );
+    }
+
+    #[test]
+    fn a_remote_shut_off_member_is_merged_there_only_into_its_recorded_image() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (local, d) = member(dir.path());
+        let host = far(&local);
+        // The overlay's header names another file: the helper commits nothing.
+        host.backing
+            .lock()
+            .expect("lock")
+            .insert(d.overlay.clone(), "/elsewhere.qcow2".into());
+        let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
+            .expect_err("wrong backing file");
+        assert!(matches!(e, ReleaseError::OfflineMerge { .. }), "{e}");
+        assert!(e.to_string().contains("/elsewhere.qcow2"), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        let calls = host.calls();
+        assert!(calls.contains(&"start_helper:cgsnap-merge-db-vda".to_string()));
+        assert!(!calls.iter().any(|c| c.starts_with("commit")), "{calls:?}");
+        assert_eq!(
+            disks_of(&host)[0].source.as_deref(),
+            Some(d.overlay.as_str()),
+            "still defined on its overlay"
+        );
         assert!(Path::new(&d.overlay).exists());
         assert!(byte0(&d.image).contains("11"), "image untouched");
     }

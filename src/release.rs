@@ -345,7 +345,7 @@ pub fn release_member(
                 .filter(|(_, s)| matches!(s, DiskStep::Commit))
                 .map(|(d, _)| *d)
                 .collect();
-            return crate::offline::release(host, domain, &xml, disks, &on_overlay);
+            return crate::offline::release(host, domain, &xml, disks, &on_overlay, opts);
         }
         return Err(ReleaseError::NotRunning {
             domain: domain.to_string(),

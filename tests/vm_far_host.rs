@@ -253,4 +253,72 @@ fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() 
     let shown = list_json(&lab);
     let last = shown.as_array().and_then(|a| a.last()).expect("snapshot");
     assert_eq!(last["state"], "released");
+
+    // A far member shut off while its snapshot is held (a persistent domain stopped): merged
+    // there the same way, its definition put back on its images; it stays shut off, and runs
+    // on its images when started again.
+    let off = "cgt-far-stopped";
+    let spec = Spec {
+        owner: Some((far.uid, far.gid)),
+        daemon_dir: Some(PathBuf::from(far::DIR)),
+        ..Spec::writer(off, 2)
+    };
+    let stopped = Guest::start_persistent(&far.uri, Path::new(far::STORE), spec, &lab.assets)
+        .expect("persistent guest on the far host");
+    stopped
+        .wait_console("seq ", Duration::from_secs(120))
+        .expect("far persistent guest boots");
+    let own_off = domblklist_on(&far.uri, off);
+    let off_dir = format!("{}/{off}", far::DIR);
+    virsh(
+        &far.uri,
+        &["pool-create-as", "cgt-far-off", "dir", "--target", &off_dir],
+    );
+    cg().args(["group", "add", "cgt-far-off", off])
+        .assert()
+        .success();
+    let out = cg()
+        .args(["snapshot", "cgt-far-off", "--json"])
+        .assert()
+        .success();
+    let m: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
+    let overlays = strings(&m, off, "overlay");
+    let images: Vec<String> = strings(&m, off, "image")
+        .iter()
+        .map(|i| far.here(i).to_string_lossy().to_string())
+        .collect();
+    let cut = records(&images)[0].seq;
+    let written = stopped
+        .wait_progress(stopped.console_seq() + 10, Duration::from_secs(60))
+        .expect("far guest writes through its overlays");
+    virsh(&far.uri, &["destroy", off]);
+    assert_eq!(domstate_on(&far.uri, off), "shut off");
+    let id = m["id"].as_str().expect("id");
+    let out = cg().args(["release", id]).assert().success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    print!("{err}");
+    assert!(
+        err.contains(&format!("{off} is shut off: merged 2 overlay(s)")),
+        "{err}"
+    );
+    let merged = records(&images);
+    assert!(
+        merged.iter().all(|r| r.seq >= written),
+        "images hold seq {:?}, the guest had written {written} (cut {cut})",
+        merged.iter().map(|r| r.seq).collect::<Vec<_>>()
+    );
+    for o in &overlays {
+        assert!(!far.here(o).exists(), "removed through the pool: {o}");
+    }
+    assert_eq!(domstate_on(&far.uri, off), "shut off", "left shut off");
+    assert_eq!(
+        domblklist_on(&far.uri, off),
+        own_off,
+        "defined on its images"
+    );
+    virsh(&far.uri, &["start", off]);
+    stopped
+        .wait_console("seq ", Duration::from_secs(120))
+        .expect("boots again on its images");
+    assert_eq!(domblklist_on(&far.uri, off), own_off, "runs on its images");
 }
