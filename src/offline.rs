@@ -69,23 +69,15 @@ pub fn release(
             _ => return Err(not_running()),
         }
     }
-    for (d, _, back) in &rewrites {
-        let merged = if local {
-            crate::merge::merge(d)
-        } else {
-            match crate::remote_merge::merge(host, domain, d, opts) {
-                Ok(Outcome::Merged) => Ok(()),
-                // Its definition still names it: not ours to paper over.
-                Ok(Outcome::Gone) => Err(format!("it no longer exists on {}", host.uri())),
-                Err(detail) => Err(detail),
+    for (i, (d, _, back)) in rewrites.iter().enumerate() {
+        if let Err(e) = merge_and_define(host, domain, d, back, local, opts) {
+            // Started meanwhile, the domain may run on the overlay of a disk whose definition
+            // already names its image (and that start is likely why this merge failed).
+            if i > 0 && host.state(domain).is_ok_and(|s| s != DomState::ShutOff) {
+                return Err(undo_for_running(host, domain, &rewrites[..i]));
             }
-        };
-        merged.map_err(|detail| ReleaseError::OfflineMerge {
-            domain: domain.to_string(),
-            overlay: d.overlay.clone(),
-            detail,
-        })?;
-        host.set_disk_config(domain, back)?;
+            return Err(e);
+        }
     }
     let state = host.state(domain)?;
     if state != DomState::ShutOff {
@@ -96,6 +88,34 @@ pub fn release(
         "cgsnap: {domain} is shut off: merged {} overlay(s) into their images offline and defined its disks on them",
         rewrites.len()
     );
+    Ok(())
+}
+
+/// Merge one disk's overlay into its image, then define the disk on the image (`back`).
+fn merge_and_define(
+    host: &dyn Host,
+    domain: &str,
+    d: &DiskRecord,
+    back: &str,
+    local: bool,
+    opts: &release::Options,
+) -> Result<(), ReleaseError> {
+    let merged = if local {
+        crate::merge::merge(d)
+    } else {
+        match crate::remote_merge::merge(host, domain, d, opts) {
+            Ok(Outcome::Merged) => Ok(()),
+            // Its definition still names it: not ours to paper over.
+            Ok(Outcome::Gone) => Err(format!("it no longer exists on {}", host.uri())),
+            Err(detail) => Err(detail),
+        }
+    };
+    merged.map_err(|detail| ReleaseError::OfflineMerge {
+        domain: domain.to_string(),
+        overlay: d.overlay.clone(),
+        detail,
+    })?;
+    host.set_disk_config(domain, back)?;
     Ok(())
 }
 

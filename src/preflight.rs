@@ -49,6 +49,14 @@ pub enum PreflightError {
     )]
     OverlayExists { path: PathBuf },
     #[error(
+        "disks {first} and {second} would share the overlay {path}: two daemons of this host define domains of one name; rename one of them (`virsh domrename`)"
+    )]
+    OverlayClash {
+        path: String,
+        first: String,
+        second: String,
+    },
+    #[error(
         "overlay directory {dir} is not writable ({detail}): fix its permissions or pass --overlay-dir"
     )]
     NotWritable { dir: PathBuf, detail: String },
@@ -92,13 +100,23 @@ pub struct PlannedMember {
     pub snapshot_xml: String,
 }
 
-pub fn overlay_path(image: &Path, id: &str, overlay_dir: Option<&Path>) -> Option<PathBuf> {
+/// `IMAGE.ID.cgsnap-overlay` next to the image; in a shared `--overlay-dir`, prefixed with the
+/// domain and disk target, since images of many VMs often share a file name (per-VM
+/// directories each holding `disk0.qcow2`, LVs of one name in several volume groups).
+pub fn overlay_path(
+    image: &Path,
+    id: &str,
+    overlay_dir: Option<&Path>,
+    domain: &str,
+    target: &str,
+) -> Option<PathBuf> {
     let name = image.file_name()?.to_string_lossy().to_string();
-    let dir = match overlay_dir {
-        Some(d) => d.to_path_buf(),
-        None => image.parent()?.to_path_buf(),
-    };
-    Some(dir.join(format!("{name}.{id}.{OVERLAY_SUFFIX}")))
+    Some(match overlay_dir {
+        Some(d) => d.join(format!("{domain}.{target}.{name}.{id}.{OVERLAY_SUFFIX}")),
+        None => image
+            .parent()?
+            .join(format!("{name}.{id}.{OVERLAY_SUFFIX}")),
+    })
 }
 
 fn unsupported(domain: &str, d: &DiskInfo, reason: impl Into<String>) -> PreflightError {
@@ -169,13 +187,14 @@ fn plan_disk(
             format!("block device {src} has no directory for its overlay: pass --overlay-dir DIR"),
         ));
     }
-    let overlay = overlay_path(Path::new(src), opts.id, opts.overlay_dir).ok_or_else(|| {
-        unsupported(
-            domain,
-            d,
-            format!("cannot derive an overlay path from {src}"),
-        )
-    })?;
+    let overlay = overlay_path(Path::new(src), opts.id, opts.overlay_dir, domain, &d.target)
+        .ok_or_else(|| {
+            unsupported(
+                domain,
+                d,
+                format!("cannot derive an overlay path from {src}"),
+            )
+        })?;
     // On another host the path means a file there: libvirt refuses the snapshot (atomically)
     // if it exists, since the overlay is not pre-created for remote members.
     if local && overlay.exists() {
@@ -307,6 +326,46 @@ pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, Pre
     })
 }
 
+/// Plan every member, then check that no two disks were given the same overlay file: two
+/// QEMUs writing one overlay, or a rollback of one member deleting the file the other runs on,
+/// would lose data. Overlay names make that impossible but for one case: in a shared
+/// `--overlay-dir`, domains of one name on two daemons of this host (system and session).
+pub fn plan_group(
+    members: &[Member],
+    opts: &Options,
+) -> Result<Vec<PlannedMember>, PreflightError> {
+    let plans = members
+        .iter()
+        .map(|m| plan_member(m, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_unique_overlays(&plans)?;
+    Ok(plans)
+}
+
+/// No overlay path planned twice on one host (all local URIs share this host's files).
+pub fn check_unique_overlays(plans: &[PlannedMember]) -> Result<(), PreflightError> {
+    let mut seen = std::collections::BTreeMap::new();
+    for p in plans {
+        let uri = p.member.host.uri();
+        let host = if crate::snapshot::is_local(uri) {
+            ""
+        } else {
+            uri
+        };
+        for d in &p.disks {
+            let who = format!("{}/{}", p.member.domain, d.target);
+            if let Some(first) = seen.insert((host, d.overlay.as_str()), who.clone()) {
+                return Err(PreflightError::OverlayClash {
+                    path: d.overlay.clone(),
+                    first,
+                    second: who,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +404,46 @@ mod tests {
             overlay_dir: None,
             min_free: 0,
         }
+    }
+
+    #[test]
+    fn images_of_one_file_name_never_share_an_overlay() {
+        let t = tempfile::tempdir().expect("tmp");
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir(&a).expect("mkdir");
+        std::fs::create_dir(&b).expect("mkdir");
+        let h = Arc::new(FakeHost::new("qemu:///system"));
+        h.add("x", &xml(&a, "qcow2", "file"));
+        h.add("y", &xml(&b, "qcow2", "file"));
+        let both = [member(&h, "x"), member(&h, "y")];
+        // Next to their images, and in one overlay directory for both (a.qcow2 twice).
+        let dir = t.path().join("ovl");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let o = Options {
+            overlay_dir: Some(&dir),
+            ..opts()
+        };
+        for opts in [&opts(), &o] {
+            let plans = plan_group(&both, opts).expect("distinct overlays");
+            assert_ne!(plans[0].disks[0].overlay, plans[1].disks[0].overlay);
+        }
+        // One domain name on two daemons of this host, one overlay directory: refused.
+        let session = Arc::new(FakeHost::new("qemu:///session"));
+        session.add("x", &xml(&b, "qcow2", "file"));
+        let e = plan_group(&[member(&h, "x"), member(&session, "x")], &o)
+            .err()
+            .expect("clash");
+        assert!(matches!(e, PreflightError::OverlayClash { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("disks x/vda and x/vda would share the overlay"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), ExitCode::Precondition);
+        // The same path on another host names another file.
+        let far = Arc::new(FakeHost::new("qemu+tcp://far/system"));
+        far.add("x", &xml(&b, "qcow2", "file"));
+        plan_group(&[member(&h, "x"), member(&far, "x")], &o).expect("different hosts");
     }
 
     #[test]

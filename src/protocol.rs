@@ -192,6 +192,17 @@ fn unreachable_error(step: &Step) -> HvError {
     }
 }
 
+/// After a failed pause: is the member paused all the same? Asks again over a fresh
+/// connection when the first question fails; `false` when it cannot tell (the caller
+/// then hands the member to the watchdog, see `snapshot::take`).
+fn paused_anyway(host: &dyn Host, domain: &str) -> bool {
+    let state = host.state(domain).or_else(|_| {
+        let _ = host.reconnect();
+        host.state(domain)
+    });
+    matches!(state, Ok(DomState::PausedByUser))
+}
+
 fn member_thread(
     step: &Step,
     index: usize,
@@ -211,6 +222,9 @@ fn member_thread(
     out.pause_end = Some(t_paused);
     out.paused = pause.is_ok();
     if let Err(e) = pause {
+        // The pause may have happened though its reply was lost (connection dropped, libvirtd
+        // restarted): a member found paused is resumed with the others.
+        out.paused = paused_anyway(step.host.as_ref(), &step.domain);
         out.error = Some(e);
     } else if env.hold_pausing.is_some() {
         (env.on_paused)();
@@ -221,7 +235,7 @@ fn member_thread(
     let failed = {
         let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
         g.arrived += 1;
-        g.failed |= !out.paused;
+        g.failed |= !out.paused || out.error.is_some();
         if g.arrived == n {
             if !g.failed {
                 g.consistency_point = Some((env.wall_clock)());
@@ -435,6 +449,20 @@ mod tests {
         assert!(!h.calls().iter().any(|c| c.starts_with("snapshot")));
         assert!(out.all_resumed());
         for i in 0..4 {
+            assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
+        }
+    }
+
+    #[test]
+    fn a_pause_whose_reply_was_lost_is_resumed_all_the_same() {
+        let (h, steps) = setup(3);
+        h.fail_on("suspend_lost", "vm1");
+        let out = run(&steps, &env());
+        assert_eq!(out.first_error().map(|e| e.target.as_str()), Some("vm1"));
+        assert!(out.consistency_point.is_none());
+        assert!(!h.calls().iter().any(|c| c.starts_with("snapshot")));
+        assert!(out.members[1].paused && out.members[1].resumed);
+        for i in 0..3 {
             assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
         }
     }

@@ -288,10 +288,7 @@ pub fn plan(
             });
         }
     }
-    Ok(members
-        .iter()
-        .map(|m| preflight::plan_member(m, popts))
-        .collect::<Result<Vec<_>, _>>()?)
+    Ok(preflight::plan_group(&members, popts)?)
 }
 
 /// Take a group snapshot. `now` names the snapshot; timings use the monotonic clock.
@@ -425,11 +422,13 @@ pub fn take(
             protocol::run_staggered(&steps, &env, gap)
         }
     };
-    let fired = if out.all_resumed() {
+    let fired = if out.all_resumed() && out.first_error().is_none() {
         dog.disarm()
     } else {
-        // Some member could not be resumed by us (e.g. libvirtd restarting): the watchdog,
-        // still armed, resumes it when its pipe closes; wait for that before rolling back.
+        // Some member could not be resumed by us (e.g. libvirtd restarting), or a call failed
+        // and a member may be paused without our knowing (a pause whose reply was lost): the
+        // watchdog, still armed, resumes every member still paused when its pipe closes; wait
+        // for that before rolling back.
         dog.abandon()
     };
 

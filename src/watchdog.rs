@@ -5,7 +5,7 @@
 //! its own libvirt connections). It then writes `arm` just before the first pause and `disarm`
 //! after the last resume. The watchdog resumes every member that is paused-by-user when:
 //! - its stdin reaches EOF while armed (the coordinator died, even by SIGKILL: the kernel
-//!   closes the pipe), or
+//!   closes the pipe; then it keeps checking for a while, for a pause still in flight), or
 //! - the freeze budget expires while armed (the coordinator hangs in a libvirt call). It then
 //!   prints `fired` so a surviving coordinator knows the cut may be broken and rolls back.
 //!
@@ -126,7 +126,8 @@ impl Watchdog {
 
     /// Hand over to the watchdog: close its pipe while armed, so it resumes every member still
     /// paused, and wait until it has. Used when the coordinator could not resume everyone.
-    pub fn abandon(self) -> bool {
+    pub fn abandon(mut self) -> bool {
+        let _ = self.send("abandon");
         self.finish()
     }
 
@@ -140,9 +141,17 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         // Closing stdin is the "coordinator gone" signal; an armed watchdog resumes members.
+        // Said first: the coordinator is alive, so no call of its can still land afterwards.
+        let _ = self.send("abandon");
         self.stdin = None;
     }
 }
+
+/// How long a watchdog whose coordinator died keeps resuming members that turn up paused: a
+/// pause the coordinator sent just before it died can still be carried out by libvirtd after
+/// the first rescue. No other run can pause these members meanwhile: the dead run's manifest
+/// stays `pending`, which refuses every new snapshot holding them until it is released.
+const SWEEP: Duration = Duration::from_secs(5);
 
 /// Resume every member that is paused by a user/API call. Returns what was resumed.
 fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> Vec<String> {
@@ -223,6 +232,7 @@ pub fn main() -> i32 {
     let budget = Duration::from_millis(cfg.budget_ms);
     let mut deadline: Option<Instant> = None;
     let mut fired = false;
+    let mut abandoned = false;
     loop {
         let msg = match deadline {
             Some(d) if !fired => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
@@ -231,6 +241,7 @@ pub fn main() -> i32 {
         match msg {
             Ok(l) if l == "arm" => deadline = Some(Instant::now() + budget),
             Ok(l) if l == "disarm" => return 0,
+            Ok(l) if l == "abandon" => abandoned = true,
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let r = rescue(&hosts, &cfg.members);
@@ -241,9 +252,18 @@ pub fn main() -> i32 {
                 println!("fired");
                 fired = true;
             }
+            // Armed: also after the budget fired, since a pause still in flight then may have
+            // landed since.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if deadline.is_some() && !fired {
-                    let r = rescue(&hosts, &cfg.members);
+                if deadline.is_some() {
+                    let mut r = rescue(&hosts, &cfg.members);
+                    if !abandoned {
+                        let end = Instant::now() + SWEEP;
+                        while Instant::now() < end {
+                            std::thread::sleep(Duration::from_millis(250));
+                            r.extend(rescue(&hosts, &cfg.members));
+                        }
+                    }
                     eprintln!(
                         "cgsnap watchdog: coordinator gone while members were frozen; resumed {r:?}"
                     );

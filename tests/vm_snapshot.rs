@@ -407,3 +407,54 @@ fn persistent_member_definition_follows_snapshot_restart_and_release() {
         .expect("guest writes after reboot");
     assert_own_images(g);
 }
+
+#[test]
+fn a_shared_overlay_directory_holds_one_overlay_per_disk() {
+    // Every guest's images are `vda.qcow2` and `vdb.qcow2` in a directory of its own, as in
+    // many real layouts: in one overlay directory their overlays must still be distinct files.
+    let lab = lab("cgt-ovldir", 2, 2);
+    lab.group_add("cgt-ovldir", &lab.names());
+    let dir = lab.guests[0]
+        .dir
+        .parent()
+        .expect("guest store")
+        .join("cgt-ovldir-overlays");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("overlay directory");
+    let out = lab
+        .cgsnap()
+        .args(["snapshot", "cgt-ovldir", "--json", "--overlay-dir"])
+        .arg(&dir)
+        .assert()
+        .success();
+    let m = json(&out.get_output().stdout);
+    let mut overlays = std::collections::BTreeSet::new();
+    for mem in m["members"].as_array().expect("members") {
+        let dom = mem["domain"].as_str().expect("domain");
+        let live = domblklist(dom);
+        for d in mem["disks"].as_array().expect("disks") {
+            let (t, ovl) = (
+                d["target"].as_str().expect("target"),
+                d["overlay"].as_str().expect("overlay"),
+            );
+            assert!(Path::new(ovl).starts_with(&dir), "{ovl}");
+            assert!(
+                live.contains(&(t.to_string(), ovl.to_string())),
+                "{dom}: {live:?}"
+            );
+            overlays.insert(ovl.to_string());
+        }
+        let g = lab.guest(dom);
+        g.wait_progress(g.console_seq() + 10, Duration::from_secs(60))
+            .expect("guest writes through its overlays");
+    }
+    assert_eq!(overlays.len(), 4, "one overlay per disk: {overlays:?}");
+    let id = m["id"].as_str().expect("id");
+    lab.cgsnap().args(["release", id]).assert().success();
+    for g in &lab.guests {
+        assert_own_images(g);
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("read dir").collect();
+    assert!(left.is_empty(), "{left:?}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -188,11 +188,18 @@ impl Host for FakeHost {
         })
     }
 
+    /// With `fail_on("suspend_lost", dom)` the domain is paused but the call fails, as when
+    /// the reply to a pause is lost.
     fn suspend(&self, dom: &str) -> HvResult<()> {
+        let lost = self.injected("suspend_lost", dom);
         self.with("suspend", dom, |d| {
             d.state = DomState::PausedByUser;
             Ok(())
-        })
+        })?;
+        if lost {
+            return Err(self.error("suspend", dom, HvErrorKind::Connection, "connection closed"));
+        }
+        Ok(())
     }
 
     fn resume(&self, dom: &str) -> HvResult<()> {

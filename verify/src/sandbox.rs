@@ -80,9 +80,11 @@ pub fn sandbox_xml(
     for n in children_named(root, "name") {
         n.children = vec![XMLNode::Text(name.to_string())];
     }
-    // Drop identity, runtime and host-specific parts; libvirt assigns what it needs.
+    // Drop identity, runtime and host-specific parts; libvirt assigns what it needs. The
+    // metadata too: with cgsnap's group membership in it the sandbox would be resolved as a
+    // member of the group (and other tools' entries could take it for the original).
     root.children.retain(|c| {
-        !matches!(c, XMLNode::Element(x) if ["uuid", "seclabel", "commandline"].contains(&x.name.as_str())
+        !matches!(c, XMLNode::Element(x) if ["uuid", "seclabel", "commandline", "metadata"].contains(&x.name.as_str())
             || crate::isolate::DROPPED_TOP.contains(&x.name.as_str()))
     });
     strip(root, &["alias", "backingStore", "mirror"]);
@@ -209,8 +211,14 @@ impl Sandbox {
         if let Ok(old) = sb.conn.lookup_domain_by_name(name) {
             let _ = old.destroy();
         }
-        cgsnap_testbeds::interrupt::guarded(|| sb.conn.create_domain_xml(&xml, 0).map(|_| ()))
-            .map_err(|e| format!("start sandbox {name}: {e}"))?;
+        // Auto-destroy: if verify is killed (even by SIGKILL), libvirt stops the sandbox when
+        // this connection closes, so it never keeps the frozen images open behind it.
+        cgsnap_testbeds::interrupt::guarded(|| {
+            sb.conn
+                .create_domain_xml(&xml, virt::sys::VIR_DOMAIN_START_AUTODESTROY)
+                .map(|_| ())
+        })
+        .map_err(|e| format!("start sandbox {name}: {e}"))?;
         sb.started = Instant::now();
         Ok(sb)
     }
@@ -265,6 +273,7 @@ mod tests {
     fn rewrites_identity_disks_nics_and_console() {
         let saved = r#"<domain type='qemu' id='7' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
           <name>orders</name><uuid>1234</uuid><seclabel type='dynamic'/>
+          <metadata><cg:membership xmlns:cg='https://cgsnap.dev/xmlns/membership/1'><group name='pair'/></cg:membership></metadata>
           <devices>
             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/img/vda.ovl' index='3'/>
               <backingStore type='file'><source file='/img/vda.qcow2'/></backingStore><target dev='vda' bus='virtio'/><alias name='virtio-disk0'/></disk>
@@ -295,6 +304,8 @@ mod tests {
             "25501",
             "alias",
             "id=\"7\"",
+            "metadata",
+            "membership",
         ] {
             assert!(!doc.contains(gone), "{gone} left in {x}");
         }
