@@ -258,6 +258,7 @@ pub fn snap_options(
         hold_snapped: hold("CGSNAP_TEST_HOLD_SNAPPED_MS"),
         hold_pausing: hold("CGSNAP_TEST_HOLD_PAUSING_MS"),
         hold_resolved: hold("CGSNAP_TEST_HOLD_RESOLVED_MS"),
+        hold_watched: hold("CGSNAP_TEST_HOLD_WATCHED_MS"),
         release: release::Options {
             timeout: rel_timeout,
             ..Default::default()

@@ -27,7 +27,7 @@
 //! - every member that was paused is resumed, whatever its snapshot did (retrying the resume);
 //! - timings come from one monotonic clock; wall-clock time only names the consistency point.
 
-use crate::hypervisor::{DomState, Host, HvError};
+use crate::hypervisor::{DomState, Host, HvError, HvErrorKind};
 use chrono::{DateTime, Utc};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -195,8 +195,16 @@ fn unreachable_error(step: &Step) -> HvError {
 /// After a failed pause: is the member paused all the same? Asks again over a fresh
 /// connection when the first question fails; `false` when it cannot tell (the caller
 /// then hands the member to the watchdog, see `snapshot::take`).
-fn paused_anyway(host: &dyn Host, domain: &str) -> bool {
-    let state = host.state(domain).or_else(|_| {
+fn paused_anyway(host: &dyn Host, domain: &str, err: &HvError) -> bool {
+    // Gone or refused outright (the usual failures) is quick to tell; only a doubtful answer
+    // is worth a new connection, which the other members wait for, paused.
+    if err.kind == HvErrorKind::NoDomain {
+        return false;
+    }
+    let state = host.state(domain).or_else(|e| {
+        if e.kind == HvErrorKind::NoDomain {
+            return Err(e);
+        }
         let _ = host.reconnect();
         host.state(domain)
     });
@@ -224,7 +232,7 @@ fn member_thread(
     if let Err(e) = pause {
         // The pause may have happened though its reply was lost (connection dropped, libvirtd
         // restarted): a member found paused is resumed with the others.
-        out.paused = paused_anyway(step.host.as_ref(), &step.domain);
+        out.paused = paused_anyway(step.host.as_ref(), &step.domain, &e);
         out.error = Some(e);
     } else if env.hold_pausing.is_some() {
         (env.on_paused)();

@@ -109,6 +109,8 @@ pub struct Options {
     /// Fault injection for tests: wait this long between resolving the group (preflight done,
     /// overlays pre-created) and the freeze.
     pub hold_resolved: Option<Duration>,
+    /// Fault injection for tests: wait this long once the watchdog is ready, before arming it.
+    pub hold_watched: Option<Duration>,
     pub release: release::Options,
     /// Opens a dedicated connection per member for the freeze (libvirtd serves at most
     /// `max_client_requests`, default 5, concurrent calls per connection). `None`: share.
@@ -220,6 +222,46 @@ pub(crate) fn rollback(
     } else {
         Err(errors.join("; "))
     }
+}
+
+/// Members that are paused by a user/API call, or whose state cannot be read, each as
+/// "DOMAIN on URI" (with "(state unknown)" for the latter).
+fn not_known_running(plan: &[PlannedMember]) -> Vec<String> {
+    plan.iter()
+        .filter_map(|p| {
+            let host = p.member.host.as_ref();
+            let dom = &p.member.domain;
+            let state = host.state(dom).or_else(|_| {
+                let _ = host.reconnect();
+                host.state(dom)
+            });
+            match state {
+                Ok(crate::hypervisor::DomState::PausedByUser) => {
+                    Some(format!("{dom} on {}", host.uri()))
+                }
+                Err(e) if e.kind != HvErrorKind::NoDomain => {
+                    Some(format!("{dom} on {} (state unknown)", host.uri()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Abandon a snapshot before anything was frozen: its pre-created overlays, never used, go,
+/// and its manifest is written `aborted` with the cause.
+fn abort_unfrozen(
+    cat: &Catalog,
+    man: &mut Manifest,
+    plan: &[PlannedMember],
+    opts: &release::Options,
+    cause: &str,
+) -> Result<(), SnapshotError> {
+    let _ = rollback(plan, opts, &vec![false; plan.len()]);
+    man.state = SnapState::Aborted;
+    man.error = Some(cause.to_string());
+    cat.write(man)?;
+    Ok(())
 }
 
 /// Roll back a failed snapshot and record the result in its manifest (not yet written):
@@ -356,13 +398,15 @@ pub fn take(
     // The staggered control keeps the watchdog armed across all its gaps; the budget bounds
     // each member's own freeze there, so it grows by one gap per member.
     let budget = opts.freeze_budget + opts.unsafe_stagger.unwrap_or_default() * plan.len() as u32;
-    let mut dog = match Watchdog::spawn(&opts.exe, &watch, budget) {
+    let scope = crate::watchdog::Scope {
+        catalog: cat.dir().to_path_buf(),
+        group: opts.group.clone(),
+        id: id.clone(),
+    };
+    let mut dog = match Watchdog::spawn(&opts.exe, &watch, budget, Some(scope)) {
         Ok(d) => d,
         Err(e) => {
-            let _ = rollback(&plan, &opts.release, &vec![false; plan.len()]);
-            man.state = SnapState::Aborted;
-            man.error = Some(e.to_string());
-            cat.write(&man)?;
+            abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string())?;
             return Err(e.into());
         }
     };
@@ -373,10 +417,7 @@ pub fn take(
                 Ok(h) => h,
                 Err(e) => {
                     drop(dog);
-                    let _ = rollback(&plan, &opts.release, &vec![false; plan.len()]);
-                    man.state = SnapState::Aborted;
-                    man.error = Some(e.to_string());
-                    cat.write(&man)?;
+                    abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string())?;
                     return Err(SnapshotError::Protocol {
                         id,
                         outcome: "rolled back",
@@ -393,8 +434,17 @@ pub fn take(
             reuse,
         });
     }
+    if let Some(h) = opts.hold_watched {
+        eprintln!("cgsnap: watchdog ready, not yet armed");
+        std::thread::sleep(h);
+    }
     let preflight_ms = ms(t0.elapsed());
-    dog.arm()?;
+    if let Err(e) = dog.arm() {
+        // The watchdog is gone (killed?): freezing without it could leave a VM paused.
+        drop(dog);
+        abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string())?;
+        return Err(e.into());
+    }
     let env = Env {
         wall_clock: &Utc::now,
         hold_frozen: opts.hold_frozen,
@@ -461,6 +511,17 @@ pub fn take(
     };
     let cut: Vec<bool> = out.members.iter().map(|m| m.paused).collect();
     let outcome = roll_back_into(&mut man, &plan, &opts.release, &cut, &cause);
+    // Both we and the watchdog tried; if a member is still (or maybe) paused, say so and how
+    // to end it rather than let the message claim otherwise.
+    let stuck = not_known_running(&plan);
+    let cause = if stuck.is_empty() {
+        cause
+    } else {
+        format!(
+            "{cause}; NOT RESUMED: {}: resume it as soon as its libvirtd answers (`virsh -c URI resume DOMAIN`)",
+            stuck.join(", ")
+        )
+    };
     cat.write(&man)?;
     Err(if fired {
         SnapshotError::Budget {
@@ -573,6 +634,37 @@ mod tests {
         assert!(
             !overlay.exists(),
             "our own pre-created, unused overlay goes"
+        );
+    }
+
+    #[test]
+    fn members_left_paused_or_unreadable_are_named() {
+        let h = Arc::new(FakeHost::new("qemu:///system"));
+        for d in ["run", "held", "odd"] {
+            h.add(d, "<domain/>");
+        }
+        h.suspend("held").expect("pause");
+        h.fail_on("state", "odd");
+        let planned = |d: &str| PlannedMember {
+            member: group::Member {
+                host: h.clone() as Arc<dyn Host>,
+                domain: d.into(),
+                state: crate::hypervisor::DomState::Running,
+            },
+            domain_xml: String::new(),
+            disks: vec![],
+            snapshot_xml: String::new(),
+        };
+        let plan: Vec<PlannedMember> = ["run", "held", "odd", "gone"]
+            .iter()
+            .map(|d| planned(d))
+            .collect();
+        assert_eq!(
+            not_known_running(&plan),
+            [
+                "held on qemu:///system",
+                "odd on qemu:///system (state unknown)"
+            ]
         );
     }
 

@@ -14,7 +14,7 @@
 //! own session (`setsid`) so a signal to the coordinator's process group does not kill it.
 
 use crate::hypervisor::libvirt::LibvirtHost;
-use crate::hypervisor::{DomState, Host};
+use crate::hypervisor::{DomState, Host, HvErrorKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -31,10 +31,21 @@ pub struct WatchMember {
     pub domain: String,
 }
 
+/// The snapshot a watchdog guards, so that after its coordinator died it can tell whether the
+/// members are still that snapshot's to rescue (see [`sweep`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scope {
+    pub catalog: std::path::PathBuf,
+    pub group: String,
+    pub id: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Config {
     budget_ms: u64,
     members: Vec<WatchMember>,
+    #[serde(default)]
+    scope: Option<Scope>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +65,7 @@ impl Watchdog {
         exe: &Path,
         members: &[WatchMember],
         budget: Duration,
+        scope: Option<Scope>,
     ) -> Result<Self, WatchdogError> {
         let mut cmd = Command::new(exe);
         cmd.arg("__watchdog")
@@ -91,6 +103,7 @@ impl Watchdog {
         let cfg = Config {
             budget_ms: budget.as_millis() as u64,
             members: members.to_vec(),
+            scope,
         };
         let line = serde_json::to_string(&cfg).map_err(|e| WatchdogError(e.to_string()))?;
         w.send(&line)?;
@@ -149,12 +162,23 @@ impl Drop for Watchdog {
 
 /// How long a watchdog whose coordinator died keeps resuming members that turn up paused: a
 /// pause the coordinator sent just before it died can still be carried out by libvirtd after
-/// the first rescue. No other run can pause these members meanwhile: the dead run's manifest
-/// stays `pending`, which refuses every new snapshot holding them until it is released.
+/// the first rescue.
 const SWEEP: Duration = Duration::from_secs(5);
 
-/// Resume every member that is paused by a user/API call. Returns what was resumed.
-fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> Vec<String> {
+/// How long a watchdog whose coordinator died keeps trying members it cannot check (their
+/// libvirtd restarting or unreachable).
+const PERSIST: Duration = Duration::from_secs(120);
+
+/// What one rescue pass did.
+#[derive(Default)]
+struct Rescued {
+    resumed: Vec<String>,
+    /// Members whose state could not be read or that could not be resumed.
+    unsure: usize,
+}
+
+/// Resume every member that is paused by a user/API call.
+fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> Rescued {
     std::thread::scope(|s| {
         let handles: Vec<_> = members
             .iter()
@@ -166,10 +190,12 @@ fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> V
                         match h.state(&m.domain) {
                             Ok(DomState::PausedByUser) => {
                                 if h.resume(&m.domain).is_ok() {
-                                    return Some(m.domain.clone());
+                                    return Ok(Some(m.domain.clone()));
                                 }
                             }
-                            Ok(_) => return None,
+                            Ok(_) => return Ok(None),
+                            // Gone (destroyed, undefined): nothing left to resume.
+                            Err(e) if e.kind == HvErrorKind::NoDomain => return Ok(None),
                             // The connection may be dead (libvirtd restarted): open a new one.
                             Err(_) => {
                                 let _ = h.reconnect();
@@ -183,15 +209,74 @@ fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> V
                         "cgsnap watchdog: could not resume {} on {}",
                         m.domain, m.uri
                     );
-                    None
+                    Err(())
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok().flatten())
-            .collect()
+        let mut out = Rescued::default();
+        for h in handles {
+            match h.join() {
+                Ok(Ok(Some(d))) => out.resumed.push(d),
+                Ok(Ok(None)) => {}
+                _ => out.unsure += 1,
+            }
+        }
+        out
     })
+}
+
+/// After the coordinator died: a rescue pass at once, then more for at least [`SWEEP`], and on
+/// while some member cannot be checked (its libvirtd down), up to [`PERSIST`]. Returns what was
+/// resumed.
+///
+/// A later pass must never resume a member that another run paused on purpose, so each one
+/// holds the group's lock and first checks that the dead run's snapshot is still `pending`:
+/// a new snapshot of the group holds that lock throughout; one of another group cannot hold
+/// these members before this snapshot is released; and its release holds the lock while it
+/// changes the state. Without a scope (or when the check fails) only the first pass is made.
+fn sweep(
+    hosts: &BTreeMap<String, Arc<dyn Host>>,
+    members: &[WatchMember],
+    scope: Option<&Scope>,
+) -> Vec<String> {
+    let start = Instant::now();
+    let first = rescue(hosts, members);
+    let mut resumed = first.resumed;
+    let mut unsure = first.unsure;
+    let Some(scope) = scope else {
+        return resumed;
+    };
+    loop {
+        let t = start.elapsed();
+        if t >= PERSIST || (t >= SWEEP && unsure == 0) {
+            return resumed;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        match still_ours(scope) {
+            Ok(Some(_lock)) => {
+                let r = rescue(hosts, members);
+                resumed.extend(r.resumed);
+                unsure = r.unsure;
+            }
+            // Another run holds the group (a release, a new snapshot): not ours to touch now.
+            Ok(None) => {}
+            // Released, aborted, or the catalog unreadable: done.
+            Err(()) => return resumed,
+        }
+    }
+}
+
+/// The group lock, when the scope's snapshot is still `pending` and no other run holds the
+/// group (`Ok(None)` while one does, `Err` when the snapshot moved on or cannot be read).
+fn still_ours(scope: &Scope) -> Result<Option<crate::lock::GroupLock>, ()> {
+    let cat = crate::catalog::Catalog::open(&scope.catalog).map_err(|_| ())?;
+    let Ok(lock) = cat.lock(&scope.group) else {
+        return Ok(None);
+    };
+    match cat.load(&scope.id) {
+        Ok(m) if m.state == crate::catalog::SnapState::Pending => Ok(Some(lock)),
+        _ => Err(()),
+    }
 }
 
 /// Entry point of `cgsnap __watchdog`.
@@ -244,7 +329,7 @@ pub fn main() -> i32 {
             Ok(l) if l == "abandon" => abandoned = true,
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let r = rescue(&hosts, &cfg.members);
+                let r = rescue(&hosts, &cfg.members).resumed;
                 eprintln!(
                     "cgsnap watchdog: freeze budget of {} ms expired; resumed {r:?}",
                     cfg.budget_ms
@@ -256,14 +341,11 @@ pub fn main() -> i32 {
             // landed since.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if deadline.is_some() {
-                    let mut r = rescue(&hosts, &cfg.members);
-                    if !abandoned {
-                        let end = Instant::now() + SWEEP;
-                        while Instant::now() < end {
-                            std::thread::sleep(Duration::from_millis(250));
-                            r.extend(rescue(&hosts, &cfg.members));
-                        }
-                    }
+                    let r = if abandoned {
+                        rescue(&hosts, &cfg.members).resumed
+                    } else {
+                        sweep(&hosts, &cfg.members, cfg.scope.as_ref())
+                    };
                     eprintln!(
                         "cgsnap watchdog: coordinator gone while members were frozen; resumed {r:?}"
                     );

@@ -1,5 +1,5 @@
 //! The fault suite, on one real group (two TCG writer guests, two qcow2 disks each): the
-//! coordinator SIGKILLed at each phase, libvirtd restarted during a snapshot and a release,
+//! coordinator SIGKILLed at each phase, its watchdog killed before the freeze, libvirtd restarted during a snapshot and a release,
 //! the overlay directory full or read-only (before and inside the freeze), a persistent member
 //! shut down and a transient member removed between resolution and freeze, a member on an
 //! unreachable host, a commit that cannot
@@ -238,6 +238,7 @@ fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
     let n4 = names.clone();
     let n5 = names.clone();
     let n0 = names.clone();
+    let n6 = names.clone();
     vec![
         (
             "coordinator SIGKILL after some members paused",
@@ -266,6 +267,26 @@ fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
                     "watchdog resumed the paused member; post removed the unused overlays".into(),
                     Some(t.as_secs_f64()),
                 )
+            }),
+        ),
+        (
+            "watchdog killed before the freeze",
+            Box::new(move |lab: &Lab| {
+                let mut c = spawn_until(
+                    lab.std_cgsnap()
+                        .args(["snapshot", G])
+                        .env("CGSNAP_TEST_HOLD_WATCHED_MS", "1500"),
+                    "watchdog ready",
+                );
+                let pid = c.id().to_string();
+                sh(&["pkill", "-KILL", "-P", &pid, "-f", "__watchdog"]);
+                let code = c.wait().expect("wait").code();
+                assert_eq!(code, Some(8), "no freeze without a watchdog");
+                for n in &n6 {
+                    assert_eq!(domstate(n), "running", "{n} never paused");
+                }
+                assert_eq!(newest_state(lab), "aborted", "catalog: nothing held");
+                ("exit 8 before any freeze, aborted".into(), None)
             }),
         ),
         (
