@@ -211,6 +211,50 @@ mod tests {
         (host, d)
     }
 
+    #[test]
+    fn a_member_started_between_two_disks_keeps_its_writes_on_the_overlay() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (host, vda) = member(dir.path());
+        // A second disk whose overlay sits on another file: its merge fails.
+        let p = |f: &str| dir.path().join(f).to_string_lossy().to_string();
+        let (img, other, ovl) = (p("vdb.qcow2"), p("other.qcow2"), p("vdb.ovl"));
+        for f in [&img, &other] {
+            qemu_img(&["create", "-q", "-f", "qcow2", f, "1M"]);
+        }
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &other, &ovl,
+        ]);
+        let xml = host.xml("db").expect("xml").replace(
+            "</devices>",
+            &format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                 <source file='{ovl}'/><target dev='vdb' bus='virtio'/></disk></devices>"
+            ),
+        );
+        host.add("db", &xml);
+        host.set_state("db", DomState::ShutOff);
+        let vdb = DiskRecord {
+            target: "vdb".into(),
+            image: img,
+            overlay: ovl,
+            ..vda.clone()
+        };
+        // Someone starts it just as vda is defined back on its image: it runs on vda's overlay.
+        *host.start_on.lock().expect("lock") = Some(("set_disk_config".into(), "db".into()));
+        let disks = [vda.clone(), vdb];
+        let e = release::release_member(&host, "db", &disks, &Default::default())
+            .expect_err("vdb cannot be merged");
+        assert!(
+            matches!(e, ReleaseError::StartedDuringRelease { .. }),
+            "{e}"
+        );
+        // Its definition names vda's overlay again, so no later boot skips those writes.
+        let def = host.domains.lock().expect("lock")["db"].xml.clone();
+        let vda_def = domxml::disks("db", &def).expect("parse")[0].clone();
+        assert_eq!(vda_def.source.as_deref(), Some(vda.overlay.as_str()));
+        assert!(Path::new(&vda.overlay).exists());
+    }
+
     fn disks_of(host: &FakeHost) -> Vec<domxml::DiskInfo> {
         domxml::disks("db", &host.xml("db").expect("xml")).expect("parse")
     }

@@ -12,7 +12,10 @@ use std::sync::Mutex;
 #[derive(Debug, Clone)]
 pub struct FakeDomain {
     pub state: DomState,
+    /// The definition (persistent config).
     pub xml: String,
+    /// What the domain runs on when it differs from `xml` (started before a config change).
+    pub live_xml: Option<String>,
     pub metadata: Option<String>,
     /// disk target -> overlay it was switched to by a snapshot.
     pub overlays: BTreeMap<String, String>,
@@ -29,6 +32,9 @@ pub struct FakeHost {
     pub log: Mutex<Vec<String>>,
     /// (operation, domain) pairs that take this long (to model a slow member).
     pub slow: Mutex<BTreeMap<(String, String), std::time::Duration>>,
+    /// `(op, dom)`: when `op` is next called on `dom`, `dom` is started first, as by someone
+    /// else, on its definition of that moment.
+    pub start_on: Mutex<Option<(String, String)>>,
     /// Storage pools: target directory -> bytes free.
     pub pools: Mutex<BTreeMap<String, u64>>,
     /// Files in those pools' directories (what `pool_has` finds).
@@ -52,6 +58,7 @@ impl FakeHost {
             FakeDomain {
                 state: DomState::Running,
                 xml: xml.to_string(),
+                live_xml: None,
                 metadata: None,
                 overlays: BTreeMap::new(),
                 jobs: BTreeMap::new(),
@@ -104,6 +111,15 @@ impl FakeHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(format!("{op}:{dom}"));
+        let mut start = self.start_on.lock().unwrap_or_else(|p| p.into_inner());
+        if start.as_ref().is_some_and(|(o, d)| o == op && d == dom) {
+            *start = None;
+            if let Some(d) = self.lock_domains().get_mut(dom) {
+                d.state = DomState::Running;
+                d.live_xml = Some(d.xml.clone());
+            }
+        }
+        drop(start);
         let delay = self
             .slow
             .lock()
@@ -166,7 +182,9 @@ impl Host for FakeHost {
     }
 
     fn xml(&self, dom: &str) -> HvResult<String> {
-        self.with("xml", dom, |d| Ok(d.xml.clone()))
+        self.with("xml", dom, |d| {
+            Ok(d.live_xml.clone().unwrap_or(d.xml.clone()))
+        })
     }
 
     fn persistent(&self, dom: &str) -> HvResult<bool> {
