@@ -230,10 +230,11 @@ fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> R
 /// resumed.
 ///
 /// A later pass must never resume a member that another run paused on purpose, so each one
-/// holds the group's lock and first checks that the dead run's snapshot is still `pending`:
-/// a new snapshot of the group holds that lock throughout; one of another group cannot hold
-/// these members before this snapshot is released; and its release holds the lock while it
-/// changes the state. Without a scope (or when the check fails) only the first pass is made.
+/// holds the catalog's planning lock and first checks that the dead run's snapshot is still
+/// unreleased: while it is, no snapshot (of this group or another) that could pause these
+/// members gets past its planning, and one that got past it after the release meets a
+/// stopped sweep. (Not the group lock: a `release` right after the death must not find the
+/// group busy.) Without a scope only the first pass is made.
 fn sweep(
     hosts: &BTreeMap<String, Arc<dyn Host>>,
     members: &[WatchMember],
@@ -258,7 +259,7 @@ fn sweep(
                 resumed.extend(r.resumed);
                 unsure = r.unsure;
             }
-            // Another run holds the group (a release, a new snapshot): not ours to touch now.
+            // The planning lock stayed busy: try again next time.
             Ok(None) => {}
             // Released, aborted, or the catalog unreadable: done.
             Err(()) => return resumed,
@@ -266,15 +267,15 @@ fn sweep(
     }
 }
 
-/// The group lock, when the scope's snapshot is still `pending` and no other run holds the
-/// group (`Ok(None)` while one does, `Err` when the snapshot moved on or cannot be read).
+/// The planning lock, when the scope's snapshot is still unreleased (`Ok(None)` when the lock
+/// stayed busy, `Err` when the snapshot was released or aborted or cannot be read).
 fn still_ours(scope: &Scope) -> Result<Option<crate::lock::GroupLock>, ()> {
     let cat = crate::catalog::Catalog::open(&scope.catalog).map_err(|_| ())?;
-    let Ok(lock) = cat.lock(&scope.group) else {
+    let Ok(lock) = cat.lock_planning() else {
         return Ok(None);
     };
     match cat.load(&scope.id) {
-        Ok(m) if m.state == crate::catalog::SnapState::Pending => Ok(Some(lock)),
+        Ok(m) if m.group == scope.group && m.state.outstanding() => Ok(Some(lock)),
         _ => Err(()),
     }
 }
@@ -359,5 +360,40 @@ pub fn main() -> i32 {
 impl crate::exit::Classify for WatchdogError {
     fn exit_code(&self) -> crate::exit::ExitCode {
         crate::exit::ExitCode::Hypervisor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, Manifest, SnapState};
+
+    #[test]
+    fn later_sweeps_only_while_the_dead_runs_snapshot_is_unreleased() {
+        let t = tempfile::tempdir().expect("tmp");
+        let cat = Catalog::open(t.path()).expect("catalog");
+        let scope = Scope {
+            catalog: t.path().to_path_buf(),
+            group: "g".into(),
+            id: "g-1".into(),
+        };
+        assert!(still_ours(&scope).is_err(), "no manifest: nothing to guard");
+        let mut m = Manifest::new("g-1", "g", SnapState::Pending, chrono::Utc::now());
+        cat.write(&m).expect("write");
+        let held = still_ours(&scope).expect("pending").expect("lock");
+        drop(held);
+        for state in [SnapState::Failed, SnapState::Releasing] {
+            m.state = state;
+            cat.write(&m).expect("write");
+            assert!(matches!(still_ours(&scope), Ok(Some(_))), "{state}");
+        }
+        for state in [SnapState::Released, SnapState::Aborted] {
+            m.state = state;
+            cat.write(&m).expect("write");
+            assert!(
+                still_ours(&scope).is_err(),
+                "{state}: a later run may pause"
+            );
+        }
     }
 }
