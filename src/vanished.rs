@@ -26,7 +26,7 @@ use std::path::Path;
 /// Merge one disk's (existing) overlay into its image and delete it.
 fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
     crate::merge::merge(d).map_err(|detail| {
-        let fix = if detail.contains("lock") {
+        let fix = if crate::merge::says_held_open(&detail) {
             "a process still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again".to_string()
         } else {
             format!(
@@ -104,7 +104,8 @@ pub fn release(
 }
 
 /// The same on another host, through its libvirt: each overlay merged there by a helper
-/// domain ([`crate::remote_merge`]), then removed through the storage pool of its directory.
+/// domain ([`crate::remote_merge`]), then removed through the storage pool of its directory
+/// (required: see below).
 fn remote(
     host: &dyn Host,
     domain: &str,
@@ -119,6 +120,29 @@ fn remote(
             user,
         });
     }
+    // Nothing records which overlays a failed run already merged, and a VM recreated on the
+    // images meanwhile makes a second merge of one overwrite newer data: so each overlay must
+    // be removed right after its merge, which on another host takes a storage pool.
+    for d in disks {
+        if host.pool_has(&d.overlay)?.is_none() {
+            let dir = Path::new(&d.overlay)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(ReleaseError::VanishedMerge {
+                domain: domain.to_string(),
+                overlay: d.overlay.clone(),
+                detail: format!(
+                    "no active libvirt storage pool on {} has {dir} as target, so it could not be removed once merged",
+                    host.uri()
+                ),
+                fix: format!(
+                    "define one (`virsh -c {} pool-create-as cgsnap dir --target {dir}`) and run release again, or merge it on that host by hand",
+                    host.uri()
+                ),
+            });
+        }
+    }
     let mut merged = 0;
     for d in disks {
         match crate::remote_merge::merge(host, domain, d, opts) {
@@ -128,7 +152,7 @@ fn remote(
                 release::remove_remote(host, domain, &d.overlay)?;
             }
             Err(detail) => {
-                let fix = if detail.contains("lock") {
+                let fix = if crate::merge::says_held_open(&detail) {
                     format!(
                         "a process on {} still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again",
                         host.uri()
@@ -196,6 +220,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let d = disk(dir.path(), "a.qcow2", "a.ovl");
         release_gone("qemu:///system", &d).expect("nothing left to merge");
+    }
+
+    #[test]
+    fn a_deleted_member_on_another_host_is_merged_only_where_a_pool_removes_its_overlays() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = disk(dir.path(), "a.qcow2", "a.ovl");
+        let host = FakeHost::new("qemu+tcp://far/system");
+        let e =
+            release::release_member(&host, "gone", std::slice::from_ref(&d), &Default::default())
+                .expect_err("no pool");
+        assert!(matches!(e, ReleaseError::VanishedMerge { .. }), "{e}");
+        assert!(e.to_string().contains("pool-create-as"), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        assert!(
+            !host.calls().iter().any(|c| c.starts_with("start_helper")),
+            "{:?}",
+            host.calls()
+        );
+        // With a pool that no longer holds it: merged and removed earlier, nothing to do.
+        let pool = dir.path().to_string_lossy().to_string();
+        host.pools.lock().expect("lock").insert(pool, 1 << 30);
+        release::release_member(&host, "gone", std::slice::from_ref(&d), &Default::default())
+            .expect("done");
+        assert!(!host.calls().iter().any(|c| c.starts_with("start_helper")));
     }
 
     #[test]
