@@ -1,5 +1,6 @@
 //! Locks in the catalog directory (`locks/`): one per group, held by every command that
-//! changes the group's snapshots, and the catalog-wide planning lock.
+//! changes the group's snapshots, and the catalog-wide planning lock; and host-wide member
+//! locks.
 //!
 //! Invariants:
 //! - A lock is an `flock` on its file: the kernel drops it when the holder dies, so a killed
@@ -8,6 +9,9 @@
 //! - Lock files are their owner's alone (`locks/` 0700, files 0600): `flock` needs only a
 //!   read descriptor, so a lock file others could open would let any local user hold every
 //!   backup off.
+//! - Member locks (host-wide, one per VM, outside any catalog) are held by a snapshot's
+//!   watchdog while it may pause or resume the VM, so runs of different catalogs never meet on
+//!   one VM.
 //! - The planning lock is held only from a snapshot's checks until its pending manifest is on
 //!   disk, so every check that no other unreleased snapshot holds a member sees every snapshot
 //!   that passed the same check before it.
@@ -17,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// An exclusive lock (a group's or the planning lock), released on drop (or by the kernel if
@@ -54,42 +59,72 @@ impl Catalog {
 
     /// An exclusive `flock` on `locks/NAME`, retried until `wait` has passed.
     fn lock_file(&self, name: &str, wait: Duration) -> Result<GroupLock, LockError> {
-        let path = self.dir.join("locks").join(name);
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io(&path))?;
-        // Also a lock file made before its mode was set here (best effort: another owner's
-        // file keeps its mode, and locking it still works).
-        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
-        let start = std::time::Instant::now();
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io(&path)(err).into());
-            }
-            if start.elapsed() >= wait {
-                let mut pid = String::new();
-                let _ = f.read_to_string(&mut pid);
-                return Err(LockError::Busy(pid.trim().to_string()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The pid is informational (named in the Busy error); the flock is the lock.
-        f.set_len(0).map_err(io(&path))?;
-        f.rewind().map_err(io(&path))?;
-        writeln!(f, "{}", std::process::id()).map_err(io(&path))?;
-        Ok(GroupLock { _file: f })
+        flock_path(&self.dir.join("locks").join(name), wait)
     }
+}
+
+/// An exclusive `flock` on the file `path` (created 0600), retried until `wait` has passed;
+/// the holder's pid is written into it.
+fn flock_path(path: &Path, wait: Duration) -> Result<GroupLock, LockError> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    // Also a lock file made before its mode was set here (best effort: another owner's
+    // file keeps its mode, and locking it still works).
+    let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(path)(err).into());
+        }
+        if start.elapsed() >= wait {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(LockError::Busy(pid.trim().to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The pid is informational (named in the Busy error); the flock is the lock.
+    f.set_len(0).map_err(io(path))?;
+    f.rewind().map_err(io(path))?;
+    writeln!(f, "{}", std::process::id()).map_err(io(path))?;
+    Ok(GroupLock { _file: f })
+}
+
+/// Where member locks live: host-wide, whatever catalog a run uses (`$CGSNAP_LOCK_DIR`, else
+/// `/run/lock/cgsnap-UID`, the owner's alone).
+pub fn member_lock_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CGSNAP_LOCK_DIR") {
+        return PathBuf::from(d);
+    }
+    // SAFETY: getuid has no failure mode.
+    PathBuf::from(format!("/run/lock/cgsnap-{}", unsafe { libc::getuid() }))
+}
+
+/// The host-wide lock on one VM (by its libvirt UUID), held by a snapshot's watchdog for as
+/// long as it may pause or resume that VM: two runs with different catalogs (whose group and
+/// planning locks do not meet) can then never freeze one VM at once, nor can a watchdog whose
+/// coordinator died resume a VM another run paused. `Err(Some(pid))` when another process
+/// holds it, `Err(None)` when the lock file cannot be made.
+pub fn lock_member(uuid: &str) -> Result<GroupLock, Option<String>> {
+    let dir = member_lock_dir();
+    std::fs::create_dir_all(&dir).map_err(|_| None)?;
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    flock_path(&dir.join(format!("vm-{uuid}.lock")), Duration::ZERO).map_err(|e| match e {
+        LockError::Busy(pid) => Some(pid),
+        LockError::Catalog(_) => None,
+    })
 }
 
 /// Lock file of [`Catalog::lock_planning`]; not a valid group name, so no group's lock.

@@ -79,7 +79,7 @@ impl Classify for SnapshotError {
             SnapshotError::Group(e) => e.exit_code(),
             SnapshotError::Catalog(e) => e.exit_code(),
             SnapshotError::Preflight(e) => e.exit_code(),
-            SnapshotError::Watchdog(_) => ExitCode::Hypervisor,
+            SnapshotError::Watchdog(e) => e.exit_code(),
             SnapshotError::Outstanding { .. } | SnapshotError::MemberHeld { .. } => {
                 ExitCode::Outstanding
             }

@@ -49,8 +49,18 @@ struct Config {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("watchdog: {0}; the snapshot was not started")]
-pub struct WatchdogError(String);
+pub enum WatchdogError {
+    #[error("watchdog: {0}; the snapshot was not started")]
+    Failed(String),
+    #[error(
+        "member {domain} ({uri}) is held by another cgsnap run right now (its watchdog, pid {pid}; a run with another catalog?): wait for it to finish and try again; the snapshot was not started"
+    )]
+    MemberBusy {
+        domain: String,
+        uri: String,
+        pid: String,
+    },
+}
 
 /// Coordinator side of the watchdog.
 pub struct Watchdog {
@@ -81,11 +91,11 @@ impl Watchdog {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| WatchdogError(format!("cannot start {}: {e}", exe.display())))?;
+            .map_err(|e| WatchdogError::Failed(format!("cannot start {}: {e}", exe.display())))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| WatchdogError("no stdout".into()))?;
+            .ok_or_else(|| WatchdogError::Failed("no stdout".into()))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -105,12 +115,21 @@ impl Watchdog {
             members: members.to_vec(),
             scope,
         };
-        let line = serde_json::to_string(&cfg).map_err(|e| WatchdogError(e.to_string()))?;
+        let line = serde_json::to_string(&cfg).map_err(|e| WatchdogError::Failed(e.to_string()))?;
         w.send(&line)?;
         match w.lines.recv_timeout(Duration::from_secs(30)) {
             Ok(l) if l == "ready" => Ok(w),
-            Ok(l) => Err(WatchdogError(format!("unexpected reply {l:?}"))),
-            Err(_) => Err(WatchdogError(
+            Ok(l) if l.starts_with("busy\t") => {
+                let f: Vec<&str> = l.splitn(4, '\t').collect();
+                let field = |i: usize| f.get(i).copied().unwrap_or_default().to_string();
+                Err(WatchdogError::MemberBusy {
+                    domain: field(1),
+                    uri: field(2),
+                    pid: field(3),
+                })
+            }
+            Ok(l) => Err(WatchdogError::Failed(format!("unexpected reply {l:?}"))),
+            Err(_) => Err(WatchdogError::Failed(
                 "did not become ready within 30 s (could it connect to libvirt?)".into(),
             )),
         }
@@ -120,10 +139,10 @@ impl Watchdog {
         let stdin = self
             .stdin
             .as_mut()
-            .ok_or_else(|| WatchdogError("already disarmed".into()))?;
+            .ok_or_else(|| WatchdogError::Failed("already disarmed".into()))?;
         writeln!(stdin, "{line}")
             .and_then(|_| stdin.flush())
-            .map_err(|e| WatchdogError(format!("pipe closed: {e}")))
+            .map_err(|e| WatchdogError::Failed(format!("pipe closed: {e}")))
     }
 
     /// Start the freeze budget.
@@ -314,6 +333,29 @@ pub fn main() -> i32 {
             }
         }
     }
+    // Hold every member's host-wide lock for as long as this watchdog may resume it.
+    let mut held = Vec::new();
+    for m in &cfg.members {
+        let Some(host) = hosts.get(&m.uri) else {
+            continue;
+        };
+        // A member gone already fails the snapshot anyway; nothing of it to hold.
+        let Ok(uuid) = host.uuid(&m.domain) else {
+            continue;
+        };
+        match crate::lock::lock_member(&uuid) {
+            Ok(l) => held.push(l),
+            Err(Some(pid)) => {
+                println!("busy\t{}\t{}\t{pid}", m.domain, m.uri);
+                return 1;
+            }
+            Err(None) => eprintln!(
+                "cgsnap watchdog: warning: cannot make the lock of {} in {}; runs of other catalogs are not kept off it",
+                m.domain,
+                crate::lock::member_lock_dir().display()
+            ),
+        }
+    }
     println!("ready");
     let budget = Duration::from_millis(cfg.budget_ms);
     let mut deadline: Option<Instant> = None;
@@ -359,7 +401,10 @@ pub fn main() -> i32 {
 
 impl crate::exit::Classify for WatchdogError {
     fn exit_code(&self) -> crate::exit::ExitCode {
-        crate::exit::ExitCode::Hypervisor
+        match self {
+            WatchdogError::Failed(_) => crate::exit::ExitCode::Hypervisor,
+            WatchdogError::MemberBusy { .. } => crate::exit::ExitCode::Busy,
+        }
     }
 }
 

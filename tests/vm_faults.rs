@@ -525,14 +525,30 @@ fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
                 let mut first = spawn_until(
                     lab.std_cgsnap()
                         .args(["snapshot", G, "--freeze-budget", "30s"])
-                        .env("CGSNAP_TEST_HOLD_FROZEN_MS", "1500"),
-                    "all members frozen",
+                        .env("CGSNAP_TEST_HOLD_WATCHED_MS", "3000"),
+                    "watchdog ready",
                 );
                 expect_code(lab, &["snapshot", G], 5, "holds the lock");
+                // A run with a catalog of its own meets no group or planning lock of the
+                // first: the members' host-wide locks (its watchdog's) keep it off them.
+                let other = tempfile::tempdir().expect("second catalog");
+                let o = Command::new(assert_cmd::cargo::cargo_bin("cgsnap"))
+                    .args(["--connect", URI, "--catalog"])
+                    .arg(other.path())
+                    .args(["snapshot", G])
+                    .output()
+                    .expect("cgsnap");
+                let e = err_text(&o);
+                assert_eq!(o.status.code(), Some(5), "{e}");
+                assert!(e.contains("is held by another cgsnap run"), "{e}");
+                assert_eq!(e.lines().count(), 1, "{e}");
                 assert!(first.wait().expect("wait").success());
                 let (c, e) = run(lab, &["hook", "post", "--group", G]);
                 assert_eq!(c, 0, "{e}");
-                ("post no-op 0, second pre 6, concurrent 5".into(), None)
+                (
+                    "post no-op 0, second pre 6, concurrent 5, other catalog 5".into(),
+                    None,
+                )
             }),
         ),
     ]

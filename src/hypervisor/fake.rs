@@ -187,6 +187,10 @@ impl Host for FakeHost {
         })
     }
 
+    fn uuid(&self, dom: &str) -> HvResult<String> {
+        self.with("uuid", dom, |_| Ok(format!("fake-{dom}")))
+    }
+
     fn persistent(&self, dom: &str) -> HvResult<bool> {
         self.with("persistent", dom, |_| Ok(true))
     }

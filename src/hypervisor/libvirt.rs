@@ -181,6 +181,12 @@ impl Host for LibvirtHost {
             .map_err(|e| self.err("get XML", dom, e))
     }
 
+    fn uuid(&self, dom: &str) -> HvResult<String> {
+        self.dom(dom)?
+            .uuid_string()
+            .map_err(|e| self.err("get uuid", dom, e))
+    }
+
     fn persistent(&self, dom: &str) -> HvResult<bool> {
         self.dom(dom)?
             .is_persistent()

@@ -110,6 +110,8 @@ pub trait Host: Send + Sync {
     /// Live XML of a running domain (inactive XML otherwise).
     fn xml(&self, dom: &str) -> HvResult<String>;
     fn persistent(&self, dom: &str) -> HvResult<bool>;
+    /// The domain's UUID (stable across renames, unique on its host).
+    fn uuid(&self, dom: &str) -> HvResult<String>;
     /// Virtual size in bytes of the disk with this target.
     fn capacity(&self, dom: &str, disk: &str) -> HvResult<u64>;
     /// Our metadata element, or `None` when the domain has none.
