@@ -115,17 +115,22 @@ pub fn member_lock_dir() -> PathBuf {
 /// The host-wide lock on one VM (by its libvirt UUID), held by a snapshot's watchdog for as
 /// long as it may pause or resume that VM: two runs with different catalogs (whose group and
 /// planning locks do not meet) can then never freeze one VM at once, nor can a watchdog whose
-/// coordinator died resume a VM another run paused. `Err(Some(pid))` when another process
-/// holds it, `Err(None)` when the lock file cannot be made.
+/// coordinator died resume a VM another run paused. Waits up to [`MEMBER_WAIT`]: a watchdog
+/// still sweeping after its coordinator died lets go within a fraction of a second of the
+/// snapshot's release. `Err(Some(pid))` when another process holds it, `Err(None)` when the
+/// lock file cannot be made.
 pub fn lock_member(uuid: &str) -> Result<GroupLock, Option<String>> {
     let dir = member_lock_dir();
     std::fs::create_dir_all(&dir).map_err(|_| None)?;
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-    flock_path(&dir.join(format!("vm-{uuid}.lock")), Duration::ZERO).map_err(|e| match e {
+    flock_path(&dir.join(format!("vm-{uuid}.lock")), MEMBER_WAIT).map_err(|e| match e {
         LockError::Busy(pid) => Some(pid),
         LockError::Catalog(_) => None,
     })
 }
+
+/// Longest wait for a member lock (see [`lock_member`]).
+pub const MEMBER_WAIT: Duration = Duration::from_secs(3);
 
 /// Lock file of [`Catalog::lock_planning`]; not a valid group name, so no group's lock.
 const PLANNING_LOCK: &str = ".planning.lock";

@@ -525,7 +525,7 @@ fn cases(names: Vec<String>) -> Vec<(&'static str, Case<'static>)> {
                 let mut first = spawn_until(
                     lab.std_cgsnap()
                         .args(["snapshot", G, "--freeze-budget", "30s"])
-                        .env("CGSNAP_TEST_HOLD_WATCHED_MS", "3000"),
+                        .env("CGSNAP_TEST_HOLD_WATCHED_MS", "8000"),
                     "watchdog ready",
                 );
                 expect_code(lab, &["snapshot", G], 5, "holds the lock");
