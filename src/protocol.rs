@@ -196,19 +196,11 @@ fn unreachable_error(step: &Step) -> HvError {
 /// connection when the first question fails; `false` when it cannot tell (the caller
 /// then hands the member to the watchdog, see `snapshot::take`).
 fn paused_anyway(host: &dyn Host, domain: &str, err: &HvError) -> bool {
-    // Gone or refused outright (the usual failures) is quick to tell; only a doubtful answer
-    // is worth a new connection, which the other members wait for, paused.
+    // Gone needs no second look (the other members wait for it, paused).
     if err.kind == HvErrorKind::NoDomain {
         return false;
     }
-    let state = host.state(domain).or_else(|e| {
-        if e.kind == HvErrorKind::NoDomain {
-            return Err(e);
-        }
-        let _ = host.reconnect();
-        host.state(domain)
-    });
-    matches!(state, Ok(DomState::PausedByUser))
+    matches!(host.state_rechecked(domain), Ok(DomState::PausedByUser))
 }
 
 fn member_thread(

@@ -190,14 +190,7 @@ pub(crate) fn rollback(
     let mut errors = Vec::new();
     for (i, p) in plan.iter().enumerate() {
         let host = p.member.host.as_ref();
-        // After a libvirtd restart the shared connection is dead; the domains are not.
-        let state = match host.state(&p.member.domain) {
-            Err(_) => {
-                let _ = host.reconnect();
-                host.state(&p.member.domain)
-            }
-            ok => ok,
-        };
+        let state = host.state_rechecked(&p.member.domain);
         // A member that vanished (transient domain destroyed) before it was snapshotted never
         // used its pre-created overlays: they are empty and can go. One that may have been
         // snapshotted keeps them: they may hold the only copy of its newest writes. Overlays
@@ -231,11 +224,7 @@ fn not_known_running(plan: &[PlannedMember]) -> Vec<String> {
         .filter_map(|p| {
             let host = p.member.host.as_ref();
             let dom = &p.member.domain;
-            let state = host.state(dom).or_else(|_| {
-                let _ = host.reconnect();
-                host.state(dom)
-            });
-            match state {
+            match host.state_rechecked(dom) {
                 Ok(crate::hypervisor::DomState::PausedByUser) => {
                     Some(format!("{dom} on {}", host.uri()))
                 }

@@ -123,28 +123,34 @@ fn remote(
     // Nothing records which overlays a failed run already merged, and a VM recreated on the
     // images meanwhile makes a second merge of one overwrite newer data: so each overlay must
     // be removed right after its merge, which on another host takes a storage pool.
+    let mut left = Vec::new();
     for d in disks {
-        if host.pool_has(&d.overlay)?.is_none() {
-            let dir = Path::new(&d.overlay)
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            return Err(ReleaseError::VanishedMerge {
-                domain: domain.to_string(),
-                overlay: d.overlay.clone(),
-                detail: format!(
-                    "no active libvirt storage pool on {} has {dir} as target, so it could not be removed once merged",
-                    host.uri()
-                ),
-                fix: format!(
-                    "define one (`virsh -c {} pool-create-as cgsnap dir --target {dir}`) and run release again, or merge it on that host by hand",
-                    host.uri()
-                ),
-            });
+        match host.pool_has(&d.overlay)? {
+            Some(true) => left.push(d),
+            // Merged and removed by an earlier run.
+            Some(false) => {}
+            None => {
+                let dir = Path::new(&d.overlay)
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                return Err(ReleaseError::VanishedMerge {
+                    domain: domain.to_string(),
+                    overlay: d.overlay.clone(),
+                    detail: format!(
+                        "no active libvirt storage pool on {} has {dir} as target, so it could not be removed once merged",
+                        host.uri()
+                    ),
+                    fix: format!(
+                        "define one (`virsh -c {} pool-create-as cgsnap dir --target {dir}`) and run release again, or merge it on that host by hand",
+                        host.uri()
+                    ),
+                });
+            }
         }
     }
     let mut merged = 0;
-    for d in disks {
+    for d in left {
         match crate::remote_merge::merge(host, domain, d, opts) {
             Ok(Outcome::Gone) => {}
             Ok(Outcome::Merged) => {

@@ -107,6 +107,18 @@ pub trait Host: Send + Sync {
     }
     fn list_domains(&self) -> HvResult<Vec<DomainSummary>>;
     fn state(&self, dom: &str) -> HvResult<DomState>;
+    /// [`Host::state`], asked once more over a fresh connection when the first question fails
+    /// (the connection died with a libvirtd restart; the domains did not). A domain that is
+    /// gone is not asked twice.
+    fn state_rechecked(&self, dom: &str) -> HvResult<DomState> {
+        match self.state(dom) {
+            Err(e) if e.kind != HvErrorKind::NoDomain => {
+                let _ = self.reconnect();
+                self.state(dom)
+            }
+            r => r,
+        }
+    }
     /// Live XML of a running domain (inactive XML otherwise).
     fn xml(&self, dom: &str) -> HvResult<String>;
     fn persistent(&self, dom: &str) -> HvResult<bool>;
