@@ -15,19 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn virsh(uri: &str, args: &[&str]) {
-    let out = Command::new("virsh")
-        .args(["-c", uri])
-        .args(args)
-        .output()
-        .expect("virsh");
-    assert!(
-        out.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn strings(m: &serde_json::Value, member: &str, field: &str) -> Vec<String> {
     m["members"]
         .as_array()
@@ -40,6 +27,51 @@ fn strings(m: &serde_json::Value, member: &str, field: &str) -> Vec<String> {
         .iter()
         .map(|d| d[field].as_str().expect("field").to_string())
         .collect()
+}
+
+/// Snapshot `group`, whose member `dom` runs `guest` on the far host; let the guest write
+/// through its overlays; stop it with `virsh destroy` (a transient domain is then gone, a
+/// persistent one `shut off`, as `after` says); release. Every write the guest made is then in
+/// its images, as one instant, and its overlays are removed through the pool. Returns
+/// release's stderr, which says `says`.
+fn stop_while_held_then_release(
+    cg: &dyn Fn() -> assert_cmd::Command,
+    far: &far::Far,
+    guest: &Guest,
+    group: &str,
+    dom: &str,
+    after: &str,
+    says: &str,
+) -> String {
+    let out = cg().args(["snapshot", group, "--json"]).assert().success();
+    let m: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
+    let overlays = strings(&m, dom, "overlay");
+    let images: Vec<String> = strings(&m, dom, "image")
+        .iter()
+        .map(|i| far.here(i).to_string_lossy().to_string())
+        .collect();
+    let cut = records(&images)[0].seq;
+    let written = guest
+        .wait_progress(guest.console_seq() + 10, Duration::from_secs(60))
+        .expect("far guest writes through its overlays");
+    assert!(written > cut, "written {written} after the cut {cut}");
+    virsh_on(&far.uri, &["destroy", dom]);
+    assert_eq!(domstate_on(&far.uri, dom), after);
+    let id = m["id"].as_str().expect("id");
+    let out = cg().args(["release", id]).assert().success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    print!("{err}");
+    assert!(err.contains(says), "{err}");
+    let merged = records(&images);
+    assert!(
+        merged.iter().all(|r| r.seq >= written),
+        "images hold seq {:?}, the guest had written {written} (cut {cut})",
+        merged.iter().map(|r| r.seq).collect::<Vec<_>>()
+    );
+    for o in &overlays {
+        assert!(!far.here(o).exists(), "removed through the pool: {o}");
+    }
+    err
 }
 
 #[test]
@@ -79,7 +111,7 @@ fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() 
         .assert()
         .success();
     let pool_dir = format!("{}/{name}", far::DIR);
-    virsh(
+    virsh_on(
         &far.uri,
         &["pool-create-as", "cgt-far", "dir", "--target", &pool_dir],
     );
@@ -152,7 +184,7 @@ fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() 
     assert!(!err.contains("stays on"), "{err}");
 
     // Without a pool: the overlay, unused, stays on its host, and release says so.
-    virsh(&far.uri, &["pool-destroy", "cgt-far"]);
+    virsh_on(&far.uri, &["pool-destroy", "cgt-far"]);
     let (overlays, err) = snap(false);
     print!("{err}");
     for o in &overlays {
@@ -202,47 +234,22 @@ fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() 
 
     // A far member deleted while its snapshot is held: its overlays are merged on its host,
     // by its own libvirt and QEMU (a paused helper domain), and removed through its pool.
-    virsh(
+    virsh_on(
         &far.uri,
         &["pool-create-as", "cgt-far", "dir", "--target", &pool_dir],
     );
-    let out = cg()
-        .args(["snapshot", "cgt-far", "--json"])
-        .assert()
-        .success();
-    let m: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
-    let overlays = strings(&m, name, "overlay");
-    let far_images: Vec<String> = strings(&m, name, "image")
-        .iter()
-        .map(|i| far.here(i).to_string_lossy().to_string())
-        .collect();
-    let cut = records(&far_images)[0].seq;
-    let written = remote
-        .wait_progress(remote.console_seq() + 10, Duration::from_secs(60))
-        .expect("far guest writes through its overlays");
-    assert!(written > cut, "written {written} after the cut {cut}");
-    virsh(&far.uri, &["destroy", name]);
-    let id = m["id"].as_str().expect("id");
-    let out = cg().args(["release", id]).assert().success();
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    print!("{err}");
-    assert!(
-        err.contains(&format!(
+    stop_while_held_then_release(
+        &cg,
+        &far,
+        &remote,
+        "cgt-far",
+        name,
+        "",
+        &format!(
             "{name} no longer exists on {}: merged 2 overlay(s) into their images there",
             far.uri
-        )),
-        "{err}"
+        ),
     );
-    // Every write the guest made on its overlays is now in its images, as one instant.
-    let merged = records(&far_images);
-    assert!(
-        merged.iter().all(|r| r.seq >= written),
-        "images hold seq {:?}, the guest had written {written} (cut {cut})",
-        merged.iter().map(|r| r.seq).collect::<Vec<_>>()
-    );
-    for o in &overlays {
-        assert!(!far.here(o).exists(), "removed through the pool: {o}");
-    }
     let listed = Command::new("virsh")
         .args(["-c", &far.uri, "list", "--all", "--name"])
         .output()
@@ -270,53 +277,29 @@ fn a_member_on_another_host_is_snapshotted_and_released_through_libvirt_alone() 
         .expect("far persistent guest boots");
     let own_off = domblklist_on(&far.uri, off);
     let off_dir = format!("{}/{off}", far::DIR);
-    virsh(
+    virsh_on(
         &far.uri,
         &["pool-create-as", "cgt-far-off", "dir", "--target", &off_dir],
     );
     cg().args(["group", "add", "cgt-far-off", off])
         .assert()
         .success();
-    let out = cg()
-        .args(["snapshot", "cgt-far-off", "--json"])
-        .assert()
-        .success();
-    let m: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
-    let overlays = strings(&m, off, "overlay");
-    let images: Vec<String> = strings(&m, off, "image")
-        .iter()
-        .map(|i| far.here(i).to_string_lossy().to_string())
-        .collect();
-    let cut = records(&images)[0].seq;
-    let written = stopped
-        .wait_progress(stopped.console_seq() + 10, Duration::from_secs(60))
-        .expect("far guest writes through its overlays");
-    virsh(&far.uri, &["destroy", off]);
-    assert_eq!(domstate_on(&far.uri, off), "shut off");
-    let id = m["id"].as_str().expect("id");
-    let out = cg().args(["release", id]).assert().success();
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    print!("{err}");
-    assert!(
-        err.contains(&format!("{off} is shut off: merged 2 overlay(s)")),
-        "{err}"
+    stop_while_held_then_release(
+        &cg,
+        &far,
+        &stopped,
+        "cgt-far-off",
+        off,
+        "shut off",
+        &format!("{off} is shut off: merged 2 overlay(s)"),
     );
-    let merged = records(&images);
-    assert!(
-        merged.iter().all(|r| r.seq >= written),
-        "images hold seq {:?}, the guest had written {written} (cut {cut})",
-        merged.iter().map(|r| r.seq).collect::<Vec<_>>()
-    );
-    for o in &overlays {
-        assert!(!far.here(o).exists(), "removed through the pool: {o}");
-    }
     assert_eq!(domstate_on(&far.uri, off), "shut off", "left shut off");
     assert_eq!(
         domblklist_on(&far.uri, off),
         own_off,
         "defined on its images"
     );
-    virsh(&far.uri, &["start", off]);
+    virsh_on(&far.uri, &["start", off]);
     stopped
         .wait_console("seq ", Duration::from_secs(120))
         .expect("boots again on its images");

@@ -73,19 +73,6 @@ fn sigkill_of_coordinator_resumes_every_member_within_budget() {
     }
 }
 
-fn virsh_ok(args: &[&str]) {
-    let out = std::process::Command::new("virsh")
-        .args(["-c", URI])
-        .args(args)
-        .output()
-        .expect("virsh");
-    assert!(
-        out.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn overrunning_the_freeze_budget_resumes_and_rolls_back() {
     let lab = lab("cgt-budget", 2, 2);

@@ -258,12 +258,21 @@ pub fn inactive_sources(dom: &str) -> Vec<String> {
 
 /// `virsh -c qemu:///system ARGS...`, which must succeed.
 pub fn virsh_ok(args: &[&str]) {
+    virsh_on(URI, args)
+}
+
+/// `virsh -c URI ARGS...`, which must succeed.
+pub fn virsh_on(uri: &str, args: &[&str]) {
     let out = Command::new("virsh")
-        .args(["-c", URI])
+        .args(["-c", uri])
         .args(args)
         .output()
         .expect("virsh");
-    assert!(out.status.success(), "virsh {args:?}: {out:?}");
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `virsh domblklist` on `uri` as (target, source) pairs; none when the domain is absent.
