@@ -1,8 +1,15 @@
 //! `cgsnap verify`: restore a held group snapshot into a sandbox and check the databases, via
 //! the `cgsnap-verify` crate; writes the report (JSON, HTML, Prometheus textfile).
 //!
-//! Invariant: the group lock is held for the whole verification, so the snapshot cannot be
-//! released (its frozen images merged and changed) while sandboxes read them.
+//! Invariants:
+//! - Verifying the frozen images (no `--images`), the group lock is held for the whole
+//!   verification, so the snapshot cannot be released (its overlays committed into the frozen
+//!   images the sandboxes read) meanwhile; the manifest is read again once the lock is held,
+//!   so verify judges the state no run can change under it (a release that finished in
+//!   between is seen, and refused).
+//! - Verifying copies (`--images DIR`), the frozen images are not read and no lock is taken:
+//!   a long verification of a restored backup must not make the backup job's release fail
+//!   as busy.
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::cli::Failure;
@@ -116,7 +123,12 @@ pub fn run(catalog: &Path, connect: &[String], a: &VerifyArgs) -> Result<(), Fai
         }
     };
     let m = cat.load(&id)?;
-    let _lock = cat.lock(&m.group)?;
+    let (m, _lock) = if a.images.is_some() {
+        (m, None)
+    } else {
+        let lock = cat.lock(&m.group)?;
+        (cat.load(&id)?, Some(lock))
+    };
     let prof = profile::load(&a.profile).map_err(|e| {
         let code = match e {
             profile::ProfileError::Io { .. } => ExitCode::NotFound,

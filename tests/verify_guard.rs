@@ -2,7 +2,8 @@
 //! sandboxes whose guest memory would not fit in what this host has available (read from the
 //! real /proc/meminfo; a restore test must never push the running originals into the OOM
 //! killer), and members on another host without copies of their images (sandboxes are built
-//! from files on this one).
+//! from files on this one). It takes the group lock only to read the frozen images: from
+//! copies (`--images`) it runs while another run holds the lock (the backup job releasing).
 
 use cgsnap::catalog::{Catalog, DiskRecord, Manifest, MemberRecord, SnapState};
 use chrono::Utc;
@@ -11,6 +12,11 @@ use std::process::Command;
 /// Run `cgsnap verify` on a one-member snapshot (`uri`, `memory_mib` in the saved XML);
 /// returns the exit code and stderr, and asserts that no sandbox directory was created.
 fn verify(uri: &str, memory_mib: u64) -> (Option<i32>, String) {
+    verify_with(uri, memory_mib, &[], false)
+}
+
+/// [`verify`] with extra arguments, and with this process holding the group lock if `locked`.
+fn verify_with(uri: &str, memory_mib: u64, extra: &[&str], locked: bool) -> (Option<i32>, String) {
     let t = tempfile::tempdir().expect("tempdir");
     let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
     let xml = format!(
@@ -39,6 +45,7 @@ fn verify(uri: &str, memory_mib: u64) -> (Option<i32>, String) {
     )
     .expect("profile");
     let sandboxes = t.path().join("sandboxes");
+    let _lock = locked.then(|| cat.lock("big").expect("group lock"));
     let out = Command::new(assert_cmd::cargo::cargo_bin("cgsnap"))
         .arg("--catalog")
         .arg(cat.dir())
@@ -46,6 +53,7 @@ fn verify(uri: &str, memory_mib: u64) -> (Option<i32>, String) {
         .arg(&profile)
         .arg("--sandbox-dir")
         .arg(&sandboxes)
+        .args(extra)
         .output()
         .expect("cgsnap verify");
     assert!(!sandboxes.exists(), "nothing was created");
@@ -75,4 +83,15 @@ fn members_on_another_host_are_refused_before_anything_starts() {
             && err.contains("--images DIR"),
         "{err}"
     );
+}
+
+#[test]
+fn only_verifying_the_frozen_images_takes_the_group_lock() {
+    let (code, err) = verify_with("qemu:///system", 512, &[], true);
+    assert_eq!(code, Some(5), "busy: {err}");
+    assert!(err.contains("holds the lock on group big"), "{err}");
+    // From copies: past the lock, up to the memory guard.
+    let (code, err) = verify_with("qemu:///system", 64 << 20, &["--images", "/nowhere"], true);
+    assert_eq!(code, Some(12), "{err}");
+    assert!(err.contains("the sandboxes need"), "{err}");
 }

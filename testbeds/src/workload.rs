@@ -154,11 +154,28 @@ impl AckLog {
 
 pub fn read_acks(path: &Path) -> Result<Vec<Ack>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // A torn last line (writer killed mid-write) is not an acknowledgement.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    parse_acks(&text).map_err(|e| format!("ack log {}: {e}", path.display()))
+}
+
+/// Parse an ack log. Only the last line may be malformed: it is the one a writer killed
+/// mid-write leaves torn, and it is not an acknowledgement. A malformed line anywhere else
+/// means the file is not (only) an ack log, and dropping it would hide acknowledged writes.
+pub fn parse_acks(text: &str) -> Result<Vec<Ack>, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut acks = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(a) => acks.push(a),
+            Err(_) if i + 1 == lines.len() => {}
+            Err(e) => {
+                return Err(format!(
+                    "line {} is not an acknowledgement ({e}): only the last line may be torn; remove or repair it",
+                    i + 1
+                ));
+            }
+        }
+    }
+    Ok(acks)
 }
 
 /// Run the pair workload until `until` (or forever): ledger transfers on both databases and
@@ -358,5 +375,22 @@ mod tests {
         std::fs::remove_file(&d).expect("rm");
         assert_eq!(acks.len(), 1);
         assert_eq!(acks[0].id, 1);
+    }
+
+    #[test]
+    fn a_malformed_line_before_the_last_is_an_error() {
+        let good = r#"{"db":"orders","kind":"order","id":1,"at":"2024-01-01T00:00:00Z"}"#;
+        let text = format!("{good}\ngarbage\n{good}\n");
+        let e = parse_acks(&text).unwrap_err();
+        assert!(e.contains("line 2 is not an acknowledgement"), "{e}");
+        assert_eq!(
+            parse_acks(&format!("{good}\n{good}\n")).map(|a| a.len()),
+            Ok(2)
+        );
+        assert_eq!(
+            parse_acks(&format!("{good}\n{{\"db\"")).map(|a| a.len()),
+            Ok(1)
+        );
+        assert_eq!(parse_acks("").map(|a| a.len()), Ok(0));
     }
 }

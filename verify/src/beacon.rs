@@ -5,9 +5,18 @@
 //! Invariant: beacon timestamps are taken on this host's clock before their write; the
 //! consistency point on the same clock after every member paused. A frozen member cannot hold
 //! a beacon stamped after the point, so one that does proves the cut was not consistent.
+//! "After" is decided on the timestamps themselves, not on a rounded difference: a beacon
+//! stamped even a microsecond after the point fails.
 
 use crate::report::{Check, MemberReport};
 use chrono::{DateTime, Utc};
+
+/// `to - from` in seconds, to the microsecond (to the millisecond beyond ±292 000 years).
+fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    let d = to - from;
+    d.num_microseconds()
+        .map_or(d.num_milliseconds() as f64 / 1e3, |us| us as f64 / 1e6)
+}
 
 /// Record the newest beacon (or why there is none) and its checks in `r`.
 pub fn checks(
@@ -19,17 +28,18 @@ pub fn checks(
 ) {
     match newest {
         Ok(Some((seq, ts))) => {
-            let loss = (cp - ts).num_milliseconds() as f64 / 1000.0;
+            let loss = seconds_between(ts, cp);
+            let after = ts > cp;
             r.newest_beacon_seq = Some(seq);
             r.newest_beacon_ts = Some(ts);
             r.data_loss_seconds = Some(loss);
             r.checks.push(Check {
                 name: "no write after the consistency point".into(),
-                ok: loss >= 0.0,
+                ok: !after,
                 evidence: format!(
-                    "newest beacon stamped {:.3} s {} the consistency point",
+                    "newest beacon stamped {:.6} s {} the consistency point",
                     loss.abs(),
-                    if loss >= 0.0 { "before" } else { "after" }
+                    if after { "after" } else { "before" }
                 ),
             });
             r.checks.push(Check {
@@ -82,5 +92,22 @@ mod tests {
         let r = run(Ok(None));
         assert!(!r.checks[0].ok && r.checks[0].evidence.contains("no beacon in b"));
         assert!(!run(Err("boom".into())).checks[0].ok);
+    }
+
+    #[test]
+    fn a_beacon_a_fraction_of_a_millisecond_after_the_cut_fails() {
+        let after = t(10_000) + chrono::Duration::microseconds(400);
+        let r = run(Ok(Some((7, after))));
+        assert!(
+            !r.checks[0].ok && r.checks[0].evidence.contains("0.000400 s after"),
+            "{r:?}"
+        );
+        assert_eq!(r.data_loss_seconds, Some(-0.0004));
+        let before = t(10_000) - chrono::Duration::microseconds(1);
+        assert!(run(Ok(Some((7, before)))).checks[0].ok);
+        assert!(
+            run(Ok(Some((7, t(10_000))))).checks[0].ok,
+            "at the cut: before it"
+        );
     }
 }

@@ -5,7 +5,10 @@
 //! Invariants: every check records its evidence; a member is judged by the bound of the sync
 //! mode its profile states, and if the saved domain XML shows the guest booted with another
 //! mode that is itself a violation (a looser profile would excuse real loss); only CQL that
-//! Cassandra 2.2 to 5.0 accept is sent (see `cgsnap_testbeds::cql`).
+//! Cassandra 2.2 to 5.0 accept is sent (see `cgsnap_testbeds::cql`). The acknowledged-writes
+//! check never passes on nothing: with no write acknowledged before the cut it fails. Beacon
+//! acknowledgements are optional (beacons written by `cgsnap beacon` are not logged): without
+//! any, the beacon bound check is not made and the beacon's RPO check still applies.
 
 use crate::bound;
 use crate::profile::MemberProfile;
@@ -130,6 +133,14 @@ fn acked_writes_check(c: &Cql, ctx: &MemberCtx, prof: &MemberProfile, r: &mut Me
     match c.ids(table, "id") {
         Ok(present) => {
             let l = bound::acked_loss(&acks_of(ctx, db, kind), &present, ctx.cp, limit);
+            if l.expected == 0 {
+                r.checks.push(check(
+                    &name,
+                    false,
+                    format!("no {kind} write acknowledged before the cut: nothing to check"),
+                ));
+                return;
+            }
             r.lost_acked_commits = Some(l.lost);
             let first: Vec<i64> = l.beyond_bound.iter().take(20).copied().collect();
             r.checks.push(check(

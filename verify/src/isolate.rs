@@ -6,12 +6,16 @@
 //! - Devices that reach host resources or the original's peers are dropped: NICs, host and USB
 //!   passthrough, shared host directories (`filesystem`), shared memory (`shmem`), `vsock`
 //!   (its CID is the original's), TPMs, lock-manager leases, channels (guest agent sockets),
-//!   parallel ports, graphics, video and smartcards.
+//!   parallel ports, graphics, video and smartcards; and memory devices backed by a host file
+//!   (`<memory model='nvdimm'|'virtio-pmem'>` with `<source><path>`): the sandbox would map
+//!   the original's file, usually shared, and write to it.
 //! - Serial port 0 and the console that mirrors it write to the sandbox's console file (the
 //!   verifier reads its markers there, whatever the original used: pty, socket, TCP); every
 //!   other serial port or console is `null`, so no socket, TCP port or host device is opened.
 //! - UEFI variables: the sandbox gets a copy of the original's NVRAM file (or of its template),
-//!   never the file itself.
+//!   never the file itself, whether the XML names it as text (`<nvram>PATH</nvram>`) or as a
+//!   source (`<nvram type='file'><source file='PATH'/></nvram>`); an NVRAM of another type
+//!   (network, block) cannot be copied and is refused.
 //! - Host placement of the original is not inherited (`memoryBacking`: hugepages reserved for
 //!   production; `cputune`, `numatune`: pinning onto its cores and nodes).
 //! - Sandboxes on this host start only if their guest memory fits in 90 % of what the host has
@@ -65,11 +69,18 @@ fn chardev(e: &mut Element, path: Option<&Path>) {
     }
 }
 
+/// A `<memory>` device backed by a host file (nvdimm, virtio-pmem: `<source><path>`).
+fn file_backed_memory(e: &Element) -> bool {
+    e.name == "memory"
+        && e.get_child("source")
+            .is_some_and(|s| s.get_child("path").is_some())
+}
+
 /// Drop shared devices and rewire character devices of `<devices>` (see the module invariants).
 pub fn devices(devices: &mut Element, console: &Path) {
-    devices
-        .children
-        .retain(|c| !matches!(c, XMLNode::Element(x) if DROPPED.contains(&x.name.as_str())));
+    devices.children.retain(|c| {
+        !matches!(c, XMLNode::Element(x) if DROPPED.contains(&x.name.as_str()) || file_backed_memory(x))
+    });
     for (i, s) in elements(devices, "serial").enumerate() {
         chardev(s, (i == 0).then_some(console));
     }
@@ -82,22 +93,34 @@ pub fn devices(devices: &mut Element, console: &Path) {
     }
 }
 
-/// The NVRAM file of the saved XML (`<os><nvram>PATH</nvram>`) and its template, if any.
-pub fn nvram(root: &Element) -> Option<(PathBuf, Option<PathBuf>)> {
-    let n = root.get_child("os")?.get_child("nvram")?;
-    let path = n.get_text()?.trim().to_string();
-    (!path.is_empty()).then(|| {
-        (
-            PathBuf::from(path),
-            n.attributes.get("template").map(PathBuf::from),
-        )
-    })
+/// The NVRAM file of the saved XML and its template, if it names one: as text
+/// (`<os><nvram>PATH</nvram>`) or as a file source (`<nvram type='file'><source file='PATH'/>`).
+/// Another type (network, block) is an error: it cannot be copied.
+pub fn nvram(root: &Element) -> Result<Option<(PathBuf, Option<PathBuf>)>, String> {
+    let Some(n) = root.get_child("os").and_then(|os| os.get_child("nvram")) else {
+        return Ok(None);
+    };
+    let template = n.attributes.get("template").map(PathBuf::from);
+    let path = match n.attributes.get("type").map(String::as_str) {
+        None => n.get_text().map(|t| t.trim().to_string()),
+        Some("file") => n
+            .get_child("source")
+            .and_then(|s| s.attributes.get("file").cloned()),
+        Some(other) => {
+            return Err(format!(
+                "NVRAM of type {other:?} cannot be copied for the sandbox: give the domain a file NVRAM (<nvram type='file'>)"
+            ));
+        }
+    };
+    Ok(path
+        .filter(|p| !p.is_empty())
+        .map(|p| (PathBuf::from(p), template)))
 }
 
 /// Give the sandbox its own copy of the NVRAM (the original's, else its template) in `dir`;
 /// the XML then names the copy. Without an NVRAM in the XML, nothing to do.
 pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, String> {
-    let Some((orig, template)) = nvram(root) else {
+    let Some((orig, template)) = nvram(root)? else {
         return Ok(None);
     };
     let copy = dir.join("nvram.fd");
@@ -116,7 +139,15 @@ pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, Str
         .get_mut_child("os")
         .and_then(|os| os.get_mut_child("nvram"))
     {
-        n.children = vec![XMLNode::Text(copy.to_string_lossy().into_owned())];
+        let copy = copy.to_string_lossy().into_owned();
+        // `nvram` accepted only the text form and `type='file'` with a source.
+        let source_form = n.attributes.contains_key("type");
+        match n.get_mut_child("source") {
+            Some(s) if source_form => {
+                s.attributes.insert("file".into(), copy);
+            }
+            _ => n.children = vec![XMLNode::Text(copy)],
+        }
     }
     Ok(Some(copy))
 }
@@ -218,6 +249,52 @@ mod tests {
         assert_eq!(x.matches("/sb/console.log").count(), 2, "{x}");
         assert_eq!(x.matches("type=\"null\"").count(), 2, "{x}");
         assert!(x.contains("/sb/vda.qcow2"), "disks are not this module's");
+    }
+
+    #[test]
+    fn file_backed_memory_devices_go() {
+        let mut d = parse(
+            "<devices>\
+             <memory model='nvdimm' access='shared'><source><path>/srv/pmem0</path></source>\
+               <target><size unit='KiB'>524288</size><node>0</node><label><size unit='KiB'>128</size></label></target></memory>\
+             <memory model='virtio-pmem' access='shared'><source><path>/srv/pmem1</path></source>\
+               <target><size unit='KiB'>524288</size></target></memory>\
+             <memory model='dimm'><target><size unit='KiB'>524288</size><node>0</node></target></memory>\
+             </devices>",
+        );
+        devices(&mut d, Path::new("/sb/console.log"));
+        let x = text(&d);
+        assert!(
+            !x.contains("/srv/pmem0") && !x.contains("/srv/pmem1"),
+            "{x}"
+        );
+        assert!(!x.contains("nvdimm") && !x.contains("virtio-pmem"), "{x}");
+        assert!(x.contains("model=\"dimm\""), "plain RAM stays: {x}");
+    }
+
+    #[test]
+    fn nvram_as_a_file_source_is_copied_and_other_types_refused() {
+        let t = tempfile::tempdir().expect("tmp");
+        let orig = t.path().join("vm_VARS.fd");
+        std::fs::write(&orig, b"vars").expect("write");
+        let mut root = parse(&format!(
+            "<domain><os><nvram type='file'><source file='{}'/></nvram></os></domain>",
+            orig.display()
+        ));
+        let copy = copy_nvram(&mut root, t.path())
+            .expect("copy")
+            .expect("an nvram");
+        assert_eq!(std::fs::read(&copy).expect("read"), b"vars");
+        let x = text(&root);
+        assert!(
+            x.contains(&format!("file=\"{}\"", copy.display())) && !x.contains("vm_VARS.fd"),
+            "{x}"
+        );
+        let mut net = parse(
+            "<domain><os><nvram type='network'><source protocol='iscsi' name='iqn/0'><host name='h'/></source></nvram></os></domain>",
+        );
+        let e = copy_nvram(&mut net, t.path()).unwrap_err();
+        assert!(e.contains("\"network\" cannot be copied"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //! is any live disk (writable disks outside the snapshot get blank stand-ins);
 //! all sandboxes are removed when [`run`] returns, whatever happened; the verdict is `pass`
 //! only if every check of every member and every cross-member check passed.
+//!
+//! Nothing passes for want of evidence: a member whose profile asks for the lost-commit check
+//! must have acknowledgements of its `ack_db`/`ack_kind` before the consistency point in the
+//! ack log, else verify could not run (checked before any sandbox starts: the log does not
+//! cover the snapshot, or the profile names the wrong database or kind). Copies given with
+//! `--images` are found by their original absolute path under DIR, or by file name only when
+//! that name is unique among the snapshot's disks, and must have the recorded virtual size.
 
 pub mod beacon;
 pub mod bound;
@@ -56,6 +63,9 @@ pub struct MemberView {
 pub struct DiskView {
     pub target: String,
     pub image: String,
+    /// Virtual size of the image in bytes, as recorded at snapshot time.
+    #[serde(default)]
+    pub virtual_size: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +81,8 @@ pub struct MemberCtx<'a> {
     pub acks: &'a [Ack],
     pub rpo_seconds: f64,
     pub ready_timeout: Duration,
+    /// PostgreSQL: limit of each check query.
+    pub statement_timeout: Duration,
 }
 
 /// A connection to a restored member, for the cross-member checks.
@@ -103,28 +115,119 @@ pub struct Request<'a> {
     pub sandbox_uri: Option<&'a str>,
 }
 
-fn image_for(req: &Request, image: &str) -> Result<PathBuf, CouldNotRun> {
-    match req.images_dir {
-        None => Ok(PathBuf::from(image)),
-        Some(d) => {
-            // A backup extracted with its paths (`borg extract`, `restic restore`) has the image
-            // at DIR/<original absolute path>; a flat copy has it at DIR/<file name>.
-            let full = d.join(image.trim_start_matches('/'));
-            let name = Path::new(image)
-                .file_name()
-                .ok_or_else(|| CouldNotRun(format!("image path {image} has no file name")))?;
-            let flat = d.join(name);
-            [full, flat]
-                .into_iter()
-                .find(|p| p.exists())
-                .ok_or_else(|| {
-                    CouldNotRun(format!(
-                        "{image} not found under --images {} (by full path or file name)",
-                        d.display()
-                    ))
-                })
+/// Where the copy of `image` is under `dir`: a backup extracted with its paths (`borg
+/// extract`, `restic restore`) has it at DIR/<original absolute path>; a flat copy at
+/// DIR/<file name>, which is used only if no other image of the snapshot (`all`) has that file
+/// name (disks of different domains are often all called `vda.qcow2`).
+pub fn image_in(
+    dir: &Path,
+    image: &str,
+    all: &[&str],
+    exists: impl Fn(&Path) -> bool,
+) -> Result<PathBuf, String> {
+    let full = dir.join(image.trim_start_matches('/'));
+    if exists(&full) {
+        return Ok(full);
+    }
+    let name = Path::new(image)
+        .file_name()
+        .ok_or_else(|| format!("image path {image} has no file name"))?;
+    let flat = dir.join(name);
+    if !exists(&flat) {
+        return Err(format!(
+            "{image} not found under --images {} (by full path or file name)",
+            dir.display()
+        ));
+    }
+    if let Some(other) = all
+        .iter()
+        .find(|o| **o != image && Path::new(o).file_name() == Some(name))
+    {
+        return Err(format!(
+            "--images {}: disks {image} and {other} share the file name {}, so {} could be either: \
+             lay the copies out by their original paths ({})",
+            dir.display(),
+            name.to_string_lossy(),
+            flat.display(),
+            full.display()
+        ));
+    }
+    Ok(flat)
+}
+
+/// A copy must be the image it stands for: its virtual size is the one recorded at snapshot
+/// time (`None`: not recorded or not readable here; the overlay creation reports the latter).
+pub fn check_size(
+    copy: &Path,
+    image: &str,
+    recorded: Option<u64>,
+    found: Option<u64>,
+) -> Result<(), String> {
+    match (recorded, found) {
+        (Some(r), Some(f)) if r != f => Err(format!(
+            "copy {} of {image} has virtual size {f} bytes, the snapshot recorded {r}: give the copy of this snapshot's image",
+            copy.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn image_for(req: &Request, disk: &DiskView) -> Result<PathBuf, CouldNotRun> {
+    let Some(dir) = req.images_dir else {
+        return Ok(PathBuf::from(&disk.image));
+    };
+    let all: Vec<&str> = req
+        .manifest
+        .members
+        .iter()
+        .flat_map(|m| m.disks.iter().map(|d| d.image.as_str()))
+        .collect();
+    let copy = image_in(dir, &disk.image, &all, Path::exists).map_err(CouldNotRun)?;
+    let found = stand_in::virtual_size(&copy.to_string_lossy());
+    check_size(&copy, &disk.image, disk.virtual_size, found).map_err(CouldNotRun)?;
+    Ok(copy)
+}
+
+/// Acknowledgements of `db`/`kind` before the consistency point.
+pub fn acked_before<'a>(
+    acks: &'a [Ack],
+    db: &'a str,
+    kind: &'a str,
+    cp: DateTime<Utc>,
+) -> impl Iterator<Item = &'a Ack> + 'a {
+    acks.iter()
+        .filter(move |a| a.db == db && a.kind == kind && a.at < cp)
+}
+
+/// Every member of the snapshot (`domains`) with a lost-commit check has something to check:
+/// with no acknowledgement before the cut the check would pass on nothing.
+pub fn acks_cover(
+    profile: &Profile,
+    domains: &[&str],
+    acks: &[Ack],
+    cp: DateTime<Utc>,
+) -> Result<(), String> {
+    for m in profile
+        .members
+        .iter()
+        .filter(|m| domains.contains(&m.domain.as_str()))
+    {
+        let (Some(db), Some(kind)) = (&m.ack_db, &m.ack_kind) else {
+            continue;
+        };
+        if acked_before(acks, db, kind, cp).next().is_none() {
+            let log = profile
+                .ack_log
+                .as_deref()
+                .map_or_else(|| "the ack log".into(), |p| p.display().to_string());
+            return Err(format!(
+                "member {}: {log} has no acknowledged {kind} of {db} before the consistency point {cp}: \
+                 run the workload while snapshotting, or fix ack_db/ack_kind (or remove them to skip the lost-commit check)",
+                m.domain
+            ));
         }
     }
+    Ok(())
 }
 
 /// Restore every member, run its checks and the cross-member checks, tear everything down.
@@ -151,6 +254,14 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         .map_err(CouldNotRun)?;
     isolate::check_memory(need, isolate::available_kib().map_err(CouldNotRun)?)
         .map_err(CouldNotRun)?;
+    // Before anything boots: a log that cannot be read or holds nothing to check is the
+    // operator's to fix, not a finding about the snapshot.
+    let acks = match &req.profile.ack_log {
+        Some(p) => cgsnap_testbeds::workload::read_acks(p).map_err(CouldNotRun)?,
+        None => Vec::new(),
+    };
+    let domains: Vec<&str> = m.members.iter().map(|x| x.domain.as_str()).collect();
+    acks_cover(req.profile, &domains, &acks, cp).map_err(CouldNotRun)?;
     let mut sandboxes = Vec::new();
     for (i, mem) in m.members.iter().enumerate() {
         let prof = req
@@ -167,7 +278,7 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         let images = mem
             .disks
             .iter()
-            .map(|d| image_for(req, &d.image).map(|p| (d.target.clone(), p)))
+            .map(|d| image_for(req, d).map(|p| (d.target.clone(), p)))
             .collect::<Result<Vec<_>, _>>()?;
         let name = format!("{}-verify-{}", mem.domain, std::process::id());
         let port = req.base_port + i as u16;
@@ -182,10 +293,6 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         .map_err(CouldNotRun)?;
         sandboxes.push((mem, prof, sb));
     }
-    let acks = match &req.profile.ack_log {
-        Some(p) => cgsnap_testbeds::workload::read_acks(p).map_err(CouldNotRun)?,
-        None => Vec::new(),
-    };
     let ready_timeout = Duration::from_secs(req.profile.ready_timeout_seconds);
     let mut members = Vec::new();
     let mut clients = Vec::new();
@@ -197,6 +304,7 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
             acks: &acks,
             rpo_seconds: req.profile.rpo_seconds,
             ready_timeout,
+            statement_timeout: Duration::from_secs(req.profile.statement_timeout_seconds),
         };
         let (r, conn) = match prof.kind {
             Kind::Postgres => {
@@ -290,4 +398,93 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         "fail".into()
     };
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn copies_are_found_by_full_path_or_by_a_unique_file_name() {
+        let dir = Path::new("/restore");
+        let all = ["/img/a/vda.qcow2", "/img/b/vda.qcow2", "/img/b/vdb.qcow2"];
+        let have = |files: &'static [&'static str]| {
+            move |p: &Path| files.iter().any(|f| p == Path::new(f))
+        };
+        // Full paths: used, whatever the names.
+        let full = have(&["/restore/img/a/vda.qcow2", "/restore/vda.qcow2"]);
+        assert_eq!(
+            image_in(dir, all[0], &all, full),
+            Ok(PathBuf::from("/restore/img/a/vda.qcow2"))
+        );
+        // Flat with a unique name: used.
+        assert_eq!(
+            image_in(dir, all[2], &all, have(&["/restore/vdb.qcow2"])),
+            Ok(PathBuf::from("/restore/vdb.qcow2"))
+        );
+        // Flat with a name two disks share: refused, naming both and the layout.
+        let e = image_in(dir, all[1], &all, have(&["/restore/vda.qcow2"])).unwrap_err();
+        assert!(
+            e.contains("disks /img/b/vda.qcow2 and /img/a/vda.qcow2 share the file name vda.qcow2")
+                && e.contains("/restore/img/b/vda.qcow2"),
+            "{e}"
+        );
+        let e = image_in(dir, all[2], &all, have(&[])).unwrap_err();
+        assert!(
+            e.contains("/img/b/vdb.qcow2 not found under --images /restore"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_copy_of_another_size_is_refused() {
+        let p = Path::new("/restore/vda.qcow2");
+        assert!(check_size(p, "/img/vda.qcow2", Some(1 << 30), Some(1 << 30)).is_ok());
+        assert!(check_size(p, "/img/vda.qcow2", None, Some(1 << 30)).is_ok());
+        assert!(check_size(p, "/img/vda.qcow2", Some(1 << 30), None).is_ok());
+        let e = check_size(p, "/img/vda.qcow2", Some(1 << 30), Some(2 << 30)).unwrap_err();
+        assert!(
+            e.contains("copy /restore/vda.qcow2 of /img/vda.qcow2 has virtual size 2147483648"),
+            "{e}"
+        );
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + s, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn ack(db: &str, kind: &str, s: i64) -> Ack {
+        Ack {
+            db: db.into(),
+            kind: kind.into(),
+            id: s,
+            at: at(s),
+        }
+    }
+
+    #[test]
+    fn a_lost_commit_check_with_nothing_to_check_cannot_run() {
+        let text = cgsnap_testbeds::pair::profile_text(Path::new("/s"));
+        let p = profile::parse(Path::new("p.toml"), &text).expect("profile");
+        let cp = at(10);
+        let acks = vec![ack("orders", "order", 1), ack("payments", "payment", 2)];
+        let both = ["cgsnap-orders", "cgsnap-payments"];
+        assert_eq!(acks_cover(&p, &both, &acks, cp), Ok(()));
+        // Payments acknowledged only after the cut: nothing to check for that member.
+        let late = vec![ack("orders", "order", 1), ack("payments", "payment", 11)];
+        let e = acks_cover(&p, &both, &late, cp).unwrap_err();
+        assert!(
+            e.contains("member cgsnap-payments")
+                && e.contains("no acknowledged payment of payments"),
+            "{e}"
+        );
+        assert!(acks_cover(&p, &both, &[], cp).is_err());
+        // Only members of the snapshot are held to it.
+        assert_eq!(acks_cover(&p, &["cgsnap-orders"], &late, cp), Ok(()));
+        assert_eq!(acked_before(&acks, "orders", "order", at(1)).count(), 0);
+        assert_eq!(acked_before(&acks, "orders", "order", at(2)).count(), 1);
+    }
 }

@@ -1,29 +1,60 @@
 //! PostgreSQL checks on a restored member: recovery, B-tree integrity (amcheck), invariants,
 //! newest beacon, acknowledged commits.
 //!
-//! Invariant: every check records its evidence (numbers, the failing query) so the report can
-//! show *why* it passed or failed, not only that it did.
+//! Invariants: every check records its evidence (numbers, the failing query) so the report can
+//! show *why* it passed or failed, not only that it did. Every query runs under a
+//! `statement_timeout` and a `lock_timeout` set for the session at connect time (a restored
+//! server can hang on a damaged index or a lock held by a recovered prepared transaction); a
+//! query that hits one returns an error, and an error always fails its check. TCP keepalives
+//! and a TCP user timeout end a connection whose peer stopped answering at the TCP level (the
+//! peer is the sandbox's QEMU port forward on this host, so they catch a QEMU that died, not a
+//! guest that hangs mid-query).
+//! The lost-commit count is exact; only its evidence list is cut to the first 20 ids.
 
 use crate::profile::MemberProfile;
 use crate::report::{Check, MemberReport};
 use crate::sandbox::{Sandbox, Wait};
 use crate::{MemberCtx, beacon};
 use chrono::{DateTime, Utc};
-use postgres::{Client, NoTls};
+use postgres::{Client, Config, NoTls};
 use std::time::{Duration, Instant};
 
-pub fn conninfo(m: &MemberProfile, port: u16) -> String {
+/// How long a check query may wait for a lock before it fails.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connection settings of a restored member reached through its loopback forward.
+pub fn config(m: &MemberProfile, port: u16, statement_timeout: Duration) -> Config {
+    let mut c = Config::new();
+    c.host("127.0.0.1")
+        .port(port)
+        .user(&m.user)
+        .password(&m.password)
+        .dbname(&m.dbname)
+        .connect_timeout(Duration::from_secs(5))
+        .options(&session_options(statement_timeout, LOCK_TIMEOUT))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(60));
+    c
+}
+
+/// The `options` startup parameter setting both limits (in ms, at least 1: 0 disables them).
+pub fn session_options(statement: Duration, lock: Duration) -> String {
+    let ms = |d: Duration| d.as_millis().max(1);
     format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={} connect_timeout=5",
-        m.user, m.password, m.dbname
+        "-c statement_timeout={} -c lock_timeout={}",
+        ms(statement),
+        ms(lock)
     )
 }
 
 /// Connect, retrying while the forward or the server is still coming up.
-pub fn connect(info: &str, timeout: Duration) -> Result<Client, String> {
+pub fn connect(info: &Config, timeout: Duration) -> Result<Client, String> {
     let start = Instant::now();
     loop {
-        match Client::connect(info, NoTls) {
+        match info.connect(NoTls) {
             Ok(c) => return Ok(c),
             Err(e) if start.elapsed() > timeout => return Err(e.to_string()),
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
@@ -36,7 +67,7 @@ pub fn connect(info: &str, timeout: Duration) -> Result<Client, String> {
 /// wait at once. Returns how the wait ended and the connection.
 fn wait_connect(
     sb: &Sandbox,
-    info: &str,
+    info: &Config,
     failure: Option<&str>,
     timeout: Duration,
 ) -> (Wait, Option<Client>) {
@@ -44,7 +75,7 @@ fn wait_connect(
         if failure.is_some_and(|f| sb.console_text().contains(f)) {
             return (Wait::Failed(sb.started.elapsed()), None);
         }
-        if let Ok(c) = Client::connect(info, NoTls) {
+        if let Ok(c) = info.connect(NoTls) {
             return (Wait::Ready(sb.started.elapsed()), Some(c));
         }
         if sb.started.elapsed() > timeout {
@@ -62,18 +93,18 @@ fn check(name: &str, ok: bool, evidence: String) -> Check {
     }
 }
 
+/// B-tree indexes of the connected database that `bt_index_check` accepts: plain indexes
+/// (`relkind 'i'`; a partitioned index has no storage and makes it raise an error), valid,
+/// and not temporary.
+pub const AMCHECK_SQL: &str = "SELECT count(bt_index_check(i.indexrelid)) FROM pg_index i
+               JOIN pg_class r ON r.oid = i.indexrelid
+               JOIN pg_am a ON a.oid = r.relam
+              WHERE a.amname = 'btree' AND r.relkind = 'i' AND r.relpersistence <> 't' AND i.indisvalid";
+
 pub fn amcheck(c: &mut Client) -> Check {
     let r = c
         .batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-        .and_then(|_| {
-            c.query_one(
-                "SELECT count(bt_index_check(i.indexrelid)) FROM pg_index i
-               JOIN pg_class r ON r.oid = i.indexrelid
-               JOIN pg_am a ON a.oid = r.relam
-              WHERE a.amname = 'btree' AND r.relpersistence <> 't' AND i.indisvalid",
-                &[],
-            )
-        });
+        .and_then(|_| c.query_one(AMCHECK_SQL, &[]));
     match r {
         Ok(row) => check(
             "amcheck",
@@ -102,15 +133,51 @@ pub fn newest_beacon(c: &mut Client, table: &str) -> Result<Option<(i64, DateTim
     Ok(rows.first().map(|r| (r.get(0), r.get(1))))
 }
 
-/// Acknowledged ids (before the consistency point) missing from `table`.
-pub fn lost_acked(c: &mut Client, table: &str, ids: &[i64]) -> Result<Vec<i64>, String> {
-    let rows = c
-        .query(
-            &format!("SELECT x FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = x) ORDER BY x LIMIT 20"),
-            &[&ids],
-        )
+/// Acknowledged ids (before the consistency point) missing from `table`: how many, exactly,
+/// and the first 20 of them as evidence.
+pub fn lost_acked(c: &mut Client, table: &str, ids: &[i64]) -> Result<(usize, Vec<i64>), String> {
+    let missing = format!(
+        "FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = x)"
+    );
+    let count: i64 = c
+        .query_one(&format!("SELECT count(*) {missing}"), &[&ids])
+        .and_then(|r| r.try_get(0))
         .map_err(|e| e.to_string())?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let rows = c
+        .query(&format!("SELECT x {missing} ORDER BY x LIMIT 20"), &[&ids])
+        .map_err(|e| e.to_string())?;
+    let first = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<i64>, _>>()
+        .map_err(|e| e.to_string())?;
+    let count = usize::try_from(count).map_err(|e| e.to_string())?;
+    Ok((count, first))
+}
+
+/// The lost-commit check from the number of acknowledged rows and the lost ones. No
+/// acknowledged row means nothing was checked: that never passes (run time refuses it before
+/// any sandbox starts; this keeps the check honest on its own).
+pub fn lost_check(kind: &str, acked: usize, lost: Result<(usize, Vec<i64>), String>) -> Check {
+    const NAME: &str = "acknowledged commits before the consistency point present";
+    match lost {
+        _ if acked == 0 => check(
+            NAME,
+            false,
+            format!("no acknowledged {kind} row before the consistency point: nothing to check"),
+        ),
+        Ok((0, _)) => check(
+            NAME,
+            true,
+            format!("all {acked} acknowledged {kind} rows present"),
+        ),
+        Ok((n, first)) => check(
+            NAME,
+            false,
+            format!("{n} of {acked} acknowledged {kind} rows missing (first 20: {first:?})"),
+        ),
+        Err(e) => check(NAME, false, e),
+    }
 }
 
 pub fn scalar(c: &mut Client, sql: &str) -> Result<i64, String> {
@@ -143,7 +210,7 @@ pub fn check_member(
     sb: &Sandbox,
 ) -> (MemberReport, Option<Client>) {
     let mut r = MemberReport::new(ctx.domain, &sb.name);
-    let info = conninfo(prof, sb.host_port);
+    let info = config(prof, sb.host_port, ctx.statement_timeout);
     let (waited, mut first) = match &prof.ready_marker {
         Some(m) => (
             sb.wait_marker(m, prof.failure_marker.as_deref(), ctx.ready_timeout),
@@ -205,29 +272,63 @@ pub fn check_member(
         beacon::checks(&mut r, newest_beacon(&mut c, t), t, ctx.cp, ctx.rpo_seconds);
     }
     if let (Some(db), Some(kind), Some(table)) = (&prof.ack_db, &prof.ack_kind, &prof.ack_table) {
-        let ids: Vec<i64> = ctx
-            .acks
-            .iter()
-            .filter(|a| &a.db == db && &a.kind == kind && a.at < ctx.cp)
+        let ids: Vec<i64> = crate::acked_before(ctx.acks, db, kind, ctx.cp)
             .map(|a| a.id)
             .collect();
-        match lost_acked(&mut c, table, &ids) {
-            Ok(lost) => {
-                r.lost_acked_commits = Some(lost.len());
-                r.checks.push(check(
-                    "acknowledged commits before the consistency point present",
-                    lost.is_empty(),
-                    if lost.is_empty() {
-                        format!("all {} acknowledged {kind} rows present", ids.len())
-                    } else {
-                        format!("missing (first 20): {lost:?} of {} acknowledged", ids.len())
-                    },
-                ));
-            }
-            Err(e) => r
-                .checks
-                .push(check("acknowledged commits present", false, e)),
+        let lost = if ids.is_empty() {
+            Ok((0, Vec::new()))
+        } else {
+            lost_acked(&mut c, table, &ids)
+        };
+        if let (Ok((n, _)), false) = (&lost, ids.is_empty()) {
+            r.lost_acked_commits = Some(*n);
         }
+        r.checks.push(lost_check(kind, ids.len(), lost));
     }
     (r, Some(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_time_limited() {
+        let o = session_options(Duration::from_secs(600), LOCK_TIMEOUT);
+        assert_eq!(o, "-c statement_timeout=600000 -c lock_timeout=30000");
+        // 0 would mean "no limit" to the server.
+        assert!(session_options(Duration::ZERO, Duration::ZERO).contains("statement_timeout=1 "));
+        let m = crate::profile::parse(
+            std::path::Path::new("p.toml"),
+            &cgsnap_testbeds::pair::profile_text(std::path::Path::new("/s")),
+        )
+        .expect("profile");
+        let c = config(&m.members[0], 40100, Duration::from_secs(600));
+        assert_eq!(c.get_options(), Some(o.as_str()));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_ports(), &[40100]);
+    }
+
+    #[test]
+    fn amcheck_skips_partitioned_indexes() {
+        assert!(AMCHECK_SQL.contains("r.relkind = 'i'"));
+    }
+
+    #[test]
+    fn lost_commits_are_counted_exactly_and_nothing_to_check_fails() {
+        let first: Vec<i64> = (1..=20).collect();
+        let c = lost_check("order", 500, Ok((137, first)));
+        assert!(!c.ok && c.evidence.starts_with("137 of 500"), "{c:?}");
+        let c = lost_check("order", 500, Ok((0, Vec::new())));
+        assert!(c.ok && c.evidence.contains("all 500"), "{c:?}");
+        let c = lost_check("order", 0, Ok((0, Vec::new())));
+        assert!(!c.ok && c.evidence.contains("nothing to check"), "{c:?}");
+        let c = lost_check(
+            "order",
+            5,
+            Err("canceling statement due to statement timeout".into()),
+        );
+        assert!(!c.ok, "{c:?}");
+    }
 }

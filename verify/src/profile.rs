@@ -4,6 +4,9 @@
 //! checked after parsing: a Cassandra member states its commit log sync mode, from which its
 //! loss bound follows; a PostgreSQL member has credentials and no sync mode); a profile names
 //! members by domain, and every member of the snapshot must have an entry (checked at run time).
+//! A member's lost-commit check is configured whole or not at all: `ack_db`, `ack_kind` and
+//! `ack_table` together, and then the profile names its `ack_log` (a partial configuration
+//! would silently check nothing).
 
 use cgsnap_testbeds::cassandra::SyncMode;
 use serde::{Deserialize, Serialize};
@@ -23,6 +26,10 @@ pub struct Profile {
     /// Longest time a member may take to reach ready after boot.
     #[serde(default = "default_ready")]
     pub ready_timeout_seconds: u64,
+    /// Longest a single check query may run on a restored PostgreSQL member (its
+    /// `statement_timeout`); a query that hits it fails its check.
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout_seconds: u64,
     #[serde(rename = "member")]
     pub members: Vec<MemberProfile>,
     /// Cross-member invariants: `behind` must not exceed `ahead` (each a one-value query).
@@ -42,6 +49,10 @@ pub struct Cross {
 
 fn default_ready() -> u64 {
     300
+}
+
+fn default_statement_timeout() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -131,8 +142,23 @@ impl MemberProfile {
         }
     }
 
-    /// Per-kind rules serde cannot express.
+    /// Whether this member has a lost-commit check (`ack_db`, `ack_kind`, `ack_table`).
+    pub fn checks_acks(&self) -> bool {
+        self.ack_db.is_some()
+    }
+
+    /// Rules serde cannot express.
     fn validate(&self) -> Result<(), String> {
+        let set = [&self.ack_db, &self.ack_kind, &self.ack_table]
+            .iter()
+            .filter(|x| x.is_some())
+            .count();
+        if set != 0 && set != 3 {
+            return Err(
+                "ack_db, ack_kind and ack_table go together: set all three (with ack_log) or none"
+                    .into(),
+            );
+        }
         match self.kind {
             Kind::Cassandra if self.ready_marker.is_none() => Err(
                 "a cassandra member needs a ready_marker (its console line once CQL is up)".into(),
@@ -178,10 +204,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
         });
     }
     for m in &p.members {
-        m.validate().map_err(|e| ProfileError::Malformed {
+        m.validate()
+            .and_then(|()| match (m.checks_acks(), &p.ack_log) {
+                (true, None) => Err(
+                    "ack_db, ack_kind and ack_table need ack_log (the workload's acknowledgement log) at the top of the profile"
+                        .into(),
+                ),
+                _ => Ok(()),
+            })
+            .map_err(|e| ProfileError::Malformed {
+                path: path.to_path_buf(),
+                detail: format!("member {}: {e}", m.domain),
+            })?;
+    }
+    if p.statement_timeout_seconds == 0 {
+        return Err(ProfileError::Malformed {
             path: path.to_path_buf(),
-            detail: format!("member {}: {e}", m.domain),
-        })?;
+            detail: "statement_timeout_seconds must be > 0 (0 would disable the limit)".into(),
+        });
     }
     Ok(p)
 }
@@ -342,6 +382,55 @@ invariants = ["SELECT count(*), max(id) FROM cgsnap.events"]
             "{text}"
         );
         assert_eq!(p.cross.len(), 1);
+    }
+
+    #[test]
+    fn the_lost_commit_check_is_configured_whole_or_not_at_all() {
+        let acks = "ack_db = \"orders\"\nack_kind = \"order\"\nack_table = \"orders\"\n";
+        let with = |extra: &str, log: bool| {
+            let top = if log {
+                "rpo_seconds = 5\nack_log = \"/s/acks.jsonl\""
+            } else {
+                "rpo_seconds = 5"
+            };
+            parse(
+                Path::new("p.toml"),
+                &OK.replace("rpo_seconds = 5", top)
+                    .replace("port = 5432\n", &format!("port = 5432\n{extra}")),
+            )
+        };
+        let p = with(acks, true).expect("all three with a log");
+        assert!(p.members[0].checks_acks());
+        assert!(!with("", false).expect("none").members[0].checks_acks());
+        for partial in [
+            "ack_db = \"orders\"\n",
+            "ack_kind = \"order\"\nack_table = \"orders\"\n",
+            "ack_table = \"orders\"\n",
+        ] {
+            let e = with(partial, true).expect_err(partial);
+            assert!(
+                e.to_string()
+                    .contains("member a: ack_db, ack_kind and ack_table go together"),
+                "{e}"
+            );
+        }
+        let e = with(acks, false).expect_err("no log");
+        assert!(e.to_string().contains("need ack_log"), "{e}");
+    }
+
+    #[test]
+    fn statement_timeout_defaults_and_must_be_positive() {
+        let p = parse(Path::new("p.toml"), OK).expect("parse");
+        assert_eq!(p.statement_timeout_seconds, 600);
+        let e = parse(
+            Path::new("p.toml"),
+            &OK.replace(
+                "rpo_seconds = 5",
+                "rpo_seconds = 5\nstatement_timeout_seconds = 0",
+            ),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("statement_timeout_seconds"), "{e}");
     }
 
     #[test]

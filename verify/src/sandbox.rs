@@ -7,7 +7,10 @@
 //! - The sandbox has a new name and no UUID (libvirt assigns one), nothing it could share with
 //!   the running original or the host ([`crate::isolate`]: NICs, host devices, shared
 //!   directories and memory, vsock, TPM, leases, sockets; a copy of the NVRAM); its only network
-//!   is QEMU user mode with `restrict=on` and one port forward bound to 127.0.0.1.
+//!   is QEMU user mode with `restrict=on` and one port forward bound to 127.0.0.1. Its NIC sits
+//!   at slot 0x1f of `pci.0` on i440fx (`pc`) machines, a slot libvirt leaves free; other
+//!   machines (q35 has no `pci.0`, and its slot 0x1f is the ICH9 bridge) let QEMU pick a free
+//!   slot. The guest finds its NIC by driver, not by slot.
 //! - A disk the guest can write that the snapshot left out (shareable, `snapshot='no'`) never
 //!   reaches the sandbox: it gets a blank stand-in ([`crate::stand_in`]), and `sandbox_xml`
 //!   refuses a writable disk it was given no file for.
@@ -134,7 +137,7 @@ pub fn sandbox_xml(
             forward.0, forward.1
         ),
         "-device".to_string(),
-        "virtio-net-pci,netdev=cgsandbox,bus=pci.0,addr=0x1f".to_string(),
+        nic_device(root),
     ] {
         let mut a = Element::new("arg");
         a.prefix = Some("qemu".into());
@@ -151,6 +154,25 @@ pub fn sandbox_xml(
     let mut out = Vec::new();
     root.write(&mut out).map_err(|e| e.to_string())?;
     String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// Whether the domain's machine type is i440fx (`pc`, `pc-i440fx-*`, the old `pc-X.Y`); a
+/// domain that names none gets QEMU's x86 default, which is that too.
+fn is_i440fx(root: &Element) -> bool {
+    let machine = root
+        .get_child("os")
+        .and_then(|os| os.get_child("type"))
+        .and_then(|t| t.attributes.get("machine"));
+    machine.is_none_or(|m| m == "pc" || (m.starts_with("pc-") && !m.starts_with("pc-q35")))
+}
+
+/// The `-device` value of the sandbox NIC (see the module invariants for its slot).
+fn nic_device(root: &Element) -> String {
+    if is_i440fx(root) {
+        "virtio-net-pci,netdev=cgsandbox,bus=pci.0,addr=0x1f".into()
+    } else {
+        "virtio-net-pci,netdev=cgsandbox".into()
+    }
 }
 
 impl Sandbox {
@@ -364,6 +386,34 @@ mod tests {
             x.contains("/sb/vdb.blank.qcow2") && x.contains("/iso/x.iso"),
             "{x}"
         );
+    }
+
+    #[test]
+    fn the_nic_slot_follows_the_machine_type() {
+        let nic = |machine: &str| {
+            let os = if machine.is_empty() {
+                "<os><type>hvm</type></os>".to_string()
+            } else {
+                format!("<os><type arch='x86_64' machine='{machine}'>hvm</type></os>")
+            };
+            let x = sandbox_xml(
+                parse(&format!("<domain><name>a</name>{os}<devices/></domain>")).expect("xml"),
+                "b",
+                &[],
+                Path::new("/c"),
+                (1, 2),
+            )
+            .expect("xml");
+            let start = x.find("virtio-net-pci").expect("a NIC");
+            x[start..start + x[start..].find('"').expect("end")].to_string()
+        };
+        let pinned = "virtio-net-pci,netdev=cgsandbox,bus=pci.0,addr=0x1f";
+        for m in ["pc", "pc-i440fx-8.2", "pc-1.3", ""] {
+            assert_eq!(nic(m), pinned, "{m}");
+        }
+        for m in ["q35", "pc-q35-8.2", "virt"] {
+            assert_eq!(nic(m), "virtio-net-pci,netdev=cgsandbox", "{m}");
+        }
     }
 
     fn roxmltree_like(x: &str) -> String {

@@ -7,7 +7,9 @@
 //!   blank qcow2 of the same virtual size instead (read from the original's header with
 //!   `qemu-img info -U`, which never writes or locks; 1 GiB when it cannot be read), so device
 //!   names and order stay what the guest expects.
-//! - Read-only disks (ISO images, `<readonly/>`) keep their source: the guest cannot write them.
+//! - Read-only disks (cdroms, `<readonly/>`) keep their source: the guest cannot write them.
+//!   Every other device (disk, LUN, floppy, and any kind this code does not know) counts as
+//!   writable.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,11 +34,11 @@ fn child<'a>(e: &'a Element, name: &str) -> Option<&'a Element> {
     })
 }
 
-/// A `<disk>` element the guest can write (a disk or LUN without `<readonly/>`): a sandbox
-/// must never get its original.
+/// A `<disk>` element the guest can write (a disk, LUN or floppy without `<readonly/>`; a
+/// cdrom is read-only whatever the XML says): a sandbox must never get its original.
 pub fn is_writable(disk: &Element) -> bool {
     let device = disk.attributes.get("device").map_or("disk", String::as_str);
-    matches!(device, "disk" | "lun") && child(disk, "readonly").is_none()
+    device != "cdrom" && child(disk, "readonly").is_none()
 }
 
 /// Writable disks of the domain `root` whose target is not in `snapshotted`.
@@ -79,7 +81,7 @@ pub fn left_out(root: &Element, snapshotted: &[String]) -> Vec<LeftOut> {
 }
 
 /// Virtual size of an image from its header, without locking or writing it.
-fn virtual_size(source: &str) -> Option<u64> {
+pub fn virtual_size(source: &str) -> Option<u64> {
     let out = Command::new("qemu-img")
         .args(["info", "-U", "--output=json", source])
         .output()
@@ -136,6 +138,8 @@ mod tests {
             <disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdc'/><shareable/></disk>\
             <disk type='file' device='cdrom'><source file='/x.iso'/><target dev='hdc'/><readonly/></disk>\
             <disk type='file' device='disk'><source file='/img/ro.raw'/><target dev='vdd'/><readonly/></disk>\
+            <disk type='file' device='floppy'><source file='/img/boot.img'/><target dev='fda'/></disk>\
+            <disk type='file' device='floppy'><source file='/img/ro.img'/><target dev='fdb'/><readonly/></disk>\
             </devices></domain>";
         let root = Element::parse(xml.as_bytes()).expect("xml");
         let l = left_out(&root, &["vda".to_string()]);
@@ -151,6 +155,11 @@ mod tests {
                     target: "vdc".into(),
                     source: Some("/dev/sdz".into()),
                     reason: "shareable".into()
+                },
+                LeftOut {
+                    target: "fda".into(),
+                    source: Some("/img/boot.img".into()),
+                    reason: "not in the snapshot".into()
                 },
             ]
         );
