@@ -115,6 +115,22 @@ pub struct Manifest {
     pub unsafe_disk_order: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_disk_gap_ms: Option<u64>,
+    /// The job that took the snapshot through `hook pre --token T`: `hook post --token T`
+    /// releases only snapshots of its own job, so a job whose `pre` failed cannot release the
+    /// snapshot another job is still reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_token: Option<String>,
+    /// Disks (`DOMAIN/TARGET`) whose commit a release has started, recorded before it starts.
+    /// A disk found back on its image is released only if listed: otherwise something else
+    /// switched it (the VM was recreated from its old definition, a snapshot call still in
+    /// flight) and its overlay may hold the only copy of data, so it is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits_started: Vec<String>,
+    /// Disks (`DOMAIN/TARGET`) a release switched back to their image, recorded before their
+    /// overlay is deleted: an overlay left by a crash in between is stale (the guest has
+    /// written to the image since) and must never be merged again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits_pivoted: Vec<String>,
 }
 
 /// What the catalog's readers (metrics, retention) need from a verification report
@@ -174,6 +190,9 @@ impl Manifest {
             unsafe_stagger_ms: None,
             unsafe_disk_order: None,
             unsafe_disk_gap_ms: None,
+            hook_token: None,
+            commits_started: Vec::new(),
+            commits_pivoted: Vec::new(),
         }
     }
 }

@@ -66,6 +66,12 @@ pub enum Cmd {
         snap: SnapTuning,
         #[arg(long)]
         group: String,
+        /// Identifies one backup job, the same for its pre and post, different for concurrent
+        /// jobs (e.g. a job ID): pre records it, post releases only that job's snapshots.
+        /// Default: $CGSNAP_HOOK_TOKEN. Without a token post releases every outstanding
+        /// snapshot of the group, unsafe while another job of the group may be running.
+        #[arg(long, value_name = "T")]
+        token: Option<String>,
         /// Longest time one disk's commit may go without progress towards ready (post).
         #[arg(long, default_value = "300s", value_parser = duration::parse)]
         timeout: Duration,
@@ -270,6 +276,7 @@ pub fn snap_options(
             .map(|o| (o, Duration::from_millis(t.unsafe_disk_gap))),
         resume: t.resume,
         window_probe: None,
+        hook_token: None,
         connect_each: if t.shared_connection {
             None
         } else {
@@ -371,17 +378,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
             phase,
             snap,
             group,
+            token,
             timeout,
         } => {
+            let token = hook::token(token.clone(), std::env::var_os(hook::TOKEN_ENV))?;
             let cat = open_catalog()?;
             let line = match phase {
                 Phase::Pre => {
-                    let opts = snap_options(snap, group, *timeout)?;
+                    let opts = snapshot::Options {
+                        hook_token: token,
+                        ..snap_options(snap, group, *timeout)?
+                    };
                     hook::pre(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?
                 }
                 Phase::Post => {
                     let opts = release_options(*timeout);
-                    hook::post(&ctx.pool, &cat, group, &opts)?
+                    let r = hook::post(&ctx.pool, &cat, group, token.as_deref(), &opts)?;
+                    for n in &r.notes {
+                        eprintln!("{n}");
+                    }
+                    r.summary
                 }
             };
             println!("{line}");

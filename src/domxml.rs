@@ -38,6 +38,8 @@ pub struct DiskInfo {
     pub snapshot_mode: Option<String>,
     /// A block job (copy, commit) is mirroring this disk.
     pub mirror: bool,
+    /// That job's kind (`active-commit`, `copy`), when libvirt names it.
+    pub mirror_job: Option<String>,
     /// Backing files below the top image, nearest first, as libvirt reports them.
     pub backing: Vec<String>,
     /// Type (`file`, `block`, ...) of the nearest backing file, when the chain is given.
@@ -105,6 +107,11 @@ pub fn disks(domain: &str, xml: &str) -> Result<Vec<DiskInfo>, XmlError> {
             shareable: d.children().any(|c| c.has_tag_name("shareable")),
             snapshot_mode: d.attribute("snapshot").map(str::to_string),
             mirror: d.children().any(|c| c.has_tag_name("mirror")),
+            mirror_job: d
+                .children()
+                .find(|c| c.has_tag_name("mirror"))
+                .and_then(|m| m.attribute("job"))
+                .map(str::to_string),
             backing: backing_chain(d),
             backing_kind: d
                 .children()
@@ -251,6 +258,8 @@ mod tests {
         assert_eq!(d[1].kind, "block");
         assert_eq!(d[1].source.as_deref(), Some("/dev/sdb"));
         assert!(d[1].mirror);
+        assert_eq!(d[1].mirror_job.as_deref(), Some("active-commit"));
+        assert_eq!(d[0].mirror_job, None);
         assert!(!d[2].is_snapshotted());
         assert_eq!(d[3].kind, "network");
         assert_eq!(d[3].source, None);

@@ -1,20 +1,71 @@
-//! The contract with backup schedulers: `cgsnap hook pre|post --group G`.
+//! The contract with backup schedulers: `cgsnap hook pre|post --group G [--token T]`.
 //!
 //! - `pre` takes a group snapshot; on success the frozen images can be read by the backup tool
 //!   (overlays match `*.cgsnap-overlay` and should be excluded). Exit codes are those of
-//!   `cgsnap snapshot`; a second `pre` without `post` exits 6 and changes nothing.
-//! - `post` releases every outstanding snapshot of the group. It is safe without a `pre`, when
-//!   called twice, and after a failed `pre` (it then finishes any rollback): with nothing to
-//!   release it prints so and exits 0.
-//! - Each prints exactly one summary line on stdout; errors go to stderr.
+//!   `cgsnap snapshot`; a second `pre` without `post` exits 6 and changes nothing. With a token,
+//!   the manifest carries it (`hook_token`) from its first write, so a snapshot that failed,
+//!   is still pending or whose rollback was incomplete belongs to its job too.
+//! - `post --token T` releases only the outstanding snapshots whose token is T: the snapshot
+//!   of another job (another token, or none) is never touched, so a job whose `pre` failed
+//!   (busy, outstanding) and whose scheduler runs `post` anyway cannot release the snapshot a
+//!   concurrent job is still reading. Each such snapshot is named on stderr with the way to
+//!   release it, and `post` exits 0.
+//! - `post` without a token releases every outstanding snapshot of the group: for manual use
+//!   only, unsafe while another job of the group may be running.
+//! - `post` is safe without a `pre`, when called twice, and after a failed `pre` of its own job
+//!   (it then finishes the rollback): with nothing to release it prints so and exits 0.
+//! - Each prints exactly one summary line on stdout; errors and notes go to stderr.
+//! - A token is 1 to [`MAX_TOKEN`] printable ASCII characters without spaces; an empty or
+//!   malformed one is a usage error, never a silent fallback to "release everything".
 
 use crate::catalog::Catalog;
+use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
 use crate::release::{self, SnapshotReleaseError};
 use crate::snapshot::{self, SnapshotError};
 use chrono::{DateTime, Utc};
+use std::ffi::OsString;
 use std::sync::Arc;
+
+/// The environment variable read when `--token` is not given.
+pub const TOKEN_ENV: &str = "CGSNAP_HOOK_TOKEN";
+/// Longest accepted token, in bytes.
+pub const MAX_TOKEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid hook token {token:?} (from {origin}): give 1 to {MAX_TOKEN} printable ASCII characters without spaces, the same for pre and post of one backup job"
+)]
+pub struct TokenError {
+    token: String,
+    origin: &'static str,
+}
+
+impl Classify for TokenError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Usage
+    }
+}
+
+/// The job's token: `--token` when given, else `$CGSNAP_HOOK_TOKEN` when set. A value that is
+/// set but empty is refused: a script whose token variable came out empty must not fall back
+/// to releasing other jobs' snapshots.
+pub fn token(flag: Option<String>, env: Option<OsString>) -> Result<Option<String>, TokenError> {
+    let (token, origin) = match (flag, env) {
+        (Some(t), _) => (t, "--token"),
+        (None, Some(e)) => (e.to_string_lossy().into_owned(), TOKEN_ENV),
+        (None, None) => return Ok(None),
+    };
+    let ok = !token.is_empty()
+        && token.len() <= MAX_TOKEN
+        && token.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(Some(token))
+    } else {
+        Err(TokenError { token, origin })
+    }
+}
 
 pub fn pre(
     hosts: &[Arc<dyn Host>],
@@ -37,23 +88,233 @@ pub fn pre(
     ))
 }
 
+/// What `post` did: the stdout summary, and one stderr note per snapshot of another job that
+/// it left outstanding.
+#[derive(Debug)]
+pub struct PostReport {
+    pub summary: String,
+    pub notes: Vec<String>,
+}
+
 pub fn post(
     pool: &Pool,
     cat: &Catalog,
     group: &str,
+    token: Option<&str>,
     opts: &release::Options,
-) -> Result<String, SnapshotReleaseError> {
-    let outstanding = cat.outstanding(group)?;
-    if outstanding.is_empty() {
-        return Ok(format!("cgsnap: nothing to release for group {group}"));
+) -> Result<PostReport, SnapshotReleaseError> {
+    let (mine, others): (Vec<_>, Vec<_>) = cat
+        .outstanding(group)?
+        .into_iter()
+        .partition(|m| token.is_none() || m.hook_token.as_deref() == token);
+    let notes: Vec<String> = others
+        .iter()
+        .map(|m| {
+            let owner = match &m.hook_token {
+                Some(t) => format!("token {t}"),
+                None => "no token".to_string(),
+            };
+            format!(
+                "cgsnap: snapshot {} of group {group} ({}, {owner}) belongs to another job and was left outstanding: once that job is done, release it with `cgsnap release {}`",
+                m.id, m.state, m.id
+            )
+        })
+        .collect();
+    let job = token.map(|t| format!(" (token {t})")).unwrap_or_default();
+    let left = if others.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<&str> = others.iter().map(|m| m.id.as_str()).collect();
+        format!("; left {} of other jobs", ids.join(", "))
+    };
+    if mine.is_empty() {
+        return Ok(PostReport {
+            summary: format!("cgsnap: nothing to release for group {group}{job}{left}"),
+            notes,
+        });
     }
     let mut ids = Vec::new();
-    for m in outstanding {
+    for m in mine {
         release::release_snapshot(pool, cat, &m.id, opts)?;
         ids.push(m.id);
     }
-    Ok(format!(
-        "cgsnap: released {} of group {group}",
-        ids.join(", ")
-    ))
+    Ok(PostReport {
+        summary: format!("cgsnap: released {} of group {group}{left}", ids.join(", ")),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Manifest, SnapState};
+    use crate::hypervisor::fake::FakeHost;
+
+    /// A process spawned while a group lock is held inherits the lock's descriptor until its
+    /// exec (or its failure): the test that spawns a watchdog runs alone, apart from the tests
+    /// that take group locks.
+    static SPAWNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SPAWNS.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fake_pool() -> Pool {
+        let host: Arc<dyn Host> = Arc::new(FakeHost::new("qemu:///system"));
+        Pool::new(Box::new(move |_| Ok(host.clone())))
+    }
+
+    /// An outstanding snapshot without disks: releasing it only changes its state.
+    fn held(cat: &Catalog, id: &str, token: Option<&str>, state: SnapState) {
+        let mut m = Manifest::new(id, "g", state, Utc::now());
+        m.hook_token = token.map(str::to_string);
+        cat.write(&m).expect("write manifest");
+    }
+
+    fn state(cat: &Catalog, id: &str) -> SnapState {
+        cat.load(id).expect("load").state
+    }
+
+    #[test]
+    fn post_with_a_token_releases_only_its_own_jobs_snapshot() {
+        let _serial = serial();
+        let t = tempfile::tempdir().expect("tmp");
+        let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+        let pool = fake_pool();
+        held(&cat, "g-1", Some("job-1"), SnapState::Taken);
+        held(&cat, "g-2", Some("job-2"), SnapState::Failed);
+        held(&cat, "g-3", None, SnapState::Pending);
+        let opts = release::Options::default();
+
+        let r = post(&pool, &cat, "g", Some("job-2"), &opts).expect("post");
+        assert_eq!(
+            r.summary,
+            "cgsnap: released g-2 of group g; left g-1, g-3 of other jobs"
+        );
+        assert_eq!(state(&cat, "g-2"), SnapState::Released);
+        assert_eq!(state(&cat, "g-1"), SnapState::Taken, "job 1 still reads it");
+        assert_eq!(state(&cat, "g-3"), SnapState::Pending);
+        assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
+        assert!(
+            r.notes[0].contains("snapshot g-1 of group g (taken, token job-1)")
+                && r.notes[0].contains("`cgsnap release g-1`"),
+            "{}",
+            r.notes[0]
+        );
+        assert!(r.notes[1].contains("(pending, no token)"), "{}", r.notes[1]);
+
+        // A job whose pre failed (busy, outstanding) releases nothing of the others.
+        let r = post(&pool, &cat, "g", Some("job-9"), &opts).expect("post");
+        assert_eq!(
+            r.summary,
+            "cgsnap: nothing to release for group g (token job-9); left g-1, g-3 of other jobs"
+        );
+        assert_eq!(state(&cat, "g-1"), SnapState::Taken);
+
+        // Its own job's post does release it.
+        let r = post(&pool, &cat, "g", Some("job-1"), &opts).expect("post");
+        assert_eq!(
+            r.summary,
+            "cgsnap: released g-1 of group g; left g-3 of other jobs"
+        );
+        assert_eq!(state(&cat, "g-1"), SnapState::Released);
+
+        // Without a token (manual use): everything outstanding.
+        let r = post(&pool, &cat, "g", None, &opts).expect("post");
+        assert_eq!(r.summary, "cgsnap: released g-3 of group g");
+        assert!(r.notes.is_empty());
+        assert_eq!(state(&cat, "g-3"), SnapState::Released);
+    }
+
+    #[test]
+    fn post_with_a_token_and_nothing_held_has_nothing_to_release() {
+        let _serial = serial();
+        let t = tempfile::tempdir().expect("tmp");
+        let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+        let pool = fake_pool();
+        let opts = release::Options::default();
+        let r = post(&pool, &cat, "g", Some("job-1"), &opts).expect("post");
+        assert_eq!(
+            r.summary,
+            "cgsnap: nothing to release for group g (token job-1)"
+        );
+        assert!(r.notes.is_empty());
+        // Finished snapshots of the same job are not outstanding: still nothing.
+        held(&cat, "g-1", Some("job-1"), SnapState::Released);
+        held(&cat, "g-2", Some("job-1"), SnapState::Aborted);
+        let r = post(&pool, &cat, "g", Some("job-1"), &opts).expect("post");
+        assert_eq!(
+            r.summary,
+            "cgsnap: nothing to release for group g (token job-1)"
+        );
+        let r = post(&pool, &cat, "g", None, &opts).expect("post");
+        assert_eq!(r.summary, "cgsnap: nothing to release for group g");
+    }
+
+    #[test]
+    fn pre_records_its_token_from_the_first_manifest_write() {
+        let _serial = serial();
+        let t = tempfile::tempdir().expect("tmp");
+        let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+        let h = Arc::new(FakeHost::new("qemu:///system"));
+        h.add(
+            "db",
+            &crate::hypervisor::fake::one_disk(&format!("{}/db.qcow2", t.path().display()), ""),
+        );
+        let hosts: Vec<Arc<dyn Host>> = vec![h.clone()];
+        crate::group::add(&hosts, "g", &["db".to_string()]).expect("group add");
+        // No watchdog can start: the snapshot is abandoned after its pending manifest was
+        // written and before anything froze. That manifest already names the job.
+        let opts = snapshot::Options {
+            group: "g".into(),
+            freeze_budget: std::time::Duration::from_secs(2),
+            overlay_dir: None,
+            min_free: 0,
+            precreate: false,
+            exe: t.path().join("no-such-cgsnap"),
+            hold_frozen: None,
+            hold_snapped: None,
+            hold_pausing: None,
+            hold_resolved: None,
+            hold_watched: None,
+            release: release::Options::default(),
+            connect_each: None,
+            unsafe_stagger: None,
+            unsafe_disk_order: None,
+            resume: crate::protocol::Resume::default(),
+            window_probe: None,
+            hook_token: Some("job-1".into()),
+        };
+        let e = pre(&hosts, &cat, &opts, Utc::now()).expect_err("no watchdog");
+        assert!(e.to_string().contains("no-such-cgsnap"), "{e}");
+        let all = cat.list().expect("list");
+        assert_eq!(all.len(), 1, "one manifest");
+        assert_eq!(all[0].state, SnapState::Aborted);
+        assert_eq!(all[0].hook_token.as_deref(), Some("job-1"));
+        assert_eq!(
+            h.state_rechecked("db").expect("state"),
+            crate::hypervisor::DomState::Running
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_the_flag_then_the_environment_and_empty_is_refused() {
+        let env = |s: &str| Some(OsString::from(s));
+        assert_eq!(token(None, None).expect("none"), None);
+        assert_eq!(
+            token(Some("a".into()), env("b")).expect("flag"),
+            Some("a".into())
+        );
+        assert_eq!(token(None, env("b-12")).expect("env"), Some("b-12".into()));
+        for (flag, e) in [
+            (Some(String::new()), None),
+            (None, env("")),
+            (Some("two words".into()), None),
+            (Some("x".repeat(MAX_TOKEN + 1)), None),
+        ] {
+            let err = token(flag, e).expect_err("refused");
+            assert_eq!(err.exit_code(), ExitCode::Usage);
+            assert!(err.to_string().contains("invalid hook token"), "{err}");
+        }
+    }
 }

@@ -28,6 +28,7 @@ pub mod group_cmd;
 pub mod history;
 pub mod hook;
 pub mod hypervisor;
+pub mod ledger;
 pub mod lock;
 pub mod merge;
 pub mod metrics;

@@ -21,10 +21,15 @@
 //!   changed, it runs on the image; started between the two, it runs on the overlay, so that
 //!   disk's definition is put back on the overlay and the next (online) release commits it.
 //!   Nothing is deleted while it runs on an overlay.
+//! - Each disk is marked started in the [`crate::ledger`] before its merge (so a later run
+//!   knows a release put it back on its image), and all are marked pivoted only once the
+//!   domain was still shut off after the last definition change: a disk whose definition was
+//!   put back on its overlay holds live data and must never count as stale.
 
 use crate::catalog::DiskRecord;
 use crate::domxml;
 use crate::hypervisor::{DomState, Host};
+use crate::ledger::{Ledger, Mark};
 use crate::release::{self, ReleaseError};
 use crate::remote_merge::Outcome;
 use std::path::Path;
@@ -41,6 +46,7 @@ pub fn release(
     disks: &[DiskRecord],
     on_overlay: &[&DiskRecord],
     opts: &release::Options,
+    ledger: &dyn Ledger,
 ) -> Result<(), ReleaseError> {
     let not_running = || ReleaseError::NotRunning {
         domain: domain.to_string(),
@@ -70,7 +76,7 @@ pub fn release(
         }
     }
     for (i, (d, _, back)) in rewrites.iter().enumerate() {
-        if let Err(e) = merge_and_define(host, domain, d, back, local, opts) {
+        if let Err(e) = merge_and_define(host, domain, d, back, local, opts, ledger) {
             // Started meanwhile, the domain may run on the overlay of a disk whose definition
             // already names its image (and that start is likely why this merge failed).
             if i > 0 && host.state(domain).is_ok_and(|s| s != DomState::ShutOff) {
@@ -82,6 +88,10 @@ pub fn release(
     let state = host.state(domain)?;
     if state != DomState::ShutOff {
         return Err(undo_for_running(host, domain, &rewrites));
+    }
+    let targets: Vec<&str> = rewrites.iter().map(|(d, _, _)| d.target.as_str()).collect();
+    if !targets.is_empty() {
+        ledger.mark(domain, &targets, Mark::Pivoted)?;
     }
     release::remove_unused(host, domain, disks)?;
     eprintln!(
@@ -99,7 +109,9 @@ fn merge_and_define(
     back: &str,
     local: bool,
     opts: &release::Options,
+    ledger: &dyn Ledger,
 ) -> Result<(), ReleaseError> {
+    ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
     let merged = if local {
         crate::merge::merge(d)
     } else {
@@ -147,6 +159,7 @@ mod tests {
     use super::*;
     use crate::exit::{Classify, ExitCode};
     use crate::hypervisor::fake::FakeHost;
+    use crate::ledger::InMemory;
     use std::process::Command;
 
     fn qemu_img(args: &[&str]) {
@@ -242,8 +255,14 @@ mod tests {
         // Someone starts it just as vda is defined back on its image: it runs on vda's overlay.
         *host.start_on.lock().expect("lock") = Some(("set_disk_config".into(), "db".into()));
         let disks = [vda.clone(), vdb];
-        let e = release::release_member(&host, "db", &disks, &Default::default())
-            .expect_err("vdb cannot be merged");
+        let e = release::release_member(
+            &host,
+            "db",
+            &disks,
+            &Default::default(),
+            &InMemory::default(),
+        )
+        .expect_err("vdb cannot be merged");
         assert!(
             matches!(e, ReleaseError::StartedDuringRelease { .. }),
             "{e}"
@@ -263,8 +282,7 @@ mod tests {
     fn a_shut_off_member_is_merged_defined_on_its_image_and_its_overlay_removed() {
         let dir = tempfile::tempdir().expect("tmp");
         let (host, d) = member(dir.path());
-        release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
-            .expect("offline release");
+        release::release_one(&host, "db", &d).expect("offline release");
         assert!(byte0(&d.image).contains("5a"), "overlay writes merged");
         assert!(!Path::new(&d.overlay).exists(), "overlay removed");
         let disks = disks_of(&host);
@@ -272,8 +290,7 @@ mod tests {
         assert!(disks[0].backing.is_empty());
         assert!(host.xml("db").expect("xml").contains("<boot order='1'/>"));
         // Again: nothing left to do.
-        release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
-            .expect("idempotent");
+        release::release_one(&host, "db", &d).expect("idempotent");
     }
 
     /// The member of [`member`] on another host (its files are still those here, which the
@@ -296,8 +313,7 @@ mod tests {
             .replace("<backingStore type='file'>", "<backingStore type='block'>");
         host.add("db", &xml);
         host.set_state("db", DomState::ShutOff);
-        let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
-            .expect_err("block image");
+        let e = release::release_one(&host, "db", &d).expect_err("block image");
         assert!(matches!(e, ReleaseError::NotRunning { .. }), "{e}");
         assert!(e.to_string().contains("virsh start db"), "{e}");
         assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
@@ -318,8 +334,7 @@ mod tests {
             .lock()
             .expect("lock")
             .insert(d.overlay.clone(), "/elsewhere.qcow2".into());
-        let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
-            .expect_err("wrong backing file");
+        let e = release::release_one(&host, "db", &d).expect_err("wrong backing file");
         assert!(matches!(e, ReleaseError::OfflineMerge { .. }), "{e}");
         assert!(e.to_string().contains("/elsewhere.qcow2"), "{e}");
         assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
@@ -342,9 +357,9 @@ mod tests {
         let other = dir.path().join("other.qcow2").to_string_lossy().to_string();
         qemu_img(&["create", "-q", "-f", "qcow2", &other, "1M"]);
         d.image = other;
-        let e = release::release_member(&host, "db", std::slice::from_ref(&d), &Default::default())
-            .expect_err("wrong backing file");
-        assert!(matches!(e, ReleaseError::OfflineMerge { .. }), "{e}");
+        let e = release::release_one(&host, "db", &d).expect_err("wrong backing file");
+        // Refused before any merge is tried, from the chain libvirt reports.
+        assert!(matches!(e, ReleaseError::BackingChanged { .. }), "{e}");
         assert!(e.to_string().contains(&d.overlay), "{e}");
         assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
         assert!(Path::new(&d.overlay).exists());

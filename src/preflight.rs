@@ -383,10 +383,11 @@ mod tests {
 
     /// One qcow2 disk on `top`, backed by `below`.
     fn chained(top: &str, below: &str) -> String {
-        format!(
-            "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
-             <source file='{top}'/><backingStore type='file'><format type='qcow2'/>\
-             <source file='{below}'/></backingStore><target dev='vda'/></disk></devices></domain>"
+        crate::hypervisor::fake::one_disk(
+            top,
+            &format!(
+                "<backingStore type='file'><format type='qcow2'/><source file='{below}'/></backingStore>"
+            ),
         )
     }
 
@@ -540,10 +541,7 @@ mod tests {
         let h = Arc::new(FakeHost::new("fake://far/"));
         h.add(
             "db",
-            &format!(
-                "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
-                 <source file='{d}/a.qcow2'/><target dev='vda'/></disk></devices></domain>"
-            ),
+            &crate::hypervisor::fake::one_disk(&format!("{d}/a.qcow2"), ""),
         );
         // Here the directory is full and an overlay of that name exists: neither is the far
         // host's business.

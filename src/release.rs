@@ -4,12 +4,17 @@
 //! job is ready (mirror in sync), pivot the disk back to the image, then delete the overlay.
 //!
 //! Invariants:
-//! - Idempotent and resumable: each disk's next step is derived from the live domain XML, not
-//!   from what a previous run remembers (disk on overlay → commit; job running → wait/pivot;
-//!   disk on image → only the file removal is left).
+//! - Idempotent and resumable: each disk's next step is derived from the live domain XML
+//!   (disk on overlay → commit; our commit job running → wait/pivot; disk on image → only the
+//!   file removal is left); the [`crate::ledger`] only tells whether a disk found on its image
+//!   was switched by a release at all.
 //! - An overlay file is deleted only when no disk of its domain has it as source or anywhere in
-//!   its backing chain; a pre-created overlay that was never used holds no guest data. A
-//!   member's file on another host is deleted only through libvirt on that host, never here.
+//!   its backing chain, no process holds it open (QEMU's image lock), and either a release
+//!   switched its disk back or it holds no data (pre-created, never used). Each overlay goes
+//!   right after its own disk's pivot. A member's file on another host is deleted only through
+//!   libvirt on that host, never here.
+//! - A commit is started only on an overlay whose backing file is the snapshot's image, and
+//!   only our own kind of job (active commit) is waited for and pivoted.
 //! - A member whose domain no longer exists is released offline by [`crate::vanished`], one
 //!   that is shut off by [`crate::offline`].
 //! - A commit that makes no progress towards ready for the timeout is cancelled (the disk stays
@@ -21,6 +26,7 @@ use crate::catalog::DiskRecord;
 use crate::domxml;
 use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::{DomState, Host, HvError};
+use crate::ledger::{Ledger, Mark};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -45,9 +51,36 @@ pub enum ReleaseError {
         overlay: String,
     },
     #[error(
-        "member {domain} is {state}: overlays can only be committed while it runs; start it (`virsh start {domain}`) and run release again"
+        "member {domain} is {state}: overlays can only be committed while it runs; {}",
+        not_running_fix(domain, *state)
     )]
     NotRunning { domain: String, state: DomState },
+    #[error(
+        "member {domain} is shut off with a managed save image, whose saved state writes to the overlays: start it (`virsh start {domain}` restores it) and run release again; removing the save image would discard what the guest had not yet written"
+    )]
+    ManagedSave { domain: String },
+    #[error(
+        "disk {target} of {domain} is back on its image, but no release switched it (the VM recreated or redefined from its old definition?): its overlay {overlay} holds data written after the snapshot and is kept; if that data is not needed, delete the overlay, then run release again"
+    )]
+    NotSwitchedByRelease {
+        domain: String,
+        target: String,
+        overlay: String,
+    },
+    #[error(
+        "overlay {overlay} of {domain} is no longer used by the domain, but a process still has it open; it is kept: run release again once that process is gone"
+    )]
+    HeldOpen { domain: String, overlay: String },
+    #[error(
+        "disk {target} of {domain} runs a block job of another kind ({job}), not a commit of ours: let it finish or abort it (`virsh blockjob {domain} {target} --abort`), then run release again"
+    )]
+    ForeignJob {
+        domain: String,
+        target: String,
+        job: String,
+    },
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     #[error(
         "disk {target} of {domain} is now on {actual}, not on the snapshot overlay {overlay} nor its image: its chain was changed by someone else; merge it by hand"
     )]
@@ -57,6 +90,20 @@ pub enum ReleaseError {
         actual: String,
         overlay: String,
     },
+    #[error(
+        "overlay {overlay} of {domain}/{target} now lies over {below}, not over the snapshot's image {image}: someone changed its chain, and a commit would write into {below}; merge it by hand"
+    )]
+    BackingChanged {
+        domain: String,
+        target: String,
+        overlay: String,
+        below: String,
+        image: String,
+    },
+    #[error(
+        "commit of {domain}/{target} still runs after its wait ended; nothing is lost: run release again"
+    )]
+    StillCommitting { domain: String, target: String },
     #[error(
         "member {domain} no longer exists and its overlay {overlay} cannot be merged offline ({detail}); it is kept: {fix}"
     )]
@@ -98,13 +145,26 @@ pub enum ReleaseError {
     Hv(#[from] HvError),
 }
 
+/// What brings a member that is not running back to where its commits can run.
+fn not_running_fix(domain: &str, state: DomState) -> String {
+    match state {
+        DomState::ShutOff => format!("start it (`virsh start {domain}`) and run release again"),
+        DomState::PausedOther => format!(
+            "resume it once the cause is fixed (`virsh resume {domain}`; a VM paused on an I/O error usually has a full filesystem under its overlays: free space there first) and run release again"
+        ),
+        _ => format!(
+            "bring it back to running (`virsh dompmwakeup {domain}` for a suspended guest, else `virsh start {domain}`) and run release again"
+        ),
+    }
+}
+
 impl Classify for ReleaseError {
     fn exit_code(&self) -> ExitCode {
         match self {
             ReleaseError::Xml(_) => ExitCode::Malformed,
-            ReleaseError::Hv(e) if e.kind == crate::hypervisor::HvErrorKind::NoDomain => {
-                ExitCode::NotFound
-            }
+            ReleaseError::Catalog(e) => e.exit_code(),
+            // A member that vanished in the middle of its release: the next run merges its
+            // overlays offline, so this is a release to retry, not an unknown domain.
             _ => ExitCode::ReleaseIncomplete,
         }
     }
@@ -146,13 +206,31 @@ fn step_for(domain: &str, xml: &str, d: &DiskRecord) -> Result<DiskStep, Release
     let disks = domxml::disks(domain, xml)?;
     let live = disks.iter().find(|x| x.target == d.target);
     let src = live.and_then(|x| x.source.as_deref()).unwrap_or("");
-    if src == d.overlay {
-        let mirror = live.is_some_and(|x| x.mirror);
-        return Ok(if mirror {
-            DiskStep::Wait
-        } else {
-            DiskStep::Commit
-        });
+    if let Some(x) = live.filter(|_| src == d.overlay) {
+        if x.mirror {
+            // Only our own kind of job is ours to wait for and pivot: pivoting someone's copy
+            // would switch the VM onto the copy's target.
+            return match x.mirror_job.as_deref() {
+                Some("active-commit") | None => Ok(DiskStep::Wait),
+                Some(job) => Err(ReleaseError::ForeignJob {
+                    domain: domain.to_string(),
+                    target: d.target.clone(),
+                    job: job.to_string(),
+                }),
+            };
+        }
+        // A shallow commit writes into whatever lies right below the overlay: that must be
+        // the image the snapshot froze, not a file someone put in between.
+        if let Some(below) = x.backing.first().filter(|b| **b != d.image) {
+            return Err(ReleaseError::BackingChanged {
+                domain: domain.to_string(),
+                target: d.target.clone(),
+                overlay: d.overlay.clone(),
+                below: below.clone(),
+                image: d.image.clone(),
+            });
+        }
+        return Ok(DiskStep::Commit);
     }
     if src == d.image {
         return Ok(DiskStep::Done);
@@ -198,6 +276,14 @@ pub fn remove_unused(
             continue;
         }
         if Path::new(&d.overlay).exists() {
+            // The domain's XML can lag behind QEMU (a snapshot call still in flight, libvirtd
+            // restarted before saving its state): QEMU's lock is the last word.
+            if held_open(&d.overlay) {
+                return Err(ReleaseError::HeldOpen {
+                    domain: domain.to_string(),
+                    overlay: d.overlay.clone(),
+                });
+            }
             std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
                 path: d.overlay.clone(),
                 source,
@@ -319,16 +405,18 @@ pub(crate) fn wait_and_pivot(
     }
 }
 
-/// Release every listed disk of one member; safe to call again after any failure.
+/// Release every listed disk of one member; safe to call again after any failure. `ledger`
+/// holds what earlier runs of this release did ([`crate::ledger`]).
 pub fn release_member(
     host: &dyn Host,
     domain: &str,
     disks: &[DiskRecord],
     opts: &Options,
+    ledger: &dyn Ledger,
 ) -> Result<(), ReleaseError> {
     let state = match host.state(domain) {
         Err(e) if e.kind == crate::hypervisor::HvErrorKind::NoDomain => {
-            return crate::vanished::release(host, domain, disks, opts);
+            return crate::vanished::release(host, domain, disks, opts, ledger);
         }
         r => r?,
     };
@@ -337,20 +425,40 @@ pub fn release_member(
         .iter()
         .map(|d| step_for(domain, &xml, d).map(|s| (d, s)))
         .collect::<Result<Vec<_>, _>>()?;
+    for (d, s) in &steps {
+        if matches!(s, DiskStep::Done) {
+            check_found_done(host, domain, d, ledger)?;
+        }
+    }
     let pending = steps.iter().any(|(_, s)| !matches!(s, DiskStep::Done));
     if pending && !matches!(state, DomState::Running | DomState::PausedByUser) {
         if state == DomState::ShutOff {
+            // Its saved memory names the overlays: merged and redefined under it, the restore
+            // fails (overlay gone) or writes to an overlay nothing will ever merge.
+            if host.has_managed_save(domain)? {
+                return Err(ReleaseError::ManagedSave {
+                    domain: domain.to_string(),
+                });
+            }
             let on_overlay: Vec<&DiskRecord> = steps
                 .iter()
                 .filter(|(_, s)| matches!(s, DiskStep::Commit))
                 .map(|(d, _)| *d)
                 .collect();
-            return crate::offline::release(host, domain, &xml, disks, &on_overlay, opts);
+            return crate::offline::release(host, domain, &xml, disks, &on_overlay, opts, ledger);
         }
         return Err(ReleaseError::NotRunning {
             domain: domain.to_string(),
             state,
         });
+    }
+    let to_commit: Vec<&str> = steps
+        .iter()
+        .filter(|(_, s)| matches!(s, DiskStep::Commit))
+        .map(|(d, _)| d.target.as_str())
+        .collect();
+    if !to_commit.is_empty() {
+        ledger.mark(domain, &to_commit, Mark::Started)?;
     }
     // Start every commit first so the disks of one member merge concurrently.
     for (d, s) in &steps {
@@ -366,7 +474,29 @@ pub fn release_member(
         if matches!(s, DiskStep::Done) {
             continue;
         }
-        if let Err(e) = wait_and_pivot(host, domain, d, opts) {
+        let switched = wait_and_pivot(host, domain, d, opts).and_then(|()| {
+            // Each overlay goes as soon as its own disk is back on its image: one left until
+            // the member's other disks are done would be stale (the guest now writes to the
+            // image) yet look mergeable if the member vanished meanwhile.
+            let xml = host.xml(domain)?;
+            match step_for(domain, &xml, d)? {
+                DiskStep::Done => {
+                    ledger.mark(domain, &[d.target.as_str()], Mark::Pivoted)?;
+                    remove_unused(host, domain, std::slice::from_ref(*d))
+                }
+                // The job went away without a pivot: it failed or someone cancelled it.
+                DiskStep::Commit => Err(ReleaseError::CommitEnded {
+                    domain: domain.to_string(),
+                    target: d.target.clone(),
+                    overlay: d.overlay.clone(),
+                }),
+                DiskStep::Wait => Err(ReleaseError::StillCommitting {
+                    domain: domain.to_string(),
+                    target: d.target.clone(),
+                }),
+            }
+        });
+        if let Err(e) = switched {
             // Leave no commit of this member running behind the error (e.g. one still
             // copying at a rate limit): its disks stay on their overlays, and the next release
             // starts every commit afresh with its own options.
@@ -378,28 +508,80 @@ pub fn release_member(
             return Err(e);
         }
     }
-    // Re-read: every disk must now be on its image before anything is deleted.
-    let xml = host.xml(domain)?;
-    for d in disks {
-        let step = step_for(domain, &xml, d)?;
-        if matches!(step, DiskStep::Commit) {
-            // The job went away without a pivot: it failed or someone cancelled it.
-            return Err(ReleaseError::CommitEnded {
-                domain: domain.to_string(),
-                target: d.target.clone(),
-                overlay: d.overlay.clone(),
-            });
-        }
-        if !matches!(step, DiskStep::Done) {
-            return Err(ReleaseError::ChainChanged {
-                domain: domain.to_string(),
-                target: d.target.clone(),
-                actual: d.overlay.clone(),
-                overlay: d.overlay.clone(),
-            });
-        }
-    }
+    // The disks found on their images at the start (checked above) leave only their files.
     remove_unused(host, domain, disks)
+}
+
+/// A disk found back on its image while its overlay still exists: the overlay may go only if
+/// a release switched the disk (its commit was marked started), or, on this host, if the
+/// overlay holds no data of its own (pre-created and never written). Anything else switched
+/// it, and the overlay may hold the only copy of what the guest wrote since the snapshot.
+fn check_found_done(
+    host: &dyn Host,
+    domain: &str,
+    d: &DiskRecord,
+    ledger: &dyn Ledger,
+) -> Result<(), ReleaseError> {
+    if ledger.has(domain, &d.target, Mark::Started) {
+        return Ok(());
+    }
+    let keeps_data = if crate::snapshot::is_local(host.uri()) {
+        Path::new(&d.overlay).exists() && crate::room::holds_data(&d.overlay).unwrap_or(true)
+    } else {
+        // Another host's file is only known through its storage pool: one that exists there
+        // was written by a snapshot (remote overlays are created by the snapshot itself).
+        host.pool_has(&d.overlay)? == Some(true)
+    };
+    if keeps_data {
+        return Err(ReleaseError::NotSwitchedByRelease {
+            domain: domain.to_string(),
+            target: d.target.clone(),
+            overlay: d.overlay.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// How long a process may still hold an overlay its domain has just let go of (QEMU closes
+/// the node right after the pivot) before the overlay counts as held open.
+const HELD_OPEN_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether some process (a QEMU) has the overlay open for writing, from QEMU's image locks:
+/// `qemu-img info` without `-U` takes a shared lock, which a writer's lock refuses. It does not
+/// open the backing image, whose lock the running VM holds again after the pivot.
+fn held_open(path: &str) -> bool {
+    let deadline = Instant::now() + HELD_OPEN_WAIT;
+    loop {
+        let out = std::process::Command::new("qemu-img")
+            .args(["info", "-f", "qcow2", path])
+            .output();
+        let held = match out {
+            Ok(o) if !o.status.success() => {
+                crate::merge::says_held_open(&String::from_utf8_lossy(&o.stderr))
+            }
+            _ => false,
+        };
+        if !held || Instant::now() >= deadline {
+            return held;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One disk of `domain` released with the default options and no earlier run (tests).
+#[cfg(test)]
+pub(crate) fn release_one(
+    host: &dyn Host,
+    domain: &str,
+    d: &DiskRecord,
+) -> Result<(), ReleaseError> {
+    release_member(
+        host,
+        domain,
+        std::slice::from_ref(d),
+        &Options::default(),
+        &crate::ledger::InMemory::default(),
+    )
 }
 
 /// Why a whole snapshot could not be released.
@@ -407,11 +589,13 @@ pub fn release_member(
 pub enum SnapshotReleaseError {
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
-    #[error("snapshot {id}: {source}")]
+    #[error("snapshot {id}: {source}{}", also(more))]
     Member {
         id: String,
         #[source]
         source: Box<ReleaseError>,
+        /// The other members' failures, after the first.
+        more: Vec<String>,
     },
     #[error(
         "snapshot {id}: no room to release: committing {} needs {} MiB more in {}, which has {} MiB free; free space there (or grow the filesystem) and run release again; until then the VMs keep writing to their overlays and nothing is lost",
@@ -424,6 +608,11 @@ pub enum SnapshotReleaseError {
         id: String,
         short: crate::room::Shortage,
     },
+}
+
+/// Further failures appended to the first one's line.
+fn also(more: &[String]) -> String {
+    more.iter().map(|m| format!("; also: {m}")).collect()
 }
 
 /// Bytes in MiB, rounded up (a need of a few KiB is not "0 MiB"). Free space is rounded down
@@ -472,15 +661,17 @@ pub fn release_snapshot(
     }
     man.state = SnapState::Releasing;
     cat.write(&man)?;
-    // Members are independent: release them in parallel, report the first failure.
+    let members = man.members.clone();
+    let ledger = crate::ledger::InManifest::new(cat, man);
+    // Members are independent: release them in parallel, report every failure.
     let results: Vec<Result<(), ReleaseError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = man
-            .members
+        let ledger = &ledger;
+        let handles: Vec<_> = members
             .iter()
             .map(|m| {
                 s.spawn(move || {
                     let host = pool.get(&m.uri)?;
-                    release_member(host.as_ref(), &m.domain, &m.disks, opts)
+                    release_member(host.as_ref(), &m.domain, &m.disks, opts, ledger)
                 })
             })
             .collect();
@@ -496,12 +687,23 @@ pub fn release_snapshot(
             })
             .collect()
     });
-    if let Some(e) = results.into_iter().find_map(Result::err) {
-        man.error = Some(e.to_string());
+    let mut man = ledger.into_manifest();
+    let mut errors = results.into_iter().filter_map(Result::err);
+    if let Some(e) = errors.next() {
+        // Members fail for unrelated reasons (one timed out, another needs a hand): each
+        // needs its own fix, so none is hidden behind the first.
+        let more: Vec<String> = errors.map(|e| e.to_string()).collect();
+        man.error = Some(
+            std::iter::once(e.to_string())
+                .chain(more.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
         cat.write(&man)?;
         return Err(SnapshotReleaseError::Member {
             id: id.to_string(),
             source: Box::new(e),
+            more,
         });
     }
     man.state = SnapState::Released;
@@ -566,21 +768,15 @@ mod tests {
         let host = FakeHost::new("qemu:///system");
         host.add(
             "db",
-            "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
-             <source file='/i/vda.ovl'/><backingStore type='file'><format type='qcow2'/>\
-             <source file='/i/vda.qcow2'/></backingStore><target dev='vda'/></disk></devices></domain>",
+            &disk_xml(
+                "/i/vda.ovl",
+                "<backingStore type='file'><format type='qcow2'/><source file='/i/vda.qcow2'/></backingStore>",
+            ),
         );
         // The job is gone at once, as one that failed (e.g. out of room) or was cancelled.
         host.fail_on("job_lost", "db");
-        let d = DiskRecord {
-            target: "vda".into(),
-            image: "/i/vda.qcow2".into(),
-            overlay: "/i/vda.ovl".into(),
-            format: "qcow2".into(),
-            virtual_size: 1 << 20,
-        };
-        let e = release_member(&host, "db", std::slice::from_ref(&d), &Options::default())
-            .expect_err("still on its overlay");
+        let d = record(Path::new("/i/vda.qcow2"), Path::new("/i/vda.ovl"));
+        let e = release_one(&host, "db", &d).expect_err("still on its overlay");
         assert!(matches!(e, ReleaseError::CommitEnded { .. }), "{e}");
         assert!(
             e.to_string()
@@ -594,6 +790,163 @@ mod tests {
         assert!(!calls.iter().any(|c| c.starts_with("pivot")), "{calls:?}");
     }
 
+    use crate::hypervisor::fake::one_disk as disk_xml;
+
+    fn qcow2(path: &Path, backing: Option<&Path>) {
+        let mut c = std::process::Command::new("qemu-img");
+        c.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            c.args(["-F", "qcow2", "-b"]).arg(b);
+        }
+        assert!(c.arg(path).arg("1M").status().expect("qemu-img").success());
+    }
+
+    fn record(image: &Path, overlay: &Path) -> DiskRecord {
+        DiskRecord {
+            target: "vda".into(),
+            image: image.to_string_lossy().into(),
+            overlay: overlay.to_string_lossy().into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn an_overlay_found_switched_back_goes_only_if_a_release_switched_it_or_it_is_empty() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (image, overlay) = (t.path().join("vda.qcow2"), t.path().join("vda.ovl"));
+        qcow2(&image, None);
+        let d = record(&image, &overlay);
+        let host = FakeHost::new("qemu:///system");
+        host.add("db", &disk_xml(&d.image, ""));
+        let release = |ledger: &crate::ledger::InMemory| {
+            release_member(
+                &host,
+                "db",
+                std::slice::from_ref(&d),
+                &Options::default(),
+                ledger,
+            )
+        };
+        // Pre-created and never used: no data, it goes.
+        qcow2(&overlay, Some(&image));
+        release(&Default::default()).expect("empty overlay removed");
+        assert!(!overlay.exists());
+
+        // Written to, but nothing says a release switched the disk back (the VM recreated
+        // from its old definition): the overlay may hold the only copy of that data.
+        qcow2(&overlay, Some(&image));
+        let st = std::process::Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write 0 64k"])
+            .arg(&overlay)
+            .output()
+            .expect("qemu-io");
+        assert!(st.status.success(), "{st:?}");
+        let e = release(&Default::default()).expect_err("kept");
+        assert!(
+            matches!(e, ReleaseError::NotSwitchedByRelease { .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("no release switched it") && e.to_string().contains("is kept"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
+        assert!(overlay.exists());
+
+        // A release started its commit (and died after the pivot): it goes.
+        let ledger = crate::ledger::InMemory::default();
+        ledger.mark("db", &["vda"], Mark::Started).expect("mark");
+        release(&ledger).expect("ours");
+        assert!(!overlay.exists());
+    }
+
+    #[test]
+    fn an_overlay_some_process_holds_open_is_kept() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (image, overlay) = (t.path().join("vda.qcow2"), t.path().join("vda.ovl"));
+        qcow2(&image, None);
+        qcow2(&overlay, Some(&image));
+        // A QEMU with its vCPUs stopped holds the overlay's write lock, as a VM whose
+        // snapshot call libvirt has not yet recorded does.
+        let mut qemu = std::process::Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "pc",
+                "-accel",
+                "tcg",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-S",
+            ])
+            .arg("-drive")
+            .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        let d = record(&image, &overlay);
+        let host = FakeHost::new("qemu:///system");
+        host.add("db", &disk_xml(&d.image, ""));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !held_open(&d.overlay) {
+            if let Ok(Some(st)) = qemu.try_wait() {
+                let mut err = String::new();
+                let _ =
+                    std::io::Read::read_to_string(qemu.stderr.as_mut().expect("stderr"), &mut err);
+                panic!("qemu exited ({st}): {err}");
+            }
+            assert!(Instant::now() < deadline, "qemu never locked the overlay");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let e = remove_unused(&host, "db", std::slice::from_ref(&d));
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        let e = e.expect_err("held open");
+        assert!(matches!(e, ReleaseError::HeldOpen { .. }), "{e}");
+        assert!(overlay.exists());
+        remove_unused(&host, "db", std::slice::from_ref(&d)).expect("free now");
+        assert!(!overlay.exists());
+    }
+
+    #[test]
+    fn no_commit_is_started_on_a_foreign_job_a_changed_chain_or_a_saved_vm() {
+        let d = record(Path::new("/i/vda.qcow2"), Path::new("/i/vda.ovl"));
+        let run = |xml: &str, state: DomState, saved: bool| {
+            let host = FakeHost::new("qemu:///system");
+            host.add("db", xml);
+            host.set_state("db", state);
+            if saved {
+                host.fail_on("managed_save", "db");
+            }
+            let e = release_one(&host, "db", &d).expect_err("refused");
+            let calls = host.calls();
+            assert!(!calls.iter().any(|c| c.starts_with("commit")), "{calls:?}");
+            assert!(!calls.iter().any(|c| c.starts_with("pivot")), "{calls:?}");
+            assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete, "{e}");
+            e
+        };
+        let copy = disk_xml(&d.overlay, "<mirror type='file' job='copy'/>");
+        let e = run(&copy, DomState::Running, false);
+        assert!(matches!(e, ReleaseError::ForeignJob { .. }), "{e}");
+        assert!(e.to_string().contains("(copy)"), "{e}");
+
+        let other_base = disk_xml(
+            &d.overlay,
+            "<backingStore type='file'><format type='qcow2'/><source file='/i/other.qcow2'/></backingStore>",
+        );
+        let e = run(&other_base, DomState::Running, false);
+        assert!(matches!(e, ReleaseError::BackingChanged { .. }), "{e}");
+        assert!(e.to_string().contains("/i/other.qcow2"), "{e}");
+
+        let e = run(&disk_xml(&d.overlay, ""), DomState::ShutOff, true);
+        assert!(matches!(e, ReleaseError::ManagedSave { .. }), "{e}");
+
+        let e = run(&disk_xml(&d.overlay, ""), DomState::PausedOther, false);
+        assert!(e.to_string().contains("virsh resume db"), "{e}");
+    }
+
     #[test]
     fn a_remote_member_s_overlay_path_never_touches_a_file_here() {
         // A same-named file on this host (same image layout on every host of a cluster) is
@@ -603,21 +956,8 @@ mod tests {
         std::fs::write(&here, b"local data").expect("local file");
         let image = t.path().join("vda.qcow2");
         let host = FakeHost::new("qemu+ssh://far/system");
-        host.add(
-            "db",
-            &format!(
-                "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
-                 <source file='{}'/><target dev='vda'/></disk></devices></domain>",
-                image.display()
-            ),
-        );
-        let d = DiskRecord {
-            target: "vda".into(),
-            image: image.to_string_lossy().into(),
-            overlay: here.to_string_lossy().into(),
-            format: "qcow2".into(),
-            virtual_size: 1 << 20,
-        };
+        host.add("db", &disk_xml(&image.to_string_lossy(), ""));
+        let d = record(&image, &here);
         remove_unused(&host, "db", std::slice::from_ref(&d)).expect("released");
         assert_eq!(std::fs::read(&here).expect("still here"), b"local data");
 

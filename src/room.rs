@@ -124,6 +124,11 @@ fn uncovered(top: &[(u64, u64)], below: &[(u64, u64)]) -> u64 {
     total
 }
 
+/// Whether a local qcow2 file holds data of its own (not only its backing file's).
+pub fn holds_data(path: &str) -> Result<bool, String> {
+    Ok(!data_ranges(path, "qcow2")?.is_empty())
+}
+
 /// Bytes a commit of `d`'s overlay would add to its image.
 pub fn need(d: &DiskRecord) -> Result<u64, String> {
     let top = data_ranges(&d.overlay, "qcow2")?;

@@ -34,7 +34,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Watchdog(#[from] WatchdogError),
     #[error(
-        "group {group} already has an unreleased snapshot {id} ({state}): release it first with `cgsnap release {id}` (or `cgsnap hook post --group {group}`)"
+        "group {group} already has an unreleased snapshot {id} ({state}): release it first with `cgsnap release {id}` once no backup job reads its images any more (the job that took it releases it with its own `hook post --token`)"
     )]
     Outstanding {
         group: String,
@@ -125,6 +125,9 @@ pub struct Options {
     pub resume: Resume,
     /// Called with `true` when the freeze window opens, `false` when it closes (benchmark).
     pub window_probe: Option<WindowProbe>,
+    /// The backup job taking the snapshot (`hook pre --token`), recorded in the manifest from
+    /// its first write so that only that job's `hook post --token` releases it.
+    pub hook_token: Option<String>,
 }
 
 pub type WindowProbe = Arc<dyn Fn(bool) + Send + Sync>;
@@ -138,7 +141,34 @@ pub fn is_local(uri: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Create `d`'s overlay; on failure nothing of it is left (a file that was already there is
+/// never touched).
 fn precreate(d: &catalog::DiskRecord) -> Result<(), SnapshotError> {
+    // Claim the path first, exclusively: qemu-img would silently truncate a file that is
+    // already there, and a file of that name belongs to someone else (another catalog's run
+    // that picked the same snapshot ID, or anything not ours). The preflight refuses existing
+    // overlays; this closes the race between that check and here.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&d.overlay)
+        .map_err(|e| SnapshotError::Precreate {
+            path: d.overlay.clone(),
+            detail: if e.kind() == std::io::ErrorKind::AlreadyExists {
+                "it already exists (another run's overlay?): nothing was overwritten; check `cgsnap list` and remove the file if it is nobody's".to_string()
+            } else {
+                e.to_string()
+            },
+        })?;
+    let made = fill_overlay(d);
+    if made.is_err() {
+        let _ = std::fs::remove_file(&d.overlay);
+    }
+    made
+}
+
+/// Write the qcow2 header of `d`'s (just claimed) overlay and give it the image's owner.
+fn fill_overlay(d: &catalog::DiskRecord) -> Result<(), SnapshotError> {
     // -u: do not open the backing image (QEMU holds its write lock); the size is given instead.
     let out = std::process::Command::new("qemu-img")
         .args([
@@ -206,7 +236,13 @@ pub(crate) fn rollback(
             }
             continue;
         }
-        if let Err(e) = release::release_member(host, &p.member.domain, &p.disks, opts) {
+        if let Err(e) = release::release_member(
+            host,
+            &p.member.domain,
+            &p.disks,
+            opts,
+            &crate::ledger::InMemory::default(),
+        ) {
             errors.push(e.to_string());
         }
     }
@@ -349,18 +385,23 @@ pub fn take(
         None => None,
     };
     let mut man = manifest(&id, &opts.group, now, &plan);
+    man.hook_token = opts.hook_token.clone();
     cat.write(&man)?;
     drop(planning);
 
     if reuse {
-        let created = plan
-            .iter()
-            .flat_map(|p| p.disks.iter())
-            .try_for_each(precreate);
-        if let Err(e) = created {
-            // Nothing is in use yet: every pre-created file is empty and can go.
-            for d in plan.iter().flat_map(|p| p.disks.iter()) {
-                let _ = std::fs::remove_file(&d.overlay);
+        let mut created = Vec::new();
+        let made: Result<(), SnapshotError> =
+            plan.iter().flat_map(|p| p.disks.iter()).try_for_each(|d| {
+                precreate(d)?;
+                created.push(&d.overlay);
+                Ok(())
+            });
+        if let Err(e) = made {
+            // Nothing is in use yet: every file this run created is empty and can go (and
+            // only those: one found already there is someone else's).
+            for o in created {
+                let _ = std::fs::remove_file(o);
             }
             man.state = SnapState::Aborted;
             man.error = Some(e.to_string());
@@ -542,11 +583,7 @@ mod tests {
         let h = Arc::new(FakeHost::new("qemu:///system"));
         h.add(
             "db",
-            &format!(
-                "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
-                 <source file='{}/db.qcow2'/><target dev='vda'/></disk></devices></domain>",
-                t.path().display()
-            ),
+            &crate::hypervisor::fake::one_disk(&format!("{}/db.qcow2", t.path().display()), ""),
         );
         let hosts: Vec<Arc<dyn Host>> = vec![h.clone()];
         for g in ["a", "b"] {
@@ -655,6 +692,42 @@ mod tests {
                 "odd on qemu:///system (state unknown)"
             ]
         );
+    }
+
+    #[test]
+    fn an_overlay_path_already_taken_is_never_overwritten() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let image = t.path().join("vda.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("1M")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        let d = catalog::DiskRecord {
+            target: "vda".into(),
+            image: image.to_string_lossy().into(),
+            overlay: t.path().join("vda.ovl").to_string_lossy().into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        };
+        std::fs::write(&d.overlay, b"someone else's").expect("write");
+        let e = precreate(&d).expect_err("taken");
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert_eq!(std::fs::read(&d.overlay).expect("kept"), b"someone else's");
+
+        std::fs::remove_file(&d.overlay).expect("rm");
+        precreate(&d).expect("created");
+        assert!(std::fs::metadata(&d.overlay).expect("overlay").len() > 0);
+        // A failed header write leaves nothing behind.
+        let bad = catalog::DiskRecord {
+            overlay: t.path().join("bad.ovl").to_string_lossy().into(),
+            format: "no-such-format".into(),
+            ..d.clone()
+        };
+        precreate(&bad).expect_err("qemu-img refuses");
+        assert!(!std::path::Path::new(&bad.overlay).exists());
     }
 
     #[test]

@@ -16,9 +16,13 @@
 //!   started by hand on it): QEMU's image locks make the merge fail on it.
 //! - Safe to repeat after a crash: merging the same overlay again writes the same data, and an
 //!   overlay that is already gone means its disk is done.
+//! - An overlay whose disk a release already switched back to its image (marked pivoted in the
+//!   [`crate::ledger`]) is stale: the guest wrote to the image after it. It is deleted, never
+//!   merged.
 
 use crate::catalog::DiskRecord;
 use crate::hypervisor::Host;
+use crate::ledger::{Ledger, Mark};
 use crate::release::{self, ReleaseError};
 use crate::remote_merge::Outcome;
 use std::path::Path;
@@ -73,15 +77,25 @@ pub fn release(
     domain: &str,
     disks: &[DiskRecord],
     opts: &release::Options,
+    ledger: &dyn Ledger,
 ) -> Result<(), ReleaseError> {
     let uri = host.uri();
+    let stale = |d: &DiskRecord| ledger.has(domain, &d.target, Mark::Pivoted);
     // A remote host's files are not ours to open: its own libvirt merges them.
     if !crate::snapshot::is_local(uri) {
-        return remote(host, domain, disks, opts);
+        return remote(host, domain, disks, opts, ledger);
+    }
+    for d in disks.iter().filter(|d| stale(d)) {
+        if Path::new(&d.overlay).exists() {
+            std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
+                path: d.overlay.clone(),
+                source,
+            })?;
+        }
     }
     let left: Vec<&DiskRecord> = disks
         .iter()
-        .filter(|d| Path::new(&d.overlay).exists())
+        .filter(|d| !stale(d) && Path::new(&d.overlay).exists())
         .collect();
     if left.is_empty() {
         return Ok(());
@@ -94,6 +108,9 @@ pub fn release(
         });
     }
     for d in &left {
+        // Marked first: should the domain come back on its images before the overlay is
+        // deleted, the next run knows the data went into them.
+        ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
         merge_disk(domain, d)?;
     }
     eprintln!(
@@ -111,7 +128,9 @@ fn remote(
     domain: &str,
     disks: &[DiskRecord],
     opts: &release::Options,
+    ledger: &dyn Ledger,
 ) -> Result<(), ReleaseError> {
+    let stale = |d: &DiskRecord| ledger.has(domain, &d.target, Mark::Pivoted);
     let all: Vec<&DiskRecord> = disks.iter().collect();
     if let Some((user, overlay)) = user_of(host, &all)? {
         return Err(ReleaseError::VanishedButUsed {
@@ -151,6 +170,11 @@ fn remote(
     }
     let mut merged = 0;
     for d in left {
+        if stale(d) {
+            release::remove_remote(host, domain, &d.overlay)?;
+            continue;
+        }
+        ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
         match crate::remote_merge::merge(host, domain, d, opts) {
             Ok(Outcome::Gone) => {}
             Ok(Outcome::Merged) => {
@@ -193,6 +217,7 @@ mod tests {
     use crate::catalog::DiskRecord;
     use crate::exit::{Classify, ExitCode};
     use crate::hypervisor::fake::FakeHost;
+    use crate::ledger::InMemory;
     use crate::release::{self, ReleaseError};
     use std::process::Command;
 
@@ -218,7 +243,49 @@ mod tests {
 
     fn release_gone(uri: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
         let host = FakeHost::new(uri);
-        release::release_member(&host, "gone", std::slice::from_ref(d), &Default::default())
+        release::release_one(&host, "gone", d)
+    }
+
+    #[test]
+    fn a_stale_overlay_of_a_disk_already_switched_back_is_deleted_not_merged() {
+        // The release switched vda back, the guest wrote to the image, then the member
+        // vanished before the overlay was deleted: merging it would overwrite that write.
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = disk(dir.path(), "a.qcow2", "a.ovl");
+        qcow2(&d.image, None);
+        qcow2(&d.overlay, Some(&d.image));
+        let io = |path: &str, cmd: &str| {
+            let out = Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", cmd, path])
+                .output()
+                .expect("qemu-io");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        io(&d.overlay, "write -P 0x11 0 64k");
+        io(&d.image, "write -P 0x22 0 64k");
+        let ledger = InMemory::default();
+        crate::ledger::Ledger::mark(&ledger, "gone", &["vda"], crate::ledger::Mark::Pivoted)
+            .expect("mark");
+        let host = FakeHost::new("qemu:///system");
+        release::release_member(
+            &host,
+            "gone",
+            std::slice::from_ref(&d),
+            &Default::default(),
+            &ledger,
+        )
+        .expect("released");
+        assert!(!std::path::Path::new(&d.overlay).exists());
+        let read = io(&d.image, "read -P 0x22 0 64k");
+        assert!(!read.contains("Pattern verification failed"), "{read}");
+
+        // Without the mark the same overlay is merged (its data is the newest).
+        qcow2(&d.overlay, Some(&d.image));
+        io(&d.overlay, "write -P 0x11 0 64k");
+        release_gone("qemu:///system", &d).expect("merged");
+        let read = io(&d.image, "read -P 0x11 0 64k");
+        assert!(!read.contains("Pattern verification failed"), "{read}");
     }
 
     #[test]
@@ -233,9 +300,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let d = disk(dir.path(), "a.qcow2", "a.ovl");
         let host = FakeHost::new("qemu+tcp://far/system");
-        let e =
-            release::release_member(&host, "gone", std::slice::from_ref(&d), &Default::default())
-                .expect_err("no pool");
+        let e = release::release_one(&host, "gone", &d).expect_err("no pool");
         assert!(matches!(e, ReleaseError::VanishedMerge { .. }), "{e}");
         assert!(e.to_string().contains("pool-create-as"), "{e}");
         assert_eq!(e.exit_code(), ExitCode::ReleaseIncomplete);
@@ -247,8 +312,7 @@ mod tests {
         // With a pool that no longer holds it: merged and removed earlier, nothing to do.
         let pool = dir.path().to_string_lossy().to_string();
         host.pools.lock().expect("lock").insert(pool, 1 << 30);
-        release::release_member(&host, "gone", std::slice::from_ref(&d), &Default::default())
-            .expect("done");
+        release::release_one(&host, "gone", &d).expect("done");
         assert!(!host.calls().iter().any(|c| c.starts_with("start_helper")));
     }
 
@@ -285,9 +349,7 @@ mod tests {
                 d.overlay
             ),
         );
-        let e =
-            release::release_member(&host, "gone", std::slice::from_ref(&d), &Default::default())
-                .expect_err("in use by a renamed domain");
+        let e = release::release_one(&host, "gone", &d).expect_err("in use by a renamed domain");
         assert!(matches!(e, ReleaseError::VanishedButUsed { .. }), "{e}");
         assert!(
             e.to_string().contains("virsh domrename renamed gone"),

@@ -1,10 +1,13 @@
 //! The shipped Bareos/Bacula snippet (`hooks/bareos/cgsnap-job.conf`), without a backup daemon:
 //! - its RunScript blocks are exactly the hook contract: pre before the job with
 //!   FailJobOnError, post after it on success and on failure, both on the client (the libvirt
-//!   host), and its only `Command = "..."` lines are `cgsnap hook pre|post --group GROUP`;
+//!   host), and its only `Command = "..."` lines are `cgsnap hook pre|post --group GROUP
+//!   --token jobid-%i` (the JobId: one token per job, shared by its pre and post);
 //! - those command lines run as written against the real `cgsnap` binary (`test:///default`,
-//!   empty catalog): post says there is nothing to release, pre finds no such group;
-//! - the FileSet reads the image directory and excludes `*.cgsnap-overlay`;
+//!   empty catalog, `%i` as a JobId): post says there is nothing of its job to release, pre
+//!   finds no such group;
+//! - the FileSet reads the image directory and excludes `*.cgsnap-overlay` and cgsnap's
+//!   scratch directories there (`cgsnap-verify`, `cgsnap-restore`);
 //! - Debian's Bacula director parses it (`bacula-dir -t`, extracted by `testbeds/host-setup.sh`
 //!   into /var/cache/cgsnap/bacula), and rejects a copy with a misspelled directive, which shows
 //!   the check reads the snippet. Debian 12 has no Bareos package; Bareos shares these directives.
@@ -15,6 +18,8 @@ mod bacula_conf;
 use std::process::Command;
 
 const SNIPPET: &str = include_str!("../hooks/bareos/cgsnap-job.conf");
+const PRE: &str = "cgsnap hook pre --group GROUP --token jobid-%i";
+const POST: &str = "cgsnap hook post --group GROUP --token jobid-%i";
 
 /// The snippet without comments.
 fn code() -> String {
@@ -93,12 +98,12 @@ fn runscripts_are_the_hook_contract() {
     assert_eq!(get(pre, "runswhen"), ["Before"]);
     assert_eq!(get(pre, "failjobonerror"), ["yes"]);
     assert_eq!(get(pre, "runsonclient"), ["yes"]);
-    assert_eq!(get(pre, "command"), ["cgsnap hook pre --group GROUP"]);
+    assert_eq!(get(pre, "command"), [PRE]);
     assert_eq!(get(post, "runswhen"), ["After"]);
     assert_eq!(get(post, "runsonsuccess"), ["yes"]);
     assert_eq!(get(post, "runsonfailure"), ["yes"]);
     assert_eq!(get(post, "runsonclient"), ["yes"]);
-    assert_eq!(get(post, "command"), ["cgsnap hook post --group GROUP"]);
+    assert_eq!(get(post, "command"), [POST]);
 
     // Every Command line of the file, wherever it is: exactly the two hook calls.
     let commands: Vec<&str> = code
@@ -107,13 +112,7 @@ fn runscripts_are_the_hook_contract() {
         .filter_map(|r| r.trim_start().strip_prefix('='))
         .map(|v| v.trim().trim_matches('"'))
         .collect();
-    assert_eq!(
-        commands,
-        [
-            "cgsnap hook pre --group GROUP",
-            "cgsnap hook post --group GROUP"
-        ]
-    );
+    assert_eq!(commands, [PRE, POST]);
 }
 
 #[test]
@@ -122,6 +121,7 @@ fn commands_run_as_written_against_the_cli() {
     let run = |cmd: &str| {
         let words: Vec<String> = cmd
             .replace("GROUP", "g1")
+            .replace("%i", "42")
             .split_whitespace()
             .map(str::to_string)
             .collect();
@@ -133,13 +133,13 @@ fn commands_run_as_written_against_the_cli() {
             .output()
             .expect("run cgsnap")
     };
-    let post = run("cgsnap hook post --group GROUP");
+    let post = run(POST);
     assert_eq!(post.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&post.stdout).trim(),
-        "cgsnap: nothing to release for group g1"
+        "cgsnap: nothing to release for group g1 (token jobid-42)"
     );
-    let pre = run("cgsnap hook pre --group GROUP");
+    let pre = run(PRE);
     assert_eq!(
         pre.status.code(),
         Some(3),
@@ -166,6 +166,17 @@ fn fileset_reads_images_and_excludes_overlays() {
         .collect();
     assert_eq!(excluding.len(), 1, "one excluding Options block");
     assert_eq!(get(&excluding[0], "wildfile"), ["*.cgsnap-overlay"]);
+    // cgsnap's scratch directories inside the image directory: verify's sandboxes and the
+    // restores of the systemd units and the cron job.
+    let exclude = blocks(&filesets[0], "Exclude");
+    assert_eq!(exclude.len(), 1, "one Exclude block");
+    assert_eq!(
+        get(&directives(&exclude[0]), "file"),
+        [
+            "/var/lib/libvirt/images/cgsnap-verify",
+            "/var/lib/libvirt/images/cgsnap-restore"
+        ]
+    );
     // The job backs up this FileSet.
     let job = directives(&blocks(&code, "Job")[0]);
     let fs = directives(&filesets[0]);

@@ -6,7 +6,14 @@
 //! the units and in `hooks/cron/cgsnap` is accepted by the real CLI (`cgsnap help SUB`, and the
 //! command itself runs against `test:///default` with an empty catalog and fails only because
 //! there is no such group or snapshot, never with a usage error). The cron file's job line has
-//! five time fields, a user and a command that `sh -n` accepts.
+//! five time fields, a user and a command that `sh -n` accepts; run with its paths moved into a
+//! temporary directory and fakes for the wrapper, restore and cgsnap, it loads GROUP.env, runs
+//! backup → restore → verify and removes its restore directory, while a second run that finds
+//! the first one's lock held logs "skipped" and leaves that directory alone. The borgmatic
+//! configuration passes `validate-borgmatic-config`, excludes overlays and cgsnap's scratch
+//! directories, and, run by the real borgmatic (Debian 12's 1.7) with a fake `cgsnap` into a
+//! local borg repository, calls pre and post with one token per run (`borgmatic-` and the
+//! borgmatic process id), the same for on_error after a failed pre.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -160,8 +167,8 @@ fn unit_commands_exist_in_the_cli() {
                 seen += 1;
             }
             if words[0] == WRAPPER {
-                // The wrapper calls `cgsnap hook pre|post --group G`.
-                assert_cli_accepts(&["hook", "post", "--group", words[1]]);
+                // The wrapper calls `cgsnap hook pre|post --group G --token T`.
+                assert_cli_accepts(&["hook", "post", "--group", words[1], "--token", "t-1"]);
                 seen += 1;
             }
         }
@@ -171,7 +178,7 @@ fn unit_commands_exist_in_the_cli() {
 
 #[test]
 fn cron_line_has_schedule_user_and_valid_commands() {
-    let text = std::fs::read_to_string(Path::new(HOOKS).join("cron/cgsnap")).expect("cron file");
+    let text = cron_file();
     let jobs: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -184,6 +191,7 @@ fn cron_line_has_schedule_user_and_valid_commands() {
         })
         .collect();
     assert_eq!(jobs.len(), 1, "one job line: {jobs:?}");
+    assert_eq!(jobs[0], cron_job(&text));
     let fields: Vec<&str> = jobs[0].split_whitespace().collect();
     assert!(fields.len() > 6, "5 time fields, user, command");
     for f in &fields[..5] {
@@ -217,8 +225,8 @@ fn cron_line_has_schedule_user_and_valid_commands() {
         if w.ends_with("cgsnap-backup-wrapper.sh") {
             assert_eq!(*w, WRAPPER);
             assert_eq!(args[1], "--", "{args:?}");
-            assert_cli_accepts(&["hook", "pre", "--group", args[0]]);
-            assert_cli_accepts(&["hook", "post", "--group", args[0]]);
+            assert_cli_accepts(&["hook", "pre", "--group", args[0], "--token", "t-1"]);
+            assert_cli_accepts(&["hook", "post", "--group", args[0], "--token", "t-1"]);
             calls += 1;
         }
     }
@@ -227,5 +235,252 @@ fn cron_line_has_schedule_user_and_valid_commands() {
     assert!(
         text.lines()
             .any(|l| l.starts_with("PATH=") && l.split(['=', ':']).any(|d| d == "/usr/local/bin"))
+    );
+}
+
+fn cron_file() -> String {
+    std::fs::read_to_string(Path::new(HOOKS).join("cron/cgsnap")).expect("cron file")
+}
+
+/// The job line of the cron file (the one starting with a time field).
+fn cron_job(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .expect("a job line")
+}
+
+#[test]
+fn cron_job_loads_its_env_runs_once_at_a_time_and_cleans_only_its_own_restore() {
+    let t = tempfile::tempdir().expect("temp dir");
+    let root = t.path();
+    // The command as cron runs it (`sh -c`), every absolute path moved under `root`.
+    let cmd = cron_job(&cron_file())
+        .split_whitespace()
+        .skip(6)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = cmd.replace("GROUP", "g1");
+    for dir in [
+        "/run/lock/",
+        "/var/log/",
+        "/etc/cgsnap/",
+        "/usr/local/lib/cgsnap/",
+        "/var/lib/libvirt/images/",
+    ] {
+        std::fs::create_dir_all(root.join(&dir[1..])).expect("dir");
+        cmd = cmd.replace(dir, &format!("{}{dir}", root.display()));
+    }
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    let restore = root.join("var/lib/libvirt/images/cgsnap-restore/g1");
+    let script = |rel: &str, body: &str| {
+        let p = root.join(rel);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write fake");
+        let ok = Command::new("chmod")
+            .arg("+x")
+            .arg(&p)
+            .status()
+            .expect("chmod");
+        assert!(ok.success());
+    };
+    // The wrapper logs the variable the env file sets; restore leaves a file in its DIR.
+    script(
+        "usr/local/lib/cgsnap/cgsnap-backup-wrapper.sh",
+        "echo \"wrapper $* metrics=${CGSNAP_METRICS_DIR:-unset}\"",
+    );
+    script("etc/cgsnap/g1.restore", "echo restore; touch \"$1/image\"");
+    script("bin/cgsnap", "echo \"cgsnap $*\"");
+    std::fs::write(root.join("etc/cgsnap/g1.env"), "CGSNAP_METRICS_DIR=/m\n").expect("env");
+    let path = format!("{}/bin:/usr/bin:/bin", root.display());
+    let run = || {
+        Command::new("sh")
+            .args(["-c", &cmd])
+            .env("PATH", &path)
+            .status()
+            .expect("sh")
+    };
+    let log_text =
+        || std::fs::read_to_string(root.join("var/log/cgsnap-g1.log")).unwrap_or_default();
+
+    let st = run();
+    assert!(st.success(), "{}", log_text());
+    let text = log_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "wrapper g1 -- {}/etc/cgsnap/g1.backup metrics=/m"
+            .replace("{}", &root.display().to_string())
+    );
+    assert_eq!(lines[1], "restore");
+    assert!(
+        lines[2].starts_with("cgsnap verify --group g1"),
+        "{lines:?}"
+    );
+    assert!(!restore.exists(), "its restore directory is removed");
+
+    // A run still holds the lock: the next one logs so and touches nothing.
+    std::fs::create_dir_all(&restore).expect("restore dir");
+    std::fs::write(restore.join("image"), b"being verified").expect("image");
+    let lock = root.join("run/lock/cgsnap-g1.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock (util-linux)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .expect("flock")
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "lock never taken");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let st = run();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(st.code(), Some(1));
+    let text = log_text();
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cgsnap-cron g1: skipped, the previous run still holds"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().count(),
+        lines.len() + 1,
+        "nothing else ran: {text}"
+    );
+    assert_eq!(
+        std::fs::read(restore.join("image")).expect("left alone"),
+        b"being verified"
+    );
+}
+
+const BORGMATIC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/borgmatic/config.yaml");
+
+#[test]
+fn borgmatic_config_validates_and_excludes_overlays_and_scratch_directories() {
+    let out = Command::new("validate-borgmatic-config")
+        .args(["-c", BORGMATIC])
+        .output()
+        .expect("validate-borgmatic-config (package borgmatic)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(BORGMATIC).expect("config");
+    for exclude in [
+        "- '*.cgsnap-overlay'",
+        "- /var/lib/libvirt/images/cgsnap-verify",
+        "- /var/lib/libvirt/images/cgsnap-restore",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim() == exclude),
+            "{exclude} missing"
+        );
+    }
+}
+
+#[test]
+fn borgmatic_hooks_use_one_token_per_run_also_on_error() {
+    let t = tempfile::tempdir().expect("temp dir");
+    let root = t.path();
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).expect("images");
+    std::fs::write(images.join("vm.qcow2"), b"frozen").expect("image");
+    let repo = root.join("repo");
+    let log = root.join("log");
+    let fake = root.join("cgsnap");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"$*\" >> \"$FAKE_LOG\"\n\
+         [ \"$2\" = pre ] && exit \"${FAKE_PRE_RC:-0}\"\nexit 0\n",
+    )
+    .expect("fake");
+    assert!(
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&fake)
+            .status()
+            .expect("chmod")
+            .success()
+    );
+    let cfg = std::fs::read_to_string(BORGMATIC)
+        .expect("config")
+        .replace(
+            "/var/lib/libvirt/images\n",
+            &format!("{}\n", images.display()),
+        )
+        .replace("/var/lib/cgsnap/snapshots", &images.to_string_lossy())
+        .replace("/var/backups/cgsnap-borg", &repo.to_string_lossy())
+        .replace("cgsnap hook", &format!("{} hook", fake.display()))
+        .replace("GROUP", "g1");
+    let cfg_path = root.join("borgmatic.yaml");
+    std::fs::write(&cfg_path, cfg).expect("config");
+    let cmd = |program: &str| {
+        let mut c = Command::new(program);
+        c.env("BORG_BASE_DIR", root)
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env("FAKE_LOG", &log);
+        c
+    };
+    let init = cmd("borg")
+        .args(["init", "--encryption=none"])
+        .arg(&repo)
+        .output()
+        .expect("borg");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let borgmatic = |pre_rc: &str| {
+        let child = cmd("borgmatic")
+            .arg("-c")
+            .arg(&cfg_path)
+            .arg("create")
+            .env("FAKE_PRE_RC", pre_rc)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("borgmatic");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("borgmatic");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        std::fs::remove_file(&log).ok();
+        (pid, out, calls)
+    };
+
+    let (pid, out, calls) = borgmatic("0");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = format!("borgmatic-{pid}");
+    assert_eq!(
+        calls.lines().collect::<Vec<_>>(),
+        [
+            format!("hook pre --group g1 --token {token}"),
+            format!("hook post --group g1 --token {token}")
+        ]
+    );
+
+    // pre fails (another job holds the group): no backup, on_error runs post of this run.
+    let (pid2, out, calls) = borgmatic("6");
+    assert!(!out.status.success());
+    assert_ne!(pid2, pid);
+    let token = format!("borgmatic-{pid2}");
+    assert_eq!(
+        calls.lines().collect::<Vec<_>>(),
+        [
+            format!("hook pre --group g1 --token {token}"),
+            format!("hook post --group g1 --token {token}")
+        ]
     );
 }

@@ -1,6 +1,7 @@
 //! Release is resumable: a release SIGKILLed after its block commits started leaves the VM
 //! running on its overlays with the commit jobs in flight; the next release pivots and cleans
-//! up, and no write made after the snapshot is lost.
+//! up, and no write made after the snapshot is lost. Overlays whose data no release put back
+//! into the images (their VM recreated on the images) are kept.
 
 mod common;
 
@@ -218,5 +219,57 @@ fn release_merges_a_shut_off_member_offline() {
     virsh_ok(&["start", dom]);
     g.wait_progress(g.console_seq() + 20, Duration::from_secs(120))
         .expect("boots on its images and writes");
+    assert_own_images(g);
+}
+
+/// A transient member destroyed while its snapshot is held and created again from its old
+/// definition (as an orchestrator restarting it from its `vm.xml` would) runs on its images:
+/// what it wrote on its overlays is not in them, and no release switched it back. Release must
+/// neither delete nor merge those overlays (exit 10, named); once they are deleted by hand, it
+/// finishes.
+#[test]
+fn release_keeps_the_overlays_of_a_member_recreated_on_its_images() {
+    let lab = lab("cgt-recr", 1, 2);
+    lab.group_add("cgt-recr", &lab.names());
+    let dom = lab.names()[0].clone();
+    let (id, m) = lab.snapshot_json("cgt-recr", &[]);
+    let overlays = disk_fields(&m, 0, "overlay");
+    let g = lab.guest(&dom);
+    g.wait_progress(g.console_seq() + 30, Duration::from_secs(60))
+        .expect("writes to overlays");
+    g.destroy_domain();
+    // The definition from before the snapshot, kept in the manifest: it names the images.
+    let xml = lab.catalog.path().join("old-definition.xml");
+    let old = m["members"][0]["domain_xml"].as_str().expect("domain_xml");
+    std::fs::write(&xml, old).expect("write xml");
+    virsh_ok(&["create", xml.to_str().expect("utf-8 path")]);
+    assert_own_images(g);
+    let before: Vec<Vec<u8>> = overlays
+        .iter()
+        .map(|o| std::fs::read(o).expect("overlay"))
+        .collect();
+
+    let out = lab.cgsnap().args(["release", &id]).assert().code(10);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    eprintln!("{err}");
+    assert!(
+        err.contains("no release switched it")
+            && err.contains(&overlays[0])
+            && err.contains("is kept"),
+        "{err}"
+    );
+    let after: Vec<Vec<u8>> = overlays
+        .iter()
+        .map(|o| std::fs::read(o).expect("overlay kept"))
+        .collect();
+    assert!(before == after, "overlays untouched");
+    assert_eq!(list_json(&lab)[0]["state"], "releasing");
+    assert_own_images(g);
+
+    for o in &overlays {
+        std::fs::remove_file(o).expect("delete by hand");
+    }
+    lab.cgsnap().args(["release", &id]).assert().success();
+    assert_eq!(list_json(&lab)[0]["state"], "released");
     assert_own_images(g);
 }

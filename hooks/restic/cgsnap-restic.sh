@@ -2,23 +2,28 @@
 # Back up the frozen images of a cgsnap group with restic.
 #
 # Usage: cgsnap-restic.sh GROUP [PATH...] [-- RESTIC-BACKUP-OPTION...]
-#   PATH defaults to /var/lib/libvirt/images; overlays (*.cgsnap-overlay) are always excluded.
+#   PATH defaults to /var/lib/libvirt/images; always excluded: overlays (*.cgsnap-overlay) and
+#   cgsnap's scratch directories there (cgsnap-verify: verify's sandboxes, cgsnap-restore: the
+#   restores of the systemd units and the cron job).
 #   The repository and password come from restic's own environment (RESTIC_REPOSITORY,
 #   RESTIC_PASSWORD, RESTIC_PASSWORD_FILE, ...) or from options after `--`.
 # Environment: CGSNAP (cgsnap executable, default `cgsnap`; its global options come from
 #   CGSNAP_CATALOG, CGSNAP_METRICS_DIR and LIBVIRT_DEFAULT_URI), RESTIC (restic executable,
 #   default `restic`).
 #
-# Flow: `cgsnap hook pre --group GROUP`; `restic backup PATH... --exclude '*.cgsnap-overlay'`;
-# `cgsnap hook post --group GROUP`. Once pre succeeded, post always runs: after a failed backup,
-# and after SIGTERM, SIGINT or SIGHUP (passed on to restic as SIGTERM; restic is waited for
-# first). A signal during pre or post is deferred until that step finished; post itself is never
-# interrupted.
-# When pre fails, post is not run: the group may hold another job's snapshot.
+# Flow: `cgsnap hook pre --group GROUP --token restic-UUID` (a token new for every run);
+# `restic backup --exclude ... PATH...` when pre succeeded; `cgsnap hook post --group GROUP
+# --token restic-UUID`, which releases only the snapshot of this run. post always runs: after a
+# failed backup, after a failed pre (one that failed half-way may have left this run's snapshot
+# holding overlays; a snapshot of another job is left alone), and after SIGTERM, SIGINT or
+# SIGHUP (passed on to restic's whole process group as SIGTERM; post waits until every process
+# of it has ended). A signal during pre or post is deferred until that step finished; post
+# itself is never interrupted.
 #
-# Exit code: restic's when the backup failed (1 = fatal, no snapshot saved; 3 = snapshot saved
-# but some source files could not be read, i.e. a partial backup); otherwise cgsnap's when pre or
-# post failed (the codes of the top-level README); 128+N after signal N; 0 when all succeeded.
+# Exit code: pre's when it failed (the codes of the top-level README); else 128+N after signal
+# N; else restic's when the backup failed (1 = fatal, no snapshot saved; 3 = snapshot saved but
+# some source files could not be read, i.e. a partial backup); else post's; 0 when all
+# succeeded.
 # stdout is one summary line; the output of cgsnap and restic goes to stderr.
 set -uo pipefail
 
@@ -52,35 +57,41 @@ summary() {
 out=$(mktemp) || exit 1
 trap 'rm -f "$out"' EXIT
 
-run 0 "$cgsnap" hook pre --group "$group" >"$out"
+token=restic-$(new_token)
+release_cmd="cgsnap hook post --group $group --token $token"
+
+run 0 "$cgsnap" hook pre --group "$group" --token "$token" >"$out"
 pre_rc=$rc
 cat "$out" >&2
-if [ $pre_rc -ne 0 ]; then
-  summary "snapshot FAILED (cgsnap exit $pre_rc), nothing backed up, nothing to release; exit $pre_rc"
-  exit $pre_rc
-fi
 # `cgsnap: snapshot ID of group G taken: ...`
 snap=$(sed -n 's/^cgsnap: snapshot \([^ ]*\) of group .*/\1/p' "$out")
 snap=${snap:-?}
 
 restic_rc=""
-if [ -z "$signal" ]; then
-  run 1 "$restic" backup --exclude '*.cgsnap-overlay' "$@" "${paths[@]}" >"$out"
+if [ $pre_rc -eq 0 ] && [ -z "$signal" ]; then
+  run 1 "$restic" backup --exclude '*.cgsnap-overlay' --exclude '/var/lib/libvirt/images/cgsnap-verify' \
+    --exclude '/var/lib/libvirt/images/cgsnap-restore' "$@" "${paths[@]}" >"$out"
   restic_rc=$rc
   cat "$out" >&2
 fi
 # `snapshot 1a2b3c4d saved`
 saved=$(sed -n 's/^snapshot \([0-9a-f]*\) saved.*/\1/p' "$out")
 
-run 0 "$cgsnap" hook post --group "$group" >&2
+run 0 "$cgsnap" hook post --group "$group" --token "$token" >"$out"
 post_rc=$rc
-if [ $post_rc -eq 0 ]; then
-  released="released"
+cat "$out" >&2
+if [ $post_rc -ne 0 ]; then
+  released="release FAILED (cgsnap exit $post_rc; retry: $release_cmd)"
+elif grep -q '^cgsnap: nothing to release' "$out"; then
+  released="nothing to release"
 else
-  released="release FAILED (cgsnap exit $post_rc; retry: cgsnap hook post --group $group)"
+  released="released"
 fi
 
-if [ -n "$signal" ]; then
+if [ $pre_rc -ne 0 ]; then
+  code=$pre_rc
+  summary "snapshot FAILED (cgsnap exit $pre_rc), nothing backed up, $released; exit $code"
+elif [ -n "$signal" ]; then
   code=$(signal_code)
   summary "snapshot $snap: backup interrupted by SIG$signal, $released; exit $code"
 elif [ "$restic_rc" -eq 3 ]; then

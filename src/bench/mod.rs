@@ -327,7 +327,13 @@ fn run_config(
         bwin.push(b.window_ms);
         bfreeze.extend(b.freeze_ms);
         for (dom, disks) in &b.overlays {
-            release::release_member(host.as_ref(), dom, disks, &ropts)?;
+            release::release_member(
+                host.as_ref(),
+                dom,
+                disks,
+                &ropts,
+                &crate::ledger::InMemory::default(),
+            )?;
         }
     }
     group::remove(&hosts, "bench", &[])?;

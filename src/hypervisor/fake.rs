@@ -22,6 +22,15 @@ pub struct FakeDomain {
     pub jobs: BTreeMap<String, BlockJob>,
 }
 
+/// A domain with one qcow2 disk `vda` on `source`; `extra` goes inside `<disk>` (a
+/// `<backingStore>`, a `<mirror>`).
+pub fn one_disk(source: &str, extra: &str) -> String {
+    format!(
+        "<domain><devices><disk type='file' device='disk'><driver type='qcow2'/>\
+         <source file='{source}'/>{extra}<target dev='vda'/></disk></devices></domain>"
+    )
+}
+
 #[derive(Default)]
 pub struct FakeHost {
     pub uri: String,
@@ -193,6 +202,12 @@ impl Host for FakeHost {
 
     fn persistent(&self, dom: &str) -> HvResult<bool> {
         self.with("persistent", dom, |_| Ok(true))
+    }
+
+    /// True after `fail_on("managed_save", dom)`: the domain was saved, not shut down.
+    fn has_managed_save(&self, dom: &str) -> HvResult<bool> {
+        let saved = self.injected("managed_save", dom);
+        self.with("has_managed_save", dom, |_| Ok(saved))
     }
 
     fn capacity(&self, dom: &str, _disk: &str) -> HvResult<u64> {

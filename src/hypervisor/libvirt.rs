@@ -193,6 +193,12 @@ impl Host for LibvirtHost {
             .map_err(|e| self.err("get persistence", dom, e))
     }
 
+    fn has_managed_save(&self, dom: &str) -> HvResult<bool> {
+        self.dom(dom)?
+            .has_managed_save(0)
+            .map_err(|e| self.err("check managed save", dom, e))
+    }
+
     fn capacity(&self, dom: &str, disk: &str) -> HvResult<u64> {
         self.dom(dom)?
             .block_info(disk, 0)

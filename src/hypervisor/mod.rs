@@ -124,6 +124,11 @@ pub trait Host: Send + Sync {
     fn persistent(&self, dom: &str) -> HvResult<bool>;
     /// The domain's UUID (stable across renames, unique on its host).
     fn uuid(&self, dom: &str) -> HvResult<String>;
+    /// Whether a shut-off domain has a managed save image: `virsh start` then restores the
+    /// saved memory, whose disk sources (the overlays) are those of the moment it was saved.
+    fn has_managed_save(&self, _dom: &str) -> HvResult<bool> {
+        Ok(false)
+    }
     /// Virtual size in bytes of the disk with this target.
     fn capacity(&self, dom: &str, disk: &str) -> HvResult<u64>;
     /// Our metadata element, or `None` when the domain has none.

@@ -45,7 +45,7 @@ fn snippet(lab: &Lab) -> String {
         .replace("cgsnap hook", &cgsnap)
         .replace("File = \"/var/lib/libvirt/images\"", &files.join("\n    "));
     for phase in ["pre", "post"] {
-        let cmd = format!("Command = \"{cgsnap} {phase} --group {GROUP}\"");
+        let cmd = format!("Command = \"{cgsnap} {phase} --group {GROUP} --token jobid-%i\"");
         assert!(s.contains(&cmd), "snippet substitution: {cmd} missing");
     }
     assert!(
