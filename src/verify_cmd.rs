@@ -10,6 +10,9 @@
 //! - Verifying copies (`--images DIR`), the frozen images are not read and no lock is taken:
 //!   a long verification of a restored backup must not make the backup job's release fail
 //!   as busy.
+//! - The sandbox directory's filesystem keeps `--min-free` bytes free (checked before any
+//!   sandbox starts and watched while they run, `cgsnap_verify::space`); falling short is
+//!   could-not-run (12), never a verdict.
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::cli::Failure;
@@ -37,6 +40,10 @@ pub struct VerifyArgs {
     /// Where sandbox overlays live while verifying.
     #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-verify")]
     pub sandbox_dir: PathBuf,
+    /// Free bytes the sandbox directory's filesystem must keep: below it no sandbox starts,
+    /// and running sandboxes are stopped (exit 12), so production VMs sharing it never fill it.
+    #[arg(long, value_name = "BYTES", default_value_t = cgsnap_verify::space::DEFAULT_MIN_FREE)]
+    pub min_free: u64,
     /// First loopback port for the sandboxes' database forwards.
     #[arg(long, default_value_t = 40100)]
     pub base_port: u16,
@@ -152,6 +159,7 @@ pub fn run(catalog: &Path, connect: &[String], a: &VerifyArgs) -> Result<(), Fai
         sandbox_root: a.sandbox_dir.clone(),
         base_port: a.base_port,
         sandbox_uri: sandbox_uri.as_deref(),
+        min_free: a.min_free,
     };
     let r =
         cgsnap_verify::run(&req).map_err(|e| fail(ExitCode::VerifyCouldNotRun, e.to_string()))?;
@@ -189,6 +197,9 @@ pub fn run(catalog: &Path, connect: &[String], a: &VerifyArgs) -> Result<(), Fai
         }
         for v in r.violations() {
             println!("  VIOLATION {v}");
+        }
+        for n in &r.notes {
+            println!("  NOTE {n}");
         }
         println!("  report: {}", html.display());
     }

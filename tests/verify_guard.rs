@@ -1,7 +1,8 @@
 //! `cgsnap verify` refuses, before it creates anything (exit 12, could not run, one line):
 //! sandboxes whose guest memory would not fit in what this host has available (read from the
 //! real /proc/meminfo; a restore test must never push the running originals into the OOM
-//! killer), and members on another host without copies of their images (sandboxes are built
+//! killer), a sandbox directory whose filesystem has less free space than `--min-free` (the
+//! sandboxes' writes must never fill a filesystem production VMs share), and members on another host without copies of their images (sandboxes are built
 //! from files on this one). It takes the group lock only to read the frozen images: from
 //! copies (`--images`) it runs while another run holds the lock (the backup job releasing).
 
@@ -69,6 +70,29 @@ fn sandboxes_that_do_not_fit_in_memory_are_refused_before_anything_starts() {
     assert!(
         err.contains("the sandboxes need 67108864 MiB of guest memory")
             && err.contains("MiB available"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sandbox_filesystem_below_the_free_space_floor_is_refused_before_anything_starts() {
+    // No filesystem has u64::MAX bytes free; the directory does not exist yet, so the one it
+    // would be created in is measured.
+    let (code, err) = verify_with(
+        "qemu:///system",
+        1,
+        &["--min-free", &u64::MAX.to_string()],
+        false,
+    );
+    assert_eq!(code, Some(12), "{err}");
+    assert!(
+        err.contains("cannot verify: sandbox directory ")
+            && err.contains("/sandboxes has ")
+            && err.contains(&format!(
+                "below --min-free 17179869184.0 GiB ({} bytes)",
+                u64::MAX
+            ))
+            && err.contains("--sandbox-dir on another filesystem"),
         "{err}"
     );
 }

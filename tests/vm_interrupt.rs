@@ -1,7 +1,8 @@
 //! Interrupted runs leave nothing behind: `cgsnap verify` killed with SIGTERM (a systemd stop,
 //! a scheduler's timeout) while its sandbox boots, and `cgsnap bench` with SIGINT (Ctrl-C)
 //! between rounds, remove their throwaway domains and directories and exit 128 + signal; the
-//! snapshot and the next run are unharmed.
+//! snapshot and the next run are unharmed. A verify whose sandbox filesystem runs low stops
+//! its sandboxes the same way (exit 12).
 
 mod common;
 
@@ -69,19 +70,18 @@ fn signal_and_wait(child: &mut std::process::Child, sig: libc::c_int) -> i32 {
     }
 }
 
-#[test]
-fn verify_interrupted_removes_its_sandbox() {
-    let lab = lab("cgt-int", 1, 2);
-    lab.group_add("cgt-int", &lab.names());
-    let dom = lab.names()[0].clone();
-    let (id, m) = lab.snapshot_json("cgt-int", &[]);
-    let images = disk_fields(&m, 0, "image");
-    let sums: Vec<String> = images.iter().map(|i| sha256(i)).collect();
-
-    let work = tempfile::tempdir().expect("tmp");
-    let profile = work.path().join("profile.toml");
-    // The writer guest runs no database: the sandbox boots and verify waits for a ready
-    // marker that never comes, which is where the interrupt lands.
+/// Start `verify ID` of the writer member `dom` with its sandboxes in `sandboxes`, and wait
+/// until its sandbox domain runs. The writer guest runs no database: verify then waits for a
+/// ready marker that never comes, which is where the test's fault lands.
+fn verify_until_sandbox_runs(
+    lab: &Lab,
+    id: &str,
+    dom: &str,
+    work: &Path,
+    sandboxes: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let profile = work.join("profile.toml");
     std::fs::write(
         &profile,
         format!(
@@ -89,15 +89,15 @@ fn verify_interrupted_removes_its_sandbox() {
         ),
     )
     .expect("profile");
-    let sandboxes = work.path().join("sandboxes");
     let mut child = lab
         .std_cgsnap()
-        .args(["verify", &id, "--base-port", "40190", "--profile"])
+        .args(["verify", id, "--base-port", "40190", "--profile"])
         .arg(&profile)
         .arg("--sandbox-dir")
-        .arg(&sandboxes)
+        .arg(sandboxes)
         .arg("--report-dir")
-        .arg(work.path().join("report"))
+        .arg(work.join("report"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -111,6 +111,21 @@ fn verify_interrupted_removes_its_sandbox() {
         }
         domstate(&sandbox) == "running"
     });
+    child
+}
+
+#[test]
+fn verify_interrupted_removes_its_sandbox() {
+    let lab = lab("cgt-int", 1, 2);
+    lab.group_add("cgt-int", &lab.names());
+    let dom = lab.names()[0].clone();
+    let (id, m) = lab.snapshot_json("cgt-int", &[]);
+    let images = disk_fields(&m, 0, "image");
+    let sums: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+
+    let work = tempfile::tempdir().expect("tmp");
+    let sandboxes = work.path().join("sandboxes");
+    let mut child = verify_until_sandbox_runs(&lab, &id, &dom, work.path(), &sandboxes, &[]);
     let (code, err) = interrupt(&mut child, libc::SIGTERM);
     assert_eq!(code, 143, "128 + SIGTERM");
     assert!(
@@ -133,6 +148,84 @@ fn verify_interrupted_removes_its_sandbox() {
     assert_eq!(domstate(&dom), "running");
     lab.cgsnap().args(["release", &id]).assert().success();
     assert_own_images(lab.guest(&dom));
+}
+
+/// The sandbox directory's filesystem running low while a sandbox runs (here: something else
+/// fills it, as production overlays growing would) stops the sandboxes at once: exit 12, no
+/// verdict, nothing left, the frozen images untouched. Production VMs sharing that filesystem
+/// never see it full because of a restore test.
+#[test]
+fn verify_stops_its_sandboxes_when_their_filesystem_runs_low() {
+    let lab = lab("cgt-low", 1, 2);
+    lab.group_add("cgt-low", &lab.names());
+    let dom = lab.names()[0].clone();
+    let (id, m) = lab.snapshot_json("cgt-low", &[]);
+    let images = disk_fields(&m, 0, "image");
+    let sums: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+
+    let work = tempfile::tempdir().expect("tmp");
+    let fs = work.path().join("fs");
+    std::fs::create_dir_all(&fs).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&fs);
+    let floor = (128u64 << 20).to_string();
+    let sandboxes = fs.join("sandboxes");
+    let mut child = verify_until_sandbox_runs(
+        &lab,
+        &id,
+        &dom,
+        work.path(),
+        &sandboxes,
+        &["--min-free", &floor],
+    );
+    let started = Instant::now();
+    // 160 MiB of something else: the 256 MiB filesystem drops below the 128 MiB floor.
+    std::fs::write(fs.join("other"), vec![1u8; 160 << 20]).expect("fill");
+    let code = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st.code();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "verify still running with its filesystem below the floor"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started.elapsed();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).expect("stderr");
+    }
+    eprintln!("{err}\nstopped {took:?} after the filesystem filled");
+    assert_eq!(code, Some(12), "could not run: {err}");
+    assert!(
+        err.contains("below --min-free") && err.contains("stopped"),
+        "{err}"
+    );
+    assert!(domains_named("-verify-").is_empty(), "sandbox domain left");
+    let left: Vec<_> = std::fs::read_dir(&sandboxes)
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "sandbox files left: {left:?}");
+    assert!(
+        !work.path().join("report").exists(),
+        "no verdict, no report"
+    );
+    let now: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+    assert_eq!(now, sums, "frozen images unchanged");
+    assert_eq!(domstate(&dom), "running");
+    lab.cgsnap().args(["release", &id]).assert().success();
 }
 
 #[test]

@@ -7,6 +7,9 @@
 //! a beacon stamped after the point, so one that does proves the cut was not consistent.
 //! "After" is decided on the timestamps themselves, not on a rounded difference: a beacon
 //! stamped even a microsecond after the point fails.
+//!
+//! Across members ([`order`]): members without a beacon are left out of the order and named in
+//! a note, never counted as checked.
 
 use crate::report::{Check, MemberReport};
 use chrono::{DateTime, Utc};
@@ -63,6 +66,48 @@ pub fn checks(
     }
 }
 
+/// The cross-member beacon order checks over members' newest beacons in profile order (`None`:
+/// no beacon), and a note naming the members it could not cover.
+///
+/// Beacons are written to members in profile order, each committed before the next: in a
+/// consistent cut a later member never holds a newer beacon than an earlier one.
+pub fn order(members: &[(&str, Option<i64>)]) -> (Vec<Check>, Option<String>) {
+    let order: Vec<(&str, i64)> = members
+        .iter()
+        .filter_map(|(d, s)| s.map(|s| (*d, s)))
+        .collect();
+    let checks = order
+        .windows(2)
+        .map(|w| Check {
+            name: format!("beacon order {} ≥ {}", w[0].0, w[1].0),
+            ok: w[0].1 >= w[1].1,
+            evidence: format!(
+                "{} has beacon {}, {} has beacon {}",
+                w[0].0, w[0].1, w[1].0, w[1].1
+            ),
+        })
+        .collect();
+    let without: Vec<&str> = members
+        .iter()
+        .filter(|(_, s)| s.is_none())
+        .map(|(d, _)| *d)
+        .collect();
+    let note = match (members.len(), order.len()) {
+        (0 | 1, _) => None,
+        _ if without.is_empty() => None,
+        (n, 0 | 1) => Some(format!(
+            "cross-member beacon order not checked: only {} of {n} members have a beacon (none from {})",
+            order.len(),
+            without.join(", ")
+        )),
+        (n, k) => Some(format!(
+            "cross-member beacon order checked across {k} of {n} members only (none from {})",
+            without.join(", ")
+        )),
+    };
+    (checks, note)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +154,29 @@ mod tests {
             run(Ok(Some((7, t(10_000))))).checks[0].ok,
             "at the cut: before it"
         );
+    }
+
+    #[test]
+    fn beacon_order_says_what_it_did_not_check() {
+        let (c, n) = order(&[("a", Some(5)), ("b", Some(4)), ("c", Some(6))]);
+        assert_eq!(c.iter().map(|c| c.ok).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(c[1].evidence, "b has beacon 4, c has beacon 6");
+        assert_eq!(n, None);
+        // One member with a beacon: nothing checked, and the note says so.
+        let (c, n) = order(&[("a", Some(5)), ("b", None)]);
+        assert!(c.is_empty());
+        let n = n.expect("note");
+        assert!(
+            n.contains("not checked") && n.contains("only 1 of 2") && n.contains("none from b"),
+            "{n}"
+        );
+        let (c, n) = order(&[("a", None), ("b", None)]);
+        assert!(c.is_empty() && n.is_some_and(|n| n.contains("only 0 of 2")));
+        // Some covered: checked across them only.
+        let (c, n) = order(&[("a", Some(5)), ("b", None), ("c", Some(5))]);
+        assert_eq!(c.len(), 1);
+        assert!(n.is_some_and(|n| n.contains("across 2 of 3") && n.contains("none from b")));
+        // A single member has no order to check.
+        assert_eq!(order(&[("a", None)]), (Vec::new(), None));
     }
 }

@@ -221,6 +221,7 @@ pub fn check_member(
             "the node reported it cannot start {:.1} s after boot",
             d.as_secs_f64()
         )),
+        Wait::Stopped => Err("the sandbox was stopped before the node was ready".into()),
         Wait::Ready(_) => {
             Cql::connect_ready(&format!("127.0.0.1:{}", sb.host_port), CQL_AFTER_MARKER)
         }

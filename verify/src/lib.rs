@@ -3,7 +3,9 @@
 //! - [`profile`]: what each member runs and what must hold (TOML, strict);
 //! - [`sandbox`]: throwaway overlays + renamed transient domains, loopback-only networking;
 //!   [`stand_in`]: blank disks in place of writable disks the snapshot left out; [`isolate`]:
-//!   what a sandbox must not share with the running original or the host;
+//!   what a sandbox must not share with the running original or the host; [`space`]: the
+//!   free-space floor of the sandbox directory's filesystem; [`stale`]: sandbox directories
+//!   left by a killed run;
 //! - [`pg`]: PostgreSQL checks; [`cassandra`]: Cassandra checks, with [`replay`] (commit log
 //!   replay from the log) and [`bound`] (loss bound by sync mode); [`beacon`]: beacon checks
 //!   of every kind; [`report`]: JSON, HTML and Prometheus output.
@@ -12,6 +14,14 @@
 //! is any live disk (writable disks outside the snapshot get blank stand-ins);
 //! all sandboxes are removed when [`run`] returns, whatever happened; the verdict is `pass`
 //! only if every check of every member and every cross-member check passed.
+//!
+//! Sandboxes never fill the filesystem they share with production VMs: none starts below the
+//! free-space floor (`min_free`), and if free space falls below it while they run they are all
+//! stopped and verify could not run (no verdict). Sandbox directories of runs that were killed
+//! are removed before the floor is measured.
+//!
+//! The report never implies a check that did not run: when the cross-member beacon order
+//! could not be checked for some members (no beacon), a note says so ([`beacon::order`]).
 //!
 //! Nothing passes for want of evidence: a member whose profile asks for the lost-commit check
 //! must have acknowledgements of its `ack_db`/`ack_kind` before the consistency point in the
@@ -29,6 +39,8 @@ pub mod profile;
 pub mod replay;
 pub mod report;
 pub mod sandbox;
+pub mod space;
+pub mod stale;
 pub mod stand_in;
 
 use cgsnap_testbeds::cql::Cql;
@@ -88,7 +100,7 @@ pub struct MemberCtx<'a> {
 /// A connection to a restored member, for the cross-member checks.
 pub enum Conn {
     // Boxed: both are hundreds of bytes, and of very different sizes.
-    Pg(Box<postgres::Client>),
+    Pg(Box<pg::Session>),
     Cql(Box<Cql>),
 }
 
@@ -113,6 +125,8 @@ pub struct Request<'a> {
     /// The libvirt daemon every sandbox runs on; `None`: each member's own daemon. It must be
     /// on this host: sandbox overlays are created here.
     pub sandbox_uri: Option<&'a str>,
+    /// Free bytes the sandbox root's filesystem must keep (see [`space`]).
+    pub min_free: u64,
 }
 
 /// Where the copy of `image` is under `dir`: a backup extracted with its paths (`borg
@@ -262,8 +276,31 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     };
     let domains: Vec<&str> = m.members.iter().map(|x| x.domain.as_str()).collect();
     acks_cover(req.profile, &domains, &acks, cp).map_err(CouldNotRun)?;
+    // What killed runs left holds room the floor must not be measured without.
+    let mut notes = stale::sweep(&req.sandbox_root);
+    let root = &req.sandbox_root;
+    space::judge(
+        root,
+        space::free_bytes(root),
+        req.min_free,
+        space::Phase::Before,
+    )
+    .map_err(CouldNotRun)?;
+    // Declared before the sandboxes: it watches as long as any of them exists.
+    let watch = space::Watch::start(root.clone(), req.min_free, space::POLL, |d| {
+        space::free_bytes(d)
+    })
+    .map_err(|e| {
+        CouldNotRun(format!(
+            "no thread to watch the free space of sandbox directory {}: {e}",
+            root.display()
+        ))
+    })?;
     let mut sandboxes = Vec::new();
     for (i, mem) in m.members.iter().enumerate() {
+        if let Some(why) = watch.tripped() {
+            return Err(CouldNotRun(why));
+        }
         let prof = req
             .profile
             .members
@@ -280,7 +317,7 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
             .iter()
             .map(|d| image_for(req, d).map(|p| (d.target.clone(), p)))
             .collect::<Result<Vec<_>, _>>()?;
-        let name = format!("{}-verify-{}", mem.domain, std::process::id());
+        let name = stale::sandbox_name(&mem.domain, std::process::id());
         let port = req.base_port + i as u16;
         let sb = sandbox::Sandbox::start(
             req.sandbox_uri.unwrap_or(&mem.uri),
@@ -291,12 +328,16 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
             (port, prof.port),
         )
         .map_err(CouldNotRun)?;
+        watch.guard(sb.stopper());
         sandboxes.push((mem, prof, sb));
     }
     let ready_timeout = Duration::from_secs(req.profile.ready_timeout_seconds);
     let mut members = Vec::new();
     let mut clients = Vec::new();
     for (mem, prof, sb) in &sandboxes {
+        if watch.tripped().is_some() {
+            break;
+        }
         let ctx = MemberCtx {
             domain: &mem.domain,
             domain_xml: &mem.domain_xml,
@@ -329,31 +370,22 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         members.push(r);
         clients.push(conn);
     }
-    let mut cross_checks = Vec::new();
-    // Beacons are written to members in profile order, each committed before the next: in a
-    // consistent cut a later member never holds a newer beacon than an earlier one.
-    let order: Vec<(&String, i64)> = req
+    // Profile order: the order beacons are written in.
+    let beacons: Vec<(&str, Option<i64>)> = req
         .profile
         .members
         .iter()
-        .filter_map(|p| {
-            members
-                .iter()
-                .find(|m| m.domain == p.domain)
-                .and_then(|m| m.newest_beacon_seq.map(|s| (&m.domain, s)))
-        })
+        .filter_map(|p| members.iter().find(|m| m.domain == p.domain))
+        .map(|m| (m.domain.as_str(), m.newest_beacon_seq))
         .collect();
-    for w in order.windows(2) {
-        cross_checks.push(Check {
-            name: format!("beacon order {} ≥ {}", w[0].0, w[1].0),
-            ok: w[0].1 >= w[1].1,
-            evidence: format!(
-                "{} has beacon {}, {} has beacon {}",
-                w[0].0, w[0].1, w[1].0, w[1].1
-            ),
-        });
-    }
-    for x in &req.profile.cross {
+    let (mut cross_checks, note) = beacon::order(&beacons);
+    notes.extend(note);
+    for x in req
+        .profile
+        .cross
+        .iter()
+        .filter(|_| watch.tripped().is_none())
+    {
         let idx = |d: &str| members.iter().position(|m| m.domain == d);
         let val = |d: &str, sql: &str, clients: &mut Vec<Option<Conn>>| -> Result<i64, String> {
             let i = idx(d).ok_or_else(|| format!("no member {d}"))?;
@@ -379,6 +411,11 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     }
     drop(clients);
     drop(sandboxes);
+    // Checks cut short by stopped sandboxes prove nothing either way.
+    if let Some(why) = watch.tripped() {
+        return Err(CouldNotRun(why));
+    }
+    drop(watch);
     let mut report = Report {
         format_version: 1,
         snapshot_id: m.id.clone(),
@@ -391,6 +428,7 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         finished_at: Utc::now(),
         members,
         cross_checks,
+        notes,
     };
     report.verdict = if report.passed() {
         "pass".into()

@@ -8,7 +8,10 @@
 //! query that hits one returns an error, and an error always fails its check. TCP keepalives
 //! and a TCP user timeout end a connection whose peer stopped answering at the TCP level (the
 //! peer is the sandbox's QEMU port forward on this host, so they catch a QEMU that died, not a
-//! guest that hangs mid-query).
+//! guest that hangs mid-query). For that, every query also has a client-side deadline
+//! ([`deadline`]: the statement timeout plus a margin), enforced by [`Session`]: a query with
+//! no answer by then fails its check saying so, and the connection is abandoned (every later
+//! query on it fails naming the one that hung), since it may still deliver that late answer.
 //! The lost-commit count is exact; only its evidence list is cut to the first 20 ids.
 
 use crate::profile::MemberProfile;
@@ -17,10 +20,90 @@ use crate::sandbox::{Sandbox, Wait};
 use crate::{MemberCtx, beacon};
 use chrono::{DateTime, Utc};
 use postgres::{Client, Config, NoTls};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long a check query may wait for a lock before it fails.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the client allows beyond the server's statement timeout: the server's own error for a
+/// query it cancelled must arrive first, over a TCG guest that may be slow.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(15);
+
+/// The client-side deadline of one query.
+pub fn deadline(statement_timeout: Duration) -> Duration {
+    statement_timeout.saturating_add(DEADLINE_MARGIN)
+}
+
+/// A connection (any `C`: a [`Client`] in use) whose every query runs under a client-side
+/// deadline. The query runs on its own thread with the connection; if no answer comes in time
+/// the thread keeps the connection (it ends when the sandbox is destroyed and the socket
+/// closes) and the session is lost.
+pub struct Deadlined<C> {
+    conn: Option<C>,
+    limit: Duration,
+    /// Why the connection is gone, once it is.
+    lost: Option<String>,
+}
+
+/// A PostgreSQL connection with per-query deadlines.
+pub type Session = Deadlined<Client>;
+
+impl<C: Send + 'static> Deadlined<C> {
+    pub fn new(conn: C, limit: Duration) -> Self {
+        Self {
+            conn: Some(conn),
+            limit,
+            lost: None,
+        }
+    }
+
+    /// Run `f` (one query, described by `what`) on the connection, waiting at most the limit.
+    pub fn run<T: Send + 'static>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut C) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let Some(mut conn) = self.conn.take() else {
+            return Err(self
+                .lost
+                .clone()
+                .unwrap_or_else(|| "the connection is gone".into()));
+        };
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("pg-query".into())
+            .spawn(move || {
+                let r = f(&mut conn);
+                // The receiver is gone once the deadline passed: the late answer is dropped.
+                let _ = tx.send((conn, r));
+            });
+        if let Err(e) = spawned {
+            self.lost = Some(format!("not run: no thread for a query ({e})"));
+            return Err(format!("{what}: no thread for the query: {e}"));
+        }
+        match rx.recv_timeout(self.limit) {
+            Ok((conn, r)) => {
+                self.conn = Some(conn);
+                r
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let msg = format!(
+                    "{what}: no answer within {} s (client-side deadline: statement timeout + {} s); \
+                     the guest stopped answering, the connection was abandoned",
+                    self.limit.as_secs(),
+                    DEADLINE_MARGIN.as_secs()
+                );
+                self.lost = Some(format!("not run: an earlier query hung ({msg})"));
+                Err(msg)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.lost = Some("not run: an earlier query's thread died".into());
+                Err(format!("{what}: the query's thread died"))
+            }
+        }
+    }
+}
 
 /// Connection settings of a restored member reached through its loopback forward.
 pub fn config(m: &MemberProfile, port: u16, statement_timeout: Duration) -> Config {
@@ -72,6 +155,9 @@ fn wait_connect(
     timeout: Duration,
 ) -> (Wait, Option<Client>) {
     loop {
+        if sb.is_stopped() {
+            return (Wait::Stopped, None);
+        }
         if failure.is_some_and(|f| sb.console_text().contains(f)) {
             return (Wait::Failed(sb.started.elapsed()), None);
         }
@@ -101,56 +187,74 @@ pub const AMCHECK_SQL: &str = "SELECT count(bt_index_check(i.indexrelid)) FROM p
                JOIN pg_am a ON a.oid = r.relam
               WHERE a.amname = 'btree' AND r.relkind = 'i' AND r.relpersistence <> 't' AND i.indisvalid";
 
-pub fn amcheck(c: &mut Client) -> Check {
+pub fn amcheck(c: &mut Session) -> Check {
     let r = c
-        .batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-        .and_then(|_| c.query_one(AMCHECK_SQL, &[]));
+        .run("CREATE EXTENSION amcheck", |c| {
+            c.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|_| {
+            c.run("amcheck", |c| {
+                c.query_one(AMCHECK_SQL, &[])
+                    .and_then(|r| r.try_get::<_, i64>(0))
+                    .map_err(|e| e.to_string())
+            })
+        });
     match r {
-        Ok(row) => check(
-            "amcheck",
-            true,
-            format!("{} B-tree indexes verified", row.get::<_, i64>(0)),
-        ),
-        Err(e) => check("amcheck", false, e.to_string()),
+        Ok(n) => check("amcheck", true, format!("{n} B-tree indexes verified")),
+        Err(e) => check("amcheck", false, e),
     }
 }
 
-pub fn invariant(c: &mut Client, sql: &str) -> Check {
-    match c.query_one(sql, &[]).and_then(|r| r.try_get::<_, bool>(0)) {
+pub fn invariant(c: &mut Session, sql: &str) -> Check {
+    let q = sql.to_string();
+    let r = c.run(sql, move |c| {
+        c.query_one(&q, &[])
+            .and_then(|r| r.try_get::<_, bool>(0))
+            .map_err(|e| e.to_string())
+    });
+    match r {
         Ok(v) => check(&format!("invariant: {sql}"), v, format!("returned {v}")),
-        Err(e) => check(&format!("invariant: {sql}"), false, e.to_string()),
+        Err(e) => check(&format!("invariant: {sql}"), false, e),
     }
 }
 
 /// Newest beacon `(seq, ts)`, if any.
-pub fn newest_beacon(c: &mut Client, table: &str) -> Result<Option<(i64, DateTime<Utc>)>, String> {
-    let rows = c
-        .query(
-            &format!("SELECT seq, ts FROM {table} ORDER BY seq DESC LIMIT 1"),
-            &[],
-        )
-        .map_err(|e| e.to_string())?;
-    Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+pub fn newest_beacon(c: &mut Session, table: &str) -> Result<Option<(i64, DateTime<Utc>)>, String> {
+    let sql = format!("SELECT seq, ts FROM {table} ORDER BY seq DESC LIMIT 1");
+    c.run("newest beacon", move |c| {
+        let rows = c.query(&sql, &[]).map_err(|e| e.to_string())?;
+        rows.first()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()
+            .map_err(|e: postgres::Error| e.to_string())
+    })
 }
 
 /// Acknowledged ids (before the consistency point) missing from `table`: how many, exactly,
 /// and the first 20 of them as evidence.
-pub fn lost_acked(c: &mut Client, table: &str, ids: &[i64]) -> Result<(usize, Vec<i64>), String> {
+pub fn lost_acked(c: &mut Session, table: &str, ids: &[i64]) -> Result<(usize, Vec<i64>), String> {
     let missing = format!(
         "FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = x)"
     );
-    let count: i64 = c
-        .query_one(&format!("SELECT count(*) {missing}"), &[&ids])
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| e.to_string())?;
-    let rows = c
-        .query(&format!("SELECT x {missing} ORDER BY x LIMIT 20"), &[&ids])
-        .map_err(|e| e.to_string())?;
-    let first = rows
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<Vec<i64>, _>>()
-        .map_err(|e| e.to_string())?;
+    let (sql, all) = (format!("SELECT count(*) {missing}"), ids.to_vec());
+    let count: i64 = c.run("count of lost acknowledged rows", move |c| {
+        c.query_one(&sql, &[&all])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| e.to_string())
+    })?;
+    let (sql, all) = (
+        format!("SELECT x {missing} ORDER BY x LIMIT 20"),
+        ids.to_vec(),
+    );
+    let first = c.run("first lost acknowledged rows", move |c| {
+        c.query(&sql, &[&all])
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(|e| e.to_string())
+    })?;
     let count = usize::try_from(count).map_err(|e| e.to_string())?;
     Ok((count, first))
 }
@@ -180,10 +284,13 @@ pub fn lost_check(kind: &str, acked: usize, lost: Result<(usize, Vec<i64>), Stri
     }
 }
 
-pub fn scalar(c: &mut Client, sql: &str) -> Result<i64, String> {
-    c.query_one(sql, &[])
-        .and_then(|r| r.try_get::<_, i64>(0))
-        .map_err(|e| format!("{sql}: {e}"))
+pub fn scalar(c: &mut Session, sql: &str) -> Result<i64, String> {
+    let q = sql.to_string();
+    c.run(sql, move |c| {
+        c.query_one(&q, &[])
+            .and_then(|r| r.try_get::<_, i64>(0))
+            .map_err(|e| format!("{q}: {e}"))
+    })
 }
 
 /// The server's own PANIC/FATAL lines from a console, as evidence (the last few).
@@ -208,7 +315,7 @@ pub fn check_member(
     ctx: &MemberCtx,
     prof: &MemberProfile,
     sb: &Sandbox,
-) -> (MemberReport, Option<Client>) {
+) -> (MemberReport, Option<Session>) {
     let mut r = MemberReport::new(ctx.domain, &sb.name);
     let info = config(prof, sb.host_port, ctx.statement_timeout);
     let (waited, mut first) = match &prof.ready_marker {
@@ -251,19 +358,21 @@ pub fn check_member(
                 ctx.ready_timeout.as_secs(),
                 server_errors(&console)
             ),
+            Wait::Stopped => "the sandbox was stopped before the database was ready".into(),
         },
     ));
     let client = match first.take() {
         Some(c) => Some(c),
         None => ready.and_then(|_| connect(&info, Duration::from_secs(60)).ok()),
     };
-    let Some(mut c) = client else {
+    let Some(c) = client else {
         if ready.is_some() {
             r.checks
                 .push(check("connect", false, "no connection within 60 s".into()));
         }
         return (r, None);
     };
+    let mut c = Session::new(c, deadline(ctx.statement_timeout));
     r.checks.push(amcheck(&mut c));
     for q in &prof.invariants {
         r.checks.push(invariant(&mut c, q));
@@ -308,6 +417,47 @@ mod tests {
         assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
         assert!(c.get_keepalives());
         assert_eq!(c.get_ports(), &[40100]);
+    }
+
+    #[test]
+    fn a_query_without_an_answer_by_its_deadline_fails_and_ends_the_session() {
+        assert_eq!(deadline(Duration::from_secs(600)), Duration::from_secs(615));
+        let mut s = Deadlined::new(0u32, Duration::from_millis(200));
+        assert_eq!(
+            s.run("count", |n| {
+                *n += 1;
+                Ok(*n)
+            }),
+            Ok(1)
+        );
+        // The connection comes back after each answered query, errors included.
+        assert_eq!(
+            s.run("bad", |_| Err::<(), _>("syntax".into())),
+            Err("syntax".into())
+        );
+        assert_eq!(s.run("count", |n| Ok(*n)), Ok(1));
+        let e = s
+            .run("amcheck", |_| {
+                std::thread::sleep(Duration::from_secs(2));
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(
+            e.starts_with("amcheck: no answer within 0 s") && e.contains("abandoned"),
+            "{e}"
+        );
+        let e = s.run("count", |n| Ok(*n)).unwrap_err();
+        assert!(
+            e.contains("an earlier query hung") && e.contains("amcheck"),
+            "{e}"
+        );
+        // A query whose thread dies fails too, never passes.
+        let mut s = Deadlined::new(0u32, Duration::from_secs(5));
+        let e = s
+            .run("boom", |_| -> Result<(), String> { panic!("query thread") })
+            .unwrap_err();
+        assert!(e.contains("thread died"), "{e}");
+        assert!(s.run("count", |n| Ok(*n)).is_err());
     }
 
     #[test]

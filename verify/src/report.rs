@@ -2,7 +2,9 @@
 //! Prometheus textfile metrics.
 //!
 //! Invariant: the verdict is derived from the checks (`pass` only if every check passed); the
-//! HTML and metrics are renderings of the same struct, never computed separately.
+//! HTML and metrics are renderings of the same struct, never computed separately. Notes
+//! (`notes`) never affect the verdict: they say what was not checked and why, or what verify
+//! cleaned up, so the report never implies a check that did not run.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -75,6 +77,9 @@ pub struct Report {
     pub finished_at: DateTime<Utc>,
     pub members: Vec<MemberReport>,
     pub cross_checks: Vec<Check>,
+    /// What was not checked and why, and what was cleaned up before the run; not checks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -201,6 +206,13 @@ pub fn html(r: &Report) -> String {
     }
     o.push_str("<h2>Across members</h2>");
     checks_table(&mut o, &r.cross_checks);
+    if !r.notes.is_empty() {
+        o.push_str("<h2>Notes</h2><ul>");
+        for n in &r.notes {
+            let _ = write!(o, "<li>{}</li>", esc(n));
+        }
+        o.push_str("</ul>");
+    }
     o.push_str("</body></html>");
     o
 }

@@ -15,10 +15,17 @@
 //!   reaches the sandbox: it gets a blank stand-in ([`crate::stand_in`]), and `sandbox_xml`
 //!   refuses a writable disk it was given no file for.
 //! - Dropping a [`Sandbox`] destroys the domain and deletes the directory, also on panic, and so
-//!   does an interrupt (SIGINT/SIGTERM/SIGHUP) once `cgsnap_testbeds::interrupt` is installed.
+//!   does an interrupt (SIGINT/SIGTERM/SIGHUP) once `cgsnap_testbeds::interrupt` is installed,
+//!   and so does its [`Sandbox::stopper`] (run from another thread, e.g. the free-space
+//!   [`crate::space::Watch`]); once stopped, waiting for it ends at once with [`Wait::Stopped`].
+//! - Its directory holds an owner marker ([`crate::stale::MARKER`]: pid and process start
+//!   time), written right after the directory is created, so a later run can tell a directory
+//!   left by a killed run from one in use ([`crate::stale`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use xmltree::{Element, XMLNode};
@@ -36,6 +43,8 @@ pub struct Sandbox {
     /// One line per disk given a blank stand-in, for the report.
     pub stand_ins: Vec<String>,
     conn: Connect,
+    /// Set once a [`Sandbox::stopper`] ran: the domain is gone, waiting for it is pointless.
+    stopped: Arc<AtomicBool>,
     /// Removes the sandbox if the process is interrupted.
     _interrupt: cgsnap_testbeds::interrupt::Registration,
 }
@@ -190,6 +199,7 @@ impl Sandbox {
         let reg = cgsnap_testbeds::guest::remove_on_interrupt("sandbox", uri, name, dir);
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::stale::mark(dir)?;
         let console = dir.join("console.log");
         let mut sb = Sandbox {
             name: name.to_string(),
@@ -200,6 +210,7 @@ impl Sandbox {
             started: Instant::now(),
             stand_ins: Vec::new(),
             conn,
+            stopped: Arc::new(AtomicBool::new(false)),
             _interrupt: reg,
         };
         let mut overlays = Vec::new();
@@ -245,16 +256,34 @@ impl Sandbox {
         Ok(sb)
     }
 
+    /// Stops the sandbox from any thread: destroys the domain (its writes end), then deletes
+    /// its directory (the room comes back). Dropping the sandbox later is harmless.
+    pub fn stopper(&self) -> crate::space::Stop {
+        let (uri, name, dir) = (self.uri.clone(), self.name.clone(), self.dir.clone());
+        let stopped = Arc::clone(&self.stopped);
+        Box::new(move || {
+            stopped.store(true, Ordering::SeqCst);
+            cgsnap_testbeds::guest::remove(&uri, &name, &dir);
+        })
+    }
+
+    /// Whether a [`Sandbox::stopper`] ran.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
     pub fn console_text(&self) -> String {
         std::fs::read(&self.console)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
 
-    /// Time from start until the console shows `marker`, or None on timeout.
     /// Wait for `ready` (or `failure`) on the console; times are since boot.
     pub fn wait_marker(&self, ready: &str, failure: Option<&str>, timeout: Duration) -> Wait {
         loop {
+            if self.is_stopped() {
+                return Wait::Stopped;
+            }
             let text = self.console_text();
             if text.contains(ready) {
                 return Wait::Ready(self.started.elapsed());
@@ -276,6 +305,8 @@ pub enum Wait {
     Ready(Duration),
     Failed(Duration),
     TimedOut,
+    /// The sandbox was stopped from outside (see [`Sandbox::stopper`]).
+    Stopped,
 }
 
 impl Drop for Sandbox {
