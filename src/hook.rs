@@ -256,13 +256,7 @@ mod tests {
         let _serial = serial();
         let t = tempfile::tempdir().expect("tmp");
         let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
-        let h = Arc::new(FakeHost::new("qemu:///system"));
-        h.add(
-            "db",
-            &crate::hypervisor::fake::one_disk(&format!("{}/db.qcow2", t.path().display()), ""),
-        );
-        let hosts: Vec<Arc<dyn Host>> = vec![h.clone()];
-        crate::group::add(&hosts, "g", &["db".to_string()]).expect("group add");
+        let hosts = crate::hypervisor::fake::db_in_groups(t.path(), &["g"]);
         // No watchdog can start: the snapshot is abandoned after its pending manifest was
         // written and before anything froze. That manifest already names the job.
         let opts = snapshot::Options {
@@ -292,7 +286,7 @@ mod tests {
         assert_eq!(all[0].state, SnapState::Aborted);
         assert_eq!(all[0].hook_token.as_deref(), Some("job-1"));
         assert_eq!(
-            h.state_rechecked("db").expect("state"),
+            hosts[0].state_rechecked("db").expect("state"),
             crate::hypervisor::DomState::Running
         );
     }

@@ -580,15 +580,7 @@ mod tests {
     fn a_member_in_another_groups_unreleased_snapshot_is_refused() {
         let t = tempfile::tempdir().expect("tmp");
         let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
-        let h = Arc::new(FakeHost::new("qemu:///system"));
-        h.add(
-            "db",
-            &crate::hypervisor::fake::one_disk(&format!("{}/db.qcow2", t.path().display()), ""),
-        );
-        let hosts: Vec<Arc<dyn Host>> = vec![h.clone()];
-        for g in ["a", "b"] {
-            group::add(&hosts, g, &["db".to_string()]).expect("group add");
-        }
+        let hosts = crate::hypervisor::fake::db_in_groups(t.path(), &["a", "b"]);
         let popts = preflight::Options {
             id: "b-1",
             overlay_dir: None,
@@ -619,7 +611,7 @@ mod tests {
         }
         // The same domain name on another host is another VM.
         let other = Arc::new(FakeHost::new("qemu+ssh://far/system"));
-        other.add("db", &h.xml("db").expect("xml"));
+        other.add("db", &hosts[0].xml("db").expect("xml"));
         let far: Vec<Arc<dyn Host>> = vec![other.clone()];
         group::add(&far, "b", &["db".to_string()]).expect("group add");
         plan(&far, &cat, "b", &popts).expect("another host's db");

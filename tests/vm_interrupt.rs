@@ -132,22 +132,31 @@ fn verify_interrupted_removes_its_sandbox() {
         err.contains("interrupted by SIGTERM: removing sandbox"),
         "{err}"
     );
+    assert_verify_left_nothing(&lab, &id, &dom, work.path(), &sandboxes, (&images, &sums));
+}
+
+/// After a verify that ended without a verdict: no sandbox domain, file or report left, the
+/// held snapshot intact (frozen images with the checksums `sums`) and its group unlocked, so
+/// it releases normally and the member is back on its images.
+fn assert_verify_left_nothing(
+    lab: &Lab,
+    id: &str,
+    dom: &str,
+    work: &Path,
+    sandboxes: &Path,
+    (images, sums): (&[String], &[String]),
+) {
     assert!(domains_named("-verify-").is_empty(), "sandbox domain left");
-    let left: Vec<_> = std::fs::read_dir(&sandboxes)
+    let left: Vec<_> = std::fs::read_dir(sandboxes)
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "sandbox files left: {left:?}");
-    assert!(
-        !work.path().join("report").exists(),
-        "no report for an interrupted run"
-    );
-
-    // The held snapshot is intact and its group unlocked: it releases normally.
+    assert!(!work.join("report").exists(), "no verdict, no report");
     let now: Vec<String> = images.iter().map(|i| sha256(i)).collect();
     assert_eq!(now, sums, "frozen images unchanged");
-    assert_eq!(domstate(&dom), "running");
-    lab.cgsnap().args(["release", &id]).assert().success();
-    assert_own_images(lab.guest(&dom));
+    assert_eq!(domstate(dom), "running");
+    lab.cgsnap().args(["release", id]).assert().success();
+    assert_own_images(lab.guest(dom));
 }
 
 /// The sandbox directory's filesystem running low while a sandbox runs (here: something else
@@ -213,19 +222,7 @@ fn verify_stops_its_sandboxes_when_their_filesystem_runs_low() {
         err.contains("below --min-free") && err.contains("stopped"),
         "{err}"
     );
-    assert!(domains_named("-verify-").is_empty(), "sandbox domain left");
-    let left: Vec<_> = std::fs::read_dir(&sandboxes)
-        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "sandbox files left: {left:?}");
-    assert!(
-        !work.path().join("report").exists(),
-        "no verdict, no report"
-    );
-    let now: Vec<String> = images.iter().map(|i| sha256(i)).collect();
-    assert_eq!(now, sums, "frozen images unchanged");
-    assert_eq!(domstate(&dom), "running");
-    lab.cgsnap().args(["release", &id]).assert().success();
+    assert_verify_left_nothing(&lab, &id, &dom, work.path(), &sandboxes, (&images, &sums));
 }
 
 #[test]

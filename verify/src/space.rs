@@ -62,7 +62,11 @@ pub enum Phase {
     Running,
 }
 
-fn gib(b: u64) -> String {
+fn size_text(b: u64) -> String {
+    // Below a GiB, one decimal of GiB hides the difference that matters (0.1 vs 0.1).
+    if b < 1 << 30 {
+        return format!("{} MiB ({b} bytes)", b >> 20);
+    }
     format!("{:.1} GiB ({b} bytes)", b as f64 / (1u64 << 30) as f64)
 }
 
@@ -82,14 +86,14 @@ pub fn judge(
         (Ok(f), _) if f >= floor => Ok(()),
         (Ok(f), Phase::Before) => Err(format!(
             "sandbox directory {d} has {} free, below --min-free {}: {FIX}",
-            gib(f),
-            gib(floor)
+            size_text(f),
+            size_text(floor)
         )),
         (Ok(f), Phase::Running) => Err(format!(
             "sandbox directory {d} fell to {} free, below --min-free {}: the sandboxes were \
              stopped so the filesystem does not fill up under the VMs sharing it; {FIX}",
-            gib(f),
-            gib(floor)
+            size_text(f),
+            size_text(floor)
         )),
         (Err(e), Phase::Before) => Err(format!(
             "cannot read the free space of sandbox directory {d} ({e}): give a --sandbox-dir that can be measured"
@@ -204,6 +208,12 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_below_a_gib_read_in_mib() {
+        assert_eq!(size_text(100 << 20), "100 MiB (104857600 bytes)");
+        assert_eq!(size_text(3 << 29), "1.5 GiB (1610612736 bytes)");
+    }
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::time::Instant;
 
