@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 /// A step of one disk's release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mark {
     /// Its active commit is about to be started.
     Started,
@@ -39,18 +39,18 @@ fn key(domain: &str, target: &str) -> String {
 /// Marks in memory only: for a rollback (the snapshot failed in this very process, nothing
 /// of it was ever released) and for the benchmark's own guests.
 #[derive(Default)]
-pub struct InMemory(Mutex<BTreeSet<(String, bool)>>);
+pub struct InMemory(Mutex<BTreeSet<(String, Mark)>>);
 
 impl Ledger for InMemory {
     fn has(&self, domain: &str, target: &str, mark: Mark) -> bool {
         let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        set.contains(&(key(domain, target), mark == Mark::Pivoted))
+        set.contains(&(key(domain, target), mark))
     }
 
     fn mark(&self, domain: &str, targets: &[&str], mark: Mark) -> Result<(), CatalogError> {
         let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for t in targets {
-            set.insert((key(domain, t), mark == Mark::Pivoted));
+            set.insert((key(domain, t), mark));
         }
         Ok(())
     }

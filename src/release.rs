@@ -265,32 +265,47 @@ pub fn remove_unused(
     domain: &str,
     disks: &[DiskRecord],
 ) -> Result<(), ReleaseError> {
-    let xml = host.xml(domain)?;
+    remove_unused_in(host, domain, &host.xml(domain)?, disks)
+}
+
+/// [`remove_unused`] against the domain XML `xml` just read.
+fn remove_unused_in(
+    host: &dyn Host,
+    domain: &str,
+    xml: &str,
+    disks: &[DiskRecord],
+) -> Result<(), ReleaseError> {
     let local = crate::snapshot::is_local(host.uri());
     for d in disks {
-        if in_use(domain, &xml, &d.overlay)? {
+        if in_use(domain, xml, &d.overlay)? {
             continue;
         }
-        if !local {
+        if local {
+            remove_local(domain, &d.overlay)?;
+        } else {
             remove_remote(host, domain, &d.overlay)?;
-            continue;
-        }
-        if Path::new(&d.overlay).exists() {
-            // The domain's XML can lag behind QEMU (a snapshot call still in flight, libvirtd
-            // restarted before saving its state): QEMU's lock is the last word.
-            if held_open(&d.overlay) {
-                return Err(ReleaseError::HeldOpen {
-                    domain: domain.to_string(),
-                    overlay: d.overlay.clone(),
-                });
-            }
-            std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
-                path: d.overlay.clone(),
-                source,
-            })?;
         }
     }
     Ok(())
+}
+
+/// Delete an overlay on this host that no disk uses any more, unless some process still holds
+/// it open: the domain's XML can lag behind QEMU (a snapshot call still in flight, libvirtd
+/// restarted before saving its state), QEMU's lock is the last word. Gone already is done.
+pub(crate) fn remove_local(domain: &str, overlay: &str) -> Result<(), ReleaseError> {
+    if !Path::new(overlay).exists() {
+        return Ok(());
+    }
+    if held_open(overlay) {
+        return Err(ReleaseError::HeldOpen {
+            domain: domain.to_string(),
+            overlay: overlay.to_string(),
+        });
+    }
+    std::fs::remove_file(overlay).map_err(|source| ReleaseError::Remove {
+        path: overlay.to_string(),
+        source,
+    })
 }
 
 /// Remove an unused overlay on another host through the storage pool of its directory, or say
@@ -482,7 +497,7 @@ pub fn release_member(
             match step_for(domain, &xml, d)? {
                 DiskStep::Done => {
                     ledger.mark(domain, &[d.target.as_str()], Mark::Pivoted)?;
-                    remove_unused(host, domain, std::slice::from_ref(*d))
+                    remove_unused_in(host, domain, &xml, std::slice::from_ref(*d))
                 }
                 // The job went away without a pivot: it failed or someone cancelled it.
                 DiskStep::Commit => Err(ReleaseError::CommitEnded {

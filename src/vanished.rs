@@ -86,12 +86,7 @@ pub fn release(
         return remote(host, domain, disks, opts, ledger);
     }
     for d in disks.iter().filter(|d| stale(d)) {
-        if Path::new(&d.overlay).exists() {
-            std::fs::remove_file(&d.overlay).map_err(|source| ReleaseError::Remove {
-                path: d.overlay.clone(),
-                source,
-            })?;
-        }
+        release::remove_local(domain, &d.overlay)?;
     }
     let left: Vec<&DiskRecord> = disks
         .iter()

@@ -114,14 +114,21 @@ fn verify_until_sandbox_runs(
     child
 }
 
-#[test]
-fn verify_interrupted_removes_its_sandbox() {
-    let lab = lab("cgt-int", 1, 2);
-    lab.group_add("cgt-int", &lab.names());
+/// One writer VM in group `name` with a held snapshot: the lab, the snapshot ID, the VM, its
+/// frozen images and their checksums.
+fn held_writer(name: &str) -> (Lab, String, String, Vec<String>, Vec<String>) {
+    let lab = lab(name, 1, 2);
+    lab.group_add(name, &lab.names());
     let dom = lab.names()[0].clone();
-    let (id, m) = lab.snapshot_json("cgt-int", &[]);
+    let (id, m) = lab.snapshot_json(name, &[]);
     let images = disk_fields(&m, 0, "image");
     let sums: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+    (lab, id, dom, images, sums)
+}
+
+#[test]
+fn verify_interrupted_removes_its_sandbox() {
+    let (lab, id, dom, images, sums) = held_writer("cgt-int");
 
     let work = tempfile::tempdir().expect("tmp");
     let sandboxes = work.path().join("sandboxes");
@@ -165,12 +172,7 @@ fn assert_verify_left_nothing(
 /// never see it full because of a restore test.
 #[test]
 fn verify_stops_its_sandboxes_when_their_filesystem_runs_low() {
-    let lab = lab("cgt-low", 1, 2);
-    lab.group_add("cgt-low", &lab.names());
-    let dom = lab.names()[0].clone();
-    let (id, m) = lab.snapshot_json("cgt-low", &[]);
-    let images = disk_fields(&m, 0, "image");
-    let sums: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+    let (lab, id, dom, images, sums) = held_writer("cgt-low");
 
     let work = tempfile::tempdir().expect("tmp");
     let fs = work.path().join("fs");
