@@ -55,3 +55,55 @@ impl Classify for HvError {
         }
     }
 }
+
+/// A failure ready to print: one line and the exit code it classifies as. Front ends (the
+/// `cgsnap` command line, the lab commands) turn every library error into one of these.
+#[derive(Debug)]
+pub struct Failure {
+    /// The process exit code.
+    pub code: ExitCode,
+    /// The whole error chain on one line.
+    pub msg: String,
+}
+
+impl<E: Classify + std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let mut msg = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            let t = s.to_string();
+            if !msg.contains(&t) {
+                msg.push_str(": ");
+                msg.push_str(&t);
+            }
+            src = s.source();
+        }
+        Failure {
+            code: e.exit_code(),
+            msg: msg.replace('\n', " "),
+        }
+    }
+}
+
+impl Failure {
+    /// A bad command line or combination of flags.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Failure {
+            code: ExitCode::Usage,
+            msg: msg.into(),
+        }
+    }
+
+    /// An unexpected failure (a bug or an I/O error outside the classified cases).
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Failure {
+            code: ExitCode::Internal,
+            msg: msg.into(),
+        }
+    }
+
+    /// Pretty JSON of `v` for printing.
+    pub fn json<T: serde::Serialize>(v: &T) -> Result<String, Failure> {
+        serde_json::to_string_pretty(v).map_err(|e| Failure::internal(e.to_string()))
+    }
+}

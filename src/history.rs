@@ -5,8 +5,8 @@
 //! nothing is recomputed, so the history says exactly what each run recorded.
 
 use crate::catalog::{Catalog, Manifest};
-use crate::cli::Failure;
 use crate::exit::ExitCode;
+use crate::exit::Failure;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -63,7 +63,8 @@ pub fn rows(cat: &Catalog) -> Result<Vec<Row>, Failure> {
         .collect())
 }
 
-fn f(v: Option<f64>) -> String {
+/// A number cell of the history table: two decimals, `-` when unknown.
+pub fn cell(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())
 }
 
@@ -104,16 +105,18 @@ pub fn html(rows: &[Row]) -> String {
             esc(&r.group),
             esc(&r.state),
             esc(&r.created_at),
-            f(r.freeze_window_ms),
-            f(r.max_recovery_seconds),
-            f(r.max_data_loss_seconds),
+            cell(r.freeze_window_ms),
+            cell(r.max_recovery_seconds),
+            cell(r.max_data_loss_seconds),
         );
     }
     o.push_str("</table></body></html>");
     o
 }
 
-pub fn run(cat: &Catalog, json: bool) -> Result<(), Failure> {
+/// Renders the history of `cat` and writes it as `CATALOG/reports/index.html`; returns the rows
+/// and the page's path.
+pub fn write_index(cat: &Catalog) -> Result<(Vec<Row>, PathBuf), Failure> {
     let rows = rows(cat)?;
     let dir = cat.dir().join("reports");
     std::fs::create_dir_all(&dir).map_err(|e| Failure {
@@ -125,30 +128,5 @@ pub fn run(cat: &Catalog, json: bool) -> Result<(), Failure> {
         code: ExitCode::Internal,
         msg: format!("{}: {e}", index.display()),
     })?;
-    if json {
-        let s = serde_json::to_string_pretty(&rows).map_err(|e| Failure {
-            code: ExitCode::Internal,
-            msg: e.to_string(),
-        })?;
-        println!("{s}");
-        return Ok(());
-    }
-    println!(
-        "{:<40} {:<16} {:<9} {:>10} {:>12} {:>8} {:>9}",
-        "ID", "GROUP", "STATE", "FREEZE_MS", "VERIFY", "RTO_S", "LOSS_S"
-    );
-    for r in &rows {
-        println!(
-            "{:<40} {:<16} {:<9} {:>10} {:>12} {:>8} {:>9}",
-            r.id,
-            r.group,
-            r.state,
-            f(r.freeze_window_ms),
-            r.verdict.as_deref().unwrap_or("-"),
-            f(r.max_recovery_seconds),
-            f(r.max_data_loss_seconds)
-        );
-    }
-    println!("history: {}", index.display());
-    Ok(())
+    Ok((rows, index))
 }

@@ -1,30 +1,28 @@
 //! cgsnap: crash-consistent snapshots of groups of libvirt/QEMU virtual machines.
 //!
+//! This is the engine library: no async runtime, no database client, no testbeds. The `cgsnap`
+//! command line (`cli/`), the verifier (`verify/`) and the lab (`lab/`: demo, benchmark,
+//! testbeds) are packages of their own on top of it.
+//!
 //! Module map (each file one concern):
 //! - [`group`]: consistency groups stored in domain metadata, resolved live;
 //! - [`hypervisor`]: the one boundary to libvirt (trait, adapter, fake, connection pool);
-//! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot;
-//!   [`check`]: its checks alone, as a command;
+//! - [`preflight`], [`protocol`], [`watchdog`], [`snapshot`]: taking a group snapshot, with
+//!   the flags every snapshot-taking command shares in [`tuning`];
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
 //! - [`release`]: committing overlays back, if [`room`] says they fit; offline ([`merge`]) for
 //!   a deleted member ([`vanished`]) or a shut-off one ([`offline`]);
 //! - [`catalog`]: manifests, [`lock`]: their locks; [`prune`]: their retention; [`hook`]: the
 //!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
-//! - [`exit`]: the documented exit codes; [`cli`] parses and dispatches to the `*_cmd` modules.
+//! - [`exit`]: the documented exit codes and the one-line [`exit::Failure`] front ends print.
 
-pub mod bench;
 pub mod catalog;
-pub mod catalog_cmd;
-pub mod check;
-pub mod cli;
-pub mod demo;
 pub mod disk_order;
 pub mod domxml;
 pub mod duration;
 pub mod exit;
 pub mod group;
-pub mod group_cmd;
 pub mod history;
 pub mod hook;
 pub mod hypervisor;
@@ -40,7 +38,6 @@ pub mod release;
 pub mod remote_merge;
 pub mod room;
 pub mod snapshot;
-pub mod testbed_cmd;
+pub mod tuning;
 pub mod vanished;
-pub mod verify_cmd;
 pub mod watchdog;

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PROM: &str = "/var/cache/cgsnap/prometheus/usr/bin";
-const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/prometheus");
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hooks/prometheus");
 
 fn tool(name: &str) -> Command {
     let p = Path::new(PROM).join(name);

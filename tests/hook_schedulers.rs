@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const HOOKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks");
+const HOOKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hooks");
 const UNITS: [&str; 4] = [
     "cgsnap-backup@.service",
     "cgsnap-backup@.timer",
@@ -359,7 +359,10 @@ fn cron_job_loads_its_env_runs_once_at_a_time_and_cleans_only_its_own_restore() 
     );
 }
 
-const BORGMATIC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/borgmatic/config.yaml");
+const BORGMATIC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../hooks/borgmatic/config.yaml"
+);
 
 #[test]
 fn borgmatic_config_validates_and_excludes_overlays_and_scratch_directories() {

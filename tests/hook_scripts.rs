@@ -14,10 +14,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const RESTIC_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/restic/cgsnap-restic.sh");
+const RESTIC_SH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../hooks/restic/cgsnap-restic.sh"
+);
 const WRAPPER_SH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/hooks/cgsnap-backup-wrapper.sh"
+    "/../hooks/cgsnap-backup-wrapper.sh"
 );
 
 /// Logs `cgsnap ARGS`, prints what the real hook prints, sleeps FAKE_<PHASE>_SLEEP seconds and

@@ -14,7 +14,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/restic/cgsnap-restic.sh");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../hooks/restic/cgsnap-restic.sh"
+);
 const PASSWORD: &str = "cgsnap-test-password";
 
 /// The shipped script pointed at this lab's catalog and the built binary; backs up the guests'

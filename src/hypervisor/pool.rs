@@ -43,3 +43,19 @@ impl Pool {
         uris.iter().map(|u| self.get(u)).collect()
     }
 }
+
+/// The hosts a command works on: the pool that connects to them and the URIs named on the
+/// command line (`--connect`, else the default URI).
+pub struct Ctx {
+    /// Shared connections.
+    pub pool: Pool,
+    /// The URIs to resolve groups on.
+    pub uris: Vec<String>,
+}
+
+impl Ctx {
+    /// A connection to every URI, opened on first use.
+    pub fn hosts(&self) -> HvResult<Vec<Arc<dyn Host>>> {
+        self.pool.get_all(&self.uris)
+    }
+}

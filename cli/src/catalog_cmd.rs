@@ -1,8 +1,8 @@
 //! Commands over the catalog alone (no hypervisor): `list`, `show`, `prune`, `metrics`.
 
-use crate::catalog::{Catalog, Manifest};
-use crate::cli::{Failure, json};
-use crate::{duration, metrics, prune};
+use cgsnap::catalog::{Catalog, Manifest};
+use cgsnap::exit::Failure;
+use cgsnap::{duration, metrics, prune};
 use clap::Args;
 use std::path::Path;
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub fn list(cat: &Catalog, group: Option<&str>, as_json: bool) -> Result<(), Fai
         .filter(|m| group.is_none_or(|g| m.group == g))
         .collect();
     if as_json {
-        println!("{}", json(&all)?);
+        println!("{}", Failure::json(&all)?);
         return Ok(());
     }
     println!(
@@ -64,7 +64,7 @@ fn overlay_use(m: &Manifest) -> String {
     let bytes: Option<u64> = m
         .members
         .iter()
-        .filter(|x| crate::snapshot::is_local(&x.uri))
+        .filter(|x| cgsnap::snapshot::is_local(&x.uri))
         .flat_map(|x| x.disks.iter())
         .filter_map(|d| std::fs::metadata(&d.overlay).ok())
         .map(|md| md.blocks() * 512)
@@ -78,7 +78,7 @@ fn overlay_use(m: &Manifest) -> String {
 
 /// `cgsnap show ID`: one manifest as JSON.
 pub fn show(cat: &Catalog, id: &str) -> Result<(), Failure> {
-    println!("{}", json(&cat.load(id)?)?);
+    println!("{}", Failure::json(&cat.load(id)?)?);
     Ok(())
 }
 

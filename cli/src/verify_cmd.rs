@@ -14,9 +14,9 @@
 //!   sandbox starts and watched while they run, `cgsnap_verify::space`); falling short is
 //!   could-not-run (12), never a verdict.
 
-use crate::catalog::{Catalog, CatalogError};
-use crate::cli::Failure;
-use crate::exit::ExitCode;
+use cgsnap::catalog::{Catalog, CatalogError};
+use cgsnap::exit::ExitCode;
+use cgsnap::exit::Failure;
 use cgsnap_verify::{ManifestView, Request, profile, report};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -80,7 +80,7 @@ pub fn sandbox_host(
 ) -> Result<Option<String>, Failure> {
     let on = match connect {
         [] => None,
-        [u] if crate::snapshot::is_local(u) => Some(u.clone()),
+        [u] if cgsnap::snapshot::is_local(u) => Some(u.clone()),
         [u] => {
             return Err(fail(
                 ExitCode::Usage,
@@ -96,7 +96,7 @@ pub fn sandbox_host(
             ));
         }
     };
-    let Some((domain, uri)) = members.iter().find(|(_, u)| !crate::snapshot::is_local(u)) else {
+    let Some((domain, uri)) = members.iter().find(|(_, u)| !cgsnap::snapshot::is_local(u)) else {
         return Ok(on);
     };
     let fix = match (images, &on) {

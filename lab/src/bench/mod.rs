@@ -14,11 +14,13 @@ mod ours;
 mod plot;
 pub mod stats;
 
-use crate::catalog::Catalog;
-use crate::cli::{Ctx, Failure, SnapTuning, snap_options};
-use crate::exit::ExitCode;
-use crate::protocol::Resume;
-use crate::{group, release};
+use cgsnap::catalog::Catalog;
+use cgsnap::exit::ExitCode;
+use cgsnap::exit::Failure;
+use cgsnap::hypervisor::pool::Ctx;
+use cgsnap::protocol::Resume;
+use cgsnap::tuning::{SnapTuning, snap_options};
+use cgsnap::{group, release};
 use cgsnap_testbeds::{assets, guest};
 use clap::Args;
 use serde::Serialize;
@@ -332,7 +334,7 @@ fn run_config(
                 dom,
                 disks,
                 &ropts,
-                &crate::ledger::InMemory::default(),
+                &cgsnap::ledger::InMemory::default(),
             )?;
         }
     }

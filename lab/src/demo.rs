@@ -5,10 +5,12 @@
 //! Invariant: the demo only touches domains and files it created (names `cgsnap-demo-*`,
 //! files under its own directory) and removes them at the end unless `--keep` is given.
 
-use crate::catalog::Catalog;
-use crate::cli::{Ctx, Failure, SnapTuning, snap_options};
-use crate::exit::ExitCode;
-use crate::{domxml, group, release, snapshot};
+use cgsnap::catalog::Catalog;
+use cgsnap::exit::ExitCode;
+use cgsnap::exit::Failure;
+use cgsnap::hypervisor::pool::Ctx;
+use cgsnap::tuning::{SnapTuning, snap_options};
+use cgsnap::{domxml, group, release, snapshot};
 use cgsnap_testbeds::{assets, guest, record};
 use clap::Args;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,9 @@
 //! `cgsnap group add|remove|list|show`: consistency groups, stored in each member domain's
-//! libvirt metadata and resolved live on every connected host (see [`crate::group`]).
+//! libvirt metadata and resolved live on every connected host (see [`cgsnap::group`]).
 
-use crate::cli::{Ctx, Failure, json, usage};
-use crate::group;
+use cgsnap::exit::Failure;
+use cgsnap::group;
+use cgsnap::hypervisor::pool::Ctx;
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -29,7 +30,7 @@ pub fn run(ctx: &Ctx, cmd: &GroupCmd) -> Result<(), Failure> {
     match cmd {
         GroupCmd::Add { name, domains } => {
             if domains.is_empty() {
-                return Err(usage("group add needs at least one DOMAIN"));
+                return Err(Failure::usage("group add needs at least one DOMAIN"));
             }
             group::add(&hosts, name, domains)?;
             println!("group {name}: added {}", domains.join(", "));
@@ -45,7 +46,7 @@ pub fn run(ctx: &Ctx, cmd: &GroupCmd) -> Result<(), Failure> {
                     .iter()
                     .map(|(g, ms)| (g.clone(), members_json(ms)))
                     .collect();
-                println!("{}", json(&v)?);
+                println!("{}", Failure::json(&v)?);
             } else if all.is_empty() {
                 println!("no groups on {}", ctx.uris.join(", "));
             } else {
@@ -61,7 +62,7 @@ pub fn run(ctx: &Ctx, cmd: &GroupCmd) -> Result<(), Failure> {
         } => {
             let ms = group::resolve(&hosts, name)?;
             if *as_json {
-                println!("{}", json(&members_json(&ms))?);
+                println!("{}", Failure::json(&members_json(&ms))?);
             } else {
                 for m in &ms {
                     println!("{}\t{}\t{}", m.domain, m.host.uri(), m.state);

@@ -146,7 +146,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn probe(self: &Arc<Self>) -> crate::snapshot::WindowProbe {
+    pub fn probe(self: &Arc<Self>) -> cgsnap::snapshot::WindowProbe {
         let me = self.clone();
         Arc::new(move |opening: bool| {
             let now = sample();

@@ -5,11 +5,12 @@
 //! released before the next one starts, so all rounds start from the same disk chains.
 
 use super::{Phases, WindowCpu, cpu, fail, stats, summary};
-use crate::catalog::Catalog;
-use crate::cli::{Ctx, Failure};
-use crate::hypervisor::Host;
-use crate::protocol::{Resume, ms};
-use crate::{release, snapshot};
+use cgsnap::catalog::Catalog;
+use cgsnap::exit::Failure;
+use cgsnap::hypervisor::Host;
+use cgsnap::hypervisor::pool::Ctx;
+use cgsnap::protocol::{Resume, ms};
+use cgsnap::{release, snapshot};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -7,9 +7,10 @@
 //! a Cassandra testbed without a usable `CGSNAP_CASSANDRA_HOME` fails with the precondition
 //! exit code before anything is built or started.
 
-use crate::cli::{Ctx, Failure};
-use crate::exit::ExitCode;
-use crate::group;
+use cgsnap::exit::ExitCode;
+use cgsnap::exit::Failure;
+use cgsnap::group;
+use cgsnap::hypervisor::pool::Ctx;
 use cgsnap_testbeds::cassandra::{self, SyncMode};
 use cgsnap_testbeds::{cass_bed, pair, workload};
 use clap::{Args, Subcommand};
@@ -63,7 +64,7 @@ pub struct BeaconArgs {
     /// Member databases as NAME=CONNINFO, written in this order (repeatable).
     #[arg(long = "target", required = true)]
     pub targets: Vec<String>,
-    #[arg(long, default_value = "100ms", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "100ms", value_parser = cgsnap::duration::parse)]
     pub interval: Duration,
     /// Stop after this many rounds (default: run until killed).
     #[arg(long)]

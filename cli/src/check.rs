@@ -2,15 +2,15 @@
 //! outstanding snapshot, members resolved and running, every disk snapshot-able, overlay names
 //! free, space), for a monitoring probe or before enabling a schedule.
 //!
-//! Invariants: it runs the very code `snapshot` starts with ([`crate::snapshot::plan`]), so it
+//! Invariants: it runs the very code `snapshot` starts with ([`cgsnap::snapshot::plan`]), so it
 //! fails with the same one-line error and exit code, and only reads: nothing is paused,
 //! written or created. It does not take the group lock (a probe must never make a scheduled
 //! snapshot fail as busy); a snapshot in progress shows through its `pending` manifest (exit 6).
 
-use crate::catalog::{self, Catalog};
-use crate::cli::{Failure, json};
-use crate::hypervisor::Host;
-use crate::{preflight, snapshot};
+use cgsnap::catalog::{self, Catalog};
+use cgsnap::exit::Failure;
+use cgsnap::hypervisor::Host;
+use cgsnap::{preflight, snapshot};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub fn run(hosts: &[Arc<dyn Host>], cat: &Catalog, a: &CheckArgs) -> Result<(), 
             })
             .collect();
         let v = serde_json::json!({"group": a.group, "ready": true, "members": members});
-        println!("{}", json(&v)?);
+        println!("{}", Failure::json(&v)?);
         return Ok(());
     }
     let disks: usize = plan.iter().map(|p| p.disks.len()).sum();

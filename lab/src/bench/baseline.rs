@@ -4,7 +4,7 @@
 //! Invariant: the baseline's overlays use the same naming as ours, so the same release code
 //! commits them back and the next round starts from identical disk chains.
 
-use crate::catalog::DiskRecord;
+use cgsnap::catalog::DiskRecord;
 use std::process::Command;
 use std::time::Instant;
 
@@ -55,7 +55,7 @@ pub fn round(
         ];
         let mut recs = Vec::new();
         for (target, image) in disks {
-            let overlay = format!("{image}.{tag}.{}", crate::preflight::OVERLAY_SUFFIX);
+            let overlay = format!("{image}.{tag}.{}", cgsnap::preflight::OVERLAY_SUFFIX);
             args.push("--diskspec".into());
             args.push(format!("{target},snapshot=external,file={overlay}"));
             recs.push(DiskRecord {

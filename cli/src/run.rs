@@ -1,0 +1,196 @@
+//! The `cgsnap` command line: dispatch each command to the library, print, and map errors to
+//! exit codes.
+//!
+//! Invariant: every failure is printed as one line `cgsnap: error: ...` on stderr and exits with
+//! the code of [`cgsnap::exit::ExitCode`] its error classifies as.
+
+use crate::args::{Cli, Cmd, Phase};
+use cgsnap::catalog::{self, Catalog, Manifest};
+use cgsnap::exit::{ExitCode, Failure};
+use cgsnap::hypervisor::pool::{Ctx, Pool};
+use cgsnap::tuning::{release_options, snap_options};
+use cgsnap::{hook, metrics, release, snapshot};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub fn uris(cli: &Cli) -> Vec<String> {
+    if !cli.connect.is_empty() {
+        return cli.connect.clone();
+    }
+    match std::env::var("LIBVIRT_DEFAULT_URI") {
+        Ok(u) if !u.is_empty() => vec![u],
+        _ => vec!["qemu:///system".into()],
+    }
+}
+
+fn print_manifest_summary(m: &Manifest) {
+    println!(
+        "snapshot {} of group {}: {} (freeze window {:.1} ms, consistency point {})",
+        m.id,
+        m.group,
+        m.state,
+        m.freeze_window_ms.unwrap_or_default(),
+        m.consistency_point
+            .map(|c| c.to_rfc3339())
+            .unwrap_or_else(|| "-".into())
+    );
+    for mem in &m.members {
+        println!(
+            "  {} ({}) freeze {:.1} ms",
+            mem.domain,
+            mem.uri,
+            mem.freeze_ms.unwrap_or_default()
+        );
+        for d in &mem.disks {
+            println!(
+                "    {}: frozen {} -> overlay {}",
+                d.target, d.image, d.overlay
+            );
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx {
+        pool: Pool::libvirt(),
+        uris: uris(&cli),
+    };
+    let open_catalog = || Catalog::open(&cli.catalog);
+    match &cli.cmd {
+        Cmd::Watchdog => std::process::exit(cgsnap::watchdog::main()),
+        Cmd::Group { cmd } => crate::group_cmd::run(&ctx, cmd),
+        Cmd::Snapshot(a) => {
+            let cat = open_catalog()?;
+            let opts = snap_options(&a.tuning, &a.group, Duration::from_secs(300))?;
+            let m = snapshot::take(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?;
+            if a.json {
+                println!("{}", Failure::json(&m)?);
+            } else {
+                print_manifest_summary(&m);
+            }
+            Ok(())
+        }
+        Cmd::Check(a) => crate::check::run(&ctx.hosts()?, &open_catalog()?, a),
+        Cmd::Release(a) => {
+            let cat = open_catalog()?;
+            let id = match (&a.id, &a.group) {
+                (Some(id), _) => id.clone(),
+                (None, Some(g)) => cat
+                    .latest(g)?
+                    .map(|m| m.id)
+                    .ok_or(catalog::CatalogError::NoSnapshot { group: g.clone() })?,
+                (None, None) => {
+                    return Err(Failure::usage(
+                        "release needs a snapshot ID or --group GROUP",
+                    ));
+                }
+            };
+            let opts = release::Options {
+                bandwidth: a.bandwidth,
+                ..release_options(a.timeout)
+            };
+            let m = release::release_snapshot(&ctx.pool, &cat, &id, &opts)?;
+            if a.json {
+                println!("{}", Failure::json(&m)?);
+            } else {
+                println!("snapshot {} of group {}: {}", m.id, m.group, m.state);
+            }
+            Ok(())
+        }
+        Cmd::List { group, json } => {
+            crate::catalog_cmd::list(&open_catalog()?, group.as_deref(), *json)
+        }
+        Cmd::Show { id } => crate::catalog_cmd::show(&open_catalog()?, id),
+        Cmd::Hook {
+            phase,
+            snap,
+            group,
+            token,
+            timeout,
+        } => {
+            let token = hook::token(token.clone(), std::env::var_os(hook::TOKEN_ENV))?;
+            let cat = open_catalog()?;
+            let line = match phase {
+                Phase::Pre => {
+                    let opts = snapshot::Options {
+                        hook_token: token,
+                        ..snap_options(snap, group, *timeout)?
+                    };
+                    hook::pre(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?
+                }
+                Phase::Post => {
+                    let opts = release_options(*timeout);
+                    let r = hook::post(&ctx.pool, &cat, group, token.as_deref(), &opts)?;
+                    for n in &r.notes {
+                        eprintln!("{n}");
+                    }
+                    r.summary
+                }
+            };
+            println!("{line}");
+            Ok(())
+        }
+        Cmd::Demo(a) => cgsnap_lab::demo::run(&ctx, &cli.catalog, a),
+        Cmd::Bench(a) => cgsnap_lab::bench::run(&ctx, &cli.catalog, a),
+        Cmd::Report { json } => crate::report_cmd::run(&open_catalog()?, *json),
+        Cmd::Prune(a) => crate::catalog_cmd::prune(&open_catalog()?, a),
+        Cmd::Metrics => crate::catalog_cmd::metrics(&open_catalog()?, &metrics_dir(&cli)),
+        Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, &cli.connect, a),
+        Cmd::Testbed { cmd } => cgsnap_lab::testbed::run(&ctx, &cli.catalog, cmd),
+        Cmd::Beacon(a) => cgsnap_lab::testbed::beacon(a),
+    }
+}
+
+fn metrics_dir(cli: &Cli) -> PathBuf {
+    cli.metrics_dir
+        .clone()
+        .unwrap_or_else(|| cli.catalog.join("metrics"))
+}
+
+/// After a command that changes or verifies snapshots, successful or not, re-render the
+/// metrics. Monitoring must not decide a backup's fate: a failure here is a warning only, and
+/// only after a command that succeeded, so that a failed one still prints exactly one line (its
+/// error, usually the same cause); stale metrics show in their timestamps.
+fn refresh_metrics(catalog: &std::path::Path, dir: &std::path::Path, warn: bool) {
+    let r = Catalog::open(catalog)
+        .map_err(metrics::MetricsError::from)
+        .and_then(|cat| metrics::refresh(&cat, dir));
+    if let Err(e) = r
+        && warn
+    {
+        eprintln!(
+            "cgsnap: warning: metrics not updated: {}",
+            Failure::from(e).msg
+        );
+    }
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    let metrics_after = matches!(
+        cli.cmd,
+        Cmd::Snapshot(_) | Cmd::Release(_) | Cmd::Hook { .. } | Cmd::Verify(_) | Cmd::Prune(_)
+    )
+    .then(|| (cli.catalog.clone(), metrics_dir(&cli)));
+    // Commands that create throwaway VMs remove them when interrupted (exit 128 + signal).
+    // Others keep the default action: a killed snapshot is the watchdog's job.
+    if matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Verify(_))
+        && let Err(e) = cgsnap_lab::install_interrupt_handler()
+    {
+        eprintln!("cgsnap: error: cannot install the interrupt handler: {e}");
+        return ExitCode::Internal.code();
+    }
+    let code = match run(cli) {
+        Ok(()) => ExitCode::Ok.code(),
+        Err(f) => {
+            eprintln!("cgsnap: error: {}", f.msg);
+            f.code.code()
+        }
+    };
+    if let Some((catalog, dir)) = metrics_after {
+        refresh_metrics(&catalog, &dir, code == ExitCode::Ok.code());
+    }
+    code
+}
