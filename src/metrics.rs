@@ -107,96 +107,112 @@ impl Family {
     }
 }
 
-/// The exposition text for every group in `manifests` (oldest first, as `Catalog::list`);
-/// `reports` maps a snapshot ID to its verification report.
-pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) -> String {
-    let mut groups: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
-    for m in manifests {
-        groups.entry(m.group.as_str()).or_default().push(m);
+/// Every metric family of the exposition, in output order.
+struct Families {
+    by_state: Family,
+    held_since: Family,
+    attempt_ts: Family,
+    attempt_ok: Family,
+    success_ts: Family,
+    window: Family,
+    member_freeze: Family,
+    released_ts: Family,
+    verify_ts: Family,
+    verify_pass: Family,
+    verify_pass_ts: Family,
+    rpo: Family,
+    recovery: Family,
+    loss: Family,
+}
+
+impl Families {
+    fn new() -> Self {
+        Families {
+            by_state: Family::new(
+                "cgsnap_snapshots",
+                "Snapshots in the catalog by state (pending, taken, failed and releasing hold overlays).",
+            ),
+            held_since: Family::new(
+                "cgsnap_snapshot_outstanding_since_timestamp_seconds",
+                "Creation time of the oldest snapshot whose overlays may still be in use (run cgsnap release).",
+            ),
+            attempt_ts: Family::new(
+                "cgsnap_snapshot_last_attempt_timestamp_seconds",
+                "Start of the newest snapshot attempt.",
+            ),
+            attempt_ok: Family::new(
+                "cgsnap_snapshot_last_attempt_success",
+                "1 if the newest snapshot attempt was taken, 0 if it was aborted, failed or never finished.",
+            ),
+            success_ts: Family::new(
+                "cgsnap_snapshot_last_success_timestamp_seconds",
+                "Consistency point of the newest snapshot that was taken.",
+            ),
+            window: Family::new(
+                "cgsnap_snapshot_last_freeze_window_seconds",
+                "Group freeze window (first pause to last resume) of the newest snapshot taken.",
+            ),
+            member_freeze: Family::new(
+                "cgsnap_snapshot_last_member_freeze_seconds",
+                "Time each member was paused in the newest snapshot taken.",
+            ),
+            released_ts: Family::new(
+                "cgsnap_release_last_success_timestamp_seconds",
+                "Time the newest release finished (every overlay committed back).",
+            ),
+            verify_ts: Family::new(
+                "cgsnap_verify_last_timestamp_seconds",
+                "End of the newest restore verification.",
+            ),
+            verify_pass: Family::new(
+                "cgsnap_verify_last_pass",
+                "1 if the newest restore verification passed.",
+            ),
+            verify_pass_ts: Family::new(
+                "cgsnap_verify_last_pass_timestamp_seconds",
+                "End of the newest restore verification that passed.",
+            ),
+            rpo: Family::new(
+                "cgsnap_verify_rpo_seconds",
+                "RPO target of the newest verification's profile.",
+            ),
+            recovery: Family::new(
+                "cgsnap_verify_last_recovery_seconds",
+                "Per member: restored VM boot to database ready, crash recovery included (RTO).",
+            ),
+            loss: Family::new(
+                "cgsnap_verify_last_data_loss_seconds",
+                "Per member: consistency point minus the newest recovered beacon.",
+            ),
+        }
     }
-    let mut by_state = Family::new(
-        "cgsnap_snapshots",
-        "Snapshots in the catalog by state (pending, taken, failed and releasing hold overlays).",
-    );
-    let mut held_since = Family::new(
-        "cgsnap_snapshot_outstanding_since_timestamp_seconds",
-        "Creation time of the oldest snapshot whose overlays may still be in use (run cgsnap release).",
-    );
-    let mut attempt_ts = Family::new(
-        "cgsnap_snapshot_last_attempt_timestamp_seconds",
-        "Start of the newest snapshot attempt.",
-    );
-    let mut attempt_ok = Family::new(
-        "cgsnap_snapshot_last_attempt_success",
-        "1 if the newest snapshot attempt was taken, 0 if it was aborted, failed or never finished.",
-    );
-    let mut success_ts = Family::new(
-        "cgsnap_snapshot_last_success_timestamp_seconds",
-        "Consistency point of the newest snapshot that was taken.",
-    );
-    let mut window = Family::new(
-        "cgsnap_snapshot_last_freeze_window_seconds",
-        "Group freeze window (first pause to last resume) of the newest snapshot taken.",
-    );
-    let mut member_freeze = Family::new(
-        "cgsnap_snapshot_last_member_freeze_seconds",
-        "Time each member was paused in the newest snapshot taken.",
-    );
-    let mut released_ts = Family::new(
-        "cgsnap_release_last_success_timestamp_seconds",
-        "Time the newest release finished (every overlay committed back).",
-    );
-    let mut verify_ts = Family::new(
-        "cgsnap_verify_last_timestamp_seconds",
-        "End of the newest restore verification.",
-    );
-    let mut verify_pass = Family::new(
-        "cgsnap_verify_last_pass",
-        "1 if the newest restore verification passed.",
-    );
-    let mut verify_pass_ts = Family::new(
-        "cgsnap_verify_last_pass_timestamp_seconds",
-        "End of the newest restore verification that passed.",
-    );
-    let mut rpo = Family::new(
-        "cgsnap_verify_rpo_seconds",
-        "RPO target of the newest verification's profile.",
-    );
-    let mut recovery = Family::new(
-        "cgsnap_verify_last_recovery_seconds",
-        "Per member: restored VM boot to database ready, crash recovery included (RTO).",
-    );
-    let mut loss = Family::new(
-        "cgsnap_verify_last_data_loss_seconds",
-        "Per member: consistency point minus the newest recovered beacon.",
-    );
-    for (g, ms) in &groups {
+
+    /// The snapshot and release families of group `g` (`ms` oldest first).
+    fn add_snapshots(&mut self, g: &str, ms: &[&Manifest], real: &[&Manifest]) {
         for s in STATES {
             let n = ms.iter().filter(|m| m.state == s).count();
-            by_state.add(&[("group", g), ("state", &s.to_string())], n.to_string());
+            self.by_state
+                .add(&[("group", g), ("state", &s.to_string())], n.to_string());
         }
         if let Some(m) = ms.iter().find(|m| m.state.outstanding()) {
-            held_since.add(&[("group", g)], ts(m.created_at));
+            self.held_since.add(&[("group", g)], ts(m.created_at));
         }
-        let real: Vec<&Manifest> = ms
-            .iter()
-            .copied()
-            .filter(|m| !m.is_negative_control())
-            .collect();
         if let Some(m) = real.last() {
-            attempt_ts.add(&[("group", g)], ts(m.created_at));
-            attempt_ok.add(&[("group", g)], u8::from(succeeded(m)).to_string());
+            self.attempt_ts.add(&[("group", g)], ts(m.created_at));
+            self.attempt_ok
+                .add(&[("group", g)], u8::from(succeeded(m)).to_string());
         }
         if let Some(m) = real.iter().rev().find(|m| succeeded(m)) {
             if let Some(cp) = m.consistency_point {
-                success_ts.add(&[("group", g)], ts(cp));
+                self.success_ts.add(&[("group", g)], ts(cp));
             }
             if let Some(w) = m.freeze_window_ms {
-                window.add(&[("group", g)], format!("{:.6}", w / 1000.0));
+                self.window
+                    .add(&[("group", g)], format!("{:.6}", w / 1000.0));
             }
             for mem in &m.members {
                 if let Some(f) = mem.freeze_ms {
-                    member_freeze.add(
+                    self.member_freeze.add(
                         &[("group", g), ("domain", &mem.domain)],
                         format!("{:.6}", f / 1000.0),
                     );
@@ -204,20 +220,24 @@ pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) ->
             }
         }
         if let Some(t) = real.iter().filter_map(|m| m.released_at).max() {
-            released_ts.add(&[("group", g)], ts(t));
+            self.released_ts.add(&[("group", g)], ts(t));
         }
-        let verified: Vec<&VerifyView> = real.iter().filter_map(|m| reports.get(&m.id)).collect();
+    }
+
+    /// The verification families of group `g` from the reports of its real snapshots.
+    fn add_verifications(&mut self, g: &str, verified: &[&VerifyView]) {
         if let Some(r) = verified.iter().max_by_key(|r| r.finished_at) {
-            verify_ts.add(&[("group", g)], ts(r.finished_at));
-            verify_pass.add(&[("group", g)], u8::from(r.verdict == "pass").to_string());
-            rpo.add(&[("group", g)], format!("{}", r.rpo_seconds));
+            self.verify_ts.add(&[("group", g)], ts(r.finished_at));
+            self.verify_pass
+                .add(&[("group", g)], u8::from(r.verdict == "pass").to_string());
+            self.rpo.add(&[("group", g)], format!("{}", r.rpo_seconds));
             for mem in &r.members {
-                let l = [("group", *g), ("domain", mem.domain.as_str())];
+                let l = [("group", g), ("domain", mem.domain.as_str())];
                 if let Some(v) = mem.recovery_seconds {
-                    recovery.add(&l, format!("{v:.3}"));
+                    self.recovery.add(&l, format!("{v:.3}"));
                 }
                 if let Some(v) = mem.data_loss_seconds {
-                    loss.add(&l, format!("{v:.3}"));
+                    self.loss.add(&l, format!("{v:.3}"));
                 }
             }
         }
@@ -227,29 +247,54 @@ pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) ->
             .map(|r| r.finished_at)
             .max()
         {
-            verify_pass_ts.add(&[("group", g)], ts(t));
+            self.verify_pass_ts.add(&[("group", g)], ts(t));
         }
     }
-    let mut o = String::new();
-    for f in [
-        by_state,
-        held_since,
-        attempt_ts,
-        attempt_ok,
-        success_ts,
-        window,
-        member_freeze,
-        released_ts,
-        verify_ts,
-        verify_pass,
-        verify_pass_ts,
-        rpo,
-        recovery,
-        loss,
-    ] {
-        f.write(&mut o);
+
+    fn write(self) -> String {
+        let mut o = String::new();
+        for f in [
+            self.by_state,
+            self.held_since,
+            self.attempt_ts,
+            self.attempt_ok,
+            self.success_ts,
+            self.window,
+            self.member_freeze,
+            self.released_ts,
+            self.verify_ts,
+            self.verify_pass,
+            self.verify_pass_ts,
+            self.rpo,
+            self.recovery,
+            self.loss,
+        ] {
+            f.write(&mut o);
+        }
+        o
     }
-    o
+}
+
+/// The exposition text for every group in `manifests` (oldest first, as `Catalog::list`);
+/// `reports` maps a snapshot ID to its verification report.
+pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) -> String {
+    let mut groups: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
+    for m in manifests {
+        groups.entry(m.group.as_str()).or_default().push(m);
+    }
+    let mut f = Families::new();
+    for (g, ms) in &groups {
+        // Negative controls hold overlays (counted by state) but are never a backup.
+        let real: Vec<&Manifest> = ms
+            .iter()
+            .copied()
+            .filter(|m| !m.is_negative_control())
+            .collect();
+        f.add_snapshots(g, ms, &real);
+        let verified: Vec<&VerifyView> = real.iter().filter_map(|m| reports.get(&m.id)).collect();
+        f.add_verifications(g, &verified);
+    }
+    f.write()
 }
 
 /// Re-render `dir/cgsnap.prom` from the catalog; returns its path and text.

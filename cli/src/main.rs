@@ -9,6 +9,7 @@ mod check;
 mod group_cmd;
 mod report_cmd;
 mod run;
+mod snap_cmd;
 mod verify_cmd;
 
 fn main() -> std::process::ExitCode {

@@ -4,15 +4,13 @@
 //! Invariant: every failure is printed as one line `cgsnap: error: ...` on stderr and exits with
 //! the code of [`cgsnap::exit::ExitCode`] its error classifies as.
 
-use crate::args::{Cli, Cmd, Phase};
-use cgsnap::catalog::{self, Catalog, Manifest};
+use crate::args::{Cli, Cmd};
+use cgsnap::catalog::Catalog;
 use cgsnap::exit::{ExitCode, Failure};
 use cgsnap::hypervisor::pool::{Ctx, Pool};
-use cgsnap::tuning::{release_options, snap_options};
-use cgsnap::{hook, metrics, release, snapshot};
+use cgsnap::metrics;
 use clap::Parser;
 use std::path::PathBuf;
-use std::time::Duration;
 
 pub fn uris(cli: &Cli) -> Vec<String> {
     if !cli.connect.is_empty() {
@@ -21,33 +19,6 @@ pub fn uris(cli: &Cli) -> Vec<String> {
     match std::env::var("LIBVIRT_DEFAULT_URI") {
         Ok(u) if !u.is_empty() => vec![u],
         _ => vec!["qemu:///system".into()],
-    }
-}
-
-fn print_manifest_summary(m: &Manifest) {
-    println!(
-        "snapshot {} of group {}: {} (freeze window {:.1} ms, consistency point {})",
-        m.id,
-        m.group,
-        m.state,
-        m.freeze_window_ms.unwrap_or_default(),
-        m.consistency_point
-            .map(|c| c.to_rfc3339())
-            .unwrap_or_else(|| "-".into())
-    );
-    for mem in &m.members {
-        println!(
-            "  {} ({}) freeze {:.1} ms",
-            mem.domain,
-            mem.uri,
-            mem.freeze_ms.unwrap_or_default()
-        );
-        for d in &mem.disks {
-            println!(
-                "    {}: frozen {} -> overlay {}",
-                d.target, d.image, d.overlay
-            );
-        }
     }
 }
 
@@ -60,44 +31,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.cmd {
         Cmd::Watchdog => std::process::exit(cgsnap::watchdog::main()),
         Cmd::Group { cmd } => crate::group_cmd::run(&ctx, cmd),
-        Cmd::Snapshot(a) => {
-            let cat = open_catalog()?;
-            let opts = snap_options(&a.tuning, &a.group, Duration::from_secs(300))?;
-            let m = snapshot::take(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?;
-            if a.json {
-                println!("{}", Failure::json(&m)?);
-            } else {
-                print_manifest_summary(&m);
-            }
-            Ok(())
-        }
+        Cmd::Snapshot(a) => crate::snap_cmd::snapshot(&ctx, &open_catalog()?, a),
         Cmd::Check(a) => crate::check::run(&ctx.hosts()?, &open_catalog()?, a),
-        Cmd::Release(a) => {
-            let cat = open_catalog()?;
-            let id = match (&a.id, &a.group) {
-                (Some(id), _) => id.clone(),
-                (None, Some(g)) => cat
-                    .latest(g)?
-                    .map(|m| m.id)
-                    .ok_or(catalog::CatalogError::NoSnapshot { group: g.clone() })?,
-                (None, None) => {
-                    return Err(Failure::usage(
-                        "release needs a snapshot ID or --group GROUP",
-                    ));
-                }
-            };
-            let opts = release::Options {
-                bandwidth: a.bandwidth,
-                ..release_options(a.timeout)
-            };
-            let m = release::release_snapshot(&ctx.pool, &cat, &id, &opts)?;
-            if a.json {
-                println!("{}", Failure::json(&m)?);
-            } else {
-                println!("snapshot {} of group {}: {}", m.id, m.group, m.state);
-            }
-            Ok(())
-        }
+        Cmd::Release(a) => crate::snap_cmd::release(&ctx, &open_catalog()?, a),
         Cmd::List { group, json } => {
             crate::catalog_cmd::list(&open_catalog()?, group.as_deref(), *json)
         }
@@ -109,27 +45,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             token,
             timeout,
         } => {
-            let token = hook::token(token.clone(), std::env::var_os(hook::TOKEN_ENV))?;
-            let cat = open_catalog()?;
-            let line = match phase {
-                Phase::Pre => {
-                    let opts = snapshot::Options {
-                        hook_token: token,
-                        ..snap_options(snap, group, *timeout)?
-                    };
-                    hook::pre(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?
-                }
-                Phase::Post => {
-                    let opts = release_options(*timeout);
-                    let r = hook::post(&ctx.pool, &cat, group, token.as_deref(), &opts)?;
-                    for n in &r.notes {
-                        eprintln!("{n}");
-                    }
-                    r.summary
-                }
+            let hook = crate::snap_cmd::HookCall {
+                phase: *phase,
+                snap,
+                group,
+                token: token.clone(),
+                timeout: *timeout,
             };
-            println!("{line}");
-            Ok(())
+            crate::snap_cmd::hook(&ctx, &open_catalog()?, hook)
         }
         Cmd::Demo(a) => cgsnap_lab::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => cgsnap_lab::bench::run(&ctx, &cli.catalog, a),
