@@ -1,7 +1,14 @@
-//! Shared helpers for the real-VM integration tests (real libvirtd on qemu:///system, real
-//! TCG guests). Every helper cleans up on drop and waits with deadlines, never bare sleeps.
+//! Shared helpers of the integration tests, declared once by each test binary (`tests/vm`,
+//! `tests/offline`, `tests/vm_cassandra.rs`): the real-VM lab (real libvirtd on qemu:///system,
+//! real TCG guests), the far host and the Bacula daemons, and fake scripts. Every helper
+//! cleans up on drop and waits with deadlines, never bare sleeps.
+//!
+//! Invariant: every test that starts a guest, a libvirt daemon, a sandbox or anything else
+//! host-wide holds [`serial`] for its whole run ([`lab`] takes it), so such tests run one at
+//! a time within a binary although libtest runs tests on parallel threads.
 #![allow(dead_code)]
 
+pub mod bacula;
 pub mod far;
 
 use cgsnap_testbeds::{assets, guest, record};
@@ -16,6 +23,20 @@ pub const BASE: &str = "/var/lib/libvirt/images/cgsnap-tests";
 /// VM tests share two CPU cores: run them one at a time within a test binary.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Hold this for the whole test to run it alone among the tests that use the host's guests,
+/// daemons or fixed paths (see the module docs). A test that failed while holding it does not
+/// stop the others: the lock is taken over, not poisoned.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Write an executable shell script (a fake of a tool, a stand-in backup) at `path`.
+pub fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
+}
+
 pub struct Lab {
     pub name: String,
     pub catalog: tempfile::TempDir,
@@ -26,7 +47,7 @@ pub struct Lab {
 
 /// A lab with `n` running writer guests of `disks` disks each, named `<name>-<i>`.
 pub fn lab(name: &str, n: usize, disks: usize) -> Lab {
-    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let serial = serial();
     let out = Command::new("virsh")
         .args(["-c", URI, "version"])
         .output()

@@ -2,8 +2,8 @@
 //! storage daemon with a File device, file daemon, bconsole), all on 127.0.0.1 with
 //! non-default ports, in one work directory; and how to run Debian's Bacula programs that
 //! `testbeds/host-setup.sh` extracted into [`BACULA`]. Shared by the snippet's parse check
-//! (`tests/hook_bareos.rs`) and the real backup test (`tests/vm_bacula.rs`), so the snippet is
-//! parsed in the very director configuration the backup runs with.
+//! (`tests/offline/hook_bareos.rs`) and the real backup test (`tests/vm/bacula.rs`), so the
+//! snippet is parsed in the very director configuration the backup runs with.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The multi-disk PostgreSQL testbed guest: boots from Debian-built images, serves on a
 //! loopback port, keeps PGDATA and pg_wal on different virtio disks.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::postgres;
 use common::*;

@@ -1,7 +1,7 @@
 //! Real-VM tests of the main path: group snapshot of running TCG guests while they write,
 //! checked after resume and after release; and the backup-hook contract.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::record;
 use common::*;

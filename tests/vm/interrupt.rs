@@ -4,7 +4,7 @@
 //! snapshot and the next run are unharmed. A verify whose sandbox filesystem runs low stops
 //! its sandboxes the same way (exit 12).
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

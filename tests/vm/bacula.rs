@@ -1,5 +1,5 @@
 //! End to end with real Bacula daemons (Debian 12's Bacula 9.6; Debian has no Bareos package):
-//! the private director, storage and file daemon of `tests/bacula` (127.0.0.1, non-default
+//! the private director, storage and file daemon of `tests/common/bacula` (127.0.0.1, non-default
 //! ports, a temporary directory) run the shipped `hooks/bareos/cgsnap-job.conf` unchanged except
 //! for its placeholders (group, the guests' image directories as `File` lines, and `cgsnap hook`
 //! given as the built binary with this lab's `--connect` and `--catalog`). Against two running
@@ -26,10 +26,9 @@
 //! Either way the snapshot ends `released` (none is left `taken`), no overlay is left and the
 //! guests run on their own images.
 
-mod bacula;
-mod common;
+use crate::common;
 
-use bacula::{Bacula, FAILING_FILESET, GROUP};
+use common::bacula::{Bacula, FAILING_FILESET, GROUP};
 use common::*;
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //! backup; each time post still ran (released, VMs running on their own images, no overlay) and
 //! the script's exit code is restic's (or 143 after SIGTERM).
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;
@@ -148,21 +148,12 @@ fn restic_failure_or_sigterm_still_releases_the_group() {
     // 3. SIGTERM while the backup runs (a stand-in restic that blocks until killed).
     let marker = work.path().join("backup-started");
     let slow = work.path().join("slow-restic");
-    std::fs::write(
+    write_script(
         &slow,
-        format!(
+        &format!(
             "#!/bin/sh\ntouch {}\nexec sleep 120\n",
             marker.to_string_lossy()
         ),
-    )
-    .expect("write stand-in");
-    ok(
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&slow)
-            .output()
-            .expect("chmod"),
-        "chmod",
     );
     let child = script(&lab, "cgt-restic-f", &repo, PASSWORD)
         .env("RESTIC", &slow)

@@ -2,7 +2,7 @@
 //! with both ours and the baseline measured, and a chart. (The claims come from the full
 //! command documented in the README, not from this test.)
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! result, time until all members ran again, bytes lost) and fails if any case failed or lost
 //! a byte.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::record;
 use common::*;

@@ -12,12 +12,10 @@
 //!   into /var/cache/cgsnap/bacula), and rejects a copy with a misspelled directive, which shows
 //!   the check reads the snippet. Debian 12 has no Bareos package; Bareos shares these directives.
 
-#[path = "bacula/conf.rs"]
-mod bacula_conf;
-
+use crate::common::bacula::conf as bacula_conf;
 use std::process::Command;
 
-const SNIPPET: &str = include_str!("../hooks/bareos/cgsnap-job.conf");
+const SNIPPET: &str = include_str!("../../hooks/bareos/cgsnap-job.conf");
 const PRE: &str = "cgsnap hook pre --group GROUP --token jobid-%i";
 const POST: &str = "cgsnap hook post --group GROUP --token jobid-%i";
 
@@ -183,7 +181,7 @@ fn fileset_reads_images_and_excludes_overlays() {
     assert_eq!(get(&job, "fileset"), get(&fs, "name"));
 }
 
-/// `bacula-dir -t` on the test director configuration (the one `tests/vm_bacula.rs` runs)
+/// `bacula-dir -t` on the test director configuration (the one `tests/vm/bacula.rs` runs)
 /// including `snippet`, in a fresh directory with its catalog.
 fn parse_check(snippet: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("temp dir");

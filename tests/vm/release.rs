@@ -3,7 +3,7 @@
 //! up, and no write made after the snapshot is lost. Overlays whose data no release put back
 //! into the images (their VM recreated on the images) are kept.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::record;
 use common::*;

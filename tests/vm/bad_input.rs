@@ -1,7 +1,7 @@
 //! Real-VM tests of bad input: each gets a one-line error naming the object and the fix, its
 //! documented exit code, every VM keeps running and no overlay is left behind.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::guest::Spec;
 use common::*;

@@ -3,7 +3,7 @@
 //! released, torn down — leaving no domain, image or overlay behind, and its snapshot recorded
 //! as released in the catalog it was given.
 
-mod common;
+use crate::common;
 
 use common::URI;
 use std::path::Path;
@@ -13,6 +13,8 @@ const DIR: &str = "/var/lib/libvirt/images/cgsnap-demo";
 
 #[test]
 fn demo_snapshots_checks_releases_and_tears_down() {
+    // No lab (the demo makes its own guests), but the same one-at-a-time rule.
+    let _serial = common::serial();
     let catalog = tempfile::tempdir().expect("catalog");
     let out = assert_cmd::Command::cargo_bin("cgsnap")
         .expect("binary")

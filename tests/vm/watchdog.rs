@@ -1,7 +1,7 @@
 //! Real-VM tests of "never leave a VM paused": the coordinator SIGKILLed while every member is
 //! frozen, and a coordinator that overruns its freeze budget.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::{Duration, Instant};

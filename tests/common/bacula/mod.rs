@@ -1,4 +1,4 @@
-//! A private set of Bacula 9.6 daemons for `tests/vm_bacula.rs`: director (SQLite catalog),
+//! A private set of Bacula 9.6 daemons for `tests/vm/bacula.rs`: director (SQLite catalog),
 //! storage daemon (File device) and file daemon, all on 127.0.0.1 with non-default ports and in
 //! a temporary directory, configured with the shipped `hooks/bareos/cgsnap-job.conf` whose
 //! placeholders are filled in for a [`Lab`].
@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SNIPPET: &str = include_str!("../../hooks/bareos/cgsnap-job.conf");
+const SNIPPET: &str = include_str!("../../../hooks/bareos/cgsnap-job.conf");
 pub const GROUP: &str = "cgt-bacula";
 /// The shipped FileSet plus a FIFO read first: jobs with it stay mid-read while the FIFO is held.
 pub const FAILING_FILESET: &str = "cgsnap-cgt-bacula-blocked";

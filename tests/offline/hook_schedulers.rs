@@ -15,6 +15,7 @@
 //! local borg repository, calls pre and post with one token per run (`borgmatic-` and the
 //! borgmatic process id), the same for on_error after a failed pre.
 
+use crate::common::write_script;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -272,16 +273,8 @@ fn cron_job_loads_its_env_runs_once_at_a_time_and_cleans_only_its_own_restore() 
     }
     std::fs::create_dir_all(root.join("bin")).expect("bin");
     let restore = root.join("var/lib/libvirt/images/cgsnap-restore/g1");
-    let script = |rel: &str, body: &str| {
-        let p = root.join(rel);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write fake");
-        let ok = Command::new("chmod")
-            .arg("+x")
-            .arg(&p)
-            .status()
-            .expect("chmod");
-        assert!(ok.success());
-    };
+    let script =
+        |rel: &str, body: &str| write_script(&root.join(rel), &format!("#!/bin/sh\n{body}\n"));
     // The wrapper logs the variable the env file sets; restore leaves a file in its DIR.
     script(
         "usr/local/lib/cgsnap/cgsnap-backup-wrapper.sh",
@@ -399,19 +392,10 @@ fn borgmatic_hooks_use_one_token_per_run_also_on_error() {
     let repo = root.join("repo");
     let log = root.join("log");
     let fake = root.join("cgsnap");
-    std::fs::write(
+    write_script(
         &fake,
         "#!/bin/sh\necho \"$*\" >> \"$FAKE_LOG\"\n\
          [ \"$2\" = pre ] && exit \"${FAKE_PRE_RC:-0}\"\nexit 0\n",
-    )
-    .expect("fake");
-    assert!(
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&fake)
-            .status()
-            .expect("chmod")
-            .success()
     );
     let cfg = std::fs::read_to_string(BORGMATIC)
         .expect("config")

@@ -7,8 +7,9 @@
 //! successful pre; SIGTERM reaches every process of the backup command, and post runs only
 //! once all of them have ended (also processes a backup script left behind); the exit code
 //! follows the documented precedence; stdout is one summary line.
-//! `tests/vm_restic.rs` runs the restic script for real against running VMs.
+//! `tests/vm/restic.rs` runs the restic script for real against running VMs.
 
+use crate::common::write_script;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -84,14 +85,7 @@ impl Fakes {
             ("script-backup", SCRIPT_BACKUP),
             ("leaving-backup", LEAVING_BACKUP),
         ] {
-            let p = dir.path().join(name);
-            std::fs::write(&p, body).expect("write fake");
-            let ok = Command::new("chmod")
-                .arg("+x")
-                .arg(&p)
-                .status()
-                .expect("chmod");
-            assert!(ok.success());
+            write_script(&dir.path().join(name), body);
         }
         Self { dir }
     }

@@ -3,7 +3,7 @@
 //! invariants holding on the live system (also across a group snapshot and release); tear-down
 //! leaves no domain, image, overlay or process behind.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::workload::{self, Role};
 use cgsnap_testbeds::{pair, postgres};

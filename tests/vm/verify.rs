@@ -3,7 +3,7 @@
 //! both negative controls (members staggered; WAL disk cut before the data disk) are reported
 //! as violations; the HTML report renders in headless Chromium.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::pair;
 use common::*;

@@ -1,7 +1,7 @@
 //! A group spanning two libvirt daemons (the system daemon and an unprivileged user's session
 //! daemon, each with its own QEMU guests) is snapshotted as one cut and released.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::guest::{Guest, Spec};
 use common::*;

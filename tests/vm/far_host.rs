@@ -1,4 +1,4 @@
-//! A group member on another libvirt host (see `common/far.rs`: a URI with a host part, and
+//! A group member on another libvirt host (see `tests/common/far.rs`: a URI with a host part, and
 //! files at paths that name nothing here). The group is still one cut, and everything for the
 //! far member goes through libvirt: no overlay pre-created here, no space checked here, no
 //! file removed here. With a storage pool for its directory on that host, its free space is
@@ -6,7 +6,7 @@
 //! overlay there and says so. A far member deleted while its snapshot is held has its overlays
 //! merged on its host by that host's libvirt and QEMU (a paused helper domain).
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::guest::{Guest, Spec};
 use common::far::{self, far};

@@ -2,7 +2,7 @@
 //! `hooks/borgmatic/config.yaml` backs up the frozen images of the running PostgreSQL testbed,
 //! the archive is extracted, and `cgsnap verify --images` proves the extracted images recover.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::pair;
 use common::*;
@@ -48,7 +48,7 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         assert_cmd::cargo::cargo_bin("cgsnap").display(),
         lab.catalog.path().display()
     );
-    let cfg = include_str!("../hooks/borgmatic/config.yaml")
+    let cfg = include_str!("../../hooks/borgmatic/config.yaml")
         .replace("/var/lib/libvirt/images\n", &format!("{DIR}\n"))
         .replace(
             "/var/lib/cgsnap/snapshots",

@@ -6,7 +6,7 @@
 //! same release merges everything, the new data included, into the image: rate-limited so that
 //! the copy takes twice `--timeout`, which bounds time without progress, not the copy.
 
-mod common;
+use crate::common;
 
 use cgsnap_testbeds::guest;
 use common::*;
