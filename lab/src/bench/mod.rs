@@ -235,7 +235,7 @@ fn machine() -> serde_json::Value {
     })
 }
 
-/// The libvirt QEMU driver settings that change the freeze time (see README, host tuning).
+/// The libvirt QEMU driver settings that change the freeze time (see docs/benchmark.md, host tuning).
 fn qemu_conf() -> serde_json::Value {
     let text = std::fs::read_to_string("/etc/libvirt/qemu.conf").unwrap_or_default();
     let set: Vec<&str> = text
