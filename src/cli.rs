@@ -334,7 +334,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
     };
     let open_catalog = || Catalog::open(&cli.catalog);
     match &cli.cmd {
-        Cmd::Watchdog => std::process::exit(crate::watchdog::main()),
+        Cmd::Watchdog => std::process::exit(crate::watchdog::main(&|said| match said {
+            crate::watchdog::Said::Coordinator(l) => println!("{l}"),
+            crate::watchdog::Said::Log(l) => eprintln!("{l}"),
+        })),
         Cmd::Group { cmd } => crate::group_cmd::run(&ctx, cmd),
         Cmd::Snapshot(a) => {
             let cat = open_catalog()?;
