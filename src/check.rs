@@ -12,6 +12,7 @@ use crate::cli::{Failure, json};
 use crate::hypervisor::Host;
 use crate::{preflight, snapshot};
 use clap::Args;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,7 +30,8 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-pub fn run(hosts: &[Arc<dyn Host>], cat: &Catalog, a: &CheckArgs) -> Result<(), Failure> {
+/// `cgsnap check`: plan the group as a snapshot would and return what the command prints.
+pub fn run(hosts: &[Arc<dyn Host>], cat: &Catalog, a: &CheckArgs) -> Result<String, Failure> {
     let id = catalog::new_id(&a.group, chrono::Utc::now());
     let popts = preflight::Options {
         id: &id,
@@ -49,23 +51,26 @@ pub fn run(hosts: &[Arc<dyn Host>], cat: &Catalog, a: &CheckArgs) -> Result<(), 
             })
             .collect();
         let v = serde_json::json!({"group": a.group, "ready": true, "members": members});
-        println!("{}", json(&v)?);
-        return Ok(());
+        return Ok(format!("{}\n", json(&v)?));
     }
     let disks: usize = plan.iter().map(|p| p.disks.len()).sum();
-    println!(
+    // Writing to a String cannot fail.
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
         "group {}: ready to snapshot: {} members, {disks} disks",
         a.group,
         plan.len()
     );
     for p in &plan {
         let targets: Vec<&str> = p.disks.iter().map(|d| d.target.as_str()).collect();
-        println!(
+        let _ = writeln!(
+            o,
             "  {} ({}): {}",
             p.member.domain,
             p.member.host.uri(),
             targets.join(" ")
         );
     }
-    Ok(())
+    Ok(o)
 }

@@ -350,7 +350,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Check(a) => crate::check::run(&ctx.hosts()?, &open_catalog()?, a),
+        Cmd::Check(a) => {
+            print!("{}", crate::check::run(&ctx.hosts()?, &open_catalog()?, a)?);
+            Ok(())
+        }
         Cmd::Release(a) => {
             let cat = open_catalog()?;
             let id = match (&a.id, &a.group) {
@@ -408,7 +411,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Demo(a) => crate::demo::run(&ctx, &cli.catalog, a),
         Cmd::Bench(a) => crate::bench::run(&ctx, &cli.catalog, a),
-        Cmd::Report { json } => crate::history::run(&open_catalog()?, *json),
+        Cmd::Report { json } => {
+            print!("{}", crate::history::run(&open_catalog()?, *json)?);
+            Ok(())
+        }
         Cmd::Prune(a) => crate::catalog_cmd::prune(&open_catalog()?, a),
         Cmd::Metrics => crate::catalog_cmd::metrics(&open_catalog()?, &metrics_dir(&cli)),
         Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, &cli.connect, a),

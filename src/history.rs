@@ -113,7 +113,9 @@ pub fn html(rows: &[Row]) -> String {
     o
 }
 
-pub fn run(cat: &Catalog, json: bool) -> Result<(), Failure> {
+/// `cgsnap report`: write `CATALOG/reports/index.html` and return what the command prints
+/// (the rows as JSON or as a table, then the page's path).
+pub fn run(cat: &Catalog, json: bool) -> Result<String, Failure> {
     let rows = rows(cat)?;
     let dir = cat.dir().join("reports");
     std::fs::create_dir_all(&dir).map_err(|e| Failure {
@@ -130,15 +132,18 @@ pub fn run(cat: &Catalog, json: bool) -> Result<(), Failure> {
             code: ExitCode::Internal,
             msg: e.to_string(),
         })?;
-        println!("{s}");
-        return Ok(());
+        return Ok(format!("{s}\n"));
     }
-    println!(
+    // Writing to a String cannot fail.
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
         "{:<40} {:<16} {:<9} {:>10} {:>12} {:>8} {:>9}",
         "ID", "GROUP", "STATE", "FREEZE_MS", "VERIFY", "RTO_S", "LOSS_S"
     );
     for r in &rows {
-        println!(
+        let _ = writeln!(
+            o,
             "{:<40} {:<16} {:<9} {:>10} {:>12} {:>8} {:>9}",
             r.id,
             r.group,
@@ -149,6 +154,6 @@ pub fn run(cat: &Catalog, json: bool) -> Result<(), Failure> {
             f(r.max_data_loss_seconds)
         );
     }
-    println!("history: {}", index.display());
-    Ok(())
+    let _ = writeln!(o, "history: {}", index.display());
+    Ok(o)
 }
