@@ -4,6 +4,7 @@
 //! the code of [`crate::exit::ExitCode`] its error classifies as.
 
 use crate::catalog::{self, Catalog, Manifest};
+use crate::events::{Events, NoProbe, Note, Point, Probe, Progress, Reporter};
 use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
@@ -246,13 +247,6 @@ pub fn snap_options(
 ) -> Result<snapshot::Options, Failure> {
     let exe =
         std::env::current_exe().map_err(|e| internal(format!("cannot find own binary: {e}")))?;
-    // Test-only fault injection: hold at a phase so a test can break something right there.
-    let hold = |var: &str| {
-        std::env::var(var)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-    };
     Ok(snapshot::Options {
         group: group.to_string(),
         freeze_budget: t.freeze_budget,
@@ -260,11 +254,6 @@ pub fn snap_options(
         min_free: t.min_free,
         precreate: !t.no_precreate,
         exe,
-        hold_frozen: hold("CGSNAP_TEST_HOLD_FROZEN_MS"),
-        hold_snapped: hold("CGSNAP_TEST_HOLD_SNAPPED_MS"),
-        hold_pausing: hold("CGSNAP_TEST_HOLD_PAUSING_MS"),
-        hold_resolved: hold("CGSNAP_TEST_HOLD_RESOLVED_MS"),
-        hold_watched: hold("CGSNAP_TEST_HOLD_WATCHED_MS"),
         release: release::Options {
             timeout: rel_timeout,
             ..Default::default()
@@ -275,7 +264,6 @@ pub fn snap_options(
             .clone()
             .map(|o| (o, Duration::from_millis(t.unsafe_disk_gap))),
         resume: t.resume,
-        window_probe: None,
         hook_token: None,
         connect_each: if t.shared_connection {
             None
@@ -291,12 +279,104 @@ pub fn snap_options(
 fn release_options(timeout: Duration) -> release::Options {
     release::Options {
         timeout,
-        // Test-only fault injection: stop between starting the commits and pivoting.
-        hold_after_commit: std::env::var("CGSNAP_TEST_HOLD_COMMIT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis),
         ..Default::default()
+    }
+}
+
+/// The engine's progress and notes, printed on stderr as `cgsnap: ...` lines.
+pub struct Stderr;
+
+impl Reporter for Stderr {
+    fn progress(&self, p: &Progress<'_>) {
+        eprintln!("cgsnap: {p}");
+    }
+    fn note(&self, n: &Note<'_>) {
+        eprintln!("cgsnap: {n}");
+    }
+}
+
+/// Test-only fault injection: holds the run at the points named by `CGSNAP_TEST_HOLD_*_MS`
+/// (milliseconds), each announced on stderr, so that an integration test can break something
+/// right there (kill the process, restart libvirtd, delete a VM).
+#[derive(Default)]
+pub struct EnvHolds {
+    /// Every member paused, before the snapshots.
+    frozen: Option<Duration>,
+    /// Each member after its snapshot, before its resume.
+    snapped: Option<Duration>,
+    /// Member `i` waits `i` times this before its pause.
+    pausing: Option<Duration>,
+    /// Group resolved (preflight done, overlays pre-created), before the watchdog.
+    resolved: Option<Duration>,
+    /// Watchdog ready, before it is armed.
+    watched: Option<Duration>,
+    /// A release's commits started, before it waits for them.
+    commit: Option<Duration>,
+}
+
+impl EnvHolds {
+    /// The holds set in the environment, read once; `None` when no hold is set.
+    pub fn from_env() -> Option<Self> {
+        let hold = |var: &str| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
+        };
+        let h = EnvHolds {
+            frozen: hold("CGSNAP_TEST_HOLD_FROZEN_MS"),
+            snapped: hold("CGSNAP_TEST_HOLD_SNAPPED_MS"),
+            pausing: hold("CGSNAP_TEST_HOLD_PAUSING_MS"),
+            resolved: hold("CGSNAP_TEST_HOLD_RESOLVED_MS"),
+            watched: hold("CGSNAP_TEST_HOLD_WATCHED_MS"),
+            commit: hold("CGSNAP_TEST_HOLD_COMMIT_MS"),
+        };
+        let any = [
+            h.frozen, h.snapped, h.pausing, h.resolved, h.watched, h.commit,
+        ]
+        .iter()
+        .any(Option::is_some);
+        any.then_some(h)
+    }
+}
+
+/// Say where the run stands, then hold it there (when `hold` is set).
+fn hold_at(hold: Option<Duration>, what: &str) {
+    if let Some(h) = hold {
+        eprintln!("cgsnap: {what}");
+        std::thread::sleep(h);
+    }
+}
+
+impl Probe for EnvHolds {
+    fn at(&self, point: Point<'_>) {
+        match point {
+            Point::Resolved => hold_at(self.resolved, "members resolved, not yet frozen"),
+            Point::Watched => hold_at(self.watched, "watchdog ready, not yet armed"),
+            Point::Pausing { order } => {
+                if let Some(h) = self.pausing {
+                    std::thread::sleep(h * order as u32);
+                }
+            }
+            Point::Paused { .. } => {
+                if self.pausing.is_some() {
+                    eprintln!("cgsnap: member paused");
+                }
+            }
+            Point::Frozen => hold_at(self.frozen, "all members frozen"),
+            Point::Snapped { .. } => hold_at(self.snapped, "member snapshotted, not yet resumed"),
+            Point::CommitsStarted { domain } => {
+                hold_at(self.commit, &format!("commits of {domain} started"))
+            }
+        }
+    }
+}
+
+/// The probe of a command: [`EnvHolds`] when a hold is set, else none.
+pub fn env_probe() -> Box<dyn Probe> {
+    match EnvHolds::from_env() {
+        Some(h) => Box::new(h),
+        None => Box::new(NoProbe),
     }
 }
 
@@ -333,6 +413,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         uris: uris(&cli),
     };
     let open_catalog = || Catalog::open(&cli.catalog);
+    let probe = env_probe();
+    let ev = Events {
+        report: &Stderr,
+        probe: probe.as_ref(),
+    };
     match &cli.cmd {
         Cmd::Watchdog => std::process::exit(crate::watchdog::main(&|said| match said {
             crate::watchdog::Said::Coordinator(l) => println!("{l}"),
@@ -342,7 +427,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Snapshot(a) => {
             let cat = open_catalog()?;
             let opts = snap_options(&a.tuning, &a.group, Duration::from_secs(300))?;
-            let m = snapshot::take(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?;
+            let m = snapshot::take(&ctx.hosts()?, &cat, &opts, chrono::Utc::now(), ev)?;
             if a.json {
                 println!("{}", json(&m)?);
             } else {
@@ -368,7 +453,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 bandwidth: a.bandwidth,
                 ..release_options(a.timeout)
             };
-            let m = release::release_snapshot(&ctx.pool, &cat, &id, &opts)?;
+            let m = release::release_snapshot(&ctx.pool, &cat, &id, &opts, ev)?;
             if a.json {
                 println!("{}", json(&m)?);
             } else {
@@ -395,15 +480,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         hook_token: token,
                         ..snap_options(snap, group, *timeout)?
                     };
-                    hook::pre(&ctx.hosts()?, &cat, &opts, chrono::Utc::now())?
+                    hook::pre(&ctx.hosts()?, &cat, &opts, chrono::Utc::now(), ev)?
                 }
                 Phase::Post => {
                     let opts = release_options(*timeout);
-                    let r = hook::post(&ctx.pool, &cat, group, token.as_deref(), &opts)?;
-                    for n in &r.notes {
-                        eprintln!("{n}");
-                    }
-                    r.summary
+                    hook::post(&ctx.pool, &cat, group, token.as_deref(), &opts, ev)?
                 }
             };
             println!("{line}");

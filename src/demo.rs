@@ -6,7 +6,8 @@
 //! files under its own directory) and removes them at the end unless `--keep` is given.
 
 use crate::catalog::Catalog;
-use crate::cli::{Ctx, Failure, SnapTuning, snap_options};
+use crate::cli::{Ctx, Failure, SnapTuning, Stderr, env_probe, snap_options};
+use crate::events::Events;
 use crate::exit::ExitCode;
 use crate::{domxml, group, release, snapshot};
 use cgsnap_testbeds::{assets, guest, record};
@@ -57,7 +58,8 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
         .cloned()
         .unwrap_or_else(|| "qemu:///system".into());
     let cat = Catalog::open(catalog)?;
-    for id in release::release_leftovers(&ctx.pool, &cat, "demo", &release::Options::default())? {
+    let report = Events::reporting(&Stderr);
+    for id in release::release_leftovers(&ctx.pool, &cat, "demo", &Default::default(), report)? {
         println!("demo: released snapshot {id}, left by an interrupted run");
     }
     println!(
@@ -100,7 +102,12 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
         resume: Default::default(),
     };
     let opts = snap_options(&tuning, "demo", Duration::from_secs(120))?;
-    let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now())?;
+    let probe = env_probe();
+    let ev = Events {
+        probe: probe.as_ref(),
+        ..report
+    };
+    let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now(), ev)?;
     println!(
         "demo: snapshot {} taken, freeze window {:.1} ms (pause {:.1} ms, snapshot {:.1} ms, resume {:.1} ms)",
         m.id,
@@ -130,7 +137,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
             seqs.join(" ")
         );
     }
-    let rel = release::release_snapshot(&ctx.pool, &cat, &m.id, &release::Options::default())?;
+    let rel = release::release_snapshot(&ctx.pool, &cat, &m.id, &Default::default(), report)?;
     for mem in &rel.members {
         let host = ctx.pool.get(&mem.uri)?;
         let live = domxml::disks(&mem.domain, &host.xml(&mem.domain)?)?;

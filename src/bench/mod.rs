@@ -333,6 +333,7 @@ fn run_config(
                 disks,
                 &ropts,
                 &crate::ledger::InMemory::default(),
+                crate::events::Events::reporting(&crate::cli::Stderr),
             )?;
         }
     }
@@ -405,7 +406,8 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
     ours::check_policies(&a.resume)?;
     let assets = assets::ensure(&assets::cache_dir()).map_err(|e| fail(e.to_string()))?;
     let cat = Catalog::open(catalog)?;
-    for id in release::release_leftovers(&ctx.pool, &cat, "bench", &release::Options::default())? {
+    let report = crate::events::Events::reporting(&crate::cli::Stderr);
+    for id in release::release_leftovers(&ctx.pool, &cat, "bench", &Default::default(), report)? {
         println!("bench: released snapshot {id}, left by an interrupted run");
     }
     let mut rows = Vec::new();

@@ -6,7 +6,8 @@
 
 use super::{Phases, WindowCpu, cpu, fail, stats, summary};
 use crate::catalog::Catalog;
-use crate::cli::{Ctx, Failure};
+use crate::cli::{Ctx, Failure, Stderr};
+use crate::events::Events;
 use crate::hypervisor::Host;
 use crate::protocol::{Resume, ms};
 use crate::{release, snapshot};
@@ -35,12 +36,10 @@ pub struct Summaries {
 }
 
 impl Ours {
-    /// `opts` as for a snapshot of the benchmark group; its resume policy and window probe are
-    /// set here.
+    /// `opts` as for a snapshot of the benchmark group; its resume policy is set here.
     pub fn new(mut opts: snapshot::Options, resume: Resume) -> Self {
         let recorder = Arc::new(cpu::Recorder::default());
         opts.resume = resume;
-        opts.window_probe = Some(recorder.probe());
         Ours {
             resume,
             opts,
@@ -55,7 +54,7 @@ impl Ours {
         }
     }
 
-    /// One snapshot of the group, then its release.
+    /// One snapshot of the group, then its release; the recorder probes the freeze window.
     pub fn round(
         &mut self,
         ctx: &Ctx,
@@ -63,7 +62,11 @@ impl Ours {
         cat: &Catalog,
         ropts: &release::Options,
     ) -> Result<(), Failure> {
-        let m = snapshot::take(hosts, cat, &self.opts, chrono::Utc::now())?;
+        let ev = Events {
+            report: &Stderr,
+            probe: self.recorder.as_ref(),
+        };
+        let m = snapshot::take(hosts, cat, &self.opts, chrono::Utc::now(), ev)?;
         self.win.push(m.freeze_window_ms.unwrap_or_default());
         self.freeze
             .extend(m.members.iter().filter_map(|x| x.freeze_ms));
@@ -72,7 +75,7 @@ impl Ours {
         self.snap.push(m.phases.snapshot_ms);
         self.res.push(m.phases.resume_ms);
         let t = Instant::now();
-        release::release_snapshot(&ctx.pool, cat, &m.id, ropts)?;
+        release::release_snapshot(&ctx.pool, cat, &m.id, ropts, ev.unprobed())?;
         self.rel.push(ms(t.elapsed()));
         Ok(())
     }
