@@ -16,6 +16,7 @@
 
 use crate::catalog::{Catalog, Manifest, Phases, SnapState};
 use crate::domxml;
+use crate::events::Events;
 use crate::hypervisor::HvError;
 use crate::preflight::PlannedMember;
 use crate::protocol::{Env, MemberOutcome, Outcome, ms};
@@ -161,6 +162,7 @@ pub(crate) fn take(
     gap: Duration,
     opts: &Options,
     t0: Instant,
+    ev: Events,
 ) -> Result<Manifest, SnapshotError> {
     man.unsafe_disk_order = Some(order.to_vec());
     man.unsafe_disk_gap_ms = Some(gap.as_millis() as u64);
@@ -190,7 +192,7 @@ pub(crate) fn take(
         .iter()
         .map(|m| m.snapshot_ms.is_some())
         .collect();
-    let outcome = crate::snapshot::roll_back_into(&mut man, plan, &opts.release, &cut, &cause);
+    let outcome = crate::snapshot::roll_back_into(&mut man, plan, &opts.release, &cut, &cause, ev);
     cat.write(&man)?;
     Err(SnapshotError::Protocol {
         id: man.id.clone(),

@@ -8,8 +8,8 @@
 //! - `post --token T` releases only the outstanding snapshots whose token is T: the snapshot
 //!   of another job (another token, or none) is never touched, so a job whose `pre` failed
 //!   (busy, outstanding) and whose scheduler runs `post` anyway cannot release the snapshot a
-//!   concurrent job is still reading. Each such snapshot is named on stderr with the way to
-//!   release it, and `post` exits 0.
+//!   concurrent job is still reading. Each such snapshot is named in a note
+//!   ([`Note::OtherJobs`], on stderr) with the way to release it, and `post` exits 0.
 //! - `post` without a token releases every outstanding snapshot of the group: for manual use
 //!   only, unsafe while another job of the group may be running.
 //! - `post` is safe without a `pre`, when called twice, and after a failed `pre` of its own job
@@ -19,6 +19,7 @@
 //!   malformed one is a usage error, never a silent fallback to "release everything".
 
 use crate::catalog::Catalog;
+use crate::events::{Events, Note};
 use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
@@ -72,8 +73,9 @@ pub fn pre(
     cat: &Catalog,
     opts: &snapshot::Options,
     now: DateTime<Utc>,
+    ev: Events,
 ) -> Result<String, SnapshotError> {
-    let m = snapshot::take(hosts, cat, opts, now)?;
+    let m = snapshot::take(hosts, cat, opts, now, ev)?;
     let disks: usize = m.members.iter().map(|x| x.disks.len()).sum();
     Ok(format!(
         "cgsnap: snapshot {} of group {} taken: {} members, {} disks, freeze window {:.1} ms, consistency point {}",
@@ -88,38 +90,31 @@ pub fn pre(
     ))
 }
 
-/// What `post` did: the stdout summary, and one stderr note per snapshot of another job that
-/// it left outstanding.
-#[derive(Debug)]
-pub struct PostReport {
-    pub summary: String,
-    pub notes: Vec<String>,
-}
-
+/// Release the group's outstanding snapshots of this job (all without a token); returns the
+/// summary line. Once they are released (not after a failure), `ev` is told of each snapshot
+/// of another job left outstanding.
 pub fn post(
     pool: &Pool,
     cat: &Catalog,
     group: &str,
     token: Option<&str>,
     opts: &release::Options,
-) -> Result<PostReport, SnapshotReleaseError> {
+    ev: Events,
+) -> Result<String, SnapshotReleaseError> {
     let (mine, others): (Vec<_>, Vec<_>) = cat
         .outstanding(group)?
         .into_iter()
         .partition(|m| token.is_none() || m.hook_token.as_deref() == token);
-    let notes: Vec<String> = others
-        .iter()
-        .map(|m| {
-            let owner = match &m.hook_token {
-                Some(t) => format!("token {t}"),
-                None => "no token".to_string(),
-            };
-            format!(
-                "cgsnap: snapshot {} of group {group} ({}, {owner}) belongs to another job and was left outstanding: once that job is done, release it with `cgsnap release {}`",
-                m.id, m.state, m.id
-            )
-        })
-        .collect();
+    let notes = || {
+        for m in &others {
+            ev.report.note(&Note::OtherJobs {
+                id: &m.id,
+                group,
+                state: m.state,
+                token: m.hook_token.as_deref(),
+            });
+        }
+    };
     let job = token.map(|t| format!(" (token {t})")).unwrap_or_default();
     let left = if others.is_empty() {
         String::new()
@@ -128,20 +123,21 @@ pub fn post(
         format!("; left {} of other jobs", ids.join(", "))
     };
     if mine.is_empty() {
-        return Ok(PostReport {
-            summary: format!("cgsnap: nothing to release for group {group}{job}{left}"),
-            notes,
-        });
+        notes();
+        return Ok(format!(
+            "cgsnap: nothing to release for group {group}{job}{left}"
+        ));
     }
     let mut ids = Vec::new();
     for m in mine {
-        release::release_snapshot(pool, cat, &m.id, opts)?;
+        release::release_snapshot(pool, cat, &m.id, opts, ev)?;
         ids.push(m.id);
     }
-    Ok(PostReport {
-        summary: format!("cgsnap: released {} of group {group}{left}", ids.join(", ")),
-        notes,
-    })
+    notes();
+    Ok(format!(
+        "cgsnap: released {} of group {group}{left}",
+        ids.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -175,6 +171,18 @@ mod tests {
         cat.load(id).expect("load").state
     }
 
+    /// `post` with a reporter of its own; its summary and notes.
+    fn post_noted(
+        pool: &Pool,
+        cat: &Catalog,
+        token: Option<&str>,
+        opts: &release::Options,
+    ) -> (String, Vec<String>) {
+        let notes = crate::events::Collected::default();
+        let summary = post(pool, cat, "g", token, opts, Events::reporting(&notes)).expect("post");
+        (summary, notes.lines())
+    }
+
     #[test]
     fn post_with_a_token_releases_only_its_own_jobs_snapshot() {
         let _serial = serial();
@@ -186,43 +194,43 @@ mod tests {
         held(&cat, "g-3", None, SnapState::Pending);
         let opts = release::Options::default();
 
-        let r = post(&pool, &cat, "g", Some("job-2"), &opts).expect("post");
+        let r = post_noted(&pool, &cat, Some("job-2"), &opts);
         assert_eq!(
-            r.summary,
+            r.0,
             "cgsnap: released g-2 of group g; left g-1, g-3 of other jobs"
         );
         assert_eq!(state(&cat, "g-2"), SnapState::Released);
         assert_eq!(state(&cat, "g-1"), SnapState::Taken, "job 1 still reads it");
         assert_eq!(state(&cat, "g-3"), SnapState::Pending);
-        assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
+        assert_eq!(r.1.len(), 2, "{:?}", r.1);
         assert!(
-            r.notes[0].contains("snapshot g-1 of group g (taken, token job-1)")
-                && r.notes[0].contains("`cgsnap release g-1`"),
+            r.1[0].contains("snapshot g-1 of group g (taken, token job-1)")
+                && r.1[0].contains("`cgsnap release g-1`"),
             "{}",
-            r.notes[0]
+            r.1[0]
         );
-        assert!(r.notes[1].contains("(pending, no token)"), "{}", r.notes[1]);
+        assert!(r.1[1].contains("(pending, no token)"), "{}", r.1[1]);
 
         // A job whose pre failed (busy, outstanding) releases nothing of the others.
-        let r = post(&pool, &cat, "g", Some("job-9"), &opts).expect("post");
+        let r = post_noted(&pool, &cat, Some("job-9"), &opts);
         assert_eq!(
-            r.summary,
+            r.0,
             "cgsnap: nothing to release for group g (token job-9); left g-1, g-3 of other jobs"
         );
         assert_eq!(state(&cat, "g-1"), SnapState::Taken);
 
         // Its own job's post does release it.
-        let r = post(&pool, &cat, "g", Some("job-1"), &opts).expect("post");
+        let r = post_noted(&pool, &cat, Some("job-1"), &opts);
         assert_eq!(
-            r.summary,
+            r.0,
             "cgsnap: released g-1 of group g; left g-3 of other jobs"
         );
         assert_eq!(state(&cat, "g-1"), SnapState::Released);
 
         // Without a token (manual use): everything outstanding.
-        let r = post(&pool, &cat, "g", None, &opts).expect("post");
-        assert_eq!(r.summary, "cgsnap: released g-3 of group g");
-        assert!(r.notes.is_empty());
+        let r = post_noted(&pool, &cat, None, &opts);
+        assert_eq!(r.0, "cgsnap: released g-3 of group g");
+        assert!(r.1.is_empty());
         assert_eq!(state(&cat, "g-3"), SnapState::Released);
     }
 
@@ -233,22 +241,16 @@ mod tests {
         let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
         let pool = fake_pool();
         let opts = release::Options::default();
-        let r = post(&pool, &cat, "g", Some("job-1"), &opts).expect("post");
-        assert_eq!(
-            r.summary,
-            "cgsnap: nothing to release for group g (token job-1)"
-        );
-        assert!(r.notes.is_empty());
+        let r = post_noted(&pool, &cat, Some("job-1"), &opts);
+        assert_eq!(r.0, "cgsnap: nothing to release for group g (token job-1)");
+        assert!(r.1.is_empty());
         // Finished snapshots of the same job are not outstanding: still nothing.
         held(&cat, "g-1", Some("job-1"), SnapState::Released);
         held(&cat, "g-2", Some("job-1"), SnapState::Aborted);
-        let r = post(&pool, &cat, "g", Some("job-1"), &opts).expect("post");
-        assert_eq!(
-            r.summary,
-            "cgsnap: nothing to release for group g (token job-1)"
-        );
-        let r = post(&pool, &cat, "g", None, &opts).expect("post");
-        assert_eq!(r.summary, "cgsnap: nothing to release for group g");
+        let r = post_noted(&pool, &cat, Some("job-1"), &opts);
+        assert_eq!(r.0, "cgsnap: nothing to release for group g (token job-1)");
+        let r = post_noted(&pool, &cat, None, &opts);
+        assert_eq!(r.0, "cgsnap: nothing to release for group g");
     }
 
     #[test]
@@ -266,20 +268,14 @@ mod tests {
             min_free: 0,
             precreate: false,
             exe: t.path().join("no-such-cgsnap"),
-            hold_frozen: None,
-            hold_snapped: None,
-            hold_pausing: None,
-            hold_resolved: None,
-            hold_watched: None,
             release: release::Options::default(),
             connect_each: None,
             unsafe_stagger: None,
             unsafe_disk_order: None,
             resume: crate::protocol::Resume::default(),
-            window_probe: None,
             hook_token: Some("job-1".into()),
         };
-        let e = pre(&hosts, &cat, &opts, Utc::now()).expect_err("no watchdog");
+        let e = pre(&hosts, &cat, &opts, Utc::now(), Events::NONE).expect_err("no watchdog");
         assert!(e.to_string().contains("no-such-cgsnap"), "{e}");
         let all = cat.list().expect("list");
         assert_eq!(all.len(), 1, "one manifest");

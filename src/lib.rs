@@ -15,12 +15,15 @@
 //! - [`catalog`]: manifests, [`lock`]: their locks; [`prune`]: their retention; [`hook`]: the
 //!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
+//! - [`events`]: what the engine reports (progress, notes) and where tests and benchmarks hook
+//!   in (probe points); the library itself writes nothing to stdout or stderr;
 //! - [`exit`]: the documented exit codes and the one-line [`exit::Failure`] front ends print.
 
 pub mod catalog;
 pub mod disk_order;
 pub mod domxml;
 pub mod duration;
+pub mod events;
 pub mod exit;
 pub mod group;
 pub mod history;

@@ -28,6 +28,7 @@
 
 use crate::catalog::DiskRecord;
 use crate::domxml;
+use crate::events::{Note, Reporter};
 use crate::hypervisor::{DomState, Host};
 use crate::ledger::{Ledger, Mark};
 use crate::release::{self, ReleaseError};
@@ -39,6 +40,8 @@ type Rewrite<'a> = (&'a DiskRecord, String, String);
 
 /// Release `on_overlay` (the disks whose definition names their overlay) of the shut-off
 /// `domain`, whose persistent definition is `xml`; `disks` are all of the member's disks.
+/// `report` is told what was merged.
+#[allow(clippy::too_many_arguments)]
 pub fn release(
     host: &dyn Host,
     domain: &str,
@@ -47,6 +50,7 @@ pub fn release(
     on_overlay: &[&DiskRecord],
     opts: &release::Options,
     ledger: &dyn Ledger,
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     let not_running = || ReleaseError::NotRunning {
         domain: domain.to_string(),
@@ -76,7 +80,7 @@ pub fn release(
         }
     }
     for (i, (d, _, back)) in rewrites.iter().enumerate() {
-        if let Err(e) = merge_and_define(host, domain, d, back, local, opts, ledger) {
+        if let Err(e) = merge_and_define(host, domain, d, back, opts, ledger, report) {
             // Started meanwhile, the domain may run on the overlay of a disk whose definition
             // already names its image (and that start is likely why this merge failed).
             if i > 0 && host.state(domain).is_ok_and(|s| s != DomState::ShutOff) {
@@ -93,11 +97,11 @@ pub fn release(
     if !targets.is_empty() {
         ledger.mark(domain, &targets, Mark::Pivoted)?;
     }
-    release::remove_unused(host, domain, disks)?;
-    eprintln!(
-        "cgsnap: {domain} is shut off: merged {} overlay(s) into their images offline and defined its disks on them",
-        rewrites.len()
-    );
+    release::remove_unused(host, domain, disks, report)?;
+    report.note(&Note::MergedShutOff {
+        domain,
+        merged: rewrites.len(),
+    });
     Ok(())
 }
 
@@ -107,15 +111,15 @@ fn merge_and_define(
     domain: &str,
     d: &DiskRecord,
     back: &str,
-    local: bool,
     opts: &release::Options,
     ledger: &dyn Ledger,
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
-    let merged = if local {
+    let merged = if crate::snapshot::is_local(host.uri()) {
         crate::merge::merge(d)
     } else {
-        match crate::remote_merge::merge(host, domain, d, opts) {
+        match crate::remote_merge::merge(host, domain, d, opts, report) {
             Ok(Outcome::Merged) => Ok(()),
             // Its definition still names it: not ours to paper over.
             Ok(Outcome::Gone) => Err(format!("it no longer exists on {}", host.uri())),
@@ -261,6 +265,7 @@ mod tests {
             &disks,
             &Default::default(),
             &InMemory::default(),
+            crate::events::Events::NONE,
         )
         .expect_err("vdb cannot be merged");
         assert!(

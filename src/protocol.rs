@@ -27,6 +27,7 @@
 //! - every member that was paused is resumed, whatever its snapshot did (retrying the resume);
 //! - timings come from one monotonic clock; wall-clock time only names the consistency point.
 
+use crate::events::{NoProbe, Point, Probe};
 use crate::hypervisor::{DomState, Host, HvError, HvErrorKind};
 use chrono::{DateTime, Utc};
 use std::sync::{Arc, Condvar, Mutex};
@@ -94,43 +95,24 @@ impl Outcome {
     }
 }
 
-/// Knobs injected by the caller (time source, fault injection for tests).
+/// What the caller injects: the time source, the resume policy, and the [`Probe`] that tests
+/// and benchmarks hook in with ([`Point::Pausing`], [`Point::Paused`], [`Point::Frozen`],
+/// [`Point::Snapped`], and the freeze window).
 pub struct Env<'a> {
     pub wall_clock: &'a (dyn Fn() -> DateTime<Utc> + Sync),
-    /// Held after every member is paused, before snapshots start (fault-injection for tests).
-    pub hold_frozen: Option<Duration>,
-    /// Called once, when every member is paused (tests use it to observe the frozen state).
-    pub on_all_paused: &'a (dyn Fn() + Sync),
-    /// Held by each member after its snapshot, before its resume (fault-injection for tests).
-    pub hold_snapped: Option<Duration>,
-    /// Called by each member before `hold_snapped`.
-    pub on_snapped: &'a (dyn Fn() + Sync),
     pub resume_attempts: u32,
-    /// Fault injection for tests: member `i` waits `i` times this before its pause, so that a
-    /// test can act while only some members are paused.
-    pub hold_pausing: Option<Duration>,
-    /// Called by each member right after its pause when `hold_pausing` is set.
-    pub on_paused: &'a (dyn Fn() + Sync),
     pub resume: Resume,
-    /// Called with `true` just before the first pause and `false` after the last resume
-    /// (the benchmark accounts the CPU time spent inside the window with it).
-    pub on_window: &'a (dyn Fn(bool) + Sync),
+    pub probe: &'a dyn Probe,
 }
 
 impl Env<'static> {
-    /// Real clock, no fault injection, no callbacks.
+    /// Real clock, no probe.
     pub fn plain(resume_attempts: u32) -> Self {
         Env {
             wall_clock: &Utc::now,
-            hold_frozen: None,
-            on_all_paused: &|| {},
-            hold_snapped: None,
-            on_snapped: &|| {},
             resume_attempts,
-            hold_pausing: None,
-            on_paused: &|| {},
             resume: Resume::default(),
-            on_window: &|_| {},
+            probe: &NoProbe,
         }
     }
 }
@@ -212,9 +194,7 @@ fn member_thread(
     env: &Env,
 ) -> MemberOutcome {
     let mut out = MemberOutcome::default();
-    if let Some(h) = env.hold_pausing {
-        std::thread::sleep(h * index as u32);
-    }
+    env.probe.at(Point::Pausing { order: index });
     let t = Instant::now();
     out.pause_start = Some(t);
     let pause = step.host.suspend(&step.domain);
@@ -227,8 +207,8 @@ fn member_thread(
         // restarted): a member found paused is resumed with the others.
         out.paused = paused_anyway(step.host.as_ref(), &step.domain, &e);
         out.error = Some(e);
-    } else if env.hold_pausing.is_some() {
-        (env.on_paused)();
+    } else {
+        env.probe.at(Point::Paused { order: index });
     }
 
     // Barrier: wait until every member has either paused or failed to.
@@ -240,10 +220,7 @@ fn member_thread(
         if g.arrived == n {
             if !g.failed {
                 g.consistency_point = Some((env.wall_clock)());
-                (env.on_all_paused)();
-                if let Some(h) = env.hold_frozen {
-                    std::thread::sleep(h);
-                }
+                env.probe.at(Point::Frozen);
             }
             cv.notify_all();
         }
@@ -266,10 +243,7 @@ fn member_thread(
         let e = Instant::now();
         out.snap_end = Some(e);
         out.snapshot_ms = Some(ms(e - s));
-        if let Some(h) = env.hold_snapped {
-            (env.on_snapped)();
-            std::thread::sleep(h);
-        }
+        env.probe.at(Point::Snapped { order: index });
     }
 
     if env.resume == Resume::Together {
@@ -305,9 +279,9 @@ fn member_thread(
 
 /// Pause all, snapshot each, resume by `env.resume` (see module docs).
 pub fn run(steps: &[Step], env: &Env) -> Outcome {
-    (env.on_window)(true);
+    env.probe.window(true);
     let out = run_members(steps, env);
-    (env.on_window)(false);
+    env.probe.window(false);
     out
 }
 
@@ -570,38 +544,68 @@ mod tests {
         }
     }
 
+    /// A probe that records the window with the number of host calls made so far, and, like
+    /// the command line's fault injection, holds member `i` `i` times 30 ms before its pause.
+    struct Recording<'a> {
+        host: &'a FakeHost,
+        window: Mutex<Vec<(bool, usize)>>,
+        paused: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Probe for Recording<'_> {
+        fn at(&self, point: Point<'_>) {
+            match point {
+                Point::Pausing { order } => {
+                    std::thread::sleep(Duration::from_millis(30) * order as u32)
+                }
+                Point::Paused { .. } => {
+                    self.paused
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+        fn window(&self, open: bool) {
+            let n = self.host.calls().len();
+            self.window.lock().expect("lock").push((open, n));
+        }
+    }
+
+    fn recording(host: &FakeHost) -> Recording<'_> {
+        Recording {
+            host,
+            window: Mutex::new(Vec::new()),
+            paused: Default::default(),
+        }
+    }
+
     #[test]
     fn window_observer_brackets_the_protocol() {
         let (h, steps) = setup(2);
-        let seen = Mutex::new(Vec::new());
-        let note = |open: bool| {
-            let n = h.calls().len();
-            seen.lock().expect("lock").push((open, n));
-        };
+        let probe = recording(&h);
         let env = Env {
-            on_window: &note,
+            probe: &probe,
             ..Env::plain(3)
         };
         run(&steps, &env);
         let total = h.calls().len();
-        assert_eq!(*seen.lock().expect("lock"), [(true, 0), (false, total)]);
+        assert_eq!(
+            *probe.window.lock().expect("lock"),
+            [(true, 0), (false, total)]
+        );
     }
 
     #[test]
-    fn hold_pausing_pauses_members_one_by_one_and_reports_each() {
+    fn a_probe_holding_before_each_pause_pauses_members_one_by_one() {
         let (h, steps) = setup(3);
-        let paused = std::sync::atomic::AtomicUsize::new(0);
-        let count = || {
-            paused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        };
+        let probe = recording(&h);
         let env = Env {
-            hold_pausing: Some(Duration::from_millis(30)),
-            on_paused: &count,
+            probe: &probe,
             ..Env::plain(3)
         };
         let out = run(&steps, &env);
         assert!(out.first_error().is_none() && out.all_resumed());
-        assert_eq!(paused.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(probe.paused.load(std::sync::atomic::Ordering::SeqCst), 3);
         let suspends: Vec<String> = h
             .calls()
             .into_iter()

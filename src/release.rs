@@ -24,6 +24,7 @@
 
 use crate::catalog::DiskRecord;
 use crate::domxml;
+use crate::events::{Events, Note, Point, Reporter};
 use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::{DomState, Host, HvError};
 use crate::ledger::{Ledger, Mark};
@@ -175,9 +176,6 @@ pub struct Options {
     /// How long one disk's commit may go without progress towards ready ([`Progress`]).
     pub timeout: Duration,
     pub poll: Duration,
-    /// Fault injection for tests: pause this long once the commits are started, before
-    /// waiting for them (so a test can kill the process mid-release).
-    pub hold_after_commit: Option<Duration>,
     /// Copy rate limit of each commit in bytes/s (0: unlimited), to spare the storage.
     pub bandwidth: u64,
 }
@@ -187,7 +185,6 @@ impl Default for Options {
         Self {
             timeout: Duration::from_secs(300),
             poll: Duration::from_millis(20),
-            hold_after_commit: None,
             bandwidth: 0,
         }
     }
@@ -259,13 +256,14 @@ pub(crate) fn in_use(domain: &str, xml: &str, path: &str) -> Result<bool, Releas
 /// On this host directly. On another host only through libvirt (the storage pool whose target
 /// is the overlay's directory): a path there names a file there, and a file of the same name
 /// here belongs to someone else. Without such a pool the overlay, no longer used, stays on its
-/// host and is reported on stderr.
+/// host and `report` is told ([`Note::OverlayStays`]).
 pub fn remove_unused(
     host: &dyn Host,
     domain: &str,
     disks: &[DiskRecord],
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
-    remove_unused_in(host, domain, &host.xml(domain)?, disks)
+    remove_unused_in(host, domain, &host.xml(domain)?, disks, report)
 }
 
 /// [`remove_unused`] against the domain XML `xml` just read.
@@ -274,6 +272,7 @@ fn remove_unused_in(
     domain: &str,
     xml: &str,
     disks: &[DiskRecord],
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     let local = crate::snapshot::is_local(host.uri());
     for d in disks {
@@ -283,7 +282,7 @@ fn remove_unused_in(
         if local {
             remove_local(domain, &d.overlay)?;
         } else {
-            remove_remote(host, domain, &d.overlay)?;
+            remove_remote(host, domain, &d.overlay, report)?;
         }
     }
     Ok(())
@@ -308,23 +307,25 @@ pub(crate) fn remove_local(domain: &str, overlay: &str) -> Result<(), ReleaseErr
     })
 }
 
-/// Remove an unused overlay on another host through the storage pool of its directory, or say
-/// on stderr that it stays there.
+/// Remove an unused overlay on another host through the storage pool of its directory, or tell
+/// `report` that it stays there.
 pub(crate) fn remove_remote(
     host: &dyn Host,
     domain: &str,
     overlay: &str,
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     if !host.pool_delete(overlay)? {
-        eprintln!(
-            "cgsnap: {domain}: overlay {overlay} stays on {}: no active libvirt storage pool there has its directory as target; no disk uses it any more, remove it on that host (or define a pool for that directory so that release removes it)",
-            host.uri()
-        );
+        report.note(&Note::OverlayStays {
+            domain,
+            overlay,
+            uri: host.uri(),
+        });
     }
     Ok(())
 }
 
-/// How often a commit still running reports its progress on stderr.
+/// How often a commit still running reports its progress.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// Least drop in the bytes a commit has left to copy that counts as progress: small enough for
@@ -372,6 +373,7 @@ pub(crate) fn wait_and_pivot(
     domain: &str,
     d: &DiskRecord,
     opts: &Options,
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     let mut progress = Progress::new(Instant::now());
     let mut next_report = Instant::now() + REPORT_EVERY;
@@ -382,15 +384,16 @@ pub(crate) fn wait_and_pivot(
             Some(j) => {
                 last = (j.cur, j.end);
                 progress.observe(j.cur, j.end, Instant::now());
-                // A long commit says how far it got (stderr: the backup job's log), so nobody
-                // mistakes it for a hang; a short one stays quiet.
+                // A long commit says how far it got (the command line prints it on stderr:
+                // the backup job's log), so nobody mistakes it for a hang; a short one stays
+                // quiet.
                 if Instant::now() >= next_report {
-                    eprintln!(
-                        "cgsnap: committing {domain}/{}: {} of {} MiB copied",
-                        d.target,
-                        j.cur >> 20,
-                        j.end >> 20
-                    );
+                    report.progress(&crate::events::Progress::Commit {
+                        domain,
+                        target: &d.target,
+                        copied: j.cur,
+                        total: j.end,
+                    });
                     next_report += REPORT_EVERY;
                 }
                 if j.is_ready() {
@@ -421,17 +424,19 @@ pub(crate) fn wait_and_pivot(
 }
 
 /// Release every listed disk of one member; safe to call again after any failure. `ledger`
-/// holds what earlier runs of this release did ([`crate::ledger`]).
+/// holds what earlier runs of this release did ([`crate::ledger`]). `ev` hears progress and
+/// notes; its probe is passed [`Point::CommitsStarted`] once commits are started.
 pub fn release_member(
     host: &dyn Host,
     domain: &str,
     disks: &[DiskRecord],
     opts: &Options,
     ledger: &dyn Ledger,
+    ev: Events,
 ) -> Result<(), ReleaseError> {
     let state = match host.state(domain) {
         Err(e) if e.kind == crate::hypervisor::HvErrorKind::NoDomain => {
-            return crate::vanished::release(host, domain, disks, opts, ledger);
+            return crate::vanished::release(host, domain, disks, opts, ledger, ev.report);
         }
         r => r?,
     };
@@ -460,7 +465,16 @@ pub fn release_member(
                 .filter(|(_, s)| matches!(s, DiskStep::Commit))
                 .map(|(d, _)| *d)
                 .collect();
-            return crate::offline::release(host, domain, &xml, disks, &on_overlay, opts, ledger);
+            return crate::offline::release(
+                host,
+                domain,
+                &xml,
+                disks,
+                &on_overlay,
+                opts,
+                ledger,
+                ev.report,
+            );
         }
         return Err(ReleaseError::NotRunning {
             domain: domain.to_string(),
@@ -481,15 +495,14 @@ pub fn release_member(
             host.commit_active(domain, &d.target, opts.bandwidth)?;
         }
     }
-    if let Some(h) = opts.hold_after_commit.filter(|_| pending) {
-        eprintln!("cgsnap: commits of {domain} started");
-        std::thread::sleep(h);
+    if pending {
+        ev.probe.at(Point::CommitsStarted { domain });
     }
     for (i, (d, s)) in steps.iter().enumerate() {
         if matches!(s, DiskStep::Done) {
             continue;
         }
-        let switched = wait_and_pivot(host, domain, d, opts).and_then(|()| {
+        let switched = wait_and_pivot(host, domain, d, opts, ev.report).and_then(|()| {
             // Each overlay goes as soon as its own disk is back on its image: one left until
             // the member's other disks are done would be stale (the guest now writes to the
             // image) yet look mergeable if the member vanished meanwhile.
@@ -497,7 +510,7 @@ pub fn release_member(
             match step_for(domain, &xml, d)? {
                 DiskStep::Done => {
                     ledger.mark(domain, &[d.target.as_str()], Mark::Pivoted)?;
-                    remove_unused_in(host, domain, &xml, std::slice::from_ref(*d))
+                    remove_unused_in(host, domain, &xml, std::slice::from_ref(*d), ev.report)
                 }
                 // The job went away without a pivot: it failed or someone cancelled it.
                 DiskStep::Commit => Err(ReleaseError::CommitEnded {
@@ -524,7 +537,7 @@ pub fn release_member(
         }
     }
     // The disks found on their images at the start (checked above) leave only their files.
-    remove_unused(host, domain, disks)
+    remove_unused(host, domain, disks, ev.report)
 }
 
 /// A disk found back on its image while its overlay still exists: the overlay may go only if
@@ -596,6 +609,7 @@ pub(crate) fn release_one(
         std::slice::from_ref(d),
         &Options::default(),
         &crate::ledger::InMemory::default(),
+        Events::NONE,
     )
 }
 
@@ -647,11 +661,13 @@ impl Classify for SnapshotReleaseError {
 }
 
 /// Release a snapshot by ID under its group lock; a released or aborted one is left as is.
+/// `ev` as for [`release_member`], called for each member.
 pub fn release_snapshot(
     pool: &crate::hypervisor::pool::Pool,
     cat: &crate::catalog::Catalog,
     id: &str,
     opts: &Options,
+    ev: Events,
 ) -> Result<crate::catalog::Manifest, SnapshotReleaseError> {
     use crate::catalog::SnapState;
     let mut man = cat.load(id)?;
@@ -686,7 +702,7 @@ pub fn release_snapshot(
             .map(|m| {
                 s.spawn(move || {
                     let host = pool.get(&m.uri)?;
-                    release_member(host.as_ref(), &m.domain, &m.disks, opts, ledger)
+                    release_member(host.as_ref(), &m.domain, &m.disks, opts, ledger, ev)
                 })
             })
             .collect();
@@ -734,10 +750,11 @@ pub fn release_leftovers(
     cat: &crate::catalog::Catalog,
     group: &str,
     opts: &Options,
+    ev: Events,
 ) -> Result<Vec<String>, SnapshotReleaseError> {
     let mut ids = Vec::new();
     for m in cat.outstanding(group)? {
-        release_snapshot(pool, cat, &m.id, opts)?;
+        release_snapshot(pool, cat, &m.id, opts, ev)?;
         ids.push(m.id);
     }
     Ok(ids)
@@ -841,6 +858,7 @@ mod tests {
                 std::slice::from_ref(&d),
                 &Options::default(),
                 ledger,
+                Events::NONE,
             )
         };
         // Pre-created and never used: no data, it goes.
@@ -915,13 +933,24 @@ mod tests {
             assert!(Instant::now() < deadline, "qemu never locked the overlay");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let e = remove_unused(&host, "db", std::slice::from_ref(&d));
+        let e = remove_unused(
+            &host,
+            "db",
+            std::slice::from_ref(&d),
+            &crate::events::NoReport,
+        );
         let _ = qemu.kill();
         let _ = qemu.wait();
         let e = e.expect_err("held open");
         assert!(matches!(e, ReleaseError::HeldOpen { .. }), "{e}");
         assert!(overlay.exists());
-        remove_unused(&host, "db", std::slice::from_ref(&d)).expect("free now");
+        remove_unused(
+            &host,
+            "db",
+            std::slice::from_ref(&d),
+            &crate::events::NoReport,
+        )
+        .expect("free now");
         assert!(!overlay.exists());
     }
 
@@ -973,13 +1002,31 @@ mod tests {
         let host = FakeHost::new("qemu+ssh://far/system");
         host.add("db", &disk_xml(&image.to_string_lossy(), ""));
         let d = record(&image, &here);
-        remove_unused(&host, "db", std::slice::from_ref(&d)).expect("released");
+        let notes = crate::events::Collected::default();
+        remove_unused(&host, "db", std::slice::from_ref(&d), &notes).expect("released");
         assert_eq!(std::fs::read(&here).expect("still here"), b"local data");
+        // No pool there to remove it through: the operator is told it stays.
+        let stays = notes.lines();
+        assert_eq!(stays.len(), 1, "{stays:?}");
+        assert!(
+            stays[0].starts_with(&format!(
+                "db: overlay {} stays on qemu+ssh://far/system: no active libvirt storage pool",
+                d.overlay
+            )),
+            "{}",
+            stays[0]
+        );
 
         // The same on this host: the unused overlay goes.
         let local = FakeHost::new("qemu:///system");
         local.add("db", &host.xml("db").expect("xml"));
-        remove_unused(&local, "db", std::slice::from_ref(&d)).expect("released");
+        remove_unused(
+            &local,
+            "db",
+            std::slice::from_ref(&d),
+            &crate::events::NoReport,
+        )
+        .expect("released");
         assert!(!here.exists());
     }
 }

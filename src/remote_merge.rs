@@ -21,6 +21,7 @@
 
 use crate::catalog::DiskRecord;
 use crate::domxml;
+use crate::events::Reporter;
 use crate::hypervisor::Host;
 use crate::release::{self, Options};
 
@@ -67,12 +68,14 @@ pub fn says_overlay_missing(message: &str, d: &DiskRecord) -> bool {
 }
 
 /// Merge the overlay of `d` into its image on `host`; the error is a one-line detail for the
-/// caller's message. `domain` is the (deleted) member, named in the helper's name.
+/// caller's message. `domain` is the (deleted) member, named in the helper's name. `report`
+/// hears the commit's progress.
 pub fn merge(
     host: &dyn Host,
     domain: &str,
     d: &DiskRecord,
     opts: &Options,
+    report: &dyn Reporter,
 ) -> Result<Outcome, String> {
     let name = helper_name(domain, d);
     if let Err(e) = host.start_helper(&name, &helper_xml(&name, &d.overlay)) {
@@ -81,7 +84,7 @@ pub fn merge(
         }
         return Err(e.message);
     }
-    let merged = commit(host, &name, d, opts);
+    let merged = commit(host, &name, d, opts, report);
     let destroyed = host.destroy(&name);
     merged?;
     // Still running, the helper would keep the image open: report, the next run merges again.
@@ -90,7 +93,13 @@ pub fn merge(
 }
 
 /// Check the helper's chain, commit its disk into the image, pivot, and check it landed there.
-fn commit(host: &dyn Host, name: &str, d: &DiskRecord, opts: &Options) -> Result<(), String> {
+fn commit(
+    host: &dyn Host,
+    name: &str,
+    d: &DiskRecord,
+    opts: &Options,
+    report: &dyn Reporter,
+) -> Result<(), String> {
     let on = |what: &str| -> Result<domxml::DiskInfo, String> {
         let xml = host.xml(name).map_err(|e| e.to_string())?;
         domxml::disks(name, &xml)
@@ -116,7 +125,7 @@ fn commit(host: &dyn Host, name: &str, d: &DiskRecord, opts: &Options) -> Result
     };
     host.commit_active(name, TARGET, opts.bandwidth)
         .map_err(|e| e.to_string())?;
-    release::wait_and_pivot(host, name, &helper_disk, opts).map_err(|e| e.to_string())?;
+    release::wait_and_pivot(host, name, &helper_disk, opts, report).map_err(|e| e.to_string())?;
     let disk = on("after the commit")?;
     if disk.source.as_deref() != Some(d.image.as_str()) {
         return Err(format!(
@@ -130,6 +139,7 @@ fn commit(host: &dyn Host, name: &str, d: &DiskRecord, opts: &Options) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::NoReport;
     use crate::hypervisor::fake::FakeHost;
 
     fn disk() -> DiskRecord {
@@ -191,7 +201,7 @@ mod tests {
     fn an_overlay_on_another_backing_file_is_not_committed_and_the_helper_goes() {
         let d = disk();
         let host = far_host(&d, "/far/other.qcow2");
-        let e = merge(&host, "db", &d, &Options::default()).expect_err("wrong backing");
+        let e = merge(&host, "db", &d, &Options::default(), &NoReport).expect_err("wrong backing");
         assert!(e.contains("its backing file is /far/other.qcow2"), "{e}");
         let calls = host.calls();
         assert!(!calls.iter().any(|c| c.starts_with("commit")), "{calls:?}");
@@ -200,7 +210,7 @@ mod tests {
 
         // Without any backing file: the same.
         host.backing.lock().expect("lock").clear();
-        let e = merge(&host, "db", &d, &Options::default()).expect_err("no backing");
+        let e = merge(&host, "db", &d, &Options::default(), &NoReport).expect_err("no backing");
         assert!(e.contains("no backing file"), "{e}");
         assert!(host.list_domains().expect("list").is_empty(), "helper gone");
     }
@@ -210,7 +220,7 @@ mod tests {
         let d = disk();
         let host = far_host(&d, &d.image);
         host.fail_on("commit", "cgsnap-merge-db-vdb");
-        let e = merge(&host, "db", &d, &Options::default()).expect_err("commit fails");
+        let e = merge(&host, "db", &d, &Options::default(), &NoReport).expect_err("commit fails");
         assert!(e.contains("injected failure"), "{e}");
         assert!(host.list_domains().expect("list").is_empty(), "helper gone");
     }

@@ -11,6 +11,7 @@
 
 use crate::catalog::{self, Catalog, CatalogError, Manifest, MemberRecord, Phases, SnapState};
 use crate::disk_order;
+use crate::events::{Events, Point};
 use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
 use crate::hypervisor::{Host, HvErrorKind};
@@ -100,17 +101,6 @@ pub struct Options {
     pub precreate: bool,
     /// The cgsnap binary, started as the watchdog.
     pub exe: PathBuf,
-    /// Fault injection for tests: hold every member frozen this long before snapshotting.
-    pub hold_frozen: Option<Duration>,
-    /// Fault injection for tests: hold each member after its snapshot, before its resume.
-    pub hold_snapped: Option<Duration>,
-    /// Fault injection for tests: member `i` waits `i` times this before its pause.
-    pub hold_pausing: Option<Duration>,
-    /// Fault injection for tests: wait this long between resolving the group (preflight done,
-    /// overlays pre-created) and the freeze.
-    pub hold_resolved: Option<Duration>,
-    /// Fault injection for tests: wait this long once the watchdog is ready, before arming it.
-    pub hold_watched: Option<Duration>,
     pub release: release::Options,
     /// Opens a dedicated connection per member for the freeze (libvirtd serves at most
     /// `max_client_requests`, default 5, concurrent calls per connection). `None`: share.
@@ -123,14 +113,10 @@ pub struct Options {
     pub unsafe_disk_order: Option<(Vec<String>, Duration)>,
     /// When members are resumed (see [`protocol`](crate::protocol) module docs).
     pub resume: Resume,
-    /// Called with `true` when the freeze window opens, `false` when it closes (benchmark).
-    pub window_probe: Option<WindowProbe>,
     /// The backup job taking the snapshot (`hook pre --token`), recorded in the manifest from
     /// its first write so that only that job's `hook post --token` releases it.
     pub hook_token: Option<String>,
 }
-
-pub type WindowProbe = Arc<dyn Fn(bool) + Send + Sync>;
 
 pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
 
@@ -216,6 +202,7 @@ pub(crate) fn rollback(
     plan: &[PlannedMember],
     opts: &release::Options,
     cut: &[bool],
+    ev: Events,
 ) -> Result<(), String> {
     let mut errors = Vec::new();
     for (i, p) in plan.iter().enumerate() {
@@ -242,6 +229,7 @@ pub(crate) fn rollback(
             &p.disks,
             opts,
             &crate::ledger::InMemory::default(),
+            ev.unprobed(),
         ) {
             errors.push(e.to_string());
         }
@@ -281,8 +269,9 @@ fn abort_unfrozen(
     plan: &[PlannedMember],
     opts: &release::Options,
     cause: &str,
+    ev: Events,
 ) -> Result<(), SnapshotError> {
-    let _ = rollback(plan, opts, &vec![false; plan.len()]);
+    let _ = rollback(plan, opts, &vec![false; plan.len()], ev);
     man.state = SnapState::Aborted;
     man.error = Some(cause.to_string());
     cat.write(man)?;
@@ -298,8 +287,9 @@ pub(crate) fn roll_back_into(
     opts: &release::Options,
     cut: &[bool],
     cause: &str,
+    ev: Events,
 ) -> &'static str {
-    match rollback(plan, opts, cut) {
+    match rollback(plan, opts, cut, ev) {
         Ok(()) => {
             man.state = SnapState::Aborted;
             man.error = Some(cause.to_string());
@@ -358,12 +348,15 @@ pub fn plan(
     Ok(preflight::plan_group(&members, popts)?)
 }
 
-/// Take a group snapshot. `now` names the snapshot; timings use the monotonic clock.
+/// Take a group snapshot. `now` names the snapshot; timings use the monotonic clock. `ev`
+/// hears the notes of a rollback; its probe is passed [`Point::Resolved`], [`Point::Watched`]
+/// and the protocol's points (see [`crate::events`]).
 pub fn take(
     hosts: &[Arc<dyn Host>],
     cat: &Catalog,
     opts: &Options,
     now: DateTime<Utc>,
+    ev: Events,
 ) -> Result<Manifest, SnapshotError> {
     let t0 = Instant::now();
     group::validate_name(&opts.group)?;
@@ -410,12 +403,9 @@ pub fn take(
         }
     }
 
-    if let Some(h) = opts.hold_resolved {
-        eprintln!("cgsnap: members resolved, not yet frozen");
-        std::thread::sleep(h);
-    }
+    ev.probe.at(Point::Resolved);
     if let (Some(staged), Some((order, gap))) = (staged, &opts.unsafe_disk_order) {
-        return disk_order::take(cat, man, &plan, &staged, order, *gap, opts, t0);
+        return disk_order::take(cat, man, &plan, &staged, order, *gap, opts, t0, ev);
     }
 
     let watch: Vec<WatchMember> = plan
@@ -436,7 +426,7 @@ pub fn take(
     let mut dog = match Watchdog::spawn(&opts.exe, &watch, budget, Some(scope)) {
         Ok(d) => d,
         Err(e) => {
-            abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string())?;
+            abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string(), ev)?;
             return Err(e.into());
         }
     };
@@ -447,7 +437,7 @@ pub fn take(
                 Ok(h) => h,
                 Err(e) => {
                     drop(dog);
-                    abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string())?;
+                    abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string(), ev)?;
                     return Err(SnapshotError::Protocol {
                         id,
                         outcome: "rolled back",
@@ -464,36 +454,19 @@ pub fn take(
             reuse,
         });
     }
-    if let Some(h) = opts.hold_watched {
-        eprintln!("cgsnap: watchdog ready, not yet armed");
-        std::thread::sleep(h);
-    }
+    ev.probe.at(Point::Watched);
     let preflight_ms = ms(t0.elapsed());
     if let Err(e) = dog.arm() {
         // The watchdog is gone (killed?): freezing without it could leave a VM paused.
         drop(dog);
-        abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string())?;
+        abort_unfrozen(cat, &mut man, &plan, &opts.release, &e.to_string(), ev)?;
         return Err(e.into());
     }
     let env = Env {
         wall_clock: &Utc::now,
-        hold_frozen: opts.hold_frozen,
-        on_all_paused: &|| {
-            if opts.hold_frozen.is_some() {
-                eprintln!("cgsnap: all members frozen");
-            }
-        },
-        hold_snapped: opts.hold_snapped,
-        on_snapped: &|| eprintln!("cgsnap: member snapshotted, not yet resumed"),
         resume_attempts: 5,
-        hold_pausing: opts.hold_pausing,
-        on_paused: &|| eprintln!("cgsnap: member paused"),
         resume: opts.resume,
-        on_window: &|open| {
-            if let Some(p) = &opts.window_probe {
-                p(open);
-            }
-        },
+        probe: ev.probe,
     };
     let out = match opts.unsafe_stagger {
         None => protocol::run(&steps, &env),
@@ -540,7 +513,7 @@ pub fn take(
         return Ok(man);
     };
     let cut: Vec<bool> = out.members.iter().map(|m| m.paused).collect();
-    let outcome = roll_back_into(&mut man, &plan, &opts.release, &cut, &cause);
+    let outcome = roll_back_into(&mut man, &plan, &opts.release, &cut, &cause, ev);
     // Both we and the watchdog tried; if a member is still (or maybe) paused, say so and how
     // to end it rather than let the message claim otherwise.
     let stuck = not_known_running(&plan);
@@ -643,12 +616,18 @@ mod tests {
         };
         let opts = release::Options::default();
         std::fs::write(&overlay, b"someone else's").expect("file here");
-        rollback(&[planned("qemu+ssh://far/system")], &opts, &[false]).expect("rolled back");
+        rollback(
+            &[planned("qemu+ssh://far/system")],
+            &opts,
+            &[false],
+            Events::NONE,
+        )
+        .expect("rolled back");
         assert!(
             overlay.exists(),
             "a path of another host names nothing of ours here"
         );
-        rollback(&[planned("qemu:///system")], &opts, &[false]).expect("rolled back");
+        rollback(&[planned("qemu:///system")], &opts, &[false], Events::NONE).expect("rolled back");
         assert!(
             !overlay.exists(),
             "our own pre-created, unused overlay goes"

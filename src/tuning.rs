@@ -63,14 +63,6 @@ pub struct SnapTuning {
     pub resume: Resume,
 }
 
-/// Test-only fault injection: hold at a phase for `var` milliseconds, if set.
-fn hold(var: &str) -> Option<Duration> {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-}
-
 /// The snapshot options for `group` from `t`; `rel_timeout` bounds a rollback's release.
 pub fn snap_options(
     t: &SnapTuning,
@@ -86,11 +78,6 @@ pub fn snap_options(
         min_free: t.min_free,
         precreate: !t.no_precreate,
         exe,
-        hold_frozen: hold("CGSNAP_TEST_HOLD_FROZEN_MS"),
-        hold_snapped: hold("CGSNAP_TEST_HOLD_SNAPPED_MS"),
-        hold_pausing: hold("CGSNAP_TEST_HOLD_PAUSING_MS"),
-        hold_resolved: hold("CGSNAP_TEST_HOLD_RESOLVED_MS"),
-        hold_watched: hold("CGSNAP_TEST_HOLD_WATCHED_MS"),
         release: release::Options {
             timeout: rel_timeout,
             ..Default::default()
@@ -101,7 +88,6 @@ pub fn snap_options(
             .clone()
             .map(|o| (o, Duration::from_millis(t.unsafe_disk_gap))),
         resume: t.resume,
-        window_probe: None,
         hook_token: None,
         connect_each: if t.shared_connection {
             None
@@ -118,8 +104,6 @@ pub fn snap_options(
 pub fn release_options(timeout: Duration) -> release::Options {
     release::Options {
         timeout,
-        // Test-only fault injection: stop between starting the commits and pivoting.
-        hold_after_commit: hold("CGSNAP_TEST_HOLD_COMMIT_MS"),
         ..Default::default()
     }
 }

@@ -21,6 +21,7 @@
 //!   merged.
 
 use crate::catalog::DiskRecord;
+use crate::events::{Note, Reporter};
 use crate::hypervisor::Host;
 use crate::ledger::{Ledger, Mark};
 use crate::release::{self, ReleaseError};
@@ -78,12 +79,13 @@ pub fn release(
     disks: &[DiskRecord],
     opts: &release::Options,
     ledger: &dyn Ledger,
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     let uri = host.uri();
     let stale = |d: &DiskRecord| ledger.has(domain, &d.target, Mark::Pivoted);
     // A remote host's files are not ours to open: its own libvirt merges them.
     if !crate::snapshot::is_local(uri) {
-        return remote(host, domain, disks, opts, ledger);
+        return remote(host, domain, disks, opts, ledger, report);
     }
     for d in disks.iter().filter(|d| stale(d)) {
         release::remove_local(domain, &d.overlay)?;
@@ -108,10 +110,11 @@ pub fn release(
         ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
         merge_disk(domain, d)?;
     }
-    eprintln!(
-        "cgsnap: {domain} no longer exists on {uri}: merged {} overlay(s) into their images offline",
-        left.len()
-    );
+    report.note(&Note::MergedVanished {
+        domain,
+        uri,
+        merged: left.len(),
+    });
     Ok(())
 }
 
@@ -124,6 +127,7 @@ fn remote(
     disks: &[DiskRecord],
     opts: &release::Options,
     ledger: &dyn Ledger,
+    report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     let stale = |d: &DiskRecord| ledger.has(domain, &d.target, Mark::Pivoted);
     let all: Vec<&DiskRecord> = disks.iter().collect();
@@ -166,15 +170,15 @@ fn remote(
     let mut merged = 0;
     for d in left {
         if stale(d) {
-            release::remove_remote(host, domain, &d.overlay)?;
+            release::remove_remote(host, domain, &d.overlay, report)?;
             continue;
         }
         ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
-        match crate::remote_merge::merge(host, domain, d, opts) {
+        match crate::remote_merge::merge(host, domain, d, opts, report) {
             Ok(Outcome::Gone) => {}
             Ok(Outcome::Merged) => {
                 merged += 1;
-                release::remove_remote(host, domain, &d.overlay)?;
+                release::remove_remote(host, domain, &d.overlay, report)?;
             }
             Err(detail) => {
                 let fix = if crate::merge::says_held_open(&detail) {
@@ -199,10 +203,11 @@ fn remote(
         }
     }
     if merged > 0 {
-        eprintln!(
-            "cgsnap: {domain} no longer exists on {}: merged {merged} overlay(s) into their images there, through a paused helper domain",
-            host.uri()
-        );
+        report.note(&Note::MergedVanishedRemote {
+            domain,
+            uri: host.uri(),
+            merged,
+        });
     }
     Ok(())
 }
@@ -269,6 +274,7 @@ mod tests {
             std::slice::from_ref(&d),
             &Default::default(),
             &ledger,
+            crate::events::Events::NONE,
         )
         .expect("released");
         assert!(!std::path::Path::new(&d.overlay).exists());

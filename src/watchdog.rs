@@ -12,6 +12,8 @@
 //! Invariants: the watchdog never pauses anything, and it only resumes domains in the
 //! `paused (user)` state, so a VM paused for an I/O error is left for the admin. It runs in its
 //! own session (`setsid`) so a signal to the coordinator's process group does not kill it.
+//! This module prints nothing: [`main`] hands every line it has to say to its caller as a
+//! [`Said`], which the `__watchdog` command writes to stdout (for the coordinator) or stderr.
 
 use crate::hypervisor::libvirt::LibvirtHost;
 use crate::hypervisor::{DomState, Host, HvErrorKind};
@@ -60,6 +62,21 @@ pub enum WatchdogError {
         uri: String,
         pid: String,
     },
+}
+
+/// A line of the watchdog process: for its coordinator (stdout; the words [`Watchdog::spawn`]
+/// and [`Watchdog::disarm`] read: `ready`, `busy\t...`, `fired`) or for the log (stderr).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    Coordinator(String),
+    Log(String),
+}
+
+/// Where [`main`] hands its lines.
+pub type Say<'a> = &'a (dyn Fn(Said) + Sync);
+
+fn log(say: Say, line: String) {
+    say(Said::Log(format!("cgsnap watchdog: {line}")));
 }
 
 /// Coordinator side of the watchdog.
@@ -197,7 +214,7 @@ struct Rescued {
 }
 
 /// Resume every member that is paused by a user/API call.
-fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> Rescued {
+fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember], say: Say) -> Rescued {
     std::thread::scope(|s| {
         let handles: Vec<_> = members
             .iter()
@@ -224,10 +241,7 @@ fn rescue(hosts: &BTreeMap<String, Arc<dyn Host>>, members: &[WatchMember]) -> R
                             Duration::from_millis(50 * (attempt + 1)).min(Duration::from_secs(1)),
                         );
                     }
-                    eprintln!(
-                        "cgsnap watchdog: could not resume {} on {}",
-                        m.domain, m.uri
-                    );
+                    log(say, format!("could not resume {} on {}", m.domain, m.uri));
                     Err(())
                 })
             })
@@ -258,9 +272,10 @@ fn sweep(
     hosts: &BTreeMap<String, Arc<dyn Host>>,
     members: &[WatchMember],
     scope: Option<&Scope>,
+    say: Say,
 ) -> Vec<String> {
     let start = Instant::now();
-    let first = rescue(hosts, members);
+    let first = rescue(hosts, members, say);
     let mut resumed = first.resumed;
     let mut unsure = first.unsure;
     let Some(scope) = scope else {
@@ -274,7 +289,7 @@ fn sweep(
         std::thread::sleep(Duration::from_millis(250));
         match still_ours(scope) {
             Ok(Some(_lock)) => {
-                let r = rescue(hosts, members);
+                let r = rescue(hosts, members, say);
                 resumed.extend(r.resumed);
                 unsure = r.unsure;
             }
@@ -299,8 +314,9 @@ fn still_ours(scope: &Scope) -> Result<Option<crate::lock::GroupLock>, ()> {
     }
 }
 
-/// Entry point of `cgsnap __watchdog`.
-pub fn main() -> i32 {
+/// Entry point of `cgsnap __watchdog`; every line it has to say goes to `say`. Returns the
+/// process exit code.
+pub fn main(say: Say) -> i32 {
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -314,7 +330,7 @@ pub fn main() -> i32 {
     let cfg: Config = match serde_json::from_str(&first) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cgsnap watchdog: bad config: {e}");
+            log(say, format!("bad config: {e}"));
             return 1;
         }
     };
@@ -328,7 +344,7 @@ pub fn main() -> i32 {
                 hosts.insert(m.uri.clone(), Arc::new(h));
             }
             Err(e) => {
-                eprintln!("cgsnap watchdog: {e}");
+                log(say, e.to_string());
                 return 1;
             }
         }
@@ -346,17 +362,23 @@ pub fn main() -> i32 {
         match crate::lock::lock_member(&uuid) {
             Ok(l) => held.push(l),
             Err(Some(pid)) => {
-                println!("busy\t{}\t{}\t{pid}", m.domain, m.uri);
+                say(Said::Coordinator(format!(
+                    "busy\t{}\t{}\t{pid}",
+                    m.domain, m.uri
+                )));
                 return 1;
             }
-            Err(None) => eprintln!(
-                "cgsnap watchdog: warning: cannot make the lock of {} in {}; runs of other catalogs are not kept off it",
-                m.domain,
-                crate::lock::member_lock_dir().display()
+            Err(None) => log(
+                say,
+                format!(
+                    "warning: cannot make the lock of {} in {}; runs of other catalogs are not kept off it",
+                    m.domain,
+                    crate::lock::member_lock_dir().display()
+                ),
             ),
         }
     }
-    println!("ready");
+    say(Said::Coordinator("ready".into()));
     let budget = Duration::from_millis(cfg.budget_ms);
     let mut deadline: Option<Instant> = None;
     let mut fired = false;
@@ -372,12 +394,15 @@ pub fn main() -> i32 {
             Ok(l) if l == "abandon" => abandoned = true,
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let r = rescue(&hosts, &cfg.members).resumed;
-                eprintln!(
-                    "cgsnap watchdog: freeze budget of {} ms expired; resumed {r:?}",
-                    cfg.budget_ms
+                let r = rescue(&hosts, &cfg.members, say).resumed;
+                log(
+                    say,
+                    format!(
+                        "freeze budget of {} ms expired; resumed {r:?}",
+                        cfg.budget_ms
+                    ),
                 );
-                println!("fired");
+                say(Said::Coordinator("fired".into()));
                 fired = true;
             }
             // Armed: also after the budget fired, since a pause still in flight then may have
@@ -385,12 +410,13 @@ pub fn main() -> i32 {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if deadline.is_some() {
                     let r = if abandoned {
-                        rescue(&hosts, &cfg.members).resumed
+                        rescue(&hosts, &cfg.members, say).resumed
                     } else {
-                        sweep(&hosts, &cfg.members, cfg.scope.as_ref())
+                        sweep(&hosts, &cfg.members, cfg.scope.as_ref(), say)
                     };
-                    eprintln!(
-                        "cgsnap watchdog: coordinator gone while members were frozen; resumed {r:?}"
+                    log(
+                        say,
+                        format!("coordinator gone while members were frozen; resumed {r:?}"),
                     );
                 }
                 return 0;

@@ -6,6 +6,7 @@
 mod args;
 mod catalog_cmd;
 mod check;
+mod events;
 mod group_cmd;
 mod report_cmd;
 mod run;

@@ -5,10 +5,13 @@
 //! the code of [`cgsnap::exit::ExitCode`] its error classifies as.
 
 use crate::args::{Cli, Cmd};
+use crate::events::{Stderr, env_probe};
 use cgsnap::catalog::Catalog;
+use cgsnap::events::Events;
 use cgsnap::exit::{ExitCode, Failure};
 use cgsnap::hypervisor::pool::{Ctx, Pool};
 use cgsnap::metrics;
+use cgsnap::watchdog::Said;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -28,12 +31,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
         uris: uris(&cli),
     };
     let open_catalog = || Catalog::open(&cli.catalog);
+    let probe = env_probe();
+    let ev = Events {
+        report: &Stderr,
+        probe: probe.as_ref(),
+    };
     match &cli.cmd {
-        Cmd::Watchdog => std::process::exit(cgsnap::watchdog::main()),
+        Cmd::Watchdog => std::process::exit(cgsnap::watchdog::main(&|said| match said {
+            Said::Coordinator(l) => println!("{l}"),
+            Said::Log(l) => eprintln!("{l}"),
+        })),
         Cmd::Group { cmd } => crate::group_cmd::run(&ctx, cmd),
-        Cmd::Snapshot(a) => crate::snap_cmd::snapshot(&ctx, &open_catalog()?, a),
+        Cmd::Snapshot(a) => crate::snap_cmd::snapshot(&ctx, &open_catalog()?, a, ev),
         Cmd::Check(a) => crate::check::run(&ctx.hosts()?, &open_catalog()?, a),
-        Cmd::Release(a) => crate::snap_cmd::release(&ctx, &open_catalog()?, a),
+        Cmd::Release(a) => crate::snap_cmd::release(&ctx, &open_catalog()?, a, ev),
         Cmd::List { group, json } => {
             crate::catalog_cmd::list(&open_catalog()?, group.as_deref(), *json)
         }
@@ -52,10 +63,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 token: token.clone(),
                 timeout: *timeout,
             };
-            crate::snap_cmd::hook(&ctx, &open_catalog()?, hook)
+            crate::snap_cmd::hook(&ctx, &open_catalog()?, hook, ev)
         }
-        Cmd::Demo(a) => cgsnap_lab::demo::run(&ctx, &cli.catalog, a),
-        Cmd::Bench(a) => cgsnap_lab::bench::run(&ctx, &cli.catalog, a),
+        Cmd::Demo(a) => cgsnap_lab::demo::run(&ctx, &cli.catalog, a, ev),
+        Cmd::Bench(a) => cgsnap_lab::bench::run(&ctx, &cli.catalog, a, &Stderr),
         Cmd::Report { json } => crate::report_cmd::run(&open_catalog()?, *json),
         Cmd::Prune(a) => crate::catalog_cmd::prune(&open_catalog()?, a),
         Cmd::Metrics => crate::catalog_cmd::metrics(&open_catalog()?, &metrics_dir(&cli)),

@@ -5,6 +5,7 @@
 
 use crate::args::{Phase, ReleaseArgs, SnapArgs};
 use cgsnap::catalog::{self, Catalog, Manifest};
+use cgsnap::events::Events;
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::pool::Ctx;
 use cgsnap::tuning::{SnapTuning, release_options, snap_options};
@@ -12,9 +13,9 @@ use cgsnap::{hook, release, snapshot};
 use std::time::Duration;
 
 /// `cgsnap snapshot GROUP`.
-pub fn snapshot(ctx: &Ctx, cat: &Catalog, a: &SnapArgs) -> Result<(), Failure> {
+pub fn snapshot(ctx: &Ctx, cat: &Catalog, a: &SnapArgs, ev: Events) -> Result<(), Failure> {
     let opts = snap_options(&a.tuning, &a.group, Duration::from_secs(300))?;
-    let m = snapshot::take(&ctx.hosts()?, cat, &opts, chrono::Utc::now())?;
+    let m = snapshot::take(&ctx.hosts()?, cat, &opts, chrono::Utc::now(), ev)?;
     if a.json {
         println!("{}", Failure::json(&m)?);
     } else {
@@ -24,7 +25,7 @@ pub fn snapshot(ctx: &Ctx, cat: &Catalog, a: &SnapArgs) -> Result<(), Failure> {
 }
 
 /// `cgsnap release ID|--group GROUP`.
-pub fn release(ctx: &Ctx, cat: &Catalog, a: &ReleaseArgs) -> Result<(), Failure> {
+pub fn release(ctx: &Ctx, cat: &Catalog, a: &ReleaseArgs, ev: Events) -> Result<(), Failure> {
     let id = match (&a.id, &a.group) {
         (Some(id), _) => id.clone(),
         (None, Some(g)) => cat
@@ -41,7 +42,7 @@ pub fn release(ctx: &Ctx, cat: &Catalog, a: &ReleaseArgs) -> Result<(), Failure>
         bandwidth: a.bandwidth,
         ..release_options(a.timeout)
     };
-    let m = release::release_snapshot(&ctx.pool, cat, &id, &opts)?;
+    let m = release::release_snapshot(&ctx.pool, cat, &id, &opts, ev)?;
     if a.json {
         println!("{}", Failure::json(&m)?);
     } else {
@@ -60,7 +61,7 @@ pub struct HookCall<'a> {
 }
 
 /// `cgsnap hook pre|post --group GROUP`: prints the one summary line schedulers log.
-pub fn hook(ctx: &Ctx, cat: &Catalog, h: HookCall) -> Result<(), Failure> {
+pub fn hook(ctx: &Ctx, cat: &Catalog, h: HookCall, ev: Events) -> Result<(), Failure> {
     let token = hook::token(h.token, std::env::var_os(hook::TOKEN_ENV))?;
     let line = match h.phase {
         Phase::Pre => {
@@ -68,15 +69,11 @@ pub fn hook(ctx: &Ctx, cat: &Catalog, h: HookCall) -> Result<(), Failure> {
                 hook_token: token,
                 ..snap_options(h.snap, h.group, h.timeout)?
             };
-            hook::pre(&ctx.hosts()?, cat, &opts, chrono::Utc::now())?
+            hook::pre(&ctx.hosts()?, cat, &opts, chrono::Utc::now(), ev)?
         }
         Phase::Post => {
             let opts = release_options(h.timeout);
-            let r = hook::post(&ctx.pool, cat, h.group, token.as_deref(), &opts)?;
-            for n in &r.notes {
-                eprintln!("{n}");
-            }
-            r.summary
+            hook::post(&ctx.pool, cat, h.group, token.as_deref(), &opts, ev)?
         }
     };
     println!("{line}");

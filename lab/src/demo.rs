@@ -6,6 +6,7 @@
 //! files under its own directory) and removes them at the end unless `--keep` is given.
 
 use cgsnap::catalog::Catalog;
+use cgsnap::events::Events;
 use cgsnap::exit::ExitCode;
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::pool::Ctx;
@@ -52,14 +53,17 @@ fn check_frozen(domain: &str, images: &[String]) -> Result<Vec<record::Record>, 
     Ok(recs)
 }
 
-pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
+/// `cgsnap demo`; `ev` carries the caller's reporter and probe (test holds apply to the
+/// demo's snapshot only).
+pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs, ev: Events) -> Result<(), Failure> {
     let uri = ctx
         .uris
         .first()
         .cloned()
         .unwrap_or_else(|| "qemu:///system".into());
     let cat = Catalog::open(catalog)?;
-    for id in release::release_leftovers(&ctx.pool, &cat, "demo", &release::Options::default())? {
+    let report = ev.unprobed();
+    for id in release::release_leftovers(&ctx.pool, &cat, "demo", &Default::default(), report)? {
         println!("demo: released snapshot {id}, left by an interrupted run");
     }
     println!(
@@ -102,7 +106,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
         resume: Default::default(),
     };
     let opts = snap_options(&tuning, "demo", Duration::from_secs(120))?;
-    let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now())?;
+    let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now(), ev)?;
     println!(
         "demo: snapshot {} taken, freeze window {:.1} ms (pause {:.1} ms, snapshot {:.1} ms, resume {:.1} ms)",
         m.id,
@@ -132,7 +136,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs) -> Result<(), Failure> {
             seqs.join(" ")
         );
     }
-    let rel = release::release_snapshot(&ctx.pool, &cat, &m.id, &release::Options::default())?;
+    let rel = release::release_snapshot(&ctx.pool, &cat, &m.id, &Default::default(), report)?;
     for mem in &rel.members {
         let host = ctx.pool.get(&mem.uri)?;
         let live = domxml::disks(&mem.domain, &host.xml(&mem.domain)?)?;

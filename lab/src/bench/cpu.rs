@@ -14,7 +14,7 @@
 //! - A process that exits inside the window is not counted (none of the counted ones does).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// One reading of the counters.
 #[derive(Debug, Clone, Default)]
@@ -145,21 +145,23 @@ pub struct Recorder {
     windows: Mutex<Vec<Delta>>,
 }
 
-impl Recorder {
-    pub fn probe(self: &Arc<Self>) -> cgsnap::snapshot::WindowProbe {
-        let me = self.clone();
-        Arc::new(move |opening: bool| {
-            let now = sample();
-            let mut open = me.open.lock().unwrap_or_else(|p| p.into_inner());
-            if opening {
-                *open = Some(now);
-            } else if let Some(a) = open.take() {
-                let d = delta(&a, &now);
-                me.windows.lock().unwrap_or_else(|p| p.into_inner()).push(d);
-            }
-        })
+impl cgsnap::events::Probe for Recorder {
+    fn window(&self, opening: bool) {
+        let now = sample();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if opening {
+            *open = Some(now);
+        } else if let Some(a) = open.take() {
+            let d = delta(&a, &now);
+            self.windows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(d);
+        }
     }
+}
 
+impl Recorder {
     pub fn windows(&self) -> Vec<Delta> {
         self.windows
             .lock()

@@ -15,6 +15,7 @@ mod plot;
 pub mod stats;
 
 use cgsnap::catalog::Catalog;
+use cgsnap::events::{Events, Reporter};
 use cgsnap::exit::ExitCode;
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::pool::Ctx;
@@ -260,6 +261,7 @@ fn run_config(
     assets: &assets::Assets,
     c: Config,
     rounds: usize,
+    report: &dyn Reporter,
 ) -> Result<Row, Failure> {
     let uri = ctx
         .uris
@@ -322,7 +324,7 @@ fn run_config(
     let (mut bwin, mut bfreeze) = (vec![], vec![]);
     for r in 0..rounds {
         for i in ours::order(ours.len(), r) {
-            ours[i].round(ctx, &hosts, cat, &ropts)?;
+            ours[i].round(ctx, &hosts, cat, &ropts, report)?;
         }
 
         let b = baseline::round(&uri, &members, &format!("baseline-{r}")).map_err(fail)?;
@@ -335,6 +337,7 @@ fn run_config(
                 disks,
                 &ropts,
                 &cgsnap::ledger::InMemory::default(),
+                Events::reporting(report),
             )?;
         }
     }
@@ -403,11 +406,18 @@ fn human(bytes: u64) -> String {
     }
 }
 
-pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
+/// `cgsnap bench`; the engine's progress and notes go to `report`.
+pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs, report: &dyn Reporter) -> Result<(), Failure> {
     ours::check_policies(&a.resume)?;
     let assets = assets::ensure(&assets::cache_dir()).map_err(|e| fail(e.to_string()))?;
     let cat = Catalog::open(catalog)?;
-    for id in release::release_leftovers(&ctx.pool, &cat, "bench", &release::Options::default())? {
+    for id in release::release_leftovers(
+        &ctx.pool,
+        &cat,
+        "bench",
+        &Default::default(),
+        Events::reporting(report),
+    )? {
         println!("bench: released snapshot {id}, left by an interrupted run");
     }
     let mut rows = Vec::new();
@@ -429,7 +439,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs) -> Result<(), Failure> {
             .collect()
     };
     for c in configs {
-        let r = run_config(ctx, a, &cat, &assets, c, a.rounds)?;
+        let r = run_config(ctx, a, &cat, &assets, c, a.rounds, report)?;
         println!(
             "{:>3} {:>3} {:>8} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>6.3} | {:.1}/{:.1}/{:.1} | {}",
             c.vms,

@@ -6,6 +6,7 @@
 
 use super::{Phases, WindowCpu, cpu, fail, stats, summary};
 use cgsnap::catalog::Catalog;
+use cgsnap::events::{Events, Reporter};
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::Host;
 use cgsnap::hypervisor::pool::Ctx;
@@ -36,12 +37,10 @@ pub struct Summaries {
 }
 
 impl Ours {
-    /// `opts` as for a snapshot of the benchmark group; its resume policy and window probe are
-    /// set here.
+    /// `opts` as for a snapshot of the benchmark group; its resume policy is set here.
     pub fn new(mut opts: snapshot::Options, resume: Resume) -> Self {
         let recorder = Arc::new(cpu::Recorder::default());
         opts.resume = resume;
-        opts.window_probe = Some(recorder.probe());
         Ours {
             resume,
             opts,
@@ -56,15 +55,20 @@ impl Ours {
         }
     }
 
-    /// One snapshot of the group, then its release.
+    /// One snapshot of the group, then its release; the recorder probes the freeze window.
     pub fn round(
         &mut self,
         ctx: &Ctx,
         hosts: &[Arc<dyn Host>],
         cat: &Catalog,
         ropts: &release::Options,
+        report: &dyn Reporter,
     ) -> Result<(), Failure> {
-        let m = snapshot::take(hosts, cat, &self.opts, chrono::Utc::now())?;
+        let ev = Events {
+            report,
+            probe: self.recorder.as_ref(),
+        };
+        let m = snapshot::take(hosts, cat, &self.opts, chrono::Utc::now(), ev)?;
         self.win.push(m.freeze_window_ms.unwrap_or_default());
         self.freeze
             .extend(m.members.iter().filter_map(|x| x.freeze_ms));
@@ -73,7 +77,7 @@ impl Ours {
         self.snap.push(m.phases.snapshot_ms);
         self.res.push(m.phases.resume_ms);
         let t = Instant::now();
-        release::release_snapshot(&ctx.pool, cat, &m.id, ropts)?;
+        release::release_snapshot(&ctx.pool, cat, &m.id, ropts, ev.unprobed())?;
         self.rel.push(ms(t.elapsed()));
         Ok(())
     }
