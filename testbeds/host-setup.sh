@@ -26,8 +26,8 @@ else
 fi
 
 # Debian's Bacula 9.6 daemons (director with SQLite catalog, storage daemon, file daemon) and
-# bconsole, for the shipped Bareos/Bacula snippet: `bacula-dir -t` in tests/hook_bareos.rs and a
-# private set of daemons on loopback in tests/vm_bacula.rs. Extracted, not installed: no service
+# bconsole, for the shipped Bareos/Bacula snippet: `bacula-dir -t` in tests/offline/hook_bareos.rs and a
+# private set of daemons on loopback in tests/vm/bacula.rs. Extracted, not installed: no service
 # is started, no dbconfig or debconf prompt runs, no mail server is pulled in (~6 MB). sqlite3
 # creates the catalog. Re-extracted when any of the programs is missing (older set-ups had only
 # the director).
@@ -52,7 +52,7 @@ if [ "$bacula_ok" = 0 ]; then
 fi
 
 # Prometheus' promtool (checks the shipped alert rules and the metrics file, runs the rules' unit
-# tests) and node_exporter (serves the metrics file in tests/hook_prometheus.rs), extracted like
+# tests) and node_exporter (serves the metrics file in tests/offline/hook_prometheus.rs), extracted like
 # Bacula above: no service is started.
 PROM=/var/cache/cgsnap/prometheus
 if [ ! -x "$PROM/usr/bin/promtool" ] || [ ! -x "$PROM/usr/bin/prometheus-node-exporter" ]; then
@@ -65,7 +65,7 @@ if [ ! -x "$PROM/usr/bin/promtool" ] || [ ! -x "$PROM/usr/bin/prometheus-node-ex
   $SUDO rm -rf "$tmp"
 fi
 command -v sqlite3 >/dev/null || $SUDO apt-get install -y -qq sqlite3 >/dev/null
-# ss (iproute2): tests/vm_bacula.rs breaks the Bacula file daemon's storage connection with ss -K.
+# ss (iproute2): tests/vm/bacula.rs breaks the Bacula file daemon's storage connection with ss -K.
 command -v ss >/dev/null || $SUDO apt-get install -y -qq iproute2 >/dev/null
 
 pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
