@@ -26,7 +26,7 @@
 //!   domain was still shut off after the last definition change: a disk whose definition was
 //!   put back on its overlay holds live data and must never count as stale.
 
-use crate::catalog::DiskRecord;
+use crate::catalog::{DiskRecord, MemberId};
 use crate::domxml;
 use crate::hypervisor::{DomState, Host};
 use crate::ledger::{Ledger, Mark};
@@ -91,7 +91,7 @@ pub fn release(
     }
     let targets: Vec<&str> = rewrites.iter().map(|(d, _, _)| d.target.as_str()).collect();
     if !targets.is_empty() {
-        ledger.mark(domain, &targets, Mark::Pivoted)?;
+        ledger.mark(&MemberId::new(host.uri(), domain), &targets, Mark::Pivoted)?;
     }
     release::remove_unused(host, domain, disks)?;
     eprintln!(
@@ -111,7 +111,8 @@ fn merge_and_define(
     opts: &release::Options,
     ledger: &dyn Ledger,
 ) -> Result<(), ReleaseError> {
-    ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
+    let who = MemberId::new(host.uri(), domain);
+    ledger.mark(&who, &[d.target.as_str()], Mark::Started)?;
     let merged = if local {
         crate::merge::merge(d)
     } else {
