@@ -9,6 +9,12 @@
 //!   directory fsynced: a reader sees the old or the new manifest, never a torn one.
 //! - A manifest is written *before* anything is frozen (state `pending`), so a crash at any
 //!   later point leaves a record of every overlay that may exist; `release` can finish it.
+//! - A member is a domain on a host ([`MemberId`]): a group may hold two domains of the same
+//!   name on two hosts, so nothing that concerns one member is keyed by its name alone.
+//! - Format 2 names the host in every release mark ([`DiskMark`]). A format 1 manifest is
+//!   read with each of its marks (`DOMAIN/TARGET`) given to the only member of that name; a
+//!   mark whose name several members share is kept as it was ([`Marked::Legacy`]) and the
+//!   snapshot is not released until someone says whose it is, never guessed.
 
 use crate::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
@@ -18,7 +24,9 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Formats this cgsnap reads: 1 had release marks without a host (see [`Marked::Legacy`]).
+pub const READ_VERSIONS: [u32; 2] = [1, FORMAT_VERSION];
 pub const DEFAULT_DIR: &str = "/var/lib/cgsnap";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +84,58 @@ pub struct DiskRecord {
     pub virtual_size: u64,
 }
 
+/// Who a member is: a domain name is unique on its host only.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberId {
+    pub uri: String,
+    pub domain: String,
+}
+
+impl MemberId {
+    pub fn new(uri: &str, domain: &str) -> Self {
+        Self {
+            uri: uri.to_string(),
+            domain: domain.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for MemberId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.domain, self.uri)
+    }
+}
+
+/// One disk of one member, as a release mark names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskMark {
+    pub uri: String,
+    pub domain: String,
+    pub target: String,
+}
+
+impl DiskMark {
+    pub fn new(member: &MemberId, target: &str) -> Self {
+        Self {
+            uri: member.uri.clone(),
+            domain: member.domain.clone(),
+            target: target.to_string(),
+        }
+    }
+}
+
+/// An entry of a manifest's release marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Marked {
+    Disk(DiskMark),
+    /// A format 1 mark, `DOMAIN/TARGET`, whose domain name several members of the snapshot
+    /// share (or none has): whose disk it was is unknown, so it marks nothing, and a release
+    /// of the snapshot is refused until it is replaced by a [`DiskMark`].
+    Legacy(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberRecord {
@@ -120,17 +180,17 @@ pub struct Manifest {
     /// snapshot another job is still reading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_token: Option<String>,
-    /// Disks (`DOMAIN/TARGET`) whose commit a release has started, recorded before it starts.
+    /// Disks whose commit a release has started, recorded before it starts.
     /// A disk found back on its image is released only if listed: otherwise something else
     /// switched it (the VM was recreated from its old definition, a snapshot call still in
     /// flight) and its overlay may hold the only copy of data, so it is kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub commits_started: Vec<String>,
-    /// Disks (`DOMAIN/TARGET`) a release switched back to their image, recorded before their
+    pub commits_started: Vec<Marked>,
+    /// Disks a release switched back to their image, recorded before their
     /// overlay is deleted: an overlay left by a crash in between is stale (the guest has
     /// written to the image since) and must never be merged again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub commits_pivoted: Vec<String>,
+    pub commits_pivoted: Vec<Marked>,
 }
 
 /// What the catalog's readers (metrics, retention) need from a verification report
@@ -151,6 +211,10 @@ pub struct VerifyMemberView {
 }
 
 impl MemberRecord {
+    pub fn id(&self) -> MemberId {
+        MemberId::new(&self.uri, &self.domain)
+    }
+
     /// A member as planned, before it is frozen (no timings yet).
     pub fn new(domain: &str, uri: &str, domain_xml: String, disks: Vec<DiskRecord>) -> Self {
         Self {
@@ -171,6 +235,39 @@ impl Manifest {
     /// consistent cut, so never a backup or DR evidence.
     pub fn is_negative_control(&self) -> bool {
         self.unsafe_stagger_ms.is_some() || self.unsafe_disk_order.is_some()
+    }
+
+    /// Format 1 marks whose member is unknown (see [`Marked::Legacy`]), each once.
+    pub fn unresolved_marks(&self) -> Vec<&str> {
+        let set: std::collections::BTreeSet<&str> = self
+            .commits_started
+            .iter()
+            .chain(&self.commits_pivoted)
+            .filter_map(|m| match m {
+                Marked::Legacy(s) => Some(s.as_str()),
+                Marked::Disk(_) => None,
+            })
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Give each format 1 mark (`DOMAIN/TARGET`) to the only member named DOMAIN, if there is
+    /// exactly one; others stay [`Marked::Legacy`]. Then the manifest is of the current format.
+    fn upgrade_marks(&mut self) {
+        let members: Vec<MemberId> = self.members.iter().map(MemberRecord::id).collect();
+        let upgrade = |m: &mut Marked| {
+            let Marked::Legacy(s) = m else { return };
+            let Some((domain, target)) = s.rsplit_once('/') else {
+                return;
+            };
+            let mut named = members.iter().filter(|id| id.domain == domain);
+            if let (Some(id), None) = (named.next(), named.next()) {
+                *m = Marked::Disk(DiskMark::new(id, target));
+            }
+        };
+        self.commits_started.iter_mut().for_each(upgrade);
+        self.commits_pivoted.iter_mut().for_each(upgrade);
+        self.format_version = FORMAT_VERSION;
     }
 
     /// A manifest of the current format with no members, timings or outcome yet.
@@ -343,19 +440,21 @@ impl Catalog {
     }
 
     pub fn parse(path: &Path, body: &[u8]) -> Result<Manifest, CatalogError> {
-        let m: Manifest = serde_json::from_slice(body).map_err(|e| CatalogError::Malformed {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        if m.format_version != FORMAT_VERSION {
+        let mut m: Manifest =
+            serde_json::from_slice(body).map_err(|e| CatalogError::Malformed {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        if !READ_VERSIONS.contains(&m.format_version) {
             return Err(CatalogError::Malformed {
                 path: path.to_path_buf(),
                 detail: format!(
-                    "format_version {} is not supported (this cgsnap reads {FORMAT_VERSION})",
-                    m.format_version
+                    "format_version {} is not supported (this cgsnap reads {} to {FORMAT_VERSION})",
+                    m.format_version, READ_VERSIONS[0]
                 ),
             });
         }
+        m.upgrade_marks();
         Ok(m)
     }
 

@@ -12,8 +12,12 @@
 //!   overlay is deleted; with [`InManifest`] each mark is in the manifest on disk (fsync and
 //!   rename) before the step it announces.
 //! - Marks are only added, never removed: they describe one snapshot's release.
+//! - A mark names its member's host, domain and disk ([`DiskMark`]): the same domain name on
+//!   another host is another VM, and one's pivot must never make the other's overlay, which may
+//!   hold the only copy of its data, count as stale (or one's started commit make the other's
+//!   overlay count as merged).
 
-use crate::catalog::{Catalog, CatalogError, Manifest};
+use crate::catalog::{Catalog, CatalogError, DiskMark, Manifest, Marked, MemberId};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
@@ -28,29 +32,25 @@ pub enum Mark {
 
 /// Where marks are kept.
 pub trait Ledger: Sync {
-    fn has(&self, domain: &str, target: &str, mark: Mark) -> bool;
-    fn mark(&self, domain: &str, targets: &[&str], mark: Mark) -> Result<(), CatalogError>;
-}
-
-fn key(domain: &str, target: &str) -> String {
-    format!("{domain}/{target}")
+    fn has(&self, member: &MemberId, target: &str, mark: Mark) -> bool;
+    fn mark(&self, member: &MemberId, targets: &[&str], mark: Mark) -> Result<(), CatalogError>;
 }
 
 /// Marks in memory only: for a rollback (the snapshot failed in this very process, nothing
 /// of it was ever released) and for the benchmark's own guests.
 #[derive(Default)]
-pub struct InMemory(Mutex<BTreeSet<(String, Mark)>>);
+pub struct InMemory(Mutex<BTreeSet<(DiskMark, Mark)>>);
 
 impl Ledger for InMemory {
-    fn has(&self, domain: &str, target: &str, mark: Mark) -> bool {
+    fn has(&self, member: &MemberId, target: &str, mark: Mark) -> bool {
         let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        set.contains(&(key(domain, target), mark))
+        set.contains(&(DiskMark::new(member, target), mark))
     }
 
-    fn mark(&self, domain: &str, targets: &[&str], mark: Mark) -> Result<(), CatalogError> {
+    fn mark(&self, member: &MemberId, targets: &[&str], mark: Mark) -> Result<(), CatalogError> {
         let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for t in targets {
-            set.insert((key(domain, t), mark));
+            set.insert((DiskMark::new(member, t), mark));
         }
         Ok(())
     }
@@ -77,7 +77,7 @@ impl<'a> InManifest<'a> {
     }
 }
 
-fn list(man: &mut Manifest, mark: Mark) -> &mut Vec<String> {
+fn list(man: &mut Manifest, mark: Mark) -> &mut Vec<Marked> {
     match mark {
         Mark::Started => &mut man.commits_started,
         Mark::Pivoted => &mut man.commits_pivoted,
@@ -85,17 +85,17 @@ fn list(man: &mut Manifest, mark: Mark) -> &mut Vec<String> {
 }
 
 impl Ledger for InManifest<'_> {
-    fn has(&self, domain: &str, target: &str, mark: Mark) -> bool {
+    fn has(&self, member: &MemberId, target: &str, mark: Mark) -> bool {
         let mut man = self.man.lock().unwrap_or_else(|p| p.into_inner());
-        list(&mut man, mark).contains(&key(domain, target))
+        list(&mut man, mark).contains(&Marked::Disk(DiskMark::new(member, target)))
     }
 
-    fn mark(&self, domain: &str, targets: &[&str], mark: Mark) -> Result<(), CatalogError> {
+    fn mark(&self, member: &MemberId, targets: &[&str], mark: Mark) -> Result<(), CatalogError> {
         let mut man = self.man.lock().unwrap_or_else(|p| p.into_inner());
         let l = list(&mut man, mark);
         let before = l.len();
         for t in targets {
-            let k = key(domain, t);
+            let k = Marked::Disk(DiskMark::new(member, t));
             if !l.contains(&k) {
                 l.push(k);
             }
@@ -110,7 +110,11 @@ impl Ledger for InManifest<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::SnapState;
+    use crate::catalog::{MemberRecord, SnapState};
+
+    fn disk(uri: &str, domain: &str, target: &str) -> Marked {
+        Marked::Disk(DiskMark::new(&MemberId::new(uri, domain), target))
+    }
 
     #[test]
     fn marks_reach_the_manifest_on_disk_before_the_call_returns() {
@@ -119,21 +123,83 @@ mod tests {
         let man = Manifest::new("g-1", "g", SnapState::Releasing, chrono::Utc::now());
         cat.write(&man).expect("write");
         let l = InManifest::new(&cat, man);
-        assert!(!l.has("db", "vda", Mark::Started));
-        l.mark("db", &["vda", "vdb"], Mark::Started).expect("mark");
-        l.mark("db", &["vda"], Mark::Pivoted).expect("mark");
+        let db = MemberId::new("qemu:///system", "db");
+        assert!(!l.has(&db, "vda", Mark::Started));
+        l.mark(&db, &["vda", "vdb"], Mark::Started).expect("mark");
+        l.mark(&db, &["vda"], Mark::Pivoted).expect("mark");
         let on_disk = cat.load("g-1").expect("load");
-        assert_eq!(on_disk.commits_started, ["db/vda", "db/vdb"]);
-        assert_eq!(on_disk.commits_pivoted, ["db/vda"]);
-        assert!(l.has("db", "vda", Mark::Pivoted));
-        assert!(!l.has("db", "vdb", Mark::Pivoted));
+        let sys = |t| disk("qemu:///system", "db", t);
+        assert_eq!(on_disk.commits_started, [sys("vda"), sys("vdb")]);
+        assert_eq!(on_disk.commits_pivoted, [sys("vda")]);
+        assert!(l.has(&db, "vda", Mark::Pivoted));
+        assert!(!l.has(&db, "vdb", Mark::Pivoted));
         // Marking again adds nothing.
-        l.mark("db", &["vda"], Mark::Started).expect("mark");
+        l.mark(&db, &["vda"], Mark::Started).expect("mark");
         assert_eq!(l.into_manifest().commits_started.len(), 2);
 
         let m = InMemory::default();
-        m.mark("db", &["vda"], Mark::Started).expect("mark");
-        assert!(m.has("db", "vda", Mark::Started));
-        assert!(!m.has("db", "vda", Mark::Pivoted));
+        m.mark(&db, &["vda"], Mark::Started).expect("mark");
+        assert!(m.has(&db, "vda", Mark::Started));
+        assert!(!m.has(&db, "vda", Mark::Pivoted));
+    }
+
+    #[test]
+    fn a_mark_of_db_on_one_host_is_no_mark_of_db_on_another() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(t.path()).expect("catalog");
+        let man = Manifest::new("g-1", "g", SnapState::Releasing, chrono::Utc::now());
+        cat.write(&man).expect("write");
+        let here = MemberId::new("qemu:///system", "db");
+        let far = MemberId::new("qemu+ssh://far/system", "db");
+        let mem = InMemory::default();
+        let on_disk = InManifest::new(&cat, man);
+        for l in [&mem as &dyn Ledger, &on_disk] {
+            l.mark(&far, &["vda"], Mark::Pivoted).expect("mark");
+            assert!(l.has(&far, "vda", Mark::Pivoted));
+            assert!(!l.has(&here, "vda", Mark::Pivoted));
+        }
+        let back = cat.load("g-1").expect("load");
+        assert!(!InManifest::new(&cat, back).has(&here, "vda", Mark::Pivoted));
+    }
+
+    #[test]
+    fn format_1_marks_go_to_the_only_member_of_their_name_and_never_to_a_guess() {
+        let mut man = Manifest::new("g-1", "g", SnapState::Releasing, chrono::Utc::now());
+        for (domain, uri) in [("web", "qemu:///system"), ("db", "qemu:///system")] {
+            man.members
+                .push(MemberRecord::new(domain, uri, String::new(), vec![]));
+        }
+        man.members.push(MemberRecord::new(
+            "db",
+            "qemu+ssh://far/system",
+            String::new(),
+            vec![],
+        ));
+        let mut v = serde_json::to_value(&man).expect("json");
+        v["format_version"] = serde_json::json!(1);
+        v["commits_started"] = serde_json::json!(["web/vda", "db/vda"]);
+        v["commits_pivoted"] = serde_json::json!(["db/vda"]);
+        let path = std::path::Path::new("g-1.json");
+        let read = Catalog::parse(path, v.to_string().as_bytes()).expect("format 1 is read");
+        assert_eq!(read.format_version, crate::catalog::FORMAT_VERSION);
+        let legacy = |s: &str| Marked::Legacy(s.to_string());
+        assert_eq!(
+            read.commits_started,
+            [disk("qemu:///system", "web", "vda"), legacy("db/vda")]
+        );
+        assert_eq!(read.unresolved_marks(), ["db/vda"]);
+        let t = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(t.path()).expect("catalog");
+        let l = InManifest::new(&cat, read.clone());
+        let web = MemberId::new("qemu:///system", "web");
+        assert!(l.has(&web, "vda", Mark::Started));
+        for uri in ["qemu:///system", "qemu+ssh://far/system"] {
+            let db = MemberId::new(uri, "db");
+            assert!(!l.has(&db, "vda", Mark::Started), "{uri}");
+            assert!(!l.has(&db, "vda", Mark::Pivoted), "{uri}");
+        }
+        // Written back (format 2) and read again: the same marks.
+        let again = serde_json::to_vec(&read).expect("json");
+        assert_eq!(Catalog::parse(path, &again).expect("format 2"), read);
     }
 }

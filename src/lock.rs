@@ -12,6 +12,12 @@
 //! - Member locks (host-wide, one per VM, outside any catalog) are held by a snapshot's
 //!   watchdog while it may pause or resume the VM, so runs of different catalogs never meet on
 //!   one VM.
+//! - A member lock is keyed by the VM's libvirt UUID alone, not by (host URI, UUID) as member
+//!   identity is elsewhere: one VM is reached under several URIs (`qemu:///system`,
+//!   `qemu+unix:///system`, `qemu+ssh://thishost/system`), and a key per URI would let two runs
+//!   that spell its host differently freeze it at once. Two VMs sharing a UUID on two hosts
+//!   then share one lock: a run holding one keeps others off both (too much exclusion, never
+//!   too little), and a watchdog holding both takes it once.
 //! - The planning lock is held only from a snapshot's checks until its pending manifest is on
 //!   disk, so every check that no other unreleased snapshot holds a member sees every snapshot
 //!   that passed the same check before it.

@@ -26,7 +26,7 @@
 //!   domain was still shut off after the last definition change: a disk whose definition was
 //!   put back on its overlay holds live data and must never count as stale.
 
-use crate::catalog::DiskRecord;
+use crate::catalog::{DiskRecord, MemberId};
 use crate::domxml;
 use crate::events::{Note, Reporter};
 use crate::hypervisor::{DomState, Host};
@@ -95,7 +95,7 @@ pub fn release(
     }
     let targets: Vec<&str> = rewrites.iter().map(|(d, _, _)| d.target.as_str()).collect();
     if !targets.is_empty() {
-        ledger.mark(domain, &targets, Mark::Pivoted)?;
+        ledger.mark(&MemberId::new(host.uri(), domain), &targets, Mark::Pivoted)?;
     }
     release::remove_unused(host, domain, disks, report)?;
     report.note(&Note::MergedShutOff {
@@ -115,7 +115,8 @@ fn merge_and_define(
     ledger: &dyn Ledger,
     report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
-    ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
+    let who = MemberId::new(host.uri(), domain);
+    ledger.mark(&who, &[d.target.as_str()], Mark::Started)?;
     let merged = if crate::snapshot::is_local(host.uri()) {
         crate::merge::merge(d)
     } else {

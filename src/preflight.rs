@@ -353,7 +353,8 @@ pub fn check_unique_overlays(plans: &[PlannedMember]) -> Result<(), PreflightErr
             uri
         };
         for d in &p.disks {
-            let who = format!("{}/{}", p.member.domain, d.target);
+            // Both are called the same: only the host tells them apart.
+            let who = format!("{}/{} ({uri})", p.member.domain, d.target);
             if let Some(first) = seen.insert((host, d.overlay.as_str()), who.clone()) {
                 return Err(PreflightError::OverlayClash {
                     path: d.overlay.clone(),
@@ -436,8 +437,9 @@ mod tests {
             .expect("clash");
         assert!(matches!(e, PreflightError::OverlayClash { .. }), "{e}");
         assert!(
-            e.to_string()
-                .contains("disks x/vda and x/vda would share the overlay"),
+            e.to_string().contains(
+                "disks x/vda (qemu:///system) and x/vda (qemu:///session) would share the overlay"
+            ),
             "{e}"
         );
         assert_eq!(e.exit_code(), ExitCode::Precondition);

@@ -22,7 +22,7 @@
 //!   run retries. Progress, not total time: a large overlay copying steadily is never cut off
 //!   (a retry would start its copy over), one the guest's writes outpace is.
 
-use crate::catalog::DiskRecord;
+use crate::catalog::{DiskRecord, MemberId};
 use crate::domxml;
 use crate::events::{Events, Note, Point, Reporter};
 use crate::exit::{Classify, ExitCode};
@@ -440,6 +440,7 @@ pub fn release_member(
         }
         r => r?,
     };
+    let who = MemberId::new(host.uri(), domain);
     let xml = host.xml(domain)?;
     let steps = disks
         .iter()
@@ -487,7 +488,7 @@ pub fn release_member(
         .map(|(d, _)| d.target.as_str())
         .collect();
     if !to_commit.is_empty() {
-        ledger.mark(domain, &to_commit, Mark::Started)?;
+        ledger.mark(&who, &to_commit, Mark::Started)?;
     }
     // Start every commit first so the disks of one member merge concurrently.
     for (d, s) in &steps {
@@ -509,7 +510,7 @@ pub fn release_member(
             let xml = host.xml(domain)?;
             match step_for(domain, &xml, d)? {
                 DiskStep::Done => {
-                    ledger.mark(domain, &[d.target.as_str()], Mark::Pivoted)?;
+                    ledger.mark(&who, &[d.target.as_str()], Mark::Pivoted)?;
                     remove_unused_in(host, domain, &xml, std::slice::from_ref(*d), ev.report)
                 }
                 // The job went away without a pivot: it failed or someone cancelled it.
@@ -550,7 +551,7 @@ fn check_found_done(
     d: &DiskRecord,
     ledger: &dyn Ledger,
 ) -> Result<(), ReleaseError> {
-    if ledger.has(domain, &d.target, Mark::Started) {
+    if ledger.has(&MemberId::new(host.uri(), domain), &d.target, Mark::Started) {
         return Ok(());
     }
     let keeps_data = if crate::snapshot::is_local(host.uri()) {
@@ -637,6 +638,11 @@ pub enum SnapshotReleaseError {
         id: String,
         short: crate::room::Shortage,
     },
+    #[error(
+        "snapshot {id}: its manifest (written in format 1) has release marks without a host ({}), and several of its members have that domain name, so whose disk each was is unknown; nothing was released: in snapshots/{id}.json replace each by {{\"uri\": \"URI\", \"domain\": \"DOMAIN\", \"target\": \"TARGET\"}} of the member a release switched back (`virsh -c URI domblklist DOMAIN` shows which is on its image), then run release again",
+        marks.join(", ")
+    )]
+    UnresolvedMarks { id: String, marks: Vec<String> },
 }
 
 /// Further failures appended to the first one's line.
@@ -656,6 +662,7 @@ impl Classify for SnapshotReleaseError {
             SnapshotReleaseError::Catalog(e) => e.exit_code(),
             SnapshotReleaseError::Member { source, .. } => source.exit_code(),
             SnapshotReleaseError::NoRoom { .. } => ExitCode::Precondition,
+            SnapshotReleaseError::UnresolvedMarks { .. } => ExitCode::Malformed,
         }
     }
 }
@@ -677,6 +684,15 @@ pub fn release_snapshot(
         return Ok(man_now);
     }
     std::mem::swap(&mut man, &mut man_now);
+    // A mark given to the wrong one of two same-named members would delete an overlay that
+    // holds data (or keep a stale one to merge): never guessed.
+    let unresolved = man.unresolved_marks();
+    if !unresolved.is_empty() {
+        return Err(SnapshotReleaseError::UnresolvedMarks {
+            id: id.to_string(),
+            marks: unresolved.into_iter().map(str::to_string).collect(),
+        });
+    }
     // Before any commit starts: a release that cannot fit fails here, changing nothing.
     let local: Vec<&crate::catalog::DiskRecord> = man
         .members
@@ -889,7 +905,8 @@ mod tests {
 
         // A release started its commit (and died after the pivot): it goes.
         let ledger = crate::ledger::InMemory::default();
-        ledger.mark("db", &["vda"], Mark::Started).expect("mark");
+        let db = MemberId::new(host.uri(), "db");
+        ledger.mark(&db, &["vda"], Mark::Started).expect("mark");
         release(&ledger).expect("ours");
         assert!(!overlay.exists());
     }

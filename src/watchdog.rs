@@ -351,6 +351,7 @@ pub fn main(say: Say) -> i32 {
     }
     // Hold every member's host-wide lock for as long as this watchdog may resume it.
     let mut held = Vec::new();
+    let mut uuids = std::collections::BTreeSet::new();
     for m in &cfg.members {
         let Some(host) = hosts.get(&m.uri) else {
             continue;
@@ -359,6 +360,11 @@ pub fn main(say: Say) -> i32 {
         let Ok(uuid) = host.uuid(&m.domain) else {
             continue;
         };
+        // Two members on two hosts may share a UUID (one defined from the other's XML): one
+        // lock covers both, and a second flock of it here would wait for this very process.
+        if !uuids.insert(uuid.clone()) {
+            continue;
+        }
         match crate::lock::lock_member(&uuid) {
             Ok(l) => held.push(l),
             Err(Some(pid)) => {
