@@ -181,7 +181,7 @@ pub(crate) fn take(
         rec.snapshot_ms = m.snapshot_ms;
     }
     let Some(cause) = out.first_error().map(|e| e.to_string()) else {
-        man.state = SnapState::Taken;
+        man.transition(SnapState::Taken)?;
         cat.write(&man)?;
         return Ok(man);
     };
@@ -190,7 +190,7 @@ pub(crate) fn take(
         .iter()
         .map(|m| m.snapshot_ms.is_some())
         .collect();
-    let outcome = crate::snapshot::roll_back_into(&mut man, plan, &opts.release, &cut, &cause);
+    let outcome = crate::snapshot::roll_back_into(&mut man, plan, &opts.release, &cut, &cause)?;
     cat.write(&man)?;
     Err(SnapshotError::Protocol {
         id: man.id.clone(),
