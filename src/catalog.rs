@@ -15,6 +15,22 @@
 //!   read with each of its marks (`DOMAIN/TARGET`) given to the only member of that name; a
 //!   mark whose name several members share is kept as it was ([`Marked::Legacy`]) and the
 //!   snapshot is not released until someone says whose it is, never guessed.
+//! - A manifest's state changes only through [`Manifest::transition`], which refuses every
+//!   change not in this table (a manifest is created `pending`; tests and readers may build
+//!   one in any state):
+//!
+//!   | from        | to          | when                                                   |
+//!   |-------------|-------------|--------------------------------------------------------|
+//!   | `pending`   | `taken`     | every member was cut and resumed                       |
+//!   | `pending`   | `aborted`   | the run failed and every member is back on its images  |
+//!   | `pending`   | `failed`    | the run failed and its rollback did not finish         |
+//!   | `pending`   | `releasing` | release of a run that died before it ended             |
+//!   | `taken`     | `releasing` | release started                                        |
+//!   | `failed`    | `releasing` | release of what the rollback left                      |
+//!   | `releasing` | `releasing` | release run again after it failed or was interrupted   |
+//!   | `releasing` | `released`  | every member released                                  |
+//!
+//!   `aborted` and `released` are final: nothing of the snapshot is left to change.
 
 use crate::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
@@ -47,6 +63,27 @@ pub enum SnapState {
 }
 
 impl SnapState {
+    /// Every state, in the order of their life cycle.
+    pub const ALL: [SnapState; 6] = [
+        SnapState::Pending,
+        SnapState::Taken,
+        SnapState::Aborted,
+        SnapState::Failed,
+        SnapState::Releasing,
+        SnapState::Released,
+    ];
+
+    /// Whether a manifest in state `self` may change to `to` (the table in the module docs).
+    pub fn may_become(self, to: SnapState) -> bool {
+        use SnapState::*;
+        matches!(
+            (self, to),
+            (Pending, Taken | Aborted | Failed | Releasing)
+                | (Taken | Failed | Releasing, Releasing)
+                | (Releasing, Released)
+        )
+    }
+
     /// Overlays of this snapshot may still be in use: the group cannot be snapshotted again.
     pub fn outstanding(self) -> bool {
         !matches!(self, SnapState::Aborted | SnapState::Released)
@@ -156,6 +193,7 @@ pub struct Manifest {
     pub format_version: u32,
     pub id: String,
     pub group: String,
+    /// Changed only through [`Manifest::transition`].
     pub state: SnapState,
     pub created_at: DateTime<Utc>,
     /// Wall-clock instant at which every member was paused.
@@ -270,6 +308,20 @@ impl Manifest {
         self.format_version = FORMAT_VERSION;
     }
 
+    /// Change the state to `to`, if the table in the module docs allows it; otherwise nothing
+    /// changes and the error names the snapshot and both states.
+    pub fn transition(&mut self, to: SnapState) -> Result<(), TransitionError> {
+        if !self.state.may_become(to) {
+            return Err(TransitionError {
+                id: self.id.clone(),
+                from: self.state,
+                to,
+            });
+        }
+        self.state = to;
+        Ok(())
+    }
+
     /// A manifest of the current format with no members, timings or outcome yet.
     pub fn new(id: &str, group: &str, state: SnapState, created_at: DateTime<Utc>) -> Self {
         Self {
@@ -291,6 +343,24 @@ impl Manifest {
             commits_started: Vec::new(),
             commits_pivoted: Vec::new(),
         }
+    }
+}
+
+/// A state change the life cycle does not allow (see the module docs): a bug in cgsnap, or a
+/// manifest changed by something else while this run held its group's lock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "snapshot {id}: state {from} cannot change to {to}; its manifest was left {from}: see `cgsnap show {id}` and report this"
+)]
+pub struct TransitionError {
+    pub id: String,
+    pub from: SnapState,
+    pub to: SnapState,
+}
+
+impl Classify for TransitionError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Internal
     }
 }
 
@@ -549,6 +619,95 @@ mod tests {
         v["format_version"] = serde_json::json!(99);
         let e = Catalog::parse(&p, v.to_string().as_bytes()).unwrap_err();
         assert!(e.to_string().contains("format_version 99"));
+    }
+
+    /// One test per (from, to) pair: `allowed` or `refused`, as in the module docs' table.
+    macro_rules! transitions {
+        ($($name:ident: $from:ident -> $to:ident $verdict:ident;)*) => {
+            $(
+                #[test]
+                fn $name() {
+                    check(SnapState::$from, SnapState::$to, stringify!($verdict));
+                }
+            )*
+
+            #[test]
+            fn the_cases_are_every_pair_once_and_eight_are_allowed() {
+                let cases = [$((SnapState::$from, SnapState::$to, stringify!($verdict))),*];
+                for from in SnapState::ALL {
+                    for to in SnapState::ALL {
+                        let n = cases.iter().filter(|c| (c.0, c.1) == (from, to)).count();
+                        assert_eq!(n, 1, "{from} -> {to}");
+                    }
+                }
+                let allowed = cases.iter().filter(|c| c.2 == "allowed").count();
+                assert_eq!((cases.len(), allowed), (36, 8));
+            }
+        };
+    }
+
+    fn check(from: SnapState, to: SnapState, verdict: &str) {
+        let mut m = manifest("g-1", "g", from);
+        match (verdict, m.transition(to)) {
+            ("allowed", Ok(())) => assert_eq!(m.state, to),
+            ("refused", Err(e)) => {
+                assert_eq!(m.state, from, "a refused change changes nothing");
+                assert_eq!(
+                    e,
+                    TransitionError {
+                        id: "g-1".into(),
+                        from,
+                        to
+                    }
+                );
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("snapshot g-1: state {from} cannot change to {to}")),
+                    "{msg}"
+                );
+                assert_eq!(e.exit_code(), ExitCode::Internal);
+            }
+            (v, r) => panic!("{from} -> {to}: expected {v}, got {r:?}"),
+        }
+    }
+
+    transitions! {
+        pending_to_pending: Pending -> Pending refused;
+        pending_to_taken: Pending -> Taken allowed;
+        pending_to_aborted: Pending -> Aborted allowed;
+        pending_to_failed: Pending -> Failed allowed;
+        pending_to_releasing: Pending -> Releasing allowed;
+        pending_to_released: Pending -> Released refused;
+        taken_to_pending: Taken -> Pending refused;
+        taken_to_taken: Taken -> Taken refused;
+        taken_to_aborted: Taken -> Aborted refused;
+        taken_to_failed: Taken -> Failed refused;
+        taken_to_releasing: Taken -> Releasing allowed;
+        taken_to_released: Taken -> Released refused;
+        aborted_to_pending: Aborted -> Pending refused;
+        aborted_to_taken: Aborted -> Taken refused;
+        aborted_to_aborted: Aborted -> Aborted refused;
+        aborted_to_failed: Aborted -> Failed refused;
+        aborted_to_releasing: Aborted -> Releasing refused;
+        aborted_to_released: Aborted -> Released refused;
+        failed_to_pending: Failed -> Pending refused;
+        failed_to_taken: Failed -> Taken refused;
+        failed_to_aborted: Failed -> Aborted refused;
+        failed_to_failed: Failed -> Failed refused;
+        failed_to_releasing: Failed -> Releasing allowed;
+        failed_to_released: Failed -> Released refused;
+        releasing_to_pending: Releasing -> Pending refused;
+        releasing_to_taken: Releasing -> Taken refused;
+        releasing_to_aborted: Releasing -> Aborted refused;
+        releasing_to_failed: Releasing -> Failed refused;
+        releasing_to_releasing: Releasing -> Releasing allowed;
+        releasing_to_released: Releasing -> Released allowed;
+        released_to_pending: Released -> Pending refused;
+        released_to_taken: Released -> Taken refused;
+        released_to_aborted: Released -> Aborted refused;
+        released_to_failed: Released -> Failed refused;
+        released_to_releasing: Released -> Releasing refused;
+        released_to_released: Released -> Released refused;
     }
 
     #[test]

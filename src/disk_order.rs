@@ -183,7 +183,7 @@ pub(crate) fn take(
         rec.snapshot_ms = m.snapshot_ms;
     }
     let Some(cause) = out.first_error().map(|e| e.to_string()) else {
-        man.state = SnapState::Taken;
+        man.transition(SnapState::Taken)?;
         cat.write(&man)?;
         return Ok(man);
     };
@@ -192,7 +192,7 @@ pub(crate) fn take(
         .iter()
         .map(|m| m.snapshot_ms.is_some())
         .collect();
-    let outcome = crate::snapshot::roll_back_into(&mut man, plan, &opts.release, &cut, &cause, ev);
+    let outcome = crate::snapshot::roll_back_into(&mut man, plan, &opts.release, &cut, &cause, ev)?;
     cat.write(&man)?;
     Err(SnapshotError::Protocol {
         id: man.id.clone(),

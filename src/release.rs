@@ -619,6 +619,8 @@ pub(crate) fn release_one(
 pub enum SnapshotReleaseError {
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Transition(#[from] crate::catalog::TransitionError),
     #[error("snapshot {id}: {source}{}", also(more))]
     Member {
         id: String,
@@ -660,6 +662,7 @@ impl Classify for SnapshotReleaseError {
     fn exit_code(&self) -> ExitCode {
         match self {
             SnapshotReleaseError::Catalog(e) => e.exit_code(),
+            SnapshotReleaseError::Transition(e) => e.exit_code(),
             SnapshotReleaseError::Member { source, .. } => source.exit_code(),
             SnapshotReleaseError::NoRoom { .. } => ExitCode::Precondition,
             SnapshotReleaseError::UnresolvedMarks { .. } => ExitCode::Malformed,
@@ -706,7 +709,7 @@ pub fn release_snapshot(
             short,
         });
     }
-    man.state = SnapState::Releasing;
+    man.transition(SnapState::Releasing)?;
     cat.write(&man)?;
     let members = man.members.clone();
     let ledger = crate::ledger::InManifest::new(cat, man);
@@ -753,7 +756,7 @@ pub fn release_snapshot(
             more,
         });
     }
-    man.state = SnapState::Released;
+    man.transition(SnapState::Released)?;
     man.released_at = Some(chrono::Utc::now());
     cat.write(&man)?;
     Ok(man)

@@ -9,7 +9,9 @@
 //!   deleted, and the manifest says `aborted` (clean) or `failed` (release still needed).
 //! - A group never gets a second snapshot while one is outstanding.
 
-use crate::catalog::{self, Catalog, CatalogError, Manifest, MemberRecord, Phases, SnapState};
+use crate::catalog::{
+    self, Catalog, CatalogError, Manifest, MemberRecord, Phases, SnapState, TransitionError,
+};
 use crate::disk_order;
 use crate::events::{Events, Point};
 use crate::exit::{Classify, ExitCode};
@@ -34,6 +36,8 @@ pub enum SnapshotError {
     Preflight(#[from] PreflightError),
     #[error(transparent)]
     Watchdog(#[from] WatchdogError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
     #[error(
         "group {group} already has an unreleased snapshot {id} ({state}): release it first with `cgsnap release {id}` once no backup job reads its images any more (the job that took it releases it with its own `hook post --token`)"
     )]
@@ -81,6 +85,7 @@ impl Classify for SnapshotError {
             SnapshotError::Catalog(e) => e.exit_code(),
             SnapshotError::Preflight(e) => e.exit_code(),
             SnapshotError::Watchdog(e) => e.exit_code(),
+            SnapshotError::Transition(e) => e.exit_code(),
             SnapshotError::Outstanding { .. } | SnapshotError::MemberHeld { .. } => {
                 ExitCode::Outstanding
             }
@@ -272,7 +277,7 @@ fn abort_unfrozen(
     ev: Events,
 ) -> Result<(), SnapshotError> {
     let _ = rollback(plan, opts, &vec![false; plan.len()], ev);
-    man.state = SnapState::Aborted;
+    man.transition(SnapState::Aborted)?;
     man.error = Some(cause.to_string());
     cat.write(man)?;
     Ok(())
@@ -288,19 +293,19 @@ pub(crate) fn roll_back_into(
     cut: &[bool],
     cause: &str,
     ev: Events,
-) -> &'static str {
-    match rollback(plan, opts, cut, ev) {
+) -> Result<&'static str, TransitionError> {
+    Ok(match rollback(plan, opts, cut, ev) {
         Ok(()) => {
-            man.state = SnapState::Aborted;
+            man.transition(SnapState::Aborted)?;
             man.error = Some(cause.to_string());
             "rolled back"
         }
         Err(e) => {
-            man.state = SnapState::Failed;
+            man.transition(SnapState::Failed)?;
             man.error = Some(format!("{cause}; rollback incomplete: {e}"));
             "left for `cgsnap release` (rollback incomplete)"
         }
-    }
+    })
 }
 
 /// What every snapshot checks before it writes anything, and all that `cgsnap check` does: a
@@ -396,7 +401,7 @@ pub fn take(
             for o in created {
                 let _ = std::fs::remove_file(o);
             }
-            man.state = SnapState::Aborted;
+            man.transition(SnapState::Aborted)?;
             man.error = Some(e.to_string());
             cat.write(&man)?;
             return Err(e);
@@ -508,12 +513,12 @@ pub fn take(
         out.first_error().map(|e| e.to_string())
     };
     let Some(cause) = cause else {
-        man.state = SnapState::Taken;
+        man.transition(SnapState::Taken)?;
         cat.write(&man)?;
         return Ok(man);
     };
     let cut: Vec<bool> = out.members.iter().map(|m| m.paused).collect();
-    let outcome = roll_back_into(&mut man, &plan, &opts.release, &cut, &cause, ev);
+    let outcome = roll_back_into(&mut man, &plan, &opts.release, &cut, &cause, ev)?;
     // Both we and the watchdog tried; if a member is still (or maybe) paused, say so and how
     // to end it rather than let the message claim otherwise.
     let stuck = not_known_running(&plan);
@@ -570,8 +575,7 @@ mod tests {
         ));
         cat.write(&m).expect("write");
         for state in [SnapState::Pending, SnapState::Taken, SnapState::Failed] {
-            m.state = state;
-            cat.write(&m).expect("write");
+            cat.write(&Manifest { state, ..m.clone() }).expect("write");
             let e = plan(&hosts, &cat, "b", &popts).err().expect("held");
             let msg = e.to_string();
             assert!(matches!(e, SnapshotError::MemberHeld { .. }), "{msg}");
@@ -589,7 +593,10 @@ mod tests {
         group::add(&far, "b", &["db".to_string()]).expect("group add");
         plan(&far, &cat, "b", &popts).expect("another host's db");
 
-        m.state = SnapState::Released;
+        let m = Manifest {
+            state: SnapState::Released,
+            ..m
+        };
         cat.write(&m).expect("write");
         plan(&hosts, &cat, "b", &popts).expect("released: free again");
     }

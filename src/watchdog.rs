@@ -455,18 +455,16 @@ mod tests {
             id: "g-1".into(),
         };
         assert!(still_ours(&scope).is_err(), "no manifest: nothing to guard");
-        let mut m = Manifest::new("g-1", "g", SnapState::Pending, chrono::Utc::now());
+        let m = Manifest::new("g-1", "g", SnapState::Pending, chrono::Utc::now());
         cat.write(&m).expect("write");
         let held = still_ours(&scope).expect("pending").expect("lock");
         drop(held);
         for state in [SnapState::Failed, SnapState::Releasing] {
-            m.state = state;
-            cat.write(&m).expect("write");
+            cat.write(&Manifest { state, ..m.clone() }).expect("write");
             assert!(matches!(still_ours(&scope), Ok(Some(_))), "{state}");
         }
         for state in [SnapState::Released, SnapState::Aborted] {
-            m.state = state;
-            cat.write(&m).expect("write");
+            cat.write(&Manifest { state, ..m.clone() }).expect("write");
             assert!(
                 still_ours(&scope).is_err(),
                 "{state}: a later run may pause"
