@@ -14,9 +14,9 @@ pub struct XmlError {
     pub source: roxmltree::Error,
 }
 
-impl crate::exit::Classify for XmlError {
-    fn exit_code(&self) -> crate::exit::ExitCode {
-        crate::exit::ExitCode::Malformed
+impl crate::model::exit::Classify for XmlError {
+    fn exit_code(&self) -> crate::model::exit::ExitCode {
+        crate::model::exit::ExitCode::Malformed
     }
 }
 

@@ -8,8 +8,8 @@
 //! Invariants: a group name is a short token safe in file names; a domain name given on the
 //! command line must match exactly one domain across all connected hosts.
 
-use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::{DomState, Host, HvError};
+use crate::model::exit::{Classify, ExitCode};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

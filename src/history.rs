@@ -5,8 +5,8 @@
 //! nothing is recomputed, so the history says exactly what each run recorded.
 
 use crate::catalog::{Catalog, Manifest};
-use crate::exit::ExitCode;
-use crate::exit::Failure;
+use crate::model::exit::ExitCode;
+use crate::model::exit::Failure;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -20,9 +20,9 @@
 
 use crate::catalog::Catalog;
 use crate::events::{Events, Note};
-use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::Host;
 use crate::hypervisor::pool::Pool;
+use crate::model::exit::{Classify, ExitCode};
 use crate::release::{self, SnapshotReleaseError};
 use crate::snapshot::{self, SnapshotError};
 use chrono::{DateTime, Utc};
@@ -272,7 +272,7 @@ mod tests {
             connect_each: None,
             unsafe_stagger: None,
             unsafe_disk_order: None,
-            resume: crate::protocol::Resume::default(),
+            resume: crate::snapshot::protocol::Resume::default(),
             hook_token: Some("job-1".into()),
         };
         let e = pre(&hosts, &cat, &opts, Utc::now(), Events::NONE).expect_err("no watchdog");

@@ -13,7 +13,7 @@
 //!   runs without a timer re-rendering it.
 
 use crate::catalog::{Catalog, CatalogError, Manifest, SnapState, VerifyView};
-use crate::exit::{Classify, ExitCode};
+use crate::model::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

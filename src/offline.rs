@@ -21,16 +21,16 @@
 //!   changed, it runs on the image; started between the two, it runs on the overlay, so that
 //!   disk's definition is put back on the overlay and the next (online) release commits it.
 //!   Nothing is deleted while it runs on an overlay.
-//! - Each disk is marked started in the [`crate::ledger`] before its merge (so a later run
+//! - Each disk is marked started in the [`crate::catalog::ledger`] before its merge (so a later run
 //!   knows a release put it back on its image), and all are marked pivoted only once the
 //!   domain was still shut off after the last definition change: a disk whose definition was
 //!   put back on its overlay holds live data and must never count as stale.
 
+use crate::catalog::ledger::{Ledger, Mark};
 use crate::catalog::{DiskRecord, MemberId};
 use crate::domxml;
 use crate::events::{Note, Reporter};
 use crate::hypervisor::{DomState, Host};
-use crate::ledger::{Ledger, Mark};
 use crate::release::{self, ReleaseError};
 use crate::remote_merge::Outcome;
 use std::path::Path;
@@ -56,7 +56,7 @@ pub fn release(
         domain: domain.to_string(),
         state: DomState::ShutOff,
     };
-    let local = crate::snapshot::is_local(host.uri());
+    let local = crate::hypervisor::is_local(host.uri());
     // Check every disk before touching any.
     let mut rewrites: Vec<Rewrite> = Vec::new();
     for d in on_overlay {
@@ -117,7 +117,7 @@ fn merge_and_define(
 ) -> Result<(), ReleaseError> {
     let who = MemberId::new(host.uri(), domain);
     ledger.mark(&who, &[d.target.as_str()], Mark::Started)?;
-    let merged = if crate::snapshot::is_local(host.uri()) {
+    let merged = if crate::hypervisor::is_local(host.uri()) {
         crate::merge::merge(d)
     } else {
         match crate::remote_merge::merge(host, domain, d, opts, report) {
@@ -162,9 +162,9 @@ fn undo_for_running(host: &dyn Host, domain: &str, rewrites: &[Rewrite]) -> Rele
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::{Classify, ExitCode};
+    use crate::catalog::ledger::InMemory;
     use crate::hypervisor::fake::FakeHost;
-    use crate::ledger::InMemory;
+    use crate::model::exit::{Classify, ExitCode};
     use std::process::Command;
 
     fn qemu_img(args: &[&str]) {

@@ -6,7 +6,7 @@
 //! Invariants:
 //! - Idempotent and resumable: each disk's next step is derived from the live domain XML
 //!   (disk on overlay → commit; our commit job running → wait/pivot; disk on image → only the
-//!   file removal is left); the [`crate::ledger`] only tells whether a disk found on its image
+//!   file removal is left); the [`crate::catalog::ledger`] only tells whether a disk found on its image
 //!   was switched by a release at all.
 //! - An overlay file is deleted only when no disk of its domain has it as source or anywhere in
 //!   its backing chain, no process holds it open (QEMU's image lock), and either a release
@@ -22,12 +22,12 @@
 //!   run retries. Progress, not total time: a large overlay copying steadily is never cut off
 //!   (a retry would start its copy over), one the guest's writes outpace is.
 
+use crate::catalog::ledger::{Ledger, Mark};
 use crate::catalog::{DiskRecord, MemberId};
 use crate::domxml;
 use crate::events::{Events, Note, Point, Reporter};
-use crate::exit::{Classify, ExitCode};
 use crate::hypervisor::{DomState, Host, HvError};
-use crate::ledger::{Ledger, Mark};
+use crate::model::exit::{Classify, ExitCode};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -274,7 +274,7 @@ fn remove_unused_in(
     disks: &[DiskRecord],
     report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
-    let local = crate::snapshot::is_local(host.uri());
+    let local = crate::hypervisor::is_local(host.uri());
     for d in disks {
         if in_use(domain, xml, &d.overlay)? {
             continue;
@@ -424,7 +424,7 @@ pub(crate) fn wait_and_pivot(
 }
 
 /// Release every listed disk of one member; safe to call again after any failure. `ledger`
-/// holds what earlier runs of this release did ([`crate::ledger`]). `ev` hears progress and
+/// holds what earlier runs of this release did ([`crate::catalog::ledger`]). `ev` hears progress and
 /// notes; its probe is passed [`Point::CommitsStarted`] once commits are started.
 pub fn release_member(
     host: &dyn Host,
@@ -554,7 +554,7 @@ fn check_found_done(
     if ledger.has(&MemberId::new(host.uri(), domain), &d.target, Mark::Started) {
         return Ok(());
     }
-    let keeps_data = if crate::snapshot::is_local(host.uri()) {
+    let keeps_data = if crate::hypervisor::is_local(host.uri()) {
         Path::new(&d.overlay).exists() && crate::room::holds_data(&d.overlay).unwrap_or(true)
     } else {
         // Another host's file is only known through its storage pool: one that exists there
@@ -609,7 +609,7 @@ pub(crate) fn release_one(
         domain,
         std::slice::from_ref(d),
         &Options::default(),
-        &crate::ledger::InMemory::default(),
+        &crate::catalog::ledger::InMemory::default(),
         Events::NONE,
     )
 }
@@ -700,7 +700,7 @@ pub fn release_snapshot(
     let local: Vec<&crate::catalog::DiskRecord> = man
         .members
         .iter()
-        .filter(|m| crate::snapshot::is_local(&m.uri))
+        .filter(|m| crate::hypervisor::is_local(&m.uri))
         .flat_map(|m| m.disks.iter())
         .collect();
     if let Err(short) = crate::room::check(&local) {
@@ -712,7 +712,7 @@ pub fn release_snapshot(
     man.transition(SnapState::Releasing)?;
     cat.write(&man)?;
     let members = man.members.clone();
-    let ledger = crate::ledger::InManifest::new(cat, man);
+    let ledger = crate::catalog::ledger::InManifest::new(cat, man);
     // Members are independent: release them in parallel, report every failure.
     let results: Vec<Result<(), ReleaseError>> = std::thread::scope(|s| {
         let ledger = &ledger;
@@ -870,7 +870,7 @@ mod tests {
         let d = record(&image, &overlay);
         let host = FakeHost::new("qemu:///system");
         host.add("db", &disk_xml(&d.image, ""));
-        let release = |ledger: &crate::ledger::InMemory| {
+        let release = |ledger: &crate::catalog::ledger::InMemory| {
             release_member(
                 &host,
                 "db",
@@ -907,7 +907,7 @@ mod tests {
         assert!(overlay.exists());
 
         // A release started its commit (and died after the pivot): it goes.
-        let ledger = crate::ledger::InMemory::default();
+        let ledger = crate::catalog::ledger::InMemory::default();
         let db = MemberId::new(host.uri(), "db");
         ledger.mark(&db, &["vda"], Mark::Started).expect("mark");
         release(&ledger).expect("ours");

@@ -17,13 +17,13 @@
 //! - Safe to repeat after a crash: merging the same overlay again writes the same data, and an
 //!   overlay that is already gone means its disk is done.
 //! - An overlay whose disk a release already switched back to its image (marked pivoted in the
-//!   [`crate::ledger`]) is stale: the guest wrote to the image after it. It is deleted, never
+//!   [`crate::catalog::ledger`]) is stale: the guest wrote to the image after it. It is deleted, never
 //!   merged.
 
+use crate::catalog::ledger::{Ledger, Mark};
 use crate::catalog::{DiskRecord, MemberId};
 use crate::events::{Note, Reporter};
 use crate::hypervisor::Host;
-use crate::ledger::{Ledger, Mark};
 use crate::release::{self, ReleaseError};
 use crate::remote_merge::Outcome;
 use std::path::Path;
@@ -85,7 +85,7 @@ pub fn release(
     let who = MemberId::new(host.uri(), domain);
     let stale = |d: &DiskRecord| ledger.has(&who, &d.target, Mark::Pivoted);
     // A remote host's files are not ours to open: its own libvirt merges them.
-    if !crate::snapshot::is_local(uri) {
+    if !crate::hypervisor::is_local(uri) {
         return remote(host, domain, disks, opts, ledger, report);
     }
     for d in disks.iter().filter(|d| stale(d)) {
@@ -217,9 +217,9 @@ fn remote(
 #[cfg(test)]
 mod tests {
     use crate::catalog::DiskRecord;
-    use crate::exit::{Classify, ExitCode};
+    use crate::catalog::ledger::InMemory;
     use crate::hypervisor::fake::FakeHost;
-    use crate::ledger::InMemory;
+    use crate::model::exit::{Classify, ExitCode};
     use crate::release::{self, ReleaseError};
     use std::process::Command;
 
@@ -269,8 +269,13 @@ mod tests {
         let ledger = InMemory::default();
         let host = FakeHost::new("qemu:///system");
         let gone = crate::catalog::MemberId::new("qemu:///system", "gone");
-        crate::ledger::Ledger::mark(&ledger, &gone, &["vda"], crate::ledger::Mark::Pivoted)
-            .expect("mark");
+        crate::catalog::ledger::Ledger::mark(
+            &ledger,
+            &gone,
+            &["vda"],
+            crate::catalog::ledger::Mark::Pivoted,
+        )
+        .expect("mark");
         release::release_member(
             &host,
             "gone",
@@ -636,8 +641,8 @@ mod two_hosts {
                 && msg.contains("nothing was released"),
             "{msg}"
         );
-        use crate::exit::Classify;
-        assert_eq!(e.exit_code(), crate::exit::ExitCode::Malformed);
+        use crate::model::exit::Classify;
+        assert_eq!(e.exit_code(), crate::model::exit::ExitCode::Malformed);
         assert_eq!(
             (s.a.calls().len(), s.b.calls().len()),
             calls,

@@ -4,7 +4,7 @@
 
 use cgsnap::catalog;
 use cgsnap::duration;
-use cgsnap::tuning::SnapTuning;
+use cgsnap::snapshot::tuning::SnapTuning;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;

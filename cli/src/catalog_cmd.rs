@@ -1,8 +1,9 @@
 //! Commands over the catalog alone (no hypervisor): `list`, `show`, `prune`, `metrics`.
 
+use cgsnap::catalog::prune;
 use cgsnap::catalog::{Catalog, Manifest};
 use cgsnap::exit::Failure;
-use cgsnap::{duration, metrics, prune};
+use cgsnap::{duration, metrics};
 use clap::Args;
 use std::path::Path;
 use std::time::Duration;
@@ -64,7 +65,7 @@ fn overlay_use(m: &Manifest) -> String {
     let bytes: Option<u64> = m
         .members
         .iter()
-        .filter(|x| cgsnap::snapshot::is_local(&x.uri))
+        .filter(|x| cgsnap::hypervisor::is_local(&x.uri))
         .flat_map(|x| x.disks.iter())
         .filter_map(|d| std::fs::metadata(&d.overlay).ok())
         .map(|md| md.blocks() * 512)

@@ -10,7 +10,7 @@
 use cgsnap::catalog::{self, Catalog};
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::Host;
-use cgsnap::{preflight, snapshot};
+use cgsnap::snapshot::{self, preflight};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use cgsnap::events::Events;
 use cgsnap::exit::{ExitCode, Failure};
 use cgsnap::hypervisor::pool::{Ctx, Pool};
 use cgsnap::metrics;
-use cgsnap::watchdog::Said;
+use cgsnap::snapshot::watchdog::Said;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -37,7 +37,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         probe: probe.as_ref(),
     };
     match &cli.cmd {
-        Cmd::Watchdog => std::process::exit(cgsnap::watchdog::main(&|said| match said {
+        Cmd::Watchdog => std::process::exit(cgsnap::snapshot::watchdog::main(&|said| match said {
             Said::Coordinator(l) => println!("{l}"),
             Said::Log(l) => eprintln!("{l}"),
         })),

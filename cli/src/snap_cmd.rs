@@ -8,7 +8,7 @@ use cgsnap::catalog::{self, Catalog, Manifest};
 use cgsnap::events::Events;
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::pool::Ctx;
-use cgsnap::tuning::{SnapTuning, release_options, snap_options};
+use cgsnap::snapshot::tuning::{SnapTuning, release_options, snap_options};
 use cgsnap::{hook, release, snapshot};
 use std::time::Duration;
 

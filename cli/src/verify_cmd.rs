@@ -80,7 +80,7 @@ pub fn sandbox_host(
 ) -> Result<Option<String>, Failure> {
     let on = match connect {
         [] => None,
-        [u] if cgsnap::snapshot::is_local(u) => Some(u.clone()),
+        [u] if cgsnap::hypervisor::is_local(u) => Some(u.clone()),
         [u] => {
             return Err(fail(
                 ExitCode::Usage,
@@ -96,7 +96,10 @@ pub fn sandbox_host(
             ));
         }
     };
-    let Some((domain, uri)) = members.iter().find(|(_, u)| !cgsnap::snapshot::is_local(u)) else {
+    let Some((domain, uri)) = members
+        .iter()
+        .find(|(_, u)| !cgsnap::hypervisor::is_local(u))
+    else {
         return Ok(on);
     };
     let fix = match (images, &on) {

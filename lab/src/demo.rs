@@ -10,7 +10,7 @@ use cgsnap::events::Events;
 use cgsnap::exit::ExitCode;
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::pool::Ctx;
-use cgsnap::tuning::{SnapTuning, snap_options};
+use cgsnap::snapshot::tuning::{SnapTuning, snap_options};
 use cgsnap::{domxml, group, release, snapshot};
 use cgsnap_testbeds::{assets, guest, record};
 use clap::Args;

@@ -10,6 +10,9 @@
 pub mod fake;
 pub mod libvirt;
 pub mod pool;
+pub mod uri;
+
+pub use uri::is_local;
 
 use std::fmt;
 
@@ -175,4 +178,13 @@ pub trait Host: Send + Sync {
     fn start_helper(&self, name: &str, xml: &str) -> HvResult<()>;
     /// Stop a domain at once (QEMU is asked to quit, then killed).
     fn destroy(&self, dom: &str) -> HvResult<()>;
+}
+
+impl crate::model::exit::Classify for HvError {
+    fn exit_code(&self) -> crate::model::exit::ExitCode {
+        match self.kind {
+            HvErrorKind::NoDomain => crate::model::exit::ExitCode::NotFound,
+            _ => crate::model::exit::ExitCode::Hypervisor,
+        }
+    }
 }

@@ -55,7 +55,10 @@ pub fn round(
         ];
         let mut recs = Vec::new();
         for (target, image) in disks {
-            let overlay = format!("{image}.{tag}.{}", cgsnap::preflight::OVERLAY_SUFFIX);
+            let overlay = format!(
+                "{image}.{tag}.{}",
+                cgsnap::snapshot::preflight::OVERLAY_SUFFIX
+            );
             args.push("--diskspec".into());
             args.push(format!("{target},snapshot=external,file={overlay}"));
             recs.push(DiskRecord {

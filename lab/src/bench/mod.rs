@@ -20,8 +20,8 @@ use cgsnap::events::{Events, Reporter};
 use cgsnap::exit::ExitCode;
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::pool::Ctx;
-use cgsnap::protocol::Resume;
-use cgsnap::tuning::{SnapTuning, snap_options};
+use cgsnap::snapshot::protocol::Resume;
+use cgsnap::snapshot::tuning::{SnapTuning, snap_options};
 use cgsnap::{group, release};
 use cgsnap_testbeds::{assets, guest};
 use clap::Args;
@@ -257,7 +257,7 @@ fn run_config(
                 dom,
                 disks,
                 &ropts,
-                &cgsnap::ledger::InMemory::default(),
+                &cgsnap::catalog::ledger::InMemory::default(),
                 Events::reporting(report),
             )?;
         }

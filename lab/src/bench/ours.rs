@@ -10,7 +10,7 @@ use cgsnap::events::{Events, Reporter};
 use cgsnap::exit::Failure;
 use cgsnap::hypervisor::Host;
 use cgsnap::hypervisor::pool::Ctx;
-use cgsnap::protocol::{Resume, ms};
+use cgsnap::snapshot::protocol::{Resume, ms};
 use cgsnap::{release, snapshot};
 use std::sync::Arc;
 use std::time::Instant;

@@ -187,7 +187,7 @@ mod tests {
                 release_ms: s(1.0),
             },
             ours_window_cpu: None,
-            resume: cgsnap::protocol::Resume::Early,
+            resume: cgsnap::snapshot::protocol::Resume::Early,
             alternatives: vec![],
             baseline_window_ms: s(base),
             baseline_member_freeze_ms: s(base),

@@ -5,7 +5,7 @@
 //! same rounds (see the parent module).
 
 use super::stats::Summary;
-use cgsnap::protocol::Resume;
+use cgsnap::snapshot::protocol::Resume;
 use serde::Serialize;
 
 /// One benchmark configuration: group size, disks per member, disk size and bytes written.

@@ -13,10 +13,10 @@
 //! - A snapshot's report directory is removed before its manifest: if prune dies in between,
 //!   the next run still finds the manifest and finishes; no report is ever orphaned.
 
+use crate::catalog::lock::GroupLock;
 use crate::catalog::{Catalog, CatalogError, Manifest};
-use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
-use crate::lock::GroupLock;
+use crate::model::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -18,8 +18,8 @@ use crate::catalog::{Catalog, Manifest, Phases, SnapState};
 use crate::domxml;
 use crate::events::Events;
 use crate::hypervisor::HvError;
-use crate::preflight::PlannedMember;
-use crate::protocol::{Env, MemberOutcome, Outcome, ms};
+use crate::snapshot::preflight::PlannedMember;
+use crate::snapshot::protocol::{Env, MemberOutcome, Outcome, ms};
 use crate::snapshot::{Options, SnapshotError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,8 +138,8 @@ pub(crate) fn prepare(
     }
     plan.iter()
         .map(|p| {
-            let stages =
-                self::plan(p, id, order).map_err(crate::preflight::PreflightError::from)?;
+            let stages = self::plan(p, id, order)
+                .map_err(crate::snapshot::preflight::PreflightError::from)?;
             Ok(Staged {
                 host: p.member.host.clone(),
                 domain: p.member.domain.clone(),
@@ -150,7 +150,7 @@ pub(crate) fn prepare(
         .collect()
 }
 
-/// The per-disk negative control (see [`crate::disk_order`]): nothing is paused, so there is
+/// The per-disk negative control (see [`crate::snapshot::disk_order`]): nothing is paused, so there is
 /// no watchdog; a failure rolls back whatever was cut.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn take(

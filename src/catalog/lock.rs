@@ -158,7 +158,7 @@ impl From<CatalogError> for LockError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::Classify;
+    use crate::model::exit::Classify;
 
     #[test]
     fn lock_files_are_the_owners_alone_and_exclusive() {
@@ -174,7 +174,7 @@ mod tests {
             e.to_string().contains(&std::process::id().to_string()),
             "names the holder: {e}"
         );
-        assert_eq!(e.exit_code(), crate::exit::ExitCode::Busy);
+        assert_eq!(e.exit_code(), crate::model::exit::ExitCode::Busy);
         cat.lock("h").expect("another group's lock is another lock");
         drop(held);
         cat.lock("g").expect("free again");

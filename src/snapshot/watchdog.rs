@@ -303,7 +303,7 @@ fn sweep(
 
 /// The planning lock, when the scope's snapshot is still unreleased (`Ok(None)` when the lock
 /// stayed busy, `Err` when the snapshot was released or aborted or cannot be read).
-fn still_ours(scope: &Scope) -> Result<Option<crate::lock::GroupLock>, ()> {
+fn still_ours(scope: &Scope) -> Result<Option<crate::catalog::lock::GroupLock>, ()> {
     let cat = crate::catalog::Catalog::open(&scope.catalog).map_err(|_| ())?;
     let Ok(lock) = cat.lock_planning() else {
         return Ok(None);
@@ -365,7 +365,7 @@ pub fn main(say: Say) -> i32 {
         if !uuids.insert(uuid.clone()) {
             continue;
         }
-        match crate::lock::lock_member(&uuid) {
+        match crate::catalog::lock::lock_member(&uuid) {
             Ok(l) => held.push(l),
             Err(Some(pid)) => {
                 say(Said::Coordinator(format!(
@@ -379,7 +379,7 @@ pub fn main(say: Say) -> i32 {
                 format!(
                     "warning: cannot make the lock of {} in {}; runs of other catalogs are not kept off it",
                     m.domain,
-                    crate::lock::member_lock_dir().display()
+                    crate::catalog::lock::member_lock_dir().display()
                 ),
             ),
         }
@@ -431,11 +431,11 @@ pub fn main(say: Say) -> i32 {
     }
 }
 
-impl crate::exit::Classify for WatchdogError {
-    fn exit_code(&self) -> crate::exit::ExitCode {
+impl crate::model::exit::Classify for WatchdogError {
+    fn exit_code(&self) -> crate::model::exit::ExitCode {
         match self {
-            WatchdogError::Failed(_) => crate::exit::ExitCode::Hypervisor,
-            WatchdogError::MemberBusy { .. } => crate::exit::ExitCode::Busy,
+            WatchdogError::Failed(_) => crate::model::exit::ExitCode::Hypervisor,
+            WatchdogError::MemberBusy { .. } => crate::model::exit::ExitCode::Busy,
         }
     }
 }

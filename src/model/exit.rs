@@ -3,8 +3,6 @@
 //! Invariants: every library error maps to exactly one code through [`Classify`]; codes never
 //! change meaning between releases (README "Exit codes" lists the same table).
 
-use crate::hypervisor::{HvError, HvErrorKind};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ExitCode {
@@ -45,15 +43,6 @@ impl ExitCode {
 /// Maps an error to its exit code.
 pub trait Classify {
     fn exit_code(&self) -> ExitCode;
-}
-
-impl Classify for HvError {
-    fn exit_code(&self) -> ExitCode {
-        match self.kind {
-            HvErrorKind::NoDomain => ExitCode::NotFound,
-            _ => ExitCode::Hypervisor,
-        }
-    }
 }
 
 /// A failure ready to print: one line and the exit code it classifies as. Front ends (the

@@ -9,19 +9,25 @@
 //!   deleted, and the manifest says `aborted` (clean) or `failed` (release still needed).
 //! - A group never gets a second snapshot while one is outstanding.
 
+pub mod disk_order;
+pub mod preflight;
+pub mod protocol;
+pub mod tuning;
+pub mod watchdog;
+
 use crate::catalog::{
     self, Catalog, CatalogError, Manifest, MemberRecord, Phases, SnapState, TransitionError,
 };
-use crate::disk_order;
 use crate::events::{Events, Point};
-use crate::exit::{Classify, ExitCode};
 use crate::group::{self, GroupError};
+use crate::hypervisor::is_local;
 use crate::hypervisor::{Host, HvErrorKind};
-use crate::preflight::{self, PlannedMember, PreflightError};
-use crate::protocol::{self, Env, Resume, Step, ms};
+use crate::model::exit::{Classify, ExitCode};
 use crate::release;
-use crate::watchdog::{WatchMember, Watchdog, WatchdogError};
+use crate::snapshot::watchdog::{WatchMember, Watchdog, WatchdogError};
 use chrono::{DateTime, Utc};
+use preflight::{PlannedMember, PreflightError};
+use protocol::{Env, Resume, Step, ms};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,7 +122,7 @@ pub struct Options {
     /// NEGATIVE CONTROL for testing verifiers: cut these disk targets one by one, in order
     /// (then the rest), this far apart, without pausing. Never a consistent cut.
     pub unsafe_disk_order: Option<(Vec<String>, Duration)>,
-    /// When members are resumed (see [`protocol`](crate::protocol) module docs).
+    /// When members are resumed (see [`protocol`](crate::snapshot::protocol) module docs).
     pub resume: Resume,
     /// The backup job taking the snapshot (`hook pre --token`), recorded in the manifest from
     /// its first write so that only that job's `hook post --token` releases it.
@@ -124,13 +130,6 @@ pub struct Options {
 }
 
 pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
-
-/// A URI without a host part names a daemon on this machine, whose files we can create.
-pub fn is_local(uri: &str) -> bool {
-    uri.split_once("://")
-        .map(|(_, rest)| rest.starts_with('/'))
-        .unwrap_or(false)
-}
 
 /// Create `d`'s overlay; on failure nothing of it is left (a file that was already there is
 /// never touched).
@@ -233,7 +232,7 @@ pub(crate) fn rollback(
             &p.member.domain,
             &p.disks,
             opts,
-            &crate::ledger::InMemory::default(),
+            &crate::catalog::ledger::InMemory::default(),
             ev.unprobed(),
         ) {
             errors.push(e.to_string());
@@ -423,7 +422,7 @@ pub fn take(
     // The staggered control keeps the watchdog armed across all its gaps; the budget bounds
     // each member's own freeze there, so it grows by one gap per member.
     let budget = opts.freeze_budget + opts.unsafe_stagger.unwrap_or_default() * plan.len() as u32;
-    let scope = crate::watchdog::Scope {
+    let scope = crate::snapshot::watchdog::Scope {
         catalog: cat.dir().to_path_buf(),
         group: opts.group.clone(),
         id: id.clone(),

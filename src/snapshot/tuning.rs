@@ -5,9 +5,9 @@
 //! from these explicit flags, never by a default; with the `clap` feature each field is also a
 //! command-line flag whose help is the field's doc.
 
-use crate::exit::Failure;
 use crate::hypervisor::Host;
-use crate::protocol::Resume;
+use crate::model::exit::Failure;
+use crate::snapshot::protocol::Resume;
 use crate::{release, snapshot};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,13 +18,13 @@ use std::time::Duration;
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct SnapTuning {
     /// Longest time any member may stay paused before the watchdog resumes it.
-    #[cfg_attr(feature = "clap", arg(long, default_value = "2s", value_parser = crate::duration::parse))]
+    #[cfg_attr(feature = "clap", arg(long, default_value = "2s", value_parser = crate::model::duration::parse))]
     pub freeze_budget: Duration,
     /// Directory for overlays (default: next to each image).
     #[cfg_attr(feature = "clap", arg(long))]
     pub overlay_dir: Option<PathBuf>,
     /// Free bytes required in each overlay directory.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = crate::preflight::DEFAULT_MIN_FREE))]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = crate::snapshot::preflight::DEFAULT_MIN_FREE))]
     pub min_free: u64,
     /// Let libvirt create the overlays inside the freeze instead of pre-creating them.
     #[cfg_attr(feature = "clap", arg(long))]

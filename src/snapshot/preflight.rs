@@ -6,9 +6,9 @@
 
 use crate::catalog::DiskRecord;
 use crate::domxml::{self, DiskInfo};
-use crate::exit::{Classify, ExitCode};
 use crate::group::Member;
 use crate::hypervisor::{DomState, HvError};
+use crate::model::exit::{Classify, ExitCode};
 use std::path::{Path, PathBuf};
 
 /// File-name suffix of every overlay, so backup tools can exclude `*.cgsnap-overlay`.
@@ -276,7 +276,7 @@ pub fn plan_member(member: &Member, opts: &Options) -> Result<PlannedMember, Pre
     }
     let xml = host.xml(domain)?;
     let disks = domxml::disks(domain, &xml)?;
-    let local = crate::snapshot::is_local(host.uri());
+    let local = crate::hypervisor::is_local(host.uri());
     let mut checked = std::collections::BTreeSet::new();
     let mut records = Vec::new();
     let mut spec = Vec::new();
@@ -347,7 +347,7 @@ pub fn check_unique_overlays(plans: &[PlannedMember]) -> Result<(), PreflightErr
     let mut seen = std::collections::BTreeMap::new();
     for p in plans {
         let uri = p.member.host.uri();
-        let host = if crate::snapshot::is_local(uri) {
+        let host = if crate::hypervisor::is_local(uri) {
             ""
         } else {
             uri

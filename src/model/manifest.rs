@@ -1,0 +1,354 @@
+//! The manifest of a group snapshot: its members, disks, overlays, timings and state, as
+//! stored (versioned JSON, see [`crate::catalog`] for where and how it is written).
+//!
+//! Invariants:
+//! - A member is a domain on a host ([`MemberId`]): a group may hold two domains of the same
+//!   name on two hosts, so nothing that concerns one member is keyed by its name alone.
+//! - Format 2 names the host in every release mark ([`DiskMark`]). A format 1 manifest is
+//!   read with each of its marks (`DOMAIN/TARGET`) given to the only member of that name; a
+//!   mark whose name several members share is kept as it was ([`Marked::Legacy`]) and the
+//!   snapshot is not released until someone says whose it is, never guessed.
+//! - A manifest's state changes only through [`Manifest::transition`], which refuses every
+//!   change not in this table (a manifest is created `pending`; tests and readers may build
+//!   one in any state):
+//!
+//!   | from        | to          | when                                                   |
+//!   |-------------|-------------|--------------------------------------------------------|
+//!   | `pending`   | `taken`     | every member was cut and resumed                       |
+//!   | `pending`   | `aborted`   | the run failed and every member is back on its images  |
+//!   | `pending`   | `failed`    | the run failed and its rollback did not finish         |
+//!   | `pending`   | `releasing` | release of a run that died before it ended             |
+//!   | `taken`     | `releasing` | release started                                        |
+//!   | `failed`    | `releasing` | release of what the rollback left                      |
+//!   | `releasing` | `releasing` | release run again after it failed or was interrupted   |
+//!   | `releasing` | `released`  | every member released                                  |
+//!
+//!   `aborted` and `released` are final: nothing of the snapshot is left to change.
+
+use crate::model::exit::{Classify, ExitCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 2;
+/// Formats this cgsnap reads: 1 had release marks without a host (see [`Marked::Legacy`]).
+pub const READ_VERSIONS: [u32; 2] = [1, FORMAT_VERSION];
+pub const DEFAULT_DIR: &str = "/var/lib/cgsnap";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapState {
+    /// Recorded before the freeze; overlays may or may not exist yet.
+    Pending,
+    /// Every disk of every member writes to its overlay; base images are frozen.
+    Taken,
+    /// Failed and rolled back: no overlay is in use; nothing to release.
+    Aborted,
+    /// Failed and not fully rolled back: some overlays may still be in use; run release.
+    Failed,
+    /// Release started and has not finished.
+    Releasing,
+    /// Every overlay was committed back and removed.
+    Released,
+}
+
+impl SnapState {
+    /// Every state, in the order of their life cycle.
+    pub const ALL: [SnapState; 6] = [
+        SnapState::Pending,
+        SnapState::Taken,
+        SnapState::Aborted,
+        SnapState::Failed,
+        SnapState::Releasing,
+        SnapState::Released,
+    ];
+
+    /// Whether a manifest in state `self` may change to `to` (the table in the module docs).
+    pub fn may_become(self, to: SnapState) -> bool {
+        use SnapState::*;
+        matches!(
+            (self, to),
+            (Pending, Taken | Aborted | Failed | Releasing)
+                | (Taken | Failed | Releasing, Releasing)
+                | (Releasing, Released)
+        )
+    }
+
+    /// Overlays of this snapshot may still be in use: the group cannot be snapshotted again.
+    pub fn outstanding(self) -> bool {
+        !matches!(self, SnapState::Aborted | SnapState::Released)
+    }
+}
+
+impl std::fmt::Display for SnapState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phases {
+    pub preflight_ms: f64,
+    pub pause_ms: f64,
+    pub snapshot_ms: f64,
+    pub resume_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRecord {
+    pub target: String,
+    /// The image the disk wrote to before the snapshot: frozen while the snapshot is held.
+    pub image: String,
+    /// The qcow2 overlay the disk writes to while the snapshot is held.
+    pub overlay: String,
+    pub format: String,
+    pub virtual_size: u64,
+}
+
+/// Who a member is: a domain name is unique on its host only.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberId {
+    pub uri: String,
+    pub domain: String,
+}
+
+impl MemberId {
+    pub fn new(uri: &str, domain: &str) -> Self {
+        Self {
+            uri: uri.to_string(),
+            domain: domain.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for MemberId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.domain, self.uri)
+    }
+}
+
+/// One disk of one member, as a release mark names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskMark {
+    pub uri: String,
+    pub domain: String,
+    pub target: String,
+}
+
+impl DiskMark {
+    pub fn new(member: &MemberId, target: &str) -> Self {
+        Self {
+            uri: member.uri.clone(),
+            domain: member.domain.clone(),
+            target: target.to_string(),
+        }
+    }
+}
+
+/// An entry of a manifest's release marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Marked {
+    Disk(DiskMark),
+    /// A format 1 mark, `DOMAIN/TARGET`, whose domain name several members of the snapshot
+    /// share (or none has): whose disk it was is unknown, so it marks nothing, and a release
+    /// of the snapshot is refused until it is replaced by a [`DiskMark`].
+    Legacy(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRecord {
+    pub domain: String,
+    pub uri: String,
+    /// Time this member was paused (its own pause call start to its resume call end).
+    pub freeze_ms: Option<f64>,
+    pub pause_ms: Option<f64>,
+    pub snapshot_ms: Option<f64>,
+    pub resume_ms: Option<f64>,
+    pub domain_xml: String,
+    pub disks: Vec<DiskRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: String,
+    pub group: String,
+    /// Changed only through [`Manifest::transition`].
+    pub state: SnapState,
+    pub created_at: DateTime<Utc>,
+    /// Wall-clock instant at which every member was paused.
+    pub consistency_point: Option<DateTime<Utc>>,
+    /// First pause to last resume.
+    pub freeze_window_ms: Option<f64>,
+    pub phases: Phases,
+    pub members: Vec<MemberRecord>,
+    pub error: Option<String>,
+    pub released_at: Option<DateTime<Utc>>,
+    /// Set only for the negative control `--unsafe-stagger`: NOT a consistent cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_stagger_ms: Option<u64>,
+    /// Set only for the negative control `--unsafe-disk-order`: targets cut one by one in this
+    /// order (then the rest), `unsafe_disk_gap_ms` apart, nothing paused. NOT a consistent cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_disk_order: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_disk_gap_ms: Option<u64>,
+    /// The job that took the snapshot through `hook pre --token T`: `hook post --token T`
+    /// releases only snapshots of its own job, so a job whose `pre` failed cannot release the
+    /// snapshot another job is still reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_token: Option<String>,
+    /// Disks whose commit a release has started, recorded before it starts.
+    /// A disk found back on its image is released only if listed: otherwise something else
+    /// switched it (the VM was recreated from its old definition, a snapshot call still in
+    /// flight) and its overlay may hold the only copy of data, so it is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits_started: Vec<Marked>,
+    /// Disks a release switched back to their image, recorded before their
+    /// overlay is deleted: an overlay left by a crash in between is stale (the guest has
+    /// written to the image since) and must never be merged again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits_pivoted: Vec<Marked>,
+}
+
+/// What the catalog's readers (metrics, retention) need from a verification report
+/// (`reports/ID/report.json`, written by `verify`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifyView {
+    pub verdict: String,
+    pub finished_at: DateTime<Utc>,
+    pub rpo_seconds: f64,
+    pub members: Vec<VerifyMemberView>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifyMemberView {
+    pub domain: String,
+    pub recovery_seconds: Option<f64>,
+    pub data_loss_seconds: Option<f64>,
+}
+
+impl MemberRecord {
+    pub fn id(&self) -> MemberId {
+        MemberId::new(&self.uri, &self.domain)
+    }
+
+    /// A member as planned, before it is frozen (no timings yet).
+    pub fn new(domain: &str, uri: &str, domain_xml: String, disks: Vec<DiskRecord>) -> Self {
+        Self {
+            domain: domain.to_string(),
+            uri: uri.to_string(),
+            freeze_ms: None,
+            pause_ms: None,
+            snapshot_ms: None,
+            resume_ms: None,
+            domain_xml,
+            disks,
+        }
+    }
+}
+
+impl Manifest {
+    /// Taken with `--unsafe-stagger` or `--unsafe-disk-order`: a test of verifiers, never a
+    /// consistent cut, so never a backup or DR evidence.
+    pub fn is_negative_control(&self) -> bool {
+        self.unsafe_stagger_ms.is_some() || self.unsafe_disk_order.is_some()
+    }
+
+    /// Format 1 marks whose member is unknown (see [`Marked::Legacy`]), each once.
+    pub fn unresolved_marks(&self) -> Vec<&str> {
+        let set: std::collections::BTreeSet<&str> = self
+            .commits_started
+            .iter()
+            .chain(&self.commits_pivoted)
+            .filter_map(|m| match m {
+                Marked::Legacy(s) => Some(s.as_str()),
+                Marked::Disk(_) => None,
+            })
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Give each format 1 mark (`DOMAIN/TARGET`) to the only member named DOMAIN, if there is
+    /// exactly one; others stay [`Marked::Legacy`]. Then the manifest is of the current format.
+    pub(crate) fn upgrade_marks(&mut self) {
+        let members: Vec<MemberId> = self.members.iter().map(MemberRecord::id).collect();
+        let upgrade = |m: &mut Marked| {
+            let Marked::Legacy(s) = m else { return };
+            let Some((domain, target)) = s.rsplit_once('/') else {
+                return;
+            };
+            let mut named = members.iter().filter(|id| id.domain == domain);
+            if let (Some(id), None) = (named.next(), named.next()) {
+                *m = Marked::Disk(DiskMark::new(id, target));
+            }
+        };
+        self.commits_started.iter_mut().for_each(upgrade);
+        self.commits_pivoted.iter_mut().for_each(upgrade);
+        self.format_version = FORMAT_VERSION;
+    }
+
+    /// Change the state to `to`, if the table in the module docs allows it; otherwise nothing
+    /// changes and the error names the snapshot and both states.
+    pub fn transition(&mut self, to: SnapState) -> Result<(), TransitionError> {
+        if !self.state.may_become(to) {
+            return Err(TransitionError {
+                id: self.id.clone(),
+                from: self.state,
+                to,
+            });
+        }
+        self.state = to;
+        Ok(())
+    }
+
+    /// A manifest of the current format with no members, timings or outcome yet.
+    pub fn new(id: &str, group: &str, state: SnapState, created_at: DateTime<Utc>) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            id: id.to_string(),
+            group: group.to_string(),
+            state,
+            created_at,
+            consistency_point: None,
+            freeze_window_ms: None,
+            phases: Phases::default(),
+            members: vec![],
+            error: None,
+            released_at: None,
+            unsafe_stagger_ms: None,
+            unsafe_disk_order: None,
+            unsafe_disk_gap_ms: None,
+            hook_token: None,
+            commits_started: Vec::new(),
+            commits_pivoted: Vec::new(),
+        }
+    }
+}
+
+/// A state change the life cycle does not allow (see the module docs): a bug in cgsnap, or a
+/// manifest changed by something else while this run held its group's lock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "snapshot {id}: state {from} cannot change to {to}; its manifest was left {from}: see `cgsnap show {id}` and report this"
+)]
+pub struct TransitionError {
+    pub id: String,
+    pub from: SnapState,
+    pub to: SnapState,
+}
+
+impl Classify for TransitionError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Internal
+    }
+}

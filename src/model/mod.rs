@@ -1,0 +1,6 @@
+//! The engine's vocabulary, depending on nothing else of it: the manifest and its state
+//! machine, the documented exit codes, durations as written on the command line.
+
+pub mod duration;
+pub mod exit;
+pub mod manifest;
