@@ -165,7 +165,20 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
     x
 }
 
-fn materialize(src: &DiskSource, dst: &Path) -> Result<(), String> {
+/// Why a disk of a guest could not be made; the guest's [`GuestError::Op`] carries its text.
+#[derive(Debug, thiserror::Error)]
+enum DiskError {
+    #[error("{0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("qemu-io: {0}")]
+    SpawnQemuIo(#[source] std::io::Error),
+    #[error("{}: {stderr}", path.display())]
+    Tool { path: PathBuf, stderr: String },
+    #[error("{0}")]
+    Write(String),
+}
+
+fn materialize(src: &DiskSource, dst: &Path) -> Result<(), DiskError> {
     let out = match src {
         DiskSource::Overlay(base) => Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -178,20 +191,19 @@ fn materialize(src: &DiskSource, dst: &Path) -> Result<(), String> {
             .arg(dst)
             .output(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(DiskError::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{}: {}",
-            dst.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(DiskError::Tool {
+            path: dst.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// Write `bytes` of a non-zero pattern from offset 0, in chunks (qemu-io buffers a request).
-fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), String> {
+fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), DiskError> {
     const CHUNK: u64 = 256 << 20;
     let mut off = 0;
     while off < bytes {
@@ -201,9 +213,11 @@ fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), String> {
             .arg(format!("write -q -P 0x5a {off} {len}"))
             .arg(image)
             .output()
-            .map_err(|e| format!("qemu-io: {e}"))?;
+            .map_err(DiskError::SpawnQemuIo)?;
         if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            return Err(DiskError::Write(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
         }
         off += len;
     }
@@ -302,7 +316,7 @@ impl Guest {
         let mut disks = Vec::new();
         for (i, src) in spec.sources.iter().enumerate() {
             let p = dir.join(format!("{}.qcow2", target(i)));
-            materialize(src, &p).map_err(|e| err("disk", e))?;
+            materialize(src, &p).map_err(|e| err("disk", e.to_string()))?;
             disks.push(p);
         }
         for i in (0..spec.disks).filter(|_| spec.sources.is_empty()) {
@@ -319,7 +333,7 @@ impl Guest {
                     String::from_utf8_lossy(&out.stderr).into(),
                 ));
             }
-            prefill(&p, spec.format, spec.prefill).map_err(|e| err("prefill", e))?;
+            prefill(&p, spec.format, spec.prefill).map_err(|e| err("prefill", e.to_string()))?;
             disks.push(p);
         }
         if spec.scratch {

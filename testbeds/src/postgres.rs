@@ -63,10 +63,8 @@ pub fn ready_with_schema(
     g: &crate::guest::Guest,
     port: u16,
     role: crate::workload::Role,
-) -> Result<f64, String> {
-    let t = g
-        .wait_console(READY_MARKER, READY_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+) -> Result<f64, crate::error::TestbedError> {
+    let t = g.wait_console(READY_MARKER, READY_TIMEOUT)?;
     let mut c = crate::workload::connect(&conninfo(port))?;
     crate::workload::init_schema(&mut c, role)?;
     Ok(t.as_secs_f64())

@@ -122,23 +122,48 @@ fn default_db() -> String {
     "postgres".into()
 }
 
+/// A rule of one `[[member]]` that serde cannot express, broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberRuleError {
+    /// A period given with batch sync.
+    #[error("commitlog_sync_period_ms is only for commitlog_sync = \"periodic\"")]
+    PeriodWithoutPeriodic,
+    /// Periodic sync without a positive period.
+    #[error("commitlog_sync = \"periodic\" needs commitlog_sync_period_ms > 0")]
+    PeriodicWithoutPeriod,
+    /// A Cassandra member without a sync mode.
+    #[error("a cassandra member needs commitlog_sync = \"batch\" or \"periodic\"")]
+    NoSyncMode,
+    /// Some but not all of `ack_db`, `ack_kind`, `ack_table`.
+    #[error("ack_db, ack_kind and ack_table go together: set all three (with ack_log) or none")]
+    PartialAcks,
+    /// A Cassandra member without a ready marker.
+    #[error("a cassandra member needs a ready_marker (its console line once CQL is up)")]
+    NoReadyMarker,
+    /// A PostgreSQL member without credentials.
+    #[error("a postgres member needs user and password")]
+    NoCredentials,
+    /// A sync mode on a PostgreSQL member.
+    #[error("commitlog_sync is only for cassandra members")]
+    SyncOnPostgres,
+    /// A lost-commit check without the profile's `ack_log`.
+    #[error(
+        "ack_db, ack_kind and ack_table need ack_log (the workload's acknowledgement log) at the top of the profile"
+    )]
+    NoAckLog,
+}
+
 impl MemberProfile {
     /// The sync mode of a Cassandra member, or why the profile does not define one.
-    pub fn sync_mode(&self) -> Result<SyncMode, String> {
+    pub fn sync_mode(&self) -> Result<SyncMode, MemberRuleError> {
         match (self.commitlog_sync, self.commitlog_sync_period_ms) {
             (Some(CommitlogSync::Batch), None) => Ok(SyncMode::Batch),
-            (Some(CommitlogSync::Batch), Some(_)) => {
-                Err("commitlog_sync_period_ms is only for commitlog_sync = \"periodic\"".into())
-            }
+            (Some(CommitlogSync::Batch), Some(_)) => Err(MemberRuleError::PeriodWithoutPeriodic),
             (Some(CommitlogSync::Periodic), Some(p)) if p > 0 => {
                 Ok(SyncMode::Periodic { period_ms: p })
             }
-            (Some(CommitlogSync::Periodic), _) => {
-                Err("commitlog_sync = \"periodic\" needs commitlog_sync_period_ms > 0".into())
-            }
-            (None, _) => {
-                Err("a cassandra member needs commitlog_sync = \"batch\" or \"periodic\"".into())
-            }
+            (Some(CommitlogSync::Periodic), _) => Err(MemberRuleError::PeriodicWithoutPeriod),
+            (None, _) => Err(MemberRuleError::NoSyncMode),
         }
     }
 
@@ -148,29 +173,24 @@ impl MemberProfile {
     }
 
     /// Rules serde cannot express.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), MemberRuleError> {
         let set = [&self.ack_db, &self.ack_kind, &self.ack_table]
             .iter()
             .filter(|x| x.is_some())
             .count();
         if set != 0 && set != 3 {
-            return Err(
-                "ack_db, ack_kind and ack_table go together: set all three (with ack_log) or none"
-                    .into(),
-            );
+            return Err(MemberRuleError::PartialAcks);
         }
         match self.kind {
-            Kind::Cassandra if self.ready_marker.is_none() => Err(
-                "a cassandra member needs a ready_marker (its console line once CQL is up)".into(),
-            ),
+            Kind::Cassandra if self.ready_marker.is_none() => Err(MemberRuleError::NoReadyMarker),
             Kind::Cassandra => self.sync_mode().map(|_| ()),
             Kind::Postgres if self.user.is_empty() || self.password.is_empty() => {
-                Err("a postgres member needs user and password".into())
+                Err(MemberRuleError::NoCredentials)
             }
             Kind::Postgres
                 if self.commitlog_sync.is_some() || self.commitlog_sync_period_ms.is_some() =>
             {
-                Err("commitlog_sync is only for cassandra members".into())
+                Err(MemberRuleError::SyncOnPostgres)
             }
             Kind::Postgres => Ok(()),
         }
@@ -206,10 +226,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
     for m in &p.members {
         m.validate()
             .and_then(|()| match (m.checks_acks(), &p.ack_log) {
-                (true, None) => Err(
-                    "ack_db, ack_kind and ack_table need ack_log (the workload's acknowledgement log) at the top of the profile"
-                        .into(),
-                ),
+                (true, None) => Err(MemberRuleError::NoAckLog),
                 _ => Ok(()),
             })
             .map_err(|e| ProfileError::Malformed {

@@ -60,12 +60,30 @@ pub fn parse_marker(text: &str) -> Option<(u32, u64)> {
     it.next().is_none().then_some((pid, start))
 }
 
+/// Why a sandbox directory could not be marked as this process's.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    /// This process's start time, half of the marker, is unknown.
+    #[error("cannot read /proc/self/stat")]
+    NoStartTime,
+    /// The marker could not be written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The marker file.
+        path: std::path::PathBuf,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Write this process's owner marker into a freshly created sandbox directory.
-pub fn mark(dir: &Path) -> Result<(), String> {
+pub fn mark(dir: &Path) -> Result<(), MarkError> {
     let pid = std::process::id();
-    let start = process_start(pid).ok_or("cannot read /proc/self/stat")?;
+    let start = process_start(pid).ok_or(MarkError::NoStartTime)?;
     let p = dir.join(MARKER);
-    std::fs::write(&p, marker_text(pid, start)).map_err(|e| format!("{}: {e}", p.display()))
+    std::fs::write(&p, marker_text(pid, start))
+        .map_err(|source| MarkError::Write { path: p, source })
 }
 
 /// Whether a file name is one a sandbox creates (overlays, blank stand-ins, the NVRAM copy,
