@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 /// Name of the Cassandra store in the acknowledgement log.
 pub const ACK_DB: &str = "cassandra";
+/// The events table (`keyspace.table`).
 pub const EVENTS: &str = "cgsnap.events";
+/// The beacon table (`keyspace.table`).
 pub const BEACONS: &str = "cgsnap.cgsnap_beacon";
 /// A beacon every this many events.
 const BEACON_EVERY: i64 = 5;
@@ -138,8 +140,11 @@ pub fn run_mixed(
 /// The facts of a Cassandra node the invariants are about.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Facts {
+    /// Rows of the events table.
     pub events: i64,
+    /// Highest event id.
     pub max_event: i64,
+    /// Highest order an event references (mixed workload; 0 otherwise).
     pub max_order_ref: i64,
 }
 

@@ -114,10 +114,14 @@ pub enum CqlError {
 /// Per-request timeout: a TCG guest answers slowly, and `count(*)` scans the whole table.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A Cassandra server version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {
+    /// Major version.
     pub major: u32,
+    /// Minor version (0 if not given).
     pub minor: u32,
+    /// Patch version (0 if not given).
     pub patch: u32,
 }
 
@@ -187,9 +191,11 @@ pub fn as_i64(v: &Option<CqlValue>) -> Result<Option<i64>, CqlError> {
     }
 }
 
+/// A blocking CQL session to one node.
 pub struct Cql {
     rt: tokio::runtime::Runtime,
     session: Session,
+    /// The node (`127.0.0.1:PORT`).
     pub addr: String,
 }
 
@@ -266,6 +272,7 @@ impl Cql {
             .map_err(|e| query_error(cql)(boxed(e)))
     }
 
+    /// Prepare a statement for [`Cql::run`].
     pub fn prepare(&self, cql: &str) -> Result<PreparedStatement, CqlError> {
         self.rt
             .block_on(self.session.prepare(cql))
@@ -275,6 +282,7 @@ impl Cql {
             })
     }
 
+    /// Run a prepared statement with `values`.
     pub fn run(&self, p: &PreparedStatement, values: impl SerializeRow) -> Result<(), CqlError> {
         self.rt
             .block_on(self.session.execute_unpaged(p, values))

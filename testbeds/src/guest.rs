@@ -14,32 +14,47 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
 
+/// Why a guest could not be made, started or waited for.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
+    /// An operation on the guest failed.
     #[error("guest {name}: {op}: {detail}")]
     Op {
+        /// The guest's domain name.
         name: String,
+        /// The operation (`connect`, `disk`, `define`, ...).
         op: &'static str,
+        /// What failed.
         detail: String,
     },
+    /// The console did not show what was waited for in time.
     #[error("guest {name} did not print {pattern:?} within {secs} s; console tail: {tail}")]
     Timeout {
+        /// The guest's domain name.
         name: String,
+        /// The console text waited for.
         pattern: String,
+        /// How long it was given.
         secs: u64,
+        /// The console's last lines.
         tail: String,
     },
 }
 
+/// What guest to make.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// Domain name (also the name of its directory).
     pub name: String,
+    /// Number of disks (`vda`, `vdb`, ...).
     pub disks: usize,
     /// Virtual size of each disk in bytes (sparse).
     pub disk_size: u64,
+    /// Guest memory.
     pub memory_mib: u32,
     /// `writer` (sequence records on every disk) or `idle`.
     pub mode: &'static str,
+    /// Pause between the writer's rounds.
     pub interval_ms: u32,
     /// Image format of every disk: `qcow2` (default) or `raw`.
     pub format: &'static str,
@@ -73,6 +88,7 @@ pub enum DiskSource {
 }
 
 impl Spec {
+    /// A writer guest with `disks` blank qcow2 disks and the defaults of the tests.
     pub fn writer(name: &str, disks: usize) -> Self {
         Self {
             name: name.to_string(),
@@ -94,12 +110,19 @@ impl Spec {
     }
 }
 
+/// A running guest; removed with everything it created on drop unless kept.
 pub struct Guest {
+    /// What it was made from.
     pub spec: Spec,
+    /// libvirt daemon it runs on.
     pub uri: String,
+    /// Its directory (disks, console log).
     pub dir: PathBuf,
+    /// Its disk images, in target order.
     pub disks: Vec<PathBuf>,
+    /// Its serial console log.
     pub console: PathBuf,
+    /// Whether dropping it leaves the domain and directory in place.
     pub keep: bool,
     /// Defined (persistent) but not started: see [`Guest::define`].
     pub persistent: bool,
@@ -385,10 +408,12 @@ impl Guest {
         Ok(g)
     }
 
+    /// The domain name.
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
+    /// The console log so far (empty if unreadable).
     pub fn console_text(&self) -> String {
         std::fs::read(&self.console)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -465,6 +490,7 @@ impl Guest {
         }
     }
 
+    /// Leave the guest running and its files in place when this value is dropped.
     pub fn keep(mut self) {
         self.keep = true;
     }

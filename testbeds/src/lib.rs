@@ -13,6 +13,9 @@
 //!   built from a user-supplied distribution, the CQL client, workload, testbeds and profile;
 //! - [`error`]: what bringing a testbed up or down failed on.
 
+#![deny(missing_docs)]
+#![warn(clippy::too_many_lines)]
+
 pub mod assets;
 pub mod cass_bed;
 pub mod cass_profile;

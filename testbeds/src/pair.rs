@@ -12,27 +12,41 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Name of the PostgreSQL pair testbed.
 pub const NAME: &str = "postgres-pair";
 
+/// One VM of the pair.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vm {
+    /// Domain name.
     pub name: String,
+    /// Which database of the workload it holds.
     pub role: workload::Role,
+    /// Loopback port forwarded to its PostgreSQL.
     pub port: u16,
+    /// Its image directory.
     pub dir: PathBuf,
+    /// Seconds from boot until PostgreSQL was ready.
     pub boot_to_ready_s: f64,
 }
 
+/// What `up` started (the testbed's `state.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
+    /// libvirt daemon the VMs run on.
     pub uri: String,
+    /// Directory of the VMs' image directories.
     pub images_dir: PathBuf,
+    /// Both VMs, orders first.
     pub vms: Vec<Vm>,
+    /// The detached workload process, once started.
     pub workload_pid: Option<u32>,
+    /// When `up` began.
     pub started_at: DateTime<Utc>,
 }
 
 impl State {
+    /// libpq connection string of the VM holding `role`.
     pub fn conninfo(&self, role: workload::Role) -> Option<String> {
         self.vms
             .iter()

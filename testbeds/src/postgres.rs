@@ -9,19 +9,25 @@ use crate::assets::AssetError;
 use crate::guest::{DiskSource, Spec};
 use std::path::{Path, PathBuf};
 
+/// The PostgreSQL image build script.
 pub const BUILD_SCRIPT: &str = include_str!("../postgres/build.sh");
 /// Password of the `postgres` role in the testbed images (scram-sha-256 over TCP).
 pub const PASSWORD: &str = "cgsnap";
+/// PostgreSQL's port inside the guest.
 pub const GUEST_PORT: u16 = 5432;
 /// What the guest's init prints on the console once the server accepts connections.
 pub const READY_MARKER: &str = "CGSNAP-PG: ready";
 /// Longest wait for a testbed guest's server, first boot included.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The PostgreSQL guest's images.
 #[derive(Debug, Clone)]
 pub struct Images {
+    /// Root file system (shared, used through overlays).
     pub root: PathBuf,
+    /// PGDATA disk template.
     pub data: PathBuf,
+    /// `pg_wal` disk template.
     pub wal: PathBuf,
 }
 

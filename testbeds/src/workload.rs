@@ -79,23 +79,31 @@ pub(crate) fn pg(what: &'static str) -> impl FnOnce(postgres::Error) -> Workload
     move |source| WorkloadError::Pg { what, source }
 }
 
+/// Accounts of each ledger.
 pub const ACCOUNTS: i32 = 100;
+/// Starting balance of every account (so the ledger's sum is fixed).
 pub const INITIAL_BALANCE: i64 = 1000;
 
+/// Which database of the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// `orders` (written first).
     Orders,
+    /// `payments` (each referencing a committed order).
     Payments,
 }
 
 /// One acknowledged commit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Ack {
+    /// Database it was committed to.
     pub db: String,
     /// `transfer`, `order` or `payment`.
     pub kind: String,
+    /// Id of the committed row.
     pub id: i64,
+    /// When the client saw the acknowledgement.
     pub at: DateTime<Utc>,
 }
 
@@ -317,16 +325,21 @@ pub fn run_pair(
 /// Facts of one database that the invariants are about.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Facts {
+    /// Sum of all balances (constant if consistent).
     pub balance_sum: i64,
+    /// Transfers recorded.
     pub transfers: i64,
+    /// Highest transfer id (equals `transfers` without gaps).
     pub max_transfer: i64,
     /// Rows and max id of `orders` or `payments`.
     pub rows: i64,
+    /// Highest id of `orders` or `payments`.
     pub max_row: i64,
     /// `payments` only: highest referenced order.
     pub max_order_ref: i64,
 }
 
+/// Read the facts of a database of `role`.
 pub fn facts(c: &mut Client, role: Role) -> Result<Facts, WorkloadError> {
     let r = c
         .query_one(

@@ -92,8 +92,8 @@ fn file_name(image: &str) -> String {
 }
 
 /// Where the copy of `image` is under `dir`: a backup extracted with its paths (`borg
-/// extract`, `restic restore`) has it at DIR/<original absolute path>; a flat copy at
-/// DIR/<file name>, which is used only if no other image of the snapshot (`all`) has that file
+/// extract`, `restic restore`) has it at `DIR/<original absolute path>`; a flat copy at
+/// `DIR/<file name>`, which is used only if no other image of the snapshot (`all`) has that file
 /// name (disks of different domains are often all called `vda.qcow2`).
 pub fn image_in(
     dir: &Path,

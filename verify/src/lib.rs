@@ -15,7 +15,7 @@
 //!
 //! Invariants: frozen images are never written (every sandbox writes to its own overlays), nor
 //! is any live disk (writable disks outside the snapshot get blank stand-ins);
-//! all sandboxes are removed when [`run`] returns, whatever happened; the verdict is `pass`
+//! all sandboxes are removed when [`run()`] returns, whatever happened; the verdict is `pass`
 //! only if every check of every member and every cross-member check passed.
 //!
 //! Sandboxes never fill the filesystem they share with production VMs: none starts below the
@@ -33,6 +33,7 @@
 //! `--images` are found by their original absolute path under DIR, or by file name only when
 //! that name is unique among the snapshot's disks, and must have the recorded virtual size.
 
+#![deny(missing_docs)]
 #![warn(clippy::too_many_lines)]
 
 pub mod beacon;

@@ -242,6 +242,7 @@ pub const AMCHECK_SQL: &str = "SELECT count(bt_index_check(i.indexrelid)) FROM p
                JOIN pg_am a ON a.oid = r.relam
               WHERE a.amname = 'btree' AND r.relkind = 'i' AND r.relpersistence <> 't' AND i.indisvalid";
 
+/// B-tree integrity of every checkable index (`bt_index_check`, the extension created if needed).
 pub fn amcheck(c: &mut Session) -> Check {
     let r = c
         .run("CREATE EXTENSION amcheck", |c| {
@@ -259,6 +260,7 @@ pub fn amcheck(c: &mut Session) -> Check {
     }
 }
 
+/// A profile invariant: `sql` returns one boolean, which must be true.
 pub fn invariant(c: &mut Session, sql: &str) -> Check {
     let q = sql.to_string();
     let r = c.run(sql, move |c| {

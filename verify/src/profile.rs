@@ -12,11 +12,14 @@ use cgsnap_testbeds::cassandra::SyncMode;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The only profile format this version reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// A verification profile (`--profile FILE`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// Must be [`FORMAT_VERSION`].
     pub format_version: u32,
     /// Largest acceptable data loss (consistency point minus newest recovered beacon).
     pub rpo_seconds: f64,
@@ -30,6 +33,7 @@ pub struct Profile {
     /// `statement_timeout`); a query that hits it fails its check.
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout_seconds: u64,
+    /// One entry per member domain (`[[member]]`), in beacon write order.
     #[serde(rename = "member")]
     pub members: Vec<MemberProfile>,
     /// Cross-member invariants: `behind` must not exceed `ahead` (each a one-value query).
@@ -37,13 +41,19 @@ pub struct Profile {
     pub cross: Vec<Cross>,
 }
 
+/// A cross-member rule: the behind member's value must not exceed the ahead member's.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Cross {
+    /// Name of the check in the report.
     pub name: String,
+    /// Member written first (e.g. the orders database).
     pub ahead_domain: String,
+    /// Query on it returning one integer.
     pub ahead_sql: String,
+    /// Member written after it (e.g. the payments database).
     pub behind_domain: String,
+    /// Query on it returning one integer.
     pub behind_sql: String,
 }
 
@@ -55,10 +65,13 @@ fn default_statement_timeout() -> u64 {
     600
 }
 
+/// Database a member runs.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// PostgreSQL.
     Postgres,
+    /// Cassandra.
     Cassandra,
 }
 
@@ -66,22 +79,29 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CommitlogSync {
+    /// Acknowledged once synced.
     Batch,
+    /// Synced every `commitlog_sync_period_ms`.
     Periodic,
 }
 
+/// How to check one member (`[[member]]`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MemberProfile {
+    /// The member's domain name.
     pub domain: String,
+    /// Database it runs.
     pub kind: Kind,
     /// Database port inside the guest (forwarded to a loopback port in the sandbox).
     pub port: u16,
     /// PostgreSQL credentials (required there; Cassandra members connect without).
     #[serde(default)]
     pub user: String,
+    /// PostgreSQL password of `user`.
     #[serde(default)]
     pub password: String,
+    /// PostgreSQL database to connect to (default `postgres`).
     #[serde(default = "default_db")]
     pub dbname: String,
     /// Console line the guest prints once the database accepts connections. PostgreSQL: when
@@ -114,6 +134,7 @@ pub struct MemberProfile {
     /// `table.column` holding the acknowledged ids of `ack_kind` rows, for the lost-commit check.
     #[serde(default)]
     pub ack_kind: Option<String>,
+    /// `table` holding the acknowledged ids (`id` column) of `ack_kind` rows.
     #[serde(default)]
     pub ack_table: Option<String>,
 }
@@ -197,18 +218,29 @@ impl MemberProfile {
     }
 }
 
+/// Why a profile cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    /// The file could not be read.
     #[error("cannot read profile {path}: {source}")]
     Io {
+        /// The profile file.
         path: PathBuf,
+        /// The reason.
         #[source]
         source: std::io::Error,
     },
     #[error("malformed profile {path}: {detail}")]
-    Malformed { path: PathBuf, detail: String },
+    /// The text is not a valid profile.
+    Malformed {
+        /// The profile file.
+        path: PathBuf,
+        /// What is wrong (one line).
+        detail: String,
+    },
 }
 
+/// Parse and validate a profile's text (`path` only names it in errors).
 pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
     let p: Profile = toml::from_str(text).map_err(|e| ProfileError::Malformed {
         path: path.to_path_buf(),
@@ -243,6 +275,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
     Ok(p)
 }
 
+/// Read, parse and validate the profile at `path`.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io {
         path: path.to_path_buf(),

@@ -112,13 +112,19 @@ pub enum SandboxError {
 
 const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
+/// A restored member: its overlays and running transient domain.
 pub struct Sandbox {
+    /// The sandbox domain's name.
     pub name: String,
     /// The libvirt daemon it runs on.
     pub uri: String,
+    /// Its directory (overlays, console log, marker).
     pub dir: PathBuf,
+    /// Its serial console log.
     pub console: PathBuf,
+    /// Loopback port forwarded to its database.
     pub host_port: u16,
+    /// When its domain was started.
     pub started: Instant,
     /// One line per disk given a blank stand-in, for the report.
     pub stand_ins: Vec<String>,
@@ -358,6 +364,7 @@ impl Sandbox {
         self.stopped.load(Ordering::SeqCst)
     }
 
+    /// The console log so far (empty if unreadable).
     pub fn console_text(&self) -> String {
         std::fs::read(&self.console)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -388,8 +395,11 @@ impl Sandbox {
 /// How waiting for a member's ready marker ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Wait {
+    /// Ready this long after boot.
     Ready(Duration),
+    /// The failure marker appeared this long after boot.
     Failed(Duration),
+    /// Neither within the timeout.
     TimedOut,
     /// The sandbox was stopped from outside (see [`Sandbox::stopper`]).
     Stopped,

@@ -49,10 +49,12 @@ fn process_start(pid: u32) -> Option<u64> {
         .and_then(start_time)
 }
 
+/// The marker's text: `PID START\n`.
 pub fn marker_text(pid: u32, start: u64) -> String {
     format!("{pid} {start}\n")
 }
 
+/// A marker's pid and start time, if it is well formed.
 pub fn parse_marker(text: &str) -> Option<(u32, u64)> {
     let mut it = text.split_whitespace();
     let pid = it.next()?.parse().ok()?;
@@ -99,6 +101,7 @@ pub fn sandbox_file(name: &str) -> bool {
 /// What is known about one candidate directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen<'a> {
+    /// The directory's name.
     pub name: &'a str,
     /// Contents of its marker, if it has one.
     pub marker: Option<&'a str>,

@@ -21,7 +21,9 @@ const FALLBACK_SIZE: u64 = 1 << 30;
 /// A writable disk of the saved domain XML that the snapshot did not take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
+    /// The disk's target.
     pub target: String,
+    /// Its source file or device, if it has one.
     pub source: Option<String>,
     /// Why the snapshot left it out: `shareable` or `snapshot='no'` (or `'manual'`).
     pub reason: String,
