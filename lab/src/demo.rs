@@ -45,7 +45,7 @@ fn check_frozen(domain: &str, images: &[String]) -> Result<Vec<record::Record>, 
     let mut recs = Vec::new();
     for i in images {
         let r = record::read(Path::new(i))
-            .map_err(fail)?
+            .map_err(|e| fail(e.to_string()))?
             .ok_or_else(|| fail(format!("{domain}: no record in frozen image {i}")))?;
         recs.push(r);
     }

@@ -71,10 +71,10 @@ pub struct BeaconArgs {
     pub count: Option<u64>,
 }
 
-fn fail(code: ExitCode, msg: impl Into<String>) -> Failure {
+fn fail(code: ExitCode, msg: impl std::fmt::Display) -> Failure {
     Failure {
         code,
-        msg: msg.into(),
+        msg: msg.to_string(),
     }
 }
 

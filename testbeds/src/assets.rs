@@ -6,21 +6,29 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The guest kernel/initramfs build script (run by [`ensure`]).
 pub const BUILD_SCRIPT: &str = include_str!("../guest/build.sh");
 /// Steps shared by the root-file-system image builds, sourced by them as `rootfs.sh`.
 pub const ROOTFS_LIB: &str = include_str!("../lib/rootfs.sh");
+/// Cache directory without `$CGSNAP_GUEST_CACHE`.
 pub const DEFAULT_CACHE: &str = "/var/cache/cgsnap/guest";
 
+/// A build script failed; `detail` is its exit status and output tail.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the guest kernel/initramfs in {dir}: {detail}")]
 pub struct AssetError {
+    /// The output (cache) directory.
     pub dir: PathBuf,
+    /// What failed.
     pub detail: String,
 }
 
+/// The built guest kernel and initramfs.
 #[derive(Debug, Clone)]
 pub struct Assets {
+    /// Kernel image.
     pub kernel: PathBuf,
+    /// Initramfs with the guest's `/init`.
     pub initrd: PathBuf,
 }
 

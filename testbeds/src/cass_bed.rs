@@ -8,54 +8,81 @@
 
 use crate::cassandra::{self, SyncMode};
 use crate::cql::Cql;
+use crate::error::TestbedError;
+use crate::state_file::StateError;
 use crate::{assets, cass_workload, guest, postgres, state_file, teardown};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Name of the single-node Cassandra testbed.
 pub const SINGLE: &str = "cassandra";
+/// Name of the PostgreSQL + Cassandra testbed.
 pub const MIXED: &str = "pg-cassandra";
+/// VM of the single-node testbed.
 pub const CASS_VM: &str = "cgsnap-cass";
+/// PostgreSQL VM of the mixed testbed.
 pub const MIX_PG_VM: &str = "cgsnap-mix-pg";
+/// Cassandra VM of the mixed testbed.
 pub const MIX_CASS_VM: &str = "cgsnap-mix-cass";
 /// Boot to CQL-ready on a TCG guest: JVM start-up and commit log replay are slow there.
 const CASS_READY: Duration = Duration::from_secs(900);
 
+/// Which database a testbed VM runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
+    /// PostgreSQL (the `orders` role).
     Postgres,
+    /// Cassandra.
     Cassandra,
 }
 
+/// One VM of a Cassandra testbed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vm {
+    /// Domain name.
     pub name: String,
+    /// Database it runs.
     pub engine: Engine,
+    /// Loopback port forwarded to its database.
     pub port: u16,
+    /// Its image directory.
     pub dir: PathBuf,
+    /// Seconds from boot until its database answered.
     pub boot_to_ready_s: f64,
 }
 
+/// What `up` started (the testbed's `state.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
+    /// [`SINGLE`] or [`MIXED`].
     pub testbed: String,
+    /// libvirt daemon the VMs run on.
     pub uri: String,
+    /// Directory of the VMs' image directories.
     pub images_dir: PathBuf,
+    /// Commit log sync mode the Cassandra guest was booted with.
     pub sync: SyncMode,
+    /// Version of the Cassandra distribution used.
     pub cassandra_version: String,
+    /// VMs, in beacon write order.
     pub vms: Vec<Vm>,
+    /// The detached workload process, once started.
     pub workload_pid: Option<u32>,
+    /// When `up` began.
     pub started_at: DateTime<Utc>,
 }
 
 impl State {
+    /// Loopback port of the VM running `engine`, if the testbed has one.
     pub fn port(&self, engine: Engine) -> Option<u16> {
         self.vms.iter().find(|v| v.engine == engine).map(|v| v.port)
     }
 }
 
+/// Whether `name` is one of the Cassandra testbeds.
 pub fn is_cassandra_testbed(name: &str) -> bool {
     name == SINGLE || name == MIXED
 }
@@ -74,11 +101,13 @@ pub fn plan(testbed: &str) -> Vec<(&'static str, Engine)> {
 
 pub use crate::state_file::{ack_log, verify_profile};
 
-pub fn load(state_dir: &Path) -> Result<State, String> {
+/// Read the testbed's saved state.
+pub fn load(state_dir: &Path) -> Result<State, StateError> {
     state_file::load(state_dir)
 }
 
-pub fn save(state_dir: &Path, s: &State) -> Result<(), String> {
+/// Save the testbed's state (whole or not at all).
+pub fn save(state_dir: &Path, s: &State) -> Result<(), StateError> {
     state_file::save(state_dir, s)
 }
 
@@ -91,23 +120,23 @@ pub fn up(
     images_dir: &Path,
     ports: &[u16],
     sync: SyncMode,
-) -> Result<State, String> {
-    let dist = cassandra::distribution().map_err(|e| e.to_string())?;
+) -> Result<State, TestbedError> {
+    let dist = cassandra::distribution()?;
     let plan = plan(testbed);
     if ports.len() != plan.len() {
-        return Err(format!(
-            "testbed {testbed} needs {} port(s), got {}",
-            plan.len(),
-            ports.len()
-        ));
+        return Err(TestbedError::Ports {
+            testbed: testbed.to_string(),
+            need: plan.len(),
+            got: ports.len(),
+        });
     }
     state_file::ensure_absent(state_dir, testbed)?;
-    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir).map_err(TestbedError::io(state_dir))?;
     let cache = assets::cache_dir();
-    let a = assets::ensure(&cache).map_err(|e| e.to_string())?;
-    let cimg = cassandra::ensure(&cache, &dist).map_err(|e| e.to_string())?;
+    let a = assets::ensure(&cache)?;
+    let cimg = cassandra::ensure(&cache, &dist)?;
     let pimg = if testbed == MIXED {
-        Some(postgres::ensure(&cache).map_err(|e| e.to_string())?)
+        Some(postgres::ensure(&cache)?)
     } else {
         None
     };
@@ -134,15 +163,15 @@ pub fn up(
     save(state_dir, &state)?;
     let vp = verify_profile(state_dir);
     std::fs::write(&vp, crate::cass_profile::text(&state, &ack_log(state_dir)))
-        .map_err(|e| format!("{}: {e}", vp.display()))?;
+        .map_err(TestbedError::io(&vp))?;
     let mut guests = Vec::new();
     for vm in &state.vms {
         let spec = match (vm.engine, &pimg) {
             (Engine::Postgres, Some(p)) => postgres::spec(&vm.name, vm.port, p),
-            (Engine::Postgres, None) => return Err("no PostgreSQL images".into()),
+            (Engine::Postgres, None) => return Err(TestbedError::NoPostgresImages),
             (Engine::Cassandra, _) => cassandra::spec(&vm.name, vm.port, &cimg, sync),
         };
-        guests.push(guest::Guest::start(uri, images_dir, spec, &a).map_err(|e| e.to_string())?);
+        guests.push(guest::Guest::start(uri, images_dir, spec, &a)?);
     }
     for (g, vm) in guests.iter().zip(state.vms.iter_mut()) {
         match vm.engine {
@@ -151,8 +180,7 @@ pub fn up(
                     postgres::ready_with_schema(g, vm.port, cass_workload::PG_ROLE)?;
             }
             Engine::Cassandra => {
-                g.wait_console(cassandra::READY_MARKER, CASS_READY)
-                    .map_err(|e| e.to_string())?;
+                g.wait_console(cassandra::READY_MARKER, CASS_READY)?;
                 let (c, _) = Cql::connect_ready(&cassandra::addr(vm.port), CASS_READY)?;
                 vm.boot_to_ready_s = g.started.elapsed().as_secs_f64();
                 cass_workload::init_schema(&c)?;
@@ -167,22 +195,23 @@ pub fn up(
 }
 
 /// Run the testbed's workload forever (the detached `__workload` process).
-pub fn run_workload(state_dir: &Path) -> Result<u64, String> {
+pub fn run_workload(state_dir: &Path) -> Result<u64, TestbedError> {
     let s = load(state_dir)?;
     let cass = s
         .port(Engine::Cassandra)
-        .ok_or("testbed state lacks the Cassandra VM")?;
+        .ok_or(TestbedError::MissingVm("Cassandra"))?;
     let log = ack_log(state_dir);
-    match s.port(Engine::Postgres) {
+    let writes = match s.port(Engine::Postgres) {
         None => cass_workload::run_single(&cassandra::addr(cass), &log, None),
         Some(pg) => {
             cass_workload::run_mixed(&postgres::conninfo(pg), &cassandra::addr(cass), &log, None)
         }
-    }
+    }?;
+    Ok(writes)
 }
 
 /// Stop the workload, destroy the VMs, remove images and state.
-pub fn down(state_dir: &Path) -> Result<State, String> {
+pub fn down(state_dir: &Path) -> Result<State, TestbedError> {
     let s = load(state_dir)?;
     let vms = s.vms.iter().map(|v| (v.name.as_str(), v.dir.as_path()));
     teardown::down(state_dir, &s.uri, s.workload_pid, vms)?;
@@ -213,7 +242,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("cgsnap-cassbed-{}", std::process::id()));
         let e = up(SINGLE, "test:///default", &d, &d, &[1], SyncMode::Batch)
             .expect_err("no distribution");
-        assert!(e.contains(cassandra::HOME_VAR), "{e}");
+        assert!(e.to_string().contains(cassandra::HOME_VAR), "{e}");
         assert!(!d.exists(), "nothing created");
     }
 }

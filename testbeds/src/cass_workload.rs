@@ -12,20 +12,22 @@
 //!   cut `max(events.order_id) <= max(orders.id)` and PostgreSQL's newest beacon is not older.
 
 use crate::cql::Cql;
-use crate::workload::{self, AckLog, Role};
+use crate::workload::{self, AckLog, Role, WorkloadError};
 use chrono::Utc;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Name of the Cassandra store in the acknowledgement log.
 pub const ACK_DB: &str = "cassandra";
+/// The events table (`keyspace.table`).
 pub const EVENTS: &str = "cgsnap.events";
+/// The beacon table (`keyspace.table`).
 pub const BEACONS: &str = "cgsnap.cgsnap_beacon";
 /// A beacon every this many events.
 const BEACON_EVERY: i64 = 5;
 
 /// Create keyspace and tables (idempotent; CQL every supported version accepts).
-pub fn init_schema(c: &Cql) -> Result<(), String> {
+pub fn init_schema(c: &Cql) -> Result<(), crate::cql::CqlError> {
     c.execute(&format!(
         "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}} AND durable_writes = true",
         crate::cassandra::KEYSPACE
@@ -46,7 +48,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(addr: &str) -> Result<Self, String> {
+    fn new(addr: &str) -> Result<Self, WorkloadError> {
         let (c, _) = Cql::connect_ready(addr, Duration::from_secs(60))?;
         let event = c.prepare(&format!(
             "INSERT INTO {EVENTS} (id, order_id, at) VALUES (?, ?, ?)"
@@ -54,13 +56,13 @@ impl Writer {
         let beacon = c.prepare(&format!("INSERT INTO {BEACONS} (seq, ts) VALUES (?, ?)"))?;
         Ok(Self { c, event, beacon })
     }
-    fn max(&self, cql: &str) -> Result<i64, String> {
-        self.c.scalar(cql)
+    fn max(&self, cql: &str) -> Result<i64, WorkloadError> {
+        Ok(self.c.scalar(cql)?)
     }
 }
 
 /// Run the Cassandra-only workload until `until` (or forever); returns acknowledged writes.
-pub fn run_single(addr: &str, log: &Path, until: Option<Duration>) -> Result<u64, String> {
+pub fn run_single(addr: &str, log: &Path, until: Option<Duration>) -> Result<u64, WorkloadError> {
     let w = Writer::new(addr)?;
     let mut acks = AckLog::open(log)?;
     let mut n = w.max(&format!("SELECT max(id) FROM {EVENTS}"))?;
@@ -85,14 +87,19 @@ pub fn run_single(addr: &str, log: &Path, until: Option<Duration>) -> Result<u64
 /// Run the PostgreSQL + Cassandra workload (see the module invariants); returns acknowledged
 /// writes. `pg` is a libpq conninfo of an `orders` database set up by
 /// [`workload::init_schema`].
-pub fn run_mixed(pg: &str, addr: &str, log: &Path, until: Option<Duration>) -> Result<u64, String> {
+pub fn run_mixed(
+    pg: &str,
+    addr: &str,
+    log: &Path,
+    until: Option<Duration>,
+) -> Result<u64, WorkloadError> {
     let mut o = workload::connect(pg)?;
     let w = Writer::new(addr)?;
     let mut acks = AckLog::open(log)?;
-    let pg_max = |o: &mut postgres::Client, sql: &str| -> Result<i64, String> {
+    let pg_max = |o: &mut postgres::Client, sql: &str| -> Result<i64, WorkloadError> {
         o.query_one(sql, &[])
             .map(|r| r.get::<_, i64>(0))
-            .map_err(|e| e.to_string())
+            .map_err(workload::pg("read the highest order or beacon"))
     };
     let mut n = pg_max(&mut o, "SELECT coalesce(max(id), 0)::bigint FROM orders")?
         .max(w.max(&format!("SELECT max(order_id) FROM {EVENTS}"))?);
@@ -110,7 +117,7 @@ pub fn run_mixed(pg: &str, addr: &str, log: &Path, until: Option<Duration>) -> R
             seq += 1;
             let ts = Utc::now();
             o.execute("INSERT INTO cgsnap_beacon VALUES ($1, $2)", &[&seq, &ts])
-                .map_err(|e| e.to_string())?;
+                .map_err(workload::pg("insert a beacon"))?;
             w.c.run(&w.beacon, (seq, ts))?;
             acks.record(ACK_DB, "beacon", seq)?;
             writes += 2;
@@ -120,7 +127,7 @@ pub fn run_mixed(pg: &str, addr: &str, log: &Path, until: Option<Duration>) -> R
             "INSERT INTO orders VALUES ($1, $2, now())",
             &[&n, &(n % 97 + 1)],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(workload::pg("insert an order"))?;
         acks.record("orders", "order", n)?;
         event += 1;
         w.c.run(&w.event, (event, n, Utc::now()))?;
@@ -133,12 +140,16 @@ pub fn run_mixed(pg: &str, addr: &str, log: &Path, until: Option<Duration>) -> R
 /// The facts of a Cassandra node the invariants are about.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Facts {
+    /// Rows of the events table.
     pub events: i64,
+    /// Highest event id.
     pub max_event: i64,
+    /// Highest order an event references (mixed workload; 0 otherwise).
     pub max_order_ref: i64,
 }
 
-pub fn facts(c: &Cql) -> Result<Facts, String> {
+/// Read the facts of the events table.
+pub fn facts(c: &Cql) -> Result<Facts, crate::cql::CqlError> {
     let v = c.single_row_i64(&format!(
         "SELECT count(*), max(id), max(order_id) FROM {EVENTS}"
     ))?;

@@ -15,12 +15,17 @@ use crate::guest::{DiskSource, Spec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The Cassandra image build script.
 pub const BUILD_SCRIPT: &str = include_str!("../cassandra/build.sh");
+/// Environment variable naming the Cassandra binary distribution to use.
 pub const HOME_VAR: &str = "CGSNAP_CASSANDRA_HOME";
 /// Why Cassandra testbeds and tests cannot run without a distribution, and the fix.
 pub const UNSET_HELP: &str = "CGSNAP_CASSANDRA_HOME is not set (point it at an Apache Cassandra 4.x/5.0 binary distribution: bin/, conf/, lib/)";
+/// CQL port inside the guest.
 pub const CQL_PORT: u16 = 9042;
+/// What the guest's init prints on the console once CQL is up.
 pub const READY_MARKER: &str = "CGSNAP-CASS: ready";
+/// Keyspace of the workload tables.
 pub const KEYSPACE: &str = "cgsnap";
 
 /// How Cassandra makes acknowledged writes durable (`commitlog_sync`).
@@ -30,7 +35,10 @@ pub enum SyncMode {
     /// A write is acknowledged after its commit log entry is synced.
     Batch,
     /// Writes are acknowledged at once; the commit log is synced every `period_ms`.
-    Periodic { period_ms: u64 },
+    Periodic {
+        /// `commitlog_sync_period` in milliseconds.
+        period_ms: u64,
+    },
 }
 
 impl SyncMode {
@@ -73,17 +81,26 @@ impl std::fmt::Display for SyncMode {
 /// A Cassandra binary distribution on this host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Distribution {
+    /// The distribution's top directory.
     pub home: PathBuf,
     /// From `lib/apache-cassandra-VERSION.jar`.
     pub version: String,
 }
 
+/// Why no Cassandra distribution can be used.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DistError {
+    /// [`HOME_VAR`] is not set.
     #[error("{UNSET_HELP}")]
     Unset,
     #[error("{HOME_VAR}={home} is not a Cassandra binary distribution: {detail}")]
-    Invalid { home: PathBuf, detail: String },
+    /// The directory is not a binary distribution.
+    Invalid {
+        /// The directory named.
+        home: PathBuf,
+        /// What is missing or wrong.
+        detail: String,
+    },
 }
 
 /// The version in the name of the server jar (`apache-cassandra-4.1.3.jar`); the other jars of
@@ -134,10 +151,14 @@ pub fn distribution() -> Result<Distribution, DistError> {
     }
 }
 
+/// The Cassandra guest's images.
 #[derive(Debug, Clone)]
 pub struct Images {
+    /// Root file system (shared, used through overlays).
     pub root: PathBuf,
+    /// Commit log disk template.
     pub commitlog: PathBuf,
+    /// Data disk template.
     pub data: PathBuf,
 }
 

@@ -24,13 +24,104 @@ use scylla::value::{CqlValue, Row};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+/// What a CQL operation against a node failed on; each names the statement or the node.
+#[derive(Debug, thiserror::Error)]
+pub enum CqlError {
+    /// The async runtime the blocking client drives the driver with could not be built.
+    #[error("tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// No session could be opened to `addr`.
+    #[error("CQL connect {addr}: {source}")]
+    Connect {
+        /// The node (`127.0.0.1:PORT`).
+        addr: String,
+        /// The driver's reason.
+        #[source]
+        source: Box<scylla::errors::NewSessionError>,
+    },
+    /// The node did not accept a connection and a query within the wait.
+    #[error("not CQL-ready within {secs} s: {source}")]
+    NotReady {
+        /// How long it was given.
+        secs: u64,
+        /// The last attempt's failure.
+        #[source]
+        source: Box<CqlError>,
+    },
+    /// A statement failed on the server or on the way to it.
+    #[error("{cql}: {source}")]
+    Query {
+        /// The statement, as sent.
+        cql: String,
+        /// The driver's reason.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A statement could not be prepared.
+    #[error("prepare {cql}: {source}")]
+    Prepare {
+        /// The statement.
+        cql: String,
+        /// The driver's reason.
+        #[source]
+        source: Box<scylla::errors::PrepareError>,
+    },
+    /// A query expected to return one row returned another number.
+    #[error("{cql}: {rows} rows instead of one")]
+    RowCount {
+        /// The query.
+        cql: String,
+        /// Rows it returned.
+        rows: usize,
+    },
+    /// A column expected to be an integer is not.
+    #[error("not an integer: {0}")]
+    NotInteger(String),
+    /// A value of a query's row is not an integer.
+    #[error("{cql}: {source}")]
+    Column {
+        /// The query.
+        cql: String,
+        /// What the value was.
+        #[source]
+        source: Box<CqlError>,
+    },
+    /// A one-row query returned a row without columns.
+    #[error("{cql}: no column")]
+    NoColumn {
+        /// The query.
+        cql: String,
+    },
+    /// `system.local` lacks the server version.
+    #[error("system.local has no release_version")]
+    NoReleaseVersion,
+    /// The server version is not `MAJOR[.MINOR[.PATCH]]...`.
+    #[error("unparsable release_version {0:?}")]
+    BadReleaseVersion(String),
+    /// Neither schema table family answered.
+    #[error("no schema tables found: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NoSchemaTables(Vec<CqlError>),
+    /// A beacon row has a null or unreadable timestamp.
+    #[error("{table}: beacon {seq} has no timestamp")]
+    NoTimestamp {
+        /// The beacon table.
+        table: String,
+        /// The beacon.
+        seq: i64,
+    },
+}
+
 /// Per-request timeout: a TCG guest answers slowly, and `count(*)` scans the whole table.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A Cassandra server version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {
+    /// Major version.
     pub major: u32,
+    /// Minor version (0 if not given).
     pub minor: u32,
+    /// Patch version (0 if not given).
     pub patch: u32,
 }
 
@@ -87,7 +178,7 @@ impl SchemaSource {
 }
 
 /// A numeric CQL value as i64 (`count(*)` is bigint, `max(int)` is int), `None` for null.
-pub fn as_i64(v: &Option<CqlValue>) -> Result<Option<i64>, String> {
+pub fn as_i64(v: &Option<CqlValue>) -> Result<Option<i64>, CqlError> {
     match v {
         None => Ok(None),
         Some(CqlValue::BigInt(x)) => Ok(Some(*x)),
@@ -96,27 +187,38 @@ pub fn as_i64(v: &Option<CqlValue>) -> Result<Option<i64>, String> {
         Some(CqlValue::TinyInt(x)) => Ok(Some(i64::from(*x))),
         Some(CqlValue::Counter(c)) => Ok(Some(c.0)),
         Some(CqlValue::Boolean(b)) => Ok(Some(i64::from(*b))),
-        Some(other) => Err(format!("not an integer: {other:?}")),
+        Some(other) => Err(CqlError::NotInteger(format!("{other:?}"))),
     }
 }
 
+/// A blocking CQL session to one node.
 pub struct Cql {
     rt: tokio::runtime::Runtime,
     session: Session,
+    /// The node (`127.0.0.1:PORT`).
     pub addr: String,
 }
 
-fn e2s(e: impl std::fmt::Display) -> String {
-    e.to_string()
+fn boxed(
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+fn query_error(cql: &str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> CqlError {
+    move |source| CqlError::Query {
+        cql: cql.to_string(),
+        source,
+    }
 }
 
 impl Cql {
     /// One connection attempt to `addr` (`127.0.0.1:PORT`).
-    pub fn connect(addr: &str, timeout: Duration) -> Result<Cql, String> {
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Cql, CqlError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?;
+            .map_err(CqlError::Runtime)?;
         let profile = ExecutionProfile::builder()
             .consistency(Consistency::Quorum)
             .request_timeout(Some(REQUEST_TIMEOUT))
@@ -131,7 +233,10 @@ impl Cql {
                     .default_execution_profile_handle(profile)
                     .build(),
             )
-            .map_err(|e| format!("CQL connect {addr}: {e}"))?;
+            .map_err(|e| CqlError::Connect {
+                addr: addr.to_string(),
+                source: Box::new(e),
+            })?;
         Ok(Cql {
             rt,
             session,
@@ -141,7 +246,7 @@ impl Cql {
 
     /// Connect and read `release_version`, retrying until `total` has passed (the node may
     /// still be replaying its commit log, or the forward may not be listening yet).
-    pub fn connect_ready(addr: &str, total: Duration) -> Result<(Cql, Version), String> {
+    pub fn connect_ready(addr: &str, total: Duration) -> Result<(Cql, Version), CqlError> {
         let start = Instant::now();
         loop {
             let r = Cql::connect(addr, Duration::from_secs(10))
@@ -149,7 +254,10 @@ impl Cql {
             match r {
                 Ok(x) => return Ok(x),
                 Err(e) if start.elapsed() > total => {
-                    return Err(format!("not CQL-ready within {} s: {e}", total.as_secs()));
+                    return Err(CqlError::NotReady {
+                        secs: total.as_secs(),
+                        source: Box::new(e),
+                    });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
@@ -157,64 +265,78 @@ impl Cql {
     }
 
     /// Run a statement without bound values (DDL, literal DML).
-    pub fn execute(&self, cql: &str) -> Result<(), String> {
+    pub fn execute(&self, cql: &str) -> Result<(), CqlError> {
         self.rt
             .block_on(self.session.query_unpaged(cql, ()))
             .map(|_| ())
-            .map_err(|e| format!("{cql}: {e}"))
+            .map_err(|e| query_error(cql)(boxed(e)))
     }
 
-    pub fn prepare(&self, cql: &str) -> Result<PreparedStatement, String> {
+    /// Prepare a statement for [`Cql::run`].
+    pub fn prepare(&self, cql: &str) -> Result<PreparedStatement, CqlError> {
         self.rt
             .block_on(self.session.prepare(cql))
-            .map_err(|e| format!("prepare {cql}: {e}"))
+            .map_err(|e| CqlError::Prepare {
+                cql: cql.to_string(),
+                source: Box::new(e),
+            })
     }
 
-    pub fn run(&self, p: &PreparedStatement, values: impl SerializeRow) -> Result<(), String> {
+    /// Run a prepared statement with `values`.
+    pub fn run(&self, p: &PreparedStatement, values: impl SerializeRow) -> Result<(), CqlError> {
         self.rt
             .block_on(self.session.execute_unpaged(p, values))
             .map(|_| ())
-            .map_err(|e| format!("{}: {e}", p.get_statement()))
+            .map_err(|e| query_error(p.get_statement())(boxed(e)))
     }
 
     /// Every row of a query, untyped, fetched page by page.
-    pub fn rows(&self, cql: &str, values: impl SerializeRow) -> Result<Vec<Row>, String> {
+    pub fn rows(&self, cql: &str, values: impl SerializeRow) -> Result<Vec<Row>, CqlError> {
         self.rt
             .block_on(async {
-                let pager = self.session.query_iter(cql, values).await.map_err(e2s)?;
+                let pager = self.session.query_iter(cql, values).await.map_err(boxed)?;
                 pager
                     .rows_stream::<Row>()
-                    .map_err(e2s)?
+                    .map_err(boxed)?
                     .try_collect::<Vec<_>>()
                     .await
-                    .map_err(e2s)
+                    .map_err(boxed)
             })
-            .map_err(|e| format!("{cql}: {e}"))
+            .map_err(query_error(cql))
     }
 
     /// The columns of a query's single row as integers (null as `None`).
-    pub fn single_row_i64(&self, cql: &str) -> Result<Vec<Option<i64>>, String> {
+    pub fn single_row_i64(&self, cql: &str) -> Result<Vec<Option<i64>>, CqlError> {
         let rows = self.rows(cql, ())?;
         let [row] = rows.as_slice() else {
-            return Err(format!("{cql}: {} rows instead of one", rows.len()));
+            return Err(CqlError::RowCount {
+                cql: cql.to_string(),
+                rows: rows.len(),
+            });
         };
         row.columns
             .iter()
             .map(as_i64)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("{cql}: {e}"))
+            .map_err(|e| CqlError::Column {
+                cql: cql.to_string(),
+                source: Box::new(e),
+            })
     }
 
     /// First column of a one-row query as an integer, null as 0 (`max` of an empty table).
-    pub fn scalar(&self, cql: &str) -> Result<i64, String> {
+    pub fn scalar(&self, cql: &str) -> Result<i64, CqlError> {
         let v = self.single_row_i64(cql)?;
         v.first()
             .copied()
-            .ok_or_else(|| format!("{cql}: no column"))
+            .ok_or_else(|| CqlError::NoColumn {
+                cql: cql.to_string(),
+            })
             .map(|x| x.unwrap_or(0))
     }
 
-    pub fn release_version(&self) -> Result<Version, String> {
+    /// The server's version, from `system.local`.
+    pub fn release_version(&self) -> Result<Version, CqlError> {
         let rows = self.rows(
             "SELECT release_version FROM system.local WHERE key = 'local'",
             (),
@@ -224,12 +346,12 @@ impl Cql {
             .and_then(|r| r.columns.first())
             .and_then(|c| c.as_ref())
             .and_then(|c| c.as_text())
-            .ok_or("system.local has no release_version")?;
-        parse_version(text).ok_or_else(|| format!("unparsable release_version {text:?}"))
+            .ok_or(CqlError::NoReleaseVersion)?;
+        parse_version(text).ok_or_else(|| CqlError::BadReleaseVersion(text.to_string()))
     }
 
     /// Which schema tables this server has (probed, see the module invariants).
-    pub fn schema_source(&self) -> Result<SchemaSource, String> {
+    pub fn schema_source(&self) -> Result<SchemaSource, CqlError> {
         let mut errs = Vec::new();
         for s in [SchemaSource::SystemSchema, SchemaSource::Legacy] {
             match self.rows(s.probe_query(), ()) {
@@ -237,7 +359,7 @@ impl Cql {
                 Err(e) => errs.push(e),
             }
         }
-        Err(format!("no schema tables found: {}", errs.join("; ")))
+        Err(CqlError::NoSchemaTables(errs))
     }
 
     /// Does `keyspace.table` exist?
@@ -246,12 +368,12 @@ impl Cql {
         src: SchemaSource,
         keyspace: &str,
         table: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CqlError> {
         Ok(!self.rows(src.table_query(), (keyspace, table))?.is_empty())
     }
 
     /// Every value of an integer column (a full, paged scan).
-    pub fn ids(&self, table: &str, column: &str) -> Result<HashSet<i64>, String> {
+    pub fn ids(&self, table: &str, column: &str) -> Result<HashSet<i64>, CqlError> {
         let cql = format!("SELECT {column} FROM {table}");
         let mut out = HashSet::new();
         for r in self.rows(&cql, ())? {
@@ -263,7 +385,7 @@ impl Cql {
     }
 
     /// Newest beacon `(seq, ts)` of a `(seq bigint PRIMARY KEY, ts timestamp)` table.
-    pub fn newest_beacon(&self, table: &str) -> Result<Option<(i64, DateTime<Utc>)>, String> {
+    pub fn newest_beacon(&self, table: &str) -> Result<Option<(i64, DateTime<Utc>)>, CqlError> {
         let Some(seq) = self
             .single_row_i64(&format!("SELECT max(seq) FROM {table}"))?
             .first()
@@ -280,7 +402,10 @@ impl Cql {
             .and_then(|c| c.as_ref())
             .and_then(|c| c.as_cql_timestamp())
             .and_then(|t| DateTime::<Utc>::from_timestamp_millis(t.0))
-            .ok_or_else(|| format!("{table}: beacon {seq} has no timestamp"))?;
+            .ok_or_else(|| CqlError::NoTimestamp {
+                table: table.to_string(),
+                seq,
+            })?;
         Ok(Some((seq, ts)))
     }
 }
@@ -326,10 +451,11 @@ mod tests {
 
     #[test]
     fn integers_of_every_width_and_null() {
-        assert_eq!(as_i64(&None), Ok(None));
-        assert_eq!(as_i64(&Some(CqlValue::BigInt(7))), Ok(Some(7)));
-        assert_eq!(as_i64(&Some(CqlValue::Int(-3))), Ok(Some(-3)));
-        assert_eq!(as_i64(&Some(CqlValue::Boolean(true))), Ok(Some(1)));
+        let ok = |v: Option<CqlValue>| as_i64(&v).ok();
+        assert_eq!(ok(None), Some(None));
+        assert_eq!(ok(Some(CqlValue::BigInt(7))), Some(Some(7)));
+        assert_eq!(ok(Some(CqlValue::Int(-3))), Some(Some(-3)));
+        assert_eq!(ok(Some(CqlValue::Boolean(true))), Some(Some(1)));
         assert!(as_i64(&Some(CqlValue::Text("x".into()))).is_err());
     }
 }

@@ -14,32 +14,47 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
 
+/// Why a guest could not be made, started or waited for.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
+    /// An operation on the guest failed.
     #[error("guest {name}: {op}: {detail}")]
     Op {
+        /// The guest's domain name.
         name: String,
+        /// The operation (`connect`, `disk`, `define`, ...).
         op: &'static str,
+        /// What failed.
         detail: String,
     },
+    /// The console did not show what was waited for in time.
     #[error("guest {name} did not print {pattern:?} within {secs} s; console tail: {tail}")]
     Timeout {
+        /// The guest's domain name.
         name: String,
+        /// The console text waited for.
         pattern: String,
+        /// How long it was given.
         secs: u64,
+        /// The console's last lines.
         tail: String,
     },
 }
 
+/// What guest to make.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// Domain name (also the name of its directory).
     pub name: String,
+    /// Number of disks (`vda`, `vdb`, ...).
     pub disks: usize,
     /// Virtual size of each disk in bytes (sparse).
     pub disk_size: u64,
+    /// Guest memory.
     pub memory_mib: u32,
     /// `writer` (sequence records on every disk) or `idle`.
     pub mode: &'static str,
+    /// Pause between the writer's rounds.
     pub interval_ms: u32,
     /// Image format of every disk: `qcow2` (default) or `raw`.
     pub format: &'static str,
@@ -73,6 +88,7 @@ pub enum DiskSource {
 }
 
 impl Spec {
+    /// A writer guest with `disks` blank qcow2 disks and the defaults of the tests.
     pub fn writer(name: &str, disks: usize) -> Self {
         Self {
             name: name.to_string(),
@@ -94,12 +110,19 @@ impl Spec {
     }
 }
 
+/// A running guest; removed with everything it created on drop unless kept.
 pub struct Guest {
+    /// What it was made from.
     pub spec: Spec,
+    /// libvirt daemon it runs on.
     pub uri: String,
+    /// Its directory (disks, console log).
     pub dir: PathBuf,
+    /// Its disk images, in target order.
     pub disks: Vec<PathBuf>,
+    /// Its serial console log.
     pub console: PathBuf,
+    /// Whether dropping it leaves the domain and directory in place.
     pub keep: bool,
     /// Defined (persistent) but not started: see [`Guest::define`].
     pub persistent: bool,
@@ -165,7 +188,20 @@ fn domain_xml(spec: &Spec, assets: &Assets, disks: &[PathBuf], console: &Path) -
     x
 }
 
-fn materialize(src: &DiskSource, dst: &Path) -> Result<(), String> {
+/// Why a disk of a guest could not be made; the guest's [`GuestError::Op`] carries its text.
+#[derive(Debug, thiserror::Error)]
+enum DiskError {
+    #[error("{0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("qemu-io: {0}")]
+    SpawnQemuIo(#[source] std::io::Error),
+    #[error("{}: {stderr}", path.display())]
+    Tool { path: PathBuf, stderr: String },
+    #[error("{0}")]
+    Write(String),
+}
+
+fn materialize(src: &DiskSource, dst: &Path) -> Result<(), DiskError> {
     let out = match src {
         DiskSource::Overlay(base) => Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -178,20 +214,19 @@ fn materialize(src: &DiskSource, dst: &Path) -> Result<(), String> {
             .arg(dst)
             .output(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(DiskError::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{}: {}",
-            dst.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(DiskError::Tool {
+            path: dst.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// Write `bytes` of a non-zero pattern from offset 0, in chunks (qemu-io buffers a request).
-fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), String> {
+fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), DiskError> {
     const CHUNK: u64 = 256 << 20;
     let mut off = 0;
     while off < bytes {
@@ -201,9 +236,11 @@ fn prefill(image: &Path, format: &str, bytes: u64) -> Result<(), String> {
             .arg(format!("write -q -P 0x5a {off} {len}"))
             .arg(image)
             .output()
-            .map_err(|e| format!("qemu-io: {e}"))?;
+            .map_err(DiskError::SpawnQemuIo)?;
         if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            return Err(DiskError::Write(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
         }
         off += len;
     }
@@ -302,7 +339,7 @@ impl Guest {
         let mut disks = Vec::new();
         for (i, src) in spec.sources.iter().enumerate() {
             let p = dir.join(format!("{}.qcow2", target(i)));
-            materialize(src, &p).map_err(|e| err("disk", e))?;
+            materialize(src, &p).map_err(|e| err("disk", e.to_string()))?;
             disks.push(p);
         }
         for i in (0..spec.disks).filter(|_| spec.sources.is_empty()) {
@@ -319,7 +356,7 @@ impl Guest {
                     String::from_utf8_lossy(&out.stderr).into(),
                 ));
             }
-            prefill(&p, spec.format, spec.prefill).map_err(|e| err("prefill", e))?;
+            prefill(&p, spec.format, spec.prefill).map_err(|e| err("prefill", e.to_string()))?;
             disks.push(p);
         }
         if spec.scratch {
@@ -371,10 +408,12 @@ impl Guest {
         Ok(g)
     }
 
+    /// The domain name.
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
+    /// The console log so far (empty if unreadable).
     pub fn console_text(&self) -> String {
         std::fs::read(&self.console)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -451,6 +490,7 @@ impl Guest {
         }
     }
 
+    /// Leave the guest running and its files in place when this value is dropped.
     pub fn keep(mut self) {
         self.keep = true;
     }

@@ -77,6 +77,9 @@ fn name(sig: libc::c_int) -> &'static str {
 fn on_signal(sig: libc::c_int) -> ! {
     let r = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     let what: Vec<&str> = r.iter().map(|(_, w, _)| w.as_str()).collect();
+    // The one place this library prints: the process is about to exit from a signal thread,
+    // with no caller left to return a message to, so stderr is the only way to say why it
+    // stopped and what it removed (the CLI documents these lines; vm_interrupt checks them).
     if what.is_empty() {
         eprintln!("cgsnap: interrupted by {}", name(sig));
     } else {
@@ -113,6 +116,7 @@ pub fn install() -> std::io::Result<()> {
                 }
                 if cleaning {
                     // The clean-up hangs (e.g. on an unresponsive libvirtd) and the user insists.
+                    // A last-resort message before exiting, as in `on_signal`.
                     eprintln!(
                         "cgsnap: interrupted again by {}: exiting before the clean-up finished",
                         name(sig)

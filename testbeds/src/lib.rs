@@ -10,7 +10,11 @@
 //! - [`postgres`], [`pair`], [`workload`], [`pg_profile`]: the PostgreSQL guests, pair testbed,
 //!   workload and the verification profile member of a PostgreSQL guest;
 //! - [`cassandra`], [`cql`], [`cass_workload`], [`cass_bed`], [`cass_profile`]: Cassandra guests
-//!   built from a user-supplied distribution, the CQL client, workload, testbeds and profile.
+//!   built from a user-supplied distribution, the CQL client, workload, testbeds and profile;
+//! - [`error`]: what bringing a testbed up or down failed on.
+
+#![deny(missing_docs)]
+#![warn(clippy::too_many_lines)]
 
 pub mod assets;
 pub mod cass_bed;
@@ -19,6 +23,7 @@ pub mod cass_workload;
 pub mod cass_yaml;
 pub mod cassandra;
 pub mod cql;
+pub mod error;
 pub mod guest;
 pub mod interrupt;
 pub mod pair;

@@ -5,32 +5,48 @@
 //! the workload log) and one image directory; `down` removes both, the domains and the
 //! workload process, whatever `up` got to.
 
+use crate::error::TestbedError;
+use crate::state_file::StateError;
 use crate::{assets, guest, pg_profile, postgres, state_file, teardown, workload};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Name of the PostgreSQL pair testbed.
 pub const NAME: &str = "postgres-pair";
 
+/// One VM of the pair.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vm {
+    /// Domain name.
     pub name: String,
+    /// Which database of the workload it holds.
     pub role: workload::Role,
+    /// Loopback port forwarded to its PostgreSQL.
     pub port: u16,
+    /// Its image directory.
     pub dir: PathBuf,
+    /// Seconds from boot until PostgreSQL was ready.
     pub boot_to_ready_s: f64,
 }
 
+/// What `up` started (the testbed's `state.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
+    /// libvirt daemon the VMs run on.
     pub uri: String,
+    /// Directory of the VMs' image directories.
     pub images_dir: PathBuf,
+    /// Both VMs, orders first.
     pub vms: Vec<Vm>,
+    /// The detached workload process, once started.
     pub workload_pid: Option<u32>,
+    /// When `up` began.
     pub started_at: DateTime<Utc>,
 }
 
 impl State {
+    /// libpq connection string of the VM holding `role`.
     pub fn conninfo(&self, role: workload::Role) -> Option<String> {
         self.vms
             .iter()
@@ -62,11 +78,13 @@ behind_sql = "SELECT coalesce(max(order_id), 0)::bigint FROM payments"
     )
 }
 
-pub fn load(state_dir: &Path) -> Result<State, String> {
+/// Read the testbed's saved state.
+pub fn load(state_dir: &Path) -> Result<State, StateError> {
     state_file::load(state_dir)
 }
 
-pub fn save(state_dir: &Path, s: &State) -> Result<(), String> {
+/// Save the testbed's state (whole or not at all).
+pub fn save(state_dir: &Path, s: &State) -> Result<(), StateError> {
     state_file::save(state_dir, s)
 }
 
@@ -78,12 +96,12 @@ pub fn up(
     state_dir: &Path,
     images_dir: &Path,
     ports: (u16, u16),
-) -> Result<State, String> {
+) -> Result<State, TestbedError> {
     state_file::ensure_absent(state_dir, NAME)?;
-    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir).map_err(TestbedError::io(state_dir))?;
     let cache = assets::cache_dir();
-    let a = assets::ensure(&cache).map_err(|e| e.to_string())?;
-    let images = postgres::ensure(&cache).map_err(|e| e.to_string())?;
+    let a = assets::ensure(&cache)?;
+    let images = postgres::ensure(&cache)?;
     let plan = [
         ("cgsnap-orders", workload::Role::Orders, ports.0),
         ("cgsnap-payments", workload::Role::Payments, ports.1),
@@ -106,11 +124,10 @@ pub fn up(
     };
     save(state_dir, &state)?;
     let vp = verify_profile(state_dir);
-    std::fs::write(&vp, profile_text(state_dir)).map_err(|e| format!("{}: {e}", vp.display()))?;
+    std::fs::write(&vp, profile_text(state_dir)).map_err(TestbedError::io(&vp))?;
     let mut guests = Vec::new();
     for (n, _, p) in plan {
-        let g = guest::Guest::start(uri, images_dir, postgres::spec(n, p, &images), &a)
-            .map_err(|e| e.to_string())?;
+        let g = guest::Guest::start(uri, images_dir, postgres::spec(n, p, &images), &a)?;
         guests.push(g);
     }
     for (g, vm) in guests.iter().zip(state.vms.iter_mut()) {
@@ -124,7 +141,7 @@ pub fn up(
 }
 
 /// Stop the workload, destroy the VMs, remove images and state.
-pub fn down(state_dir: &Path) -> Result<State, String> {
+pub fn down(state_dir: &Path) -> Result<State, TestbedError> {
     let s = load(state_dir)?;
     let vms = s.vms.iter().map(|v| (v.name.as_str(), v.dir.as_path()));
     teardown::down(state_dir, &s.uri, s.workload_pid, vms)?;

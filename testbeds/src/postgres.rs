@@ -9,19 +9,25 @@ use crate::assets::AssetError;
 use crate::guest::{DiskSource, Spec};
 use std::path::{Path, PathBuf};
 
+/// The PostgreSQL image build script.
 pub const BUILD_SCRIPT: &str = include_str!("../postgres/build.sh");
 /// Password of the `postgres` role in the testbed images (scram-sha-256 over TCP).
 pub const PASSWORD: &str = "cgsnap";
+/// PostgreSQL's port inside the guest.
 pub const GUEST_PORT: u16 = 5432;
 /// What the guest's init prints on the console once the server accepts connections.
 pub const READY_MARKER: &str = "CGSNAP-PG: ready";
 /// Longest wait for a testbed guest's server, first boot included.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The PostgreSQL guest's images.
 #[derive(Debug, Clone)]
 pub struct Images {
+    /// Root file system (shared, used through overlays).
     pub root: PathBuf,
+    /// PGDATA disk template.
     pub data: PathBuf,
+    /// `pg_wal` disk template.
     pub wal: PathBuf,
 }
 
@@ -63,10 +69,8 @@ pub fn ready_with_schema(
     g: &crate::guest::Guest,
     port: u16,
     role: crate::workload::Role,
-) -> Result<f64, String> {
-    let t = g
-        .wait_console(READY_MARKER, READY_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+) -> Result<f64, crate::error::TestbedError> {
+    let t = g.wait_console(READY_MARKER, READY_TIMEOUT)?;
     let mut c = crate::workload::connect(&conninfo(port))?;
     crate::workload::init_schema(&mut c, role)?;
     Ok(t.as_secs_f64())

@@ -5,6 +5,7 @@
 //! Invariant: each step tolerates what an interrupted `up` left (no process, no domain, no
 //! directory), so `down` always gets to the end.
 
+use crate::error::TestbedError;
 use crate::{guest, workload};
 use std::path::Path;
 use std::process::Command;
@@ -44,10 +45,10 @@ pub fn down<'a>(
     uri: &str,
     workload_pid: Option<u32>,
     vms: impl IntoIterator<Item = (&'a str, &'a Path)>,
-) -> Result<(), String> {
+) -> Result<(), TestbedError> {
     stop_workload(workload_pid);
     remove_vms(uri, vms);
-    std::fs::remove_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))
+    std::fs::remove_dir_all(state_dir).map_err(TestbedError::io(state_dir))
 }
 
 /// Acknowledged commits and commits per second over the whole acknowledgement log.

@@ -44,6 +44,7 @@ pub struct Loss {
 }
 
 impl Loss {
+    /// Whether no missing write is beyond the bound.
     pub fn ok(&self) -> bool {
         self.beyond_bound.is_empty()
     }

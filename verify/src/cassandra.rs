@@ -33,17 +33,17 @@ fn check(name: &str, ok: bool, evidence: String) -> Check {
 }
 
 /// Judge one invariant row: several columns must all be equal (null as 0: `max` of an empty
-/// table), a single column must be non-zero. `Ok` and `Err` both carry the evidence.
-pub fn invariant_holds(values: &[Option<i64>]) -> Result<String, String> {
+/// table), a single column must be non-zero. Returns whether it holds and the evidence.
+pub fn invariant_holds(values: &[Option<i64>]) -> (bool, String) {
     let v: Vec<i64> = values.iter().map(|x| x.unwrap_or(0)).collect();
     match v.as_slice() {
-        [] => Err("the query returned no column".into()),
-        [x] if *x != 0 => Ok(format!("returned {x}")),
-        [x] => Err(format!("returned {x}")),
+        [] => (false, "the query returned no column".into()),
+        [x] if *x != 0 => (true, format!("returned {x}")),
+        [x] => (false, format!("returned {x}")),
         [first, rest @ ..] if rest.iter().all(|x| x == first) => {
-            Ok(format!("all columns equal {first}"))
+            (true, format!("all columns equal {first}"))
         }
-        _ => Err(format!("columns differ: {v:?}")),
+        _ => (false, format!("columns differ: {v:?}")),
     }
 }
 
@@ -77,16 +77,20 @@ fn tables_check(c: &Cql, prof: &MemberProfile) -> Option<Check> {
     if tables.is_empty() {
         return None;
     }
-    let res = c.schema_source().and_then(|src| {
-        let mut missing = Vec::new();
-        for t in &tables {
-            let (ks, tb) = split_table(t).ok_or_else(|| format!("{t}: name it keyspace.table"))?;
-            if !c.table_exists(src, ks, tb)? {
-                missing.push(t.as_str());
+    let res = c
+        .schema_source()
+        .map_err(|e| e.to_string())
+        .and_then(|src| {
+            let mut missing = Vec::new();
+            for t in &tables {
+                let (ks, tb) =
+                    split_table(t).ok_or_else(|| format!("{t}: name it keyspace.table"))?;
+                if !c.table_exists(src, ks, tb).map_err(|e| e.to_string())? {
+                    missing.push(t.as_str());
+                }
             }
-        }
-        Ok((src, missing))
-    });
+            Ok((src, missing))
+        });
     Some(match res {
         Ok((src, missing)) => {
             let from = match src {
@@ -160,7 +164,7 @@ fn acked_writes_check(c: &Cql, ctx: &MemberCtx, prof: &MemberProfile, r: &mut Me
                 ),
             ));
         }
-        Err(e) => r.checks.push(check(&name, false, e)),
+        Err(e) => r.checks.push(check(&name, false, e.to_string())),
     }
 }
 
@@ -224,6 +228,7 @@ pub fn check_member(
         Wait::Stopped => Err("the sandbox was stopped before the node was ready".into()),
         Wait::Ready(_) => {
             Cql::connect_ready(&format!("127.0.0.1:{}", sb.host_port), CQL_AFTER_MARKER)
+                .map_err(|e| e.to_string())
         }
     };
     let replay = replay::parse(&sb.console_text());
@@ -252,10 +257,9 @@ pub fn check_member(
     r.checks.push(replay::check(&replay));
     r.checks.extend(tables_check(&c, prof));
     for q in &prof.invariants {
-        let res = c.single_row_i64(q).and_then(|v| invariant_holds(&v));
-        let (ok, ev) = match res {
-            Ok(e) => (true, e),
-            Err(e) => (false, e),
+        let (ok, ev) = match c.single_row_i64(q) {
+            Ok(v) => invariant_holds(&v),
+            Err(e) => (false, e.to_string()),
         };
         r.checks.push(check(&format!("invariant: {q}"), ok, ev));
     }
@@ -270,14 +274,14 @@ mod tests {
 
     #[test]
     fn invariant_rows_are_judged() {
-        assert!(invariant_holds(&[Some(5), Some(5)]).is_ok());
-        assert!(invariant_holds(&[Some(0), None]).is_ok(), "empty table");
-        let e = invariant_holds(&[Some(4), Some(5)]).unwrap_err();
-        assert!(e.contains("[4, 5]"), "{e}");
-        assert!(invariant_holds(&[Some(1)]).is_ok());
-        assert!(invariant_holds(&[Some(0)]).is_err());
-        assert!(invariant_holds(&[None]).is_err());
-        assert!(invariant_holds(&[]).is_err());
+        assert!(invariant_holds(&[Some(5), Some(5)]).0);
+        assert!(invariant_holds(&[Some(0), None]).0, "empty table");
+        let (ok, e) = invariant_holds(&[Some(4), Some(5)]);
+        assert!(!ok && e.contains("[4, 5]"), "{e}");
+        assert!(invariant_holds(&[Some(1)]).0);
+        assert!(!invariant_holds(&[Some(0)]).0);
+        assert!(!invariant_holds(&[None]).0);
+        assert!(!invariant_holds(&[]).0);
     }
 
     #[test]

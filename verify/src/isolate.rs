@@ -93,10 +93,66 @@ pub fn devices(devices: &mut Element, console: &Path) {
     }
 }
 
+/// What keeps a sandbox from being isolated from the original or the host.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolateError {
+    /// An NVRAM that is not a file cannot be given a private copy.
+    #[error(
+        "NVRAM of type {0:?} cannot be copied for the sandbox: give the domain a file NVRAM (<nvram type='file'>)"
+    )]
+    NvramType(String),
+    /// Neither the NVRAM nor a template to copy is on this host.
+    #[error(
+        "NVRAM {} is not here and the domain names no template: copy it next to the images",
+        .0.display()
+    )]
+    NvramMissing(PathBuf),
+    /// Copying the NVRAM into the sandbox directory failed.
+    #[error("copy NVRAM {}: {source}", from.display())]
+    NvramCopy {
+        /// The NVRAM (or template) copied.
+        from: PathBuf,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The saved domain XML does not parse.
+    #[error("domain XML: {0}")]
+    Xml(#[source] xmltree::ParseError),
+    /// The domain XML states no memory size.
+    #[error("domain XML has no <memory>")]
+    NoMemory,
+    /// The memory size is not a number.
+    #[error("domain XML: <memory> is not a number")]
+    MemoryNotNumber,
+    /// The memory size has a unit libvirt does not define.
+    #[error("domain XML: unknown memory unit {0:?}")]
+    MemoryUnit(String),
+    /// This host's free memory could not be read.
+    #[error("/proc/meminfo: {0}")]
+    Meminfo(#[source] std::io::Error),
+    /// This host's `/proc/meminfo` lacks the line needed.
+    #[error("/proc/meminfo has no MemAvailable")]
+    NoMemAvailable,
+    /// The sandboxes would take the running originals' memory.
+    #[error(
+        "the sandboxes need {} MiB of guest memory and this host has {} MiB available (90 % may be used): \
+         free memory, or verify from copies (--images) on a host with room",
+        need_kib >> 10,
+        available_kib >> 10
+    )]
+    NoRoom {
+        /// Guest memory of all sandboxes, KiB.
+        need_kib: u64,
+        /// `MemAvailable` of this host, KiB.
+        available_kib: u64,
+    },
+}
+
 /// The NVRAM file of the saved XML and its template, if it names one: as text
 /// (`<os><nvram>PATH</nvram>`) or as a file source (`<nvram type='file'><source file='PATH'/>`).
 /// Another type (network, block) is an error: it cannot be copied.
-pub fn nvram(root: &Element) -> Result<Option<(PathBuf, Option<PathBuf>)>, String> {
+pub fn nvram(root: &Element) -> Result<Option<(PathBuf, Option<PathBuf>)>, IsolateError> {
     let Some(n) = root.get_child("os").and_then(|os| os.get_child("nvram")) else {
         return Ok(None);
     };
@@ -106,11 +162,7 @@ pub fn nvram(root: &Element) -> Result<Option<(PathBuf, Option<PathBuf>)>, Strin
         Some("file") => n
             .get_child("source")
             .and_then(|s| s.attributes.get("file").cloned()),
-        Some(other) => {
-            return Err(format!(
-                "NVRAM of type {other:?} cannot be copied for the sandbox: give the domain a file NVRAM (<nvram type='file'>)"
-            ));
-        }
+        Some(other) => return Err(IsolateError::NvramType(other.to_string())),
     };
     Ok(path
         .filter(|p| !p.is_empty())
@@ -119,7 +171,7 @@ pub fn nvram(root: &Element) -> Result<Option<(PathBuf, Option<PathBuf>)>, Strin
 
 /// Give the sandbox its own copy of the NVRAM (the original's, else its template) in `dir`;
 /// the XML then names the copy. Without an NVRAM in the XML, nothing to do.
-pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, String> {
+pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, IsolateError> {
     let Some((orig, template)) = nvram(root)? else {
         return Ok(None);
     };
@@ -127,14 +179,12 @@ pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, Str
     let from = if orig.exists() {
         orig.clone()
     } else {
-        template.ok_or_else(|| {
-            format!(
-                "NVRAM {} is not here and the domain names no template: copy it next to the images",
-                orig.display()
-            )
-        })?
+        template.ok_or_else(|| IsolateError::NvramMissing(orig.clone()))?
     };
-    std::fs::copy(&from, &copy).map_err(|e| format!("copy NVRAM {}: {e}", from.display()))?;
+    std::fs::copy(&from, &copy).map_err(|source| IsolateError::NvramCopy {
+        from: from.clone(),
+        source,
+    })?;
     if let Some(n) = root
         .get_mut_child("os")
         .and_then(|os| os.get_mut_child("nvram"))
@@ -153,15 +203,13 @@ pub fn copy_nvram(root: &mut Element, dir: &Path) -> Result<Option<PathBuf>, Str
 }
 
 /// Guest memory of a domain XML in KiB (`<memory unit='...'>`, KiB when no unit is given).
-pub fn memory_kib(xml: &str) -> Result<u64, String> {
-    let root = Element::parse(xml.as_bytes()).map_err(|e| format!("domain XML: {e}"))?;
-    let m = root
-        .get_child("memory")
-        .ok_or("domain XML has no <memory>")?;
+pub fn memory_kib(xml: &str) -> Result<u64, IsolateError> {
+    let root = Element::parse(xml.as_bytes()).map_err(IsolateError::Xml)?;
+    let m = root.get_child("memory").ok_or(IsolateError::NoMemory)?;
     let v: u64 = m
         .get_text()
         .and_then(|t| t.trim().parse().ok())
-        .ok_or("domain XML: <memory> is not a number")?;
+        .ok_or(IsolateError::MemoryNotNumber)?;
     let unit = m.attributes.get("unit").map_or("KiB", String::as_str);
     let bytes_per: u64 = match unit {
         "b" | "bytes" => 1,
@@ -173,32 +221,29 @@ pub fn memory_kib(xml: &str) -> Result<u64, String> {
         "G" | "GiB" => 1 << 30,
         "TB" => 1_000_000_000_000,
         "T" | "TiB" => 1 << 40,
-        other => return Err(format!("domain XML: unknown memory unit {other:?}")),
+        other => return Err(IsolateError::MemoryUnit(other.to_string())),
     };
     Ok(v.saturating_mul(bytes_per) / 1024)
 }
 
 /// `MemAvailable` of this host in KiB.
-pub fn available_kib() -> Result<u64, String> {
-    let text =
-        std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
+pub fn available_kib() -> Result<u64, IsolateError> {
+    let text = std::fs::read_to_string("/proc/meminfo").map_err(IsolateError::Meminfo)?;
     text.lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "/proc/meminfo has no MemAvailable".to_string())
+        .ok_or(IsolateError::NoMemAvailable)
 }
 
 /// Refuse sandboxes whose guest memory (`need_kib`, all of them) exceeds 90 % of `available_kib`.
-pub fn check_memory(need_kib: u64, available_kib: u64) -> Result<(), String> {
+pub fn check_memory(need_kib: u64, available_kib: u64) -> Result<(), IsolateError> {
     if need_kib <= available_kib / 10 * 9 {
         return Ok(());
     }
-    Err(format!(
-        "the sandboxes need {} MiB of guest memory and this host has {} MiB available (90 % may be used): \
-         free memory, or verify from copies (--images) on a host with room",
-        need_kib >> 10,
-        available_kib >> 10
-    ))
+    Err(IsolateError::NoRoom {
+        need_kib,
+        available_kib,
+    })
 }
 
 #[cfg(test)]
@@ -293,7 +338,7 @@ mod tests {
         let mut net = parse(
             "<domain><os><nvram type='network'><source protocol='iscsi' name='iqn/0'><host name='h'/></source></nvram></os></domain>",
         );
-        let e = copy_nvram(&mut net, t.path()).unwrap_err();
+        let e = copy_nvram(&mut net, t.path()).unwrap_err().to_string();
         assert!(e.contains("\"network\" cannot be copied"), "{e}");
     }
 
@@ -303,18 +348,19 @@ mod tests {
             memory_kib(&format!(
                 "<domain><memory unit='{unit}'>{v}</memory></domain>"
             ))
+            .ok()
         };
-        assert_eq!(m("512", "MiB"), Ok(512 * 1024));
-        assert_eq!(m("2", "GiB"), Ok(2 * 1024 * 1024));
-        assert_eq!(m("1048576", "KiB"), Ok(1024 * 1024));
-        assert_eq!(m("1000000", "KB"), Ok(976_562));
-        assert!(m("2", "parsecs").is_err());
+        assert_eq!(m("512", "MiB"), Some(512 * 1024));
+        assert_eq!(m("2", "GiB"), Some(2 * 1024 * 1024));
+        assert_eq!(m("1048576", "KiB"), Some(1024 * 1024));
+        assert_eq!(m("1000000", "KB"), Some(976_562));
+        assert!(m("2", "parsecs").is_none());
         assert_eq!(
-            memory_kib("<domain><memory>4096</memory></domain>"),
-            Ok(4096)
+            memory_kib("<domain><memory>4096</memory></domain>").ok(),
+            Some(4096)
         );
         assert!(check_memory(900, 1000).is_ok());
-        let e = check_memory(2 << 20, 1 << 20).unwrap_err();
+        let e = check_memory(2 << 20, 1 << 20).unwrap_err().to_string();
         assert!(
             e.contains("2048 MiB") && e.contains("1024 MiB available"),
             "{e}"
@@ -342,7 +388,7 @@ mod tests {
         );
         // Not here, no template: could not run, naming the file.
         let mut root = parse("<domain><os><nvram>/nowhere/VARS.fd</nvram></os></domain>");
-        let e = copy_nvram(&mut root, &sb).unwrap_err();
+        let e = copy_nvram(&mut root, &sb).unwrap_err().to_string();
         assert!(e.contains("/nowhere/VARS.fd"), "{e}");
         // Not here, with a template: a fresh copy of the template.
         let mut root = parse(&format!(

@@ -23,6 +23,56 @@ use postgres::{Client, Config, NoTls};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// Why a check query gave no answer; the text is the check's evidence.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The server (or the client library) reported an error.
+    #[error("{0}")]
+    Server(#[from] postgres::Error),
+    /// A cross-member query failed on the server.
+    #[error("{sql}: {source}")]
+    Scalar {
+        /// The query.
+        sql: String,
+        /// The server's reason.
+        #[source]
+        source: postgres::Error,
+    },
+    /// The session was lost earlier (the text says how); the query was not sent.
+    #[error("{0}")]
+    Lost(String),
+    /// No thread could be started to run the query under its deadline.
+    #[error("{what}: no thread for the query: {source}")]
+    NoThread {
+        /// The query.
+        what: String,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No answer by the client-side deadline.
+    #[error(
+        "{what}: no answer within {secs} s (client-side deadline: statement timeout + {} s); \
+         the guest stopped answering, the connection was abandoned",
+        DEADLINE_MARGIN.as_secs()
+    )]
+    NoAnswer {
+        /// The query.
+        what: String,
+        /// The deadline in seconds.
+        secs: u64,
+    },
+    /// The thread running the query died (panicked).
+    #[error("{what}: the query's thread died")]
+    ThreadDied {
+        /// The query.
+        what: String,
+    },
+    /// A count the server returned does not fit (negative).
+    #[error("{0}")]
+    Count(#[from] std::num::TryFromIntError),
+}
+
 /// How long a check query may wait for a lock before it fails.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,6 +100,7 @@ pub struct Deadlined<C> {
 pub type Session = Deadlined<Client>;
 
 impl<C: Send + 'static> Deadlined<C> {
+    /// Wrap `conn`; every query on it gets `limit` to answer.
     pub fn new(conn: C, limit: Duration) -> Self {
         Self {
             conn: Some(conn),
@@ -62,13 +113,14 @@ impl<C: Send + 'static> Deadlined<C> {
     pub fn run<T: Send + 'static>(
         &mut self,
         what: &str,
-        f: impl FnOnce(&mut C) -> Result<T, String> + Send + 'static,
-    ) -> Result<T, String> {
+        f: impl FnOnce(&mut C) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
         let Some(mut conn) = self.conn.take() else {
-            return Err(self
-                .lost
-                .clone()
-                .unwrap_or_else(|| "the connection is gone".into()));
+            return Err(QueryError::Lost(
+                self.lost
+                    .clone()
+                    .unwrap_or_else(|| "the connection is gone".into()),
+            ));
         };
         let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -80,7 +132,10 @@ impl<C: Send + 'static> Deadlined<C> {
             });
         if let Err(e) = spawned {
             self.lost = Some(format!("not run: no thread for a query ({e})"));
-            return Err(format!("{what}: no thread for the query: {e}"));
+            return Err(QueryError::NoThread {
+                what: what.to_string(),
+                source: e,
+            });
         }
         match rx.recv_timeout(self.limit) {
             Ok((conn, r)) => {
@@ -88,18 +143,18 @@ impl<C: Send + 'static> Deadlined<C> {
                 r
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let msg = format!(
-                    "{what}: no answer within {} s (client-side deadline: statement timeout + {} s); \
-                     the guest stopped answering, the connection was abandoned",
-                    self.limit.as_secs(),
-                    DEADLINE_MARGIN.as_secs()
-                );
-                self.lost = Some(format!("not run: an earlier query hung ({msg})"));
-                Err(msg)
+                let e = QueryError::NoAnswer {
+                    what: what.to_string(),
+                    secs: self.limit.as_secs(),
+                };
+                self.lost = Some(format!("not run: an earlier query hung ({e})"));
+                Err(e)
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 self.lost = Some("not run: an earlier query's thread died".into());
-                Err(format!("{what}: the query's thread died"))
+                Err(QueryError::ThreadDied {
+                    what: what.to_string(),
+                })
             }
         }
     }
@@ -134,12 +189,12 @@ pub fn session_options(statement: Duration, lock: Duration) -> String {
 }
 
 /// Connect, retrying while the forward or the server is still coming up.
-pub fn connect(info: &Config, timeout: Duration) -> Result<Client, String> {
+pub fn connect(info: &Config, timeout: Duration) -> Result<Client, postgres::Error> {
     let start = Instant::now();
     loop {
         match info.connect(NoTls) {
             Ok(c) => return Ok(c),
-            Err(e) if start.elapsed() > timeout => return Err(e.to_string()),
+            Err(e) if start.elapsed() > timeout => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
@@ -187,82 +242,84 @@ pub const AMCHECK_SQL: &str = "SELECT count(bt_index_check(i.indexrelid)) FROM p
                JOIN pg_am a ON a.oid = r.relam
               WHERE a.amname = 'btree' AND r.relkind = 'i' AND r.relpersistence <> 't' AND i.indisvalid";
 
+/// B-tree integrity of every checkable index (`bt_index_check`, the extension created if needed).
 pub fn amcheck(c: &mut Session) -> Check {
     let r = c
         .run("CREATE EXTENSION amcheck", |c| {
-            c.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-                .map_err(|e| e.to_string())
+            Ok(c.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")?)
         })
         .and_then(|_| {
             c.run("amcheck", |c| {
-                c.query_one(AMCHECK_SQL, &[])
-                    .and_then(|r| r.try_get::<_, i64>(0))
-                    .map_err(|e| e.to_string())
+                Ok(c.query_one(AMCHECK_SQL, &[])
+                    .and_then(|r| r.try_get::<_, i64>(0))?)
             })
         });
     match r {
         Ok(n) => check("amcheck", true, format!("{n} B-tree indexes verified")),
-        Err(e) => check("amcheck", false, e),
+        Err(e) => check("amcheck", false, e.to_string()),
     }
 }
 
+/// A profile invariant: `sql` returns one boolean, which must be true.
 pub fn invariant(c: &mut Session, sql: &str) -> Check {
     let q = sql.to_string();
     let r = c.run(sql, move |c| {
-        c.query_one(&q, &[])
-            .and_then(|r| r.try_get::<_, bool>(0))
-            .map_err(|e| e.to_string())
+        Ok(c.query_one(&q, &[]).and_then(|r| r.try_get::<_, bool>(0))?)
     });
     match r {
         Ok(v) => check(&format!("invariant: {sql}"), v, format!("returned {v}")),
-        Err(e) => check(&format!("invariant: {sql}"), false, e),
+        Err(e) => check(&format!("invariant: {sql}"), false, e.to_string()),
     }
 }
 
 /// Newest beacon `(seq, ts)`, if any.
-pub fn newest_beacon(c: &mut Session, table: &str) -> Result<Option<(i64, DateTime<Utc>)>, String> {
+pub fn newest_beacon(
+    c: &mut Session,
+    table: &str,
+) -> Result<Option<(i64, DateTime<Utc>)>, QueryError> {
     let sql = format!("SELECT seq, ts FROM {table} ORDER BY seq DESC LIMIT 1");
     c.run("newest beacon", move |c| {
-        let rows = c.query(&sql, &[]).map_err(|e| e.to_string())?;
-        rows.first()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .transpose()
-            .map_err(|e: postgres::Error| e.to_string())
+        let rows = c.query(&sql, &[])?;
+        let newest = rows
+            .first()
+            .map(|r| Ok::<_, postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?;
+        Ok(newest)
     })
 }
 
 /// Acknowledged ids (before the consistency point) missing from `table`: how many, exactly,
 /// and the first 20 of them as evidence.
-pub fn lost_acked(c: &mut Session, table: &str, ids: &[i64]) -> Result<(usize, Vec<i64>), String> {
+pub fn lost_acked(
+    c: &mut Session,
+    table: &str,
+    ids: &[i64],
+) -> Result<(usize, Vec<i64>), QueryError> {
     let missing = format!(
         "FROM unnest($1::bigint[]) x WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = x)"
     );
     let (sql, all) = (format!("SELECT count(*) {missing}"), ids.to_vec());
     let count: i64 = c.run("count of lost acknowledged rows", move |c| {
-        c.query_one(&sql, &[&all])
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| e.to_string())
+        Ok(c.query_one(&sql, &[&all]).and_then(|r| r.try_get(0))?)
     })?;
     let (sql, all) = (
         format!("SELECT x {missing} ORDER BY x LIMIT 20"),
         ids.to_vec(),
     );
     let first = c.run("first lost acknowledged rows", move |c| {
-        c.query(&sql, &[&all])
-            .map_err(|e| e.to_string())?
+        Ok(c.query(&sql, &[&all])?
             .iter()
             .map(|r| r.try_get(0))
-            .collect::<Result<Vec<i64>, _>>()
-            .map_err(|e| e.to_string())
+            .collect::<Result<Vec<i64>, _>>()?)
     })?;
-    let count = usize::try_from(count).map_err(|e| e.to_string())?;
+    let count = usize::try_from(count)?;
     Ok((count, first))
 }
 
 /// The lost-commit check from the number of acknowledged rows and the lost ones. No
 /// acknowledged row means nothing was checked: that never passes (run time refuses it before
 /// any sandbox starts; this keeps the check honest on its own).
-pub fn lost_check(kind: &str, acked: usize, lost: Result<(usize, Vec<i64>), String>) -> Check {
+pub fn lost_check(kind: &str, acked: usize, lost: Result<(usize, Vec<i64>), QueryError>) -> Check {
     const NAME: &str = "acknowledged commits before the consistency point present";
     match lost {
         _ if acked == 0 => check(
@@ -280,16 +337,17 @@ pub fn lost_check(kind: &str, acked: usize, lost: Result<(usize, Vec<i64>), Stri
             false,
             format!("{n} of {acked} acknowledged {kind} rows missing (first 20: {first:?})"),
         ),
-        Err(e) => check(NAME, false, e),
+        Err(e) => check(NAME, false, e.to_string()),
     }
 }
 
-pub fn scalar(c: &mut Session, sql: &str) -> Result<i64, String> {
+/// One integer from a one-row query (a cross-member check's side).
+pub fn scalar(c: &mut Session, sql: &str) -> Result<i64, QueryError> {
     let q = sql.to_string();
     c.run(sql, move |c| {
         c.query_one(&q, &[])
             .and_then(|r| r.try_get::<_, i64>(0))
-            .map_err(|e| format!("{q}: {e}"))
+            .map_err(|source| QueryError::Scalar { sql: q, source })
     })
 }
 
@@ -423,30 +481,27 @@ mod tests {
     fn a_query_without_an_answer_by_its_deadline_fails_and_ends_the_session() {
         assert_eq!(deadline(Duration::from_secs(600)), Duration::from_secs(615));
         let mut s = Deadlined::new(0u32, Duration::from_millis(200));
-        assert_eq!(
-            s.run("count", |n| {
-                *n += 1;
-                Ok(*n)
-            }),
-            Ok(1)
-        );
+        let counted = s.run("count", |n| {
+            *n += 1;
+            Ok(*n)
+        });
+        assert_eq!(counted.ok(), Some(1));
         // The connection comes back after each answered query, errors included.
-        assert_eq!(
-            s.run("bad", |_| Err::<(), _>("syntax".into())),
-            Err("syntax".into())
-        );
-        assert_eq!(s.run("count", |n| Ok(*n)), Ok(1));
+        let bad = s.run("bad", |_| Err::<(), _>(QueryError::Lost("syntax".into())));
+        assert_eq!(bad.unwrap_err().to_string(), "syntax");
+        assert_eq!(s.run("count", |n| Ok(*n)).ok(), Some(1));
         let e = s
             .run("amcheck", |_| {
                 std::thread::sleep(Duration::from_secs(2));
                 Ok(())
             })
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("amcheck: no answer within 0 s") && e.contains("abandoned"),
             "{e}"
         );
-        let e = s.run("count", |n| Ok(*n)).unwrap_err();
+        let e = s.run("count", |n| Ok(*n)).unwrap_err().to_string();
         assert!(
             e.contains("an earlier query hung") && e.contains("amcheck"),
             "{e}"
@@ -454,8 +509,11 @@ mod tests {
         // A query whose thread dies fails too, never passes.
         let mut s = Deadlined::new(0u32, Duration::from_secs(5));
         let e = s
-            .run("boom", |_| -> Result<(), String> { panic!("query thread") })
-            .unwrap_err();
+            .run("boom", |_| -> Result<(), QueryError> {
+                panic!("query thread")
+            })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("thread died"), "{e}");
         assert!(s.run("count", |n| Ok(*n)).is_err());
     }
@@ -477,7 +535,9 @@ mod tests {
         let c = lost_check(
             "order",
             5,
-            Err("canceling statement due to statement timeout".into()),
+            Err(QueryError::Lost(
+                "canceling statement due to statement timeout".into(),
+            )),
         );
         assert!(!c.ok, "{c:?}");
     }

@@ -12,11 +12,14 @@ use cgsnap_testbeds::cassandra::SyncMode;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The only profile format this version reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// A verification profile (`--profile FILE`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// Must be [`FORMAT_VERSION`].
     pub format_version: u32,
     /// Largest acceptable data loss (consistency point minus newest recovered beacon).
     pub rpo_seconds: f64,
@@ -30,6 +33,7 @@ pub struct Profile {
     /// `statement_timeout`); a query that hits it fails its check.
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout_seconds: u64,
+    /// One entry per member domain (`[[member]]`), in beacon write order.
     #[serde(rename = "member")]
     pub members: Vec<MemberProfile>,
     /// Cross-member invariants: `behind` must not exceed `ahead` (each a one-value query).
@@ -37,13 +41,19 @@ pub struct Profile {
     pub cross: Vec<Cross>,
 }
 
+/// A cross-member rule: the behind member's value must not exceed the ahead member's.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Cross {
+    /// Name of the check in the report.
     pub name: String,
+    /// Member written first (e.g. the orders database).
     pub ahead_domain: String,
+    /// Query on it returning one integer.
     pub ahead_sql: String,
+    /// Member written after it (e.g. the payments database).
     pub behind_domain: String,
+    /// Query on it returning one integer.
     pub behind_sql: String,
 }
 
@@ -55,10 +65,13 @@ fn default_statement_timeout() -> u64 {
     600
 }
 
+/// Database a member runs.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// PostgreSQL.
     Postgres,
+    /// Cassandra.
     Cassandra,
 }
 
@@ -66,22 +79,29 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CommitlogSync {
+    /// Acknowledged once synced.
     Batch,
+    /// Synced every `commitlog_sync_period_ms`.
     Periodic,
 }
 
+/// How to check one member (`[[member]]`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MemberProfile {
+    /// The member's domain name.
     pub domain: String,
+    /// Database it runs.
     pub kind: Kind,
     /// Database port inside the guest (forwarded to a loopback port in the sandbox).
     pub port: u16,
     /// PostgreSQL credentials (required there; Cassandra members connect without).
     #[serde(default)]
     pub user: String,
+    /// PostgreSQL password of `user`.
     #[serde(default)]
     pub password: String,
+    /// PostgreSQL database to connect to (default `postgres`).
     #[serde(default = "default_db")]
     pub dbname: String,
     /// Console line the guest prints once the database accepts connections. PostgreSQL: when
@@ -114,6 +134,7 @@ pub struct MemberProfile {
     /// `table.column` holding the acknowledged ids of `ack_kind` rows, for the lost-commit check.
     #[serde(default)]
     pub ack_kind: Option<String>,
+    /// `table` holding the acknowledged ids (`id` column) of `ack_kind` rows.
     #[serde(default)]
     pub ack_table: Option<String>,
 }
@@ -122,23 +143,48 @@ fn default_db() -> String {
     "postgres".into()
 }
 
+/// A rule of one `[[member]]` that serde cannot express, broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberRuleError {
+    /// A period given with batch sync.
+    #[error("commitlog_sync_period_ms is only for commitlog_sync = \"periodic\"")]
+    PeriodWithoutPeriodic,
+    /// Periodic sync without a positive period.
+    #[error("commitlog_sync = \"periodic\" needs commitlog_sync_period_ms > 0")]
+    PeriodicWithoutPeriod,
+    /// A Cassandra member without a sync mode.
+    #[error("a cassandra member needs commitlog_sync = \"batch\" or \"periodic\"")]
+    NoSyncMode,
+    /// Some but not all of `ack_db`, `ack_kind`, `ack_table`.
+    #[error("ack_db, ack_kind and ack_table go together: set all three (with ack_log) or none")]
+    PartialAcks,
+    /// A Cassandra member without a ready marker.
+    #[error("a cassandra member needs a ready_marker (its console line once CQL is up)")]
+    NoReadyMarker,
+    /// A PostgreSQL member without credentials.
+    #[error("a postgres member needs user and password")]
+    NoCredentials,
+    /// A sync mode on a PostgreSQL member.
+    #[error("commitlog_sync is only for cassandra members")]
+    SyncOnPostgres,
+    /// A lost-commit check without the profile's `ack_log`.
+    #[error(
+        "ack_db, ack_kind and ack_table need ack_log (the workload's acknowledgement log) at the top of the profile"
+    )]
+    NoAckLog,
+}
+
 impl MemberProfile {
     /// The sync mode of a Cassandra member, or why the profile does not define one.
-    pub fn sync_mode(&self) -> Result<SyncMode, String> {
+    pub fn sync_mode(&self) -> Result<SyncMode, MemberRuleError> {
         match (self.commitlog_sync, self.commitlog_sync_period_ms) {
             (Some(CommitlogSync::Batch), None) => Ok(SyncMode::Batch),
-            (Some(CommitlogSync::Batch), Some(_)) => {
-                Err("commitlog_sync_period_ms is only for commitlog_sync = \"periodic\"".into())
-            }
+            (Some(CommitlogSync::Batch), Some(_)) => Err(MemberRuleError::PeriodWithoutPeriodic),
             (Some(CommitlogSync::Periodic), Some(p)) if p > 0 => {
                 Ok(SyncMode::Periodic { period_ms: p })
             }
-            (Some(CommitlogSync::Periodic), _) => {
-                Err("commitlog_sync = \"periodic\" needs commitlog_sync_period_ms > 0".into())
-            }
-            (None, _) => {
-                Err("a cassandra member needs commitlog_sync = \"batch\" or \"periodic\"".into())
-            }
+            (Some(CommitlogSync::Periodic), _) => Err(MemberRuleError::PeriodicWithoutPeriod),
+            (None, _) => Err(MemberRuleError::NoSyncMode),
         }
     }
 
@@ -148,47 +194,53 @@ impl MemberProfile {
     }
 
     /// Rules serde cannot express.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), MemberRuleError> {
         let set = [&self.ack_db, &self.ack_kind, &self.ack_table]
             .iter()
             .filter(|x| x.is_some())
             .count();
         if set != 0 && set != 3 {
-            return Err(
-                "ack_db, ack_kind and ack_table go together: set all three (with ack_log) or none"
-                    .into(),
-            );
+            return Err(MemberRuleError::PartialAcks);
         }
         match self.kind {
-            Kind::Cassandra if self.ready_marker.is_none() => Err(
-                "a cassandra member needs a ready_marker (its console line once CQL is up)".into(),
-            ),
+            Kind::Cassandra if self.ready_marker.is_none() => Err(MemberRuleError::NoReadyMarker),
             Kind::Cassandra => self.sync_mode().map(|_| ()),
             Kind::Postgres if self.user.is_empty() || self.password.is_empty() => {
-                Err("a postgres member needs user and password".into())
+                Err(MemberRuleError::NoCredentials)
             }
             Kind::Postgres
                 if self.commitlog_sync.is_some() || self.commitlog_sync_period_ms.is_some() =>
             {
-                Err("commitlog_sync is only for cassandra members".into())
+                Err(MemberRuleError::SyncOnPostgres)
             }
             Kind::Postgres => Ok(()),
         }
     }
 }
 
+/// Why a profile cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    /// The file could not be read.
     #[error("cannot read profile {path}: {source}")]
     Io {
+        /// The profile file.
         path: PathBuf,
+        /// The reason.
         #[source]
         source: std::io::Error,
     },
     #[error("malformed profile {path}: {detail}")]
-    Malformed { path: PathBuf, detail: String },
+    /// The text is not a valid profile.
+    Malformed {
+        /// The profile file.
+        path: PathBuf,
+        /// What is wrong (one line).
+        detail: String,
+    },
 }
 
+/// Parse and validate a profile's text (`path` only names it in errors).
 pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
     let p: Profile = toml::from_str(text).map_err(|e| ProfileError::Malformed {
         path: path.to_path_buf(),
@@ -206,10 +258,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
     for m in &p.members {
         m.validate()
             .and_then(|()| match (m.checks_acks(), &p.ack_log) {
-                (true, None) => Err(
-                    "ack_db, ack_kind and ack_table need ack_log (the workload's acknowledgement log) at the top of the profile"
-                        .into(),
-                ),
+                (true, None) => Err(MemberRuleError::NoAckLog),
                 _ => Ok(()),
             })
             .map_err(|e| ProfileError::Malformed {
@@ -226,6 +275,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
     Ok(p)
 }
 
+/// Read, parse and validate the profile at `path`.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io {
         path: path.to_path_buf(),

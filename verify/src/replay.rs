@@ -13,10 +13,12 @@
 
 use crate::report::Check;
 
+/// What the restored node's log says about commit log replay.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Replay {
     /// Commit log segments named in "Replaying ..." lines.
     pub segments: usize,
+    /// Whether the log says replay finished.
     pub complete: bool,
     /// From the summary line, when it states a number.
     pub mutations: Option<u64>,
@@ -36,6 +38,7 @@ fn number_before(line: &str, phrase: &str) -> Option<u64> {
     digits.chars().rev().collect::<String>().parse().ok()
 }
 
+/// Read the replay lines of a node's console log.
 pub fn parse(log: &str) -> Replay {
     let mut r = Replay::default();
     for line in log.lines() {
@@ -54,6 +57,7 @@ pub fn parse(log: &str) -> Replay {
     r
 }
 
+/// The replay check: replay must be seen to finish.
 pub fn check(r: &Replay) -> Check {
     let (ok, evidence) = if r.complete {
         (

@@ -10,27 +10,37 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::fmt::Write as _;
 
+/// One check and why it passed or failed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Check {
+    /// What was checked.
     pub name: String,
+    /// Whether it held.
     pub ok: bool,
+    /// The numbers or the error it was judged on.
     pub evidence: String,
 }
 
+/// The findings of one restored member.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberReport {
+    /// The member's domain.
     pub domain: String,
     /// The libvirt daemon the member ran on when it was snapshotted.
     pub host: String,
+    /// The sandbox domain it was restored as.
     pub sandbox: String,
     /// The libvirt daemon the sandbox ran on (the member's own, or the one `--connect` chose).
     pub sandbox_host: String,
     /// Boot of the restored VM to database ready, crash recovery included (the RTO).
     pub recovery_seconds: Option<f64>,
+    /// Sequence number of the newest recovered beacon.
     pub newest_beacon_seq: Option<i64>,
+    /// Timestamp of the newest recovered beacon.
     pub newest_beacon_ts: Option<DateTime<Utc>>,
     /// Consistency point minus newest recovered beacon.
     pub data_loss_seconds: Option<f64>,
+    /// Acknowledged commits before the cut missing after restore (exact count).
     pub lost_acked_commits: Option<usize>,
     /// Cassandra: `release_version` of the restored node.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,10 +51,12 @@ pub struct MemberReport {
     /// Cassandra: mutations replayed from the commit log, as logged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed_mutations: Option<u64>,
+    /// Every check of the member, in the order made.
     pub checks: Vec<Check>,
 }
 
 impl MemberReport {
+    /// An empty report of `domain` restored as `sandbox`.
     pub fn new(domain: &str, sandbox: &str) -> Self {
         Self {
             domain: domain.to_string(),
@@ -64,18 +76,30 @@ impl MemberReport {
     }
 }
 
+/// The result of one verification (`--report`, JSON).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Report format version (1).
     pub format_version: u32,
+    /// The snapshot verified.
     pub snapshot_id: String,
+    /// Its group.
     pub group: String,
+    /// Its consistency point.
     pub consistency_point: Option<DateTime<Utc>>,
+    /// How long its members were paused.
     pub freeze_window_ms: Option<f64>,
+    /// RPO the profile allows.
     pub rpo_seconds: f64,
+    /// `pass` or `fail`.
     pub verdict: String,
+    /// When verification began.
     pub started_at: DateTime<Utc>,
+    /// When it ended.
     pub finished_at: DateTime<Utc>,
+    /// One report per restored member.
     pub members: Vec<MemberReport>,
+    /// Beacon order and profile cross checks.
     pub cross_checks: Vec<Check>,
     /// What was not checked and why, and what was cleaned up before the run; not checks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -83,6 +107,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether every member check and every cross check passed.
     pub fn passed(&self) -> bool {
         self.members
             .iter()
@@ -91,6 +116,7 @@ impl Report {
             && self.cross_checks.iter().all(|c| c.ok)
     }
 
+    /// One line per failed check.
     pub fn violations(&self) -> Vec<String> {
         self.members
             .iter()

@@ -30,15 +30,101 @@ use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use xmltree::{Element, XMLNode};
 
+/// Why a sandbox could not be made or started; each names the image, disk or domain.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// No connection to the libvirt daemon the sandbox runs on.
+    #[error("connect {uri}: {source}")]
+    Connect {
+        /// The daemon.
+        uri: String,
+        /// libvirt's reason.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// The sandbox directory could not be created.
+    #[error("{}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The owner marker could not be written.
+    #[error(transparent)]
+    Mark(#[from] crate::stale::MarkError),
+    /// `qemu-img` could not be run.
+    #[error("qemu-img: {0}")]
+    QemuImg(#[source] std::io::Error),
+    /// An overlay on a frozen (or copied) image could not be created.
+    #[error("overlay on {}: {stderr}", image.display())]
+    Overlay {
+        /// The image it was to be based on.
+        image: PathBuf,
+        /// What qemu-img said.
+        stderr: String,
+    },
+    /// The saved domain XML does not parse.
+    #[error("saved domain XML: {0}")]
+    Xml(#[source] xmltree::ParseError),
+    /// The saved domain XML has no devices.
+    #[error("saved domain XML has no <devices>")]
+    NoDevices,
+    /// A writable disk outside the snapshot has no stand-in.
+    #[error(
+        "disk {target} is writable and not in the snapshot: the sandbox must not get the original"
+    )]
+    WritableLeftOut {
+        /// The disk.
+        target: String,
+    },
+    /// Not every snapshotted disk is in the saved XML.
+    #[error("saved domain XML has {mapped} of the {total} snapshotted disks")]
+    DisksMissing {
+        /// Disks found.
+        mapped: usize,
+        /// Disks snapshotted.
+        total: usize,
+    },
+    /// The rewritten XML could not be written out.
+    #[error("{0}")]
+    Emit(#[source] xmltree::Error),
+    /// The rewritten XML is not UTF-8.
+    #[error("{0}")]
+    Utf8(#[source] std::string::FromUtf8Error),
+    /// A blank stand-in could not be made.
+    #[error(transparent)]
+    StandIn(#[from] crate::stand_in::StandInError),
+    /// The sandbox could not be isolated (NVRAM).
+    #[error(transparent)]
+    Isolate(#[from] crate::isolate::IsolateError),
+    /// libvirt refused to start the sandbox domain.
+    #[error("start sandbox {name}: {source}")]
+    Start {
+        /// The sandbox domain.
+        name: String,
+        /// libvirt's reason.
+        #[source]
+        source: virt::error::Error,
+    },
+}
+
 const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
+/// A restored member: its overlays and running transient domain.
 pub struct Sandbox {
+    /// The sandbox domain's name.
     pub name: String,
     /// The libvirt daemon it runs on.
     pub uri: String,
+    /// Its directory (overlays, console log, marker).
     pub dir: PathBuf,
+    /// Its serial console log.
     pub console: PathBuf,
+    /// Loopback port forwarded to its database.
     pub host_port: u16,
+    /// When its domain was started.
     pub started: Instant,
     /// One line per disk given a blank stand-in, for the report.
     pub stand_ins: Vec<String>,
@@ -76,8 +162,8 @@ fn set_source(e: &mut Element, attr: &str, value: &str) {
 }
 
 /// Parse a saved domain XML (once per sandbox: stand-ins, NVRAM and rewrite share it).
-pub fn parse(saved: &str) -> Result<Element, String> {
-    Element::parse(saved.as_bytes()).map_err(|e| format!("saved domain XML: {e}"))
+pub fn parse(saved: &str) -> Result<Element, SandboxError> {
+    Element::parse(saved.as_bytes()).map_err(SandboxError::Xml)
 }
 
 /// Rewrite a (parsed) saved domain XML for the sandbox. `disks` maps target → sandbox file.
@@ -87,7 +173,7 @@ pub fn sandbox_xml(
     disks: &[(String, PathBuf)],
     console: &Path,
     forward: (u16, u16),
-) -> Result<String, String> {
+) -> Result<String, SandboxError> {
     let root = &mut root;
     for n in children_named(root, "name") {
         n.children = vec![XMLNode::Text(name.to_string())];
@@ -103,7 +189,7 @@ pub fn sandbox_xml(
     root.attributes.remove("id");
     let devices = root
         .get_mut_child("devices")
-        .ok_or("saved domain XML has no <devices>")?;
+        .ok_or(SandboxError::NoDevices)?;
     crate::isolate::devices(devices, console);
     let mut mapped = 0;
     for d in children_named(devices, "disk") {
@@ -126,16 +212,14 @@ pub fn sandbox_xml(
             strip(d, &["shareable"]);
             mapped += 1;
         } else if crate::stand_in::is_writable(d) {
-            return Err(format!(
-                "disk {target} is writable and not in the snapshot: the sandbox must not get the original"
-            ));
+            return Err(SandboxError::WritableLeftOut { target });
         }
     }
     if mapped != disks.len() {
-        return Err(format!(
-            "saved domain XML has {mapped} of the {} snapshotted disks",
-            disks.len()
-        ));
+        return Err(SandboxError::DisksMissing {
+            mapped,
+            total: disks.len(),
+        });
     }
     let mut cl = Element::new("commandline");
     cl.prefix = Some("qemu".into());
@@ -161,8 +245,8 @@ pub fn sandbox_xml(
     ns.put("qemu", QEMU_NS);
     root.namespaces = Some(ns);
     let mut out = Vec::new();
-    root.write(&mut out).map_err(|e| e.to_string())?;
-    String::from_utf8(out).map_err(|e| e.to_string())
+    root.write(&mut out).map_err(SandboxError::Emit)?;
+    String::from_utf8(out).map_err(SandboxError::Utf8)
 }
 
 /// Whether the domain's machine type is i440fx (`pc`, `pc-i440fx-*`, the old `pc-X.Y`); a
@@ -193,12 +277,18 @@ impl Sandbox {
         images: &[(String, PathBuf)],
         dir: &Path,
         forward: (u16, u16),
-    ) -> Result<Sandbox, String> {
+    ) -> Result<Sandbox, SandboxError> {
         virt::error::clear_error_callback();
-        let conn = Connect::open(Some(uri)).map_err(|e| format!("connect {uri}: {e}"))?;
+        let conn = Connect::open(Some(uri)).map_err(|source| SandboxError::Connect {
+            uri: uri.to_string(),
+            source,
+        })?;
         let reg = cgsnap_testbeds::guest::remove_on_interrupt("sandbox", uri, name, dir);
         let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| SandboxError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         crate::stale::mark(dir)?;
         let console = dir.join("console.log");
         let mut sb = Sandbox {
@@ -221,13 +311,12 @@ impl Sandbox {
                 .arg(image)
                 .arg(&ovl)
                 .output()
-                .map_err(|e| format!("qemu-img: {e}"))?;
+                .map_err(SandboxError::QemuImg)?;
             if !out.status.success() {
-                return Err(format!(
-                    "overlay on {}: {}",
-                    image.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
+                return Err(SandboxError::Overlay {
+                    image: image.clone(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
             }
             overlays.push((target.clone(), ovl));
         }
@@ -251,7 +340,10 @@ impl Sandbox {
                 .create_domain_xml(&xml, virt::sys::VIR_DOMAIN_START_AUTODESTROY)
                 .map(|_| ())
         })
-        .map_err(|e| format!("start sandbox {name}: {e}"))?;
+        .map_err(|source| SandboxError::Start {
+            name: name.to_string(),
+            source,
+        })?;
         sb.started = Instant::now();
         Ok(sb)
     }
@@ -272,6 +364,7 @@ impl Sandbox {
         self.stopped.load(Ordering::SeqCst)
     }
 
+    /// The console log so far (empty if unreadable).
     pub fn console_text(&self) -> String {
         std::fs::read(&self.console)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -302,8 +395,11 @@ impl Sandbox {
 /// How waiting for a member's ready marker ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Wait {
+    /// Ready this long after boot.
     Ready(Duration),
+    /// The failure marker appeared this long after boot.
     Failed(Duration),
+    /// Neither within the timeout.
     TimedOut,
     /// The sandbox was stopped from outside (see [`Sandbox::stopper`]).
     Stopped,
@@ -376,7 +472,8 @@ mod tests {
             Path::new("/c"),
             (1, 2),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("0 of the 1"));
     }
 
@@ -396,7 +493,8 @@ mod tests {
             Path::new("/c"),
             (1, 2),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("disk vdb is writable and not in the snapshot"),
             "{e}"

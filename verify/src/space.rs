@@ -27,6 +27,79 @@ pub const DEFAULT_MIN_FREE: u64 = 2 << 30;
 /// How often the [`Watch`] measures.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// Why sandboxes may not start or keep running: too little room, or room not measurable.
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    /// The measured path cannot be passed to `statvfs`.
+    #[error("{}: path contains NUL", .0.display())]
+    NulInPath(PathBuf),
+    /// `statvfs` failed.
+    #[error("statvfs {}: {source}", path.display())]
+    Statvfs {
+        /// The path measured.
+        path: PathBuf,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Below the floor before any sandbox started.
+    #[error(
+        "sandbox directory {} has {} free, below --min-free {}: {FIX}",
+        dir.display(),
+        size_text(*free),
+        size_text(*floor)
+    )]
+    Below {
+        /// The sandbox directory.
+        dir: PathBuf,
+        /// Free bytes measured.
+        free: u64,
+        /// The floor.
+        floor: u64,
+    },
+    /// Fell below the floor while sandboxes ran (they were stopped).
+    #[error(
+        "sandbox directory {} fell to {} free, below --min-free {}: the sandboxes were \
+         stopped so the filesystem does not fill up under the VMs sharing it; {FIX}",
+        dir.display(),
+        size_text(*free),
+        size_text(*floor)
+    )]
+    Fell {
+        /// The sandbox directory.
+        dir: PathBuf,
+        /// Free bytes measured.
+        free: u64,
+        /// The floor.
+        floor: u64,
+    },
+    /// The free space could not be measured before any sandbox started.
+    #[error(
+        "cannot read the free space of sandbox directory {} ({source}): give a --sandbox-dir that can be measured",
+        dir.display()
+    )]
+    Unmeasured {
+        /// The sandbox directory.
+        dir: PathBuf,
+        /// Why the reading failed.
+        #[source]
+        source: Box<SpaceError>,
+    },
+    /// The free space could no longer be measured while sandboxes ran (they were stopped).
+    #[error(
+        "cannot read the free space of sandbox directory {} ({source}): the sandboxes were \
+         stopped, their room unknown; give a --sandbox-dir that can be measured",
+        dir.display()
+    )]
+    LostMeasure {
+        /// The sandbox directory.
+        dir: PathBuf,
+        /// Why the reading failed.
+        #[source]
+        source: Box<SpaceError>,
+    },
+}
+
 /// `dir` or its nearest existing ancestor (the sandbox root is created only when the first
 /// sandbox starts).
 pub fn measured(dir: &Path) -> &Path {
@@ -36,19 +109,18 @@ pub fn measured(dir: &Path) -> &Path {
 }
 
 /// Bytes available to unprivileged writers on the filesystem that holds (or would hold) `dir`.
-pub fn free_bytes(dir: &Path) -> Result<u64, String> {
+pub fn free_bytes(dir: &Path) -> Result<u64, SpaceError> {
     let at = measured(dir);
     let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: path contains NUL", at.display()))?;
+        .map_err(|_| SpaceError::NulInPath(at.to_path_buf()))?;
     // SAFETY: `c` is a valid NUL-terminated path; statvfs only fills the plain C struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above; `st` outlives the call.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(format!(
-            "statvfs {}: {}",
-            at.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(SpaceError::Statvfs {
+            path: at.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
@@ -77,31 +149,23 @@ const FIX: &str = "free space there, or give --sandbox-dir on another filesystem
 /// that could not be taken counts as below the floor: unmeasured room is no room.
 pub fn judge(
     dir: &Path,
-    free: Result<u64, String>,
+    free: Result<u64, SpaceError>,
     floor: u64,
     phase: Phase,
-) -> Result<(), String> {
-    let d = dir.display();
+) -> Result<(), SpaceError> {
+    let dir = dir.to_path_buf();
     match (free, phase) {
         (Ok(f), _) if f >= floor => Ok(()),
-        (Ok(f), Phase::Before) => Err(format!(
-            "sandbox directory {d} has {} free, below --min-free {}: {FIX}",
-            size_text(f),
-            size_text(floor)
-        )),
-        (Ok(f), Phase::Running) => Err(format!(
-            "sandbox directory {d} fell to {} free, below --min-free {}: the sandboxes were \
-             stopped so the filesystem does not fill up under the VMs sharing it; {FIX}",
-            size_text(f),
-            size_text(floor)
-        )),
-        (Err(e), Phase::Before) => Err(format!(
-            "cannot read the free space of sandbox directory {d} ({e}): give a --sandbox-dir that can be measured"
-        )),
-        (Err(e), Phase::Running) => Err(format!(
-            "cannot read the free space of sandbox directory {d} ({e}): the sandboxes were \
-             stopped, their room unknown; give a --sandbox-dir that can be measured"
-        )),
+        (Ok(free), Phase::Before) => Err(SpaceError::Below { dir, free, floor }),
+        (Ok(free), Phase::Running) => Err(SpaceError::Fell { dir, free, floor }),
+        (Err(e), Phase::Before) => Err(SpaceError::Unmeasured {
+            dir,
+            source: Box::new(e),
+        }),
+        (Err(e), Phase::Running) => Err(SpaceError::LostMeasure {
+            dir,
+            source: Box::new(e),
+        }),
     }
 }
 
@@ -111,7 +175,7 @@ pub type Stop = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 struct State {
     done: bool,
-    tripped: Option<String>,
+    tripped: Option<Arc<SpaceError>>,
     guarded: Vec<Stop>,
 }
 
@@ -141,7 +205,7 @@ impl Watch {
         dir: PathBuf,
         floor: u64,
         poll: Duration,
-        measure: impl Fn(&Path) -> Result<u64, String> + Send + 'static,
+        measure: impl Fn(&Path) -> Result<u64, SpaceError> + Send + 'static,
     ) -> std::io::Result<Watch> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -157,8 +221,8 @@ impl Watch {
                     if st.done {
                         return;
                     }
-                    if let Err(msg) = verdict {
-                        st.tripped = Some(msg);
+                    if let Err(e) = verdict {
+                        st.tripped = Some(Arc::new(e));
                         for stop in st.guarded.drain(..) {
                             stop();
                         }
@@ -190,7 +254,7 @@ impl Watch {
     }
 
     /// Why the sandboxes were stopped, if they were.
-    pub fn tripped(&self) -> Option<String> {
+    pub fn tripped(&self) -> Option<Arc<SpaceError>> {
         self.shared.lock().tripped.clone()
     }
 }
@@ -222,9 +286,11 @@ mod tests {
     #[test]
     fn the_floor_is_judged_before_and_while_running() {
         let d = Path::new("/var/lib/libvirt/images/cgsnap-verify");
-        assert_eq!(judge(d, Ok(2 * GIB), 2 * GIB, Phase::Before), Ok(()));
-        assert_eq!(judge(d, Ok(5 * GIB), 2 * GIB, Phase::Running), Ok(()));
-        let e = judge(d, Ok(GIB), 2 * GIB, Phase::Before).unwrap_err();
+        assert!(judge(d, Ok(2 * GIB), 2 * GIB, Phase::Before).is_ok());
+        assert!(judge(d, Ok(5 * GIB), 2 * GIB, Phase::Running).is_ok());
+        let e = judge(d, Ok(GIB), 2 * GIB, Phase::Before)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("sandbox directory /var/lib/libvirt/images/cgsnap-verify has 1.0 GiB (1073741824 bytes) free")
                 && e.contains("below --min-free 2.0 GiB (2147483648 bytes)")
@@ -232,14 +298,20 @@ mod tests {
                 && !e.contains('\n'),
             "{e}"
         );
-        let e = judge(d, Ok(GIB), 2 * GIB, Phase::Running).unwrap_err();
+        let e = judge(d, Ok(GIB), 2 * GIB, Phase::Running)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("fell to 1.0 GiB") && e.contains("stopped"),
             "{e}"
         );
         // Unmeasured room is no room, before and while running.
         for phase in [Phase::Before, Phase::Running] {
-            let e = judge(d, Err("statvfs: EIO".into()), 0, phase).unwrap_err();
+            let eio = SpaceError::Statvfs {
+                path: PathBuf::from("/"),
+                source: std::io::Error::other("EIO"),
+            };
+            let e = judge(d, Err(eio), 0, phase).unwrap_err().to_string();
             assert!(
                 e.contains("cannot read the free space") && e.contains("EIO"),
                 "{e}"
@@ -284,11 +356,15 @@ mod tests {
         w.guard(stop());
         w.guard(stop());
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!((w.tripped(), stopped.load(Ordering::SeqCst)), (None, 0));
+        assert!(w.tripped().is_none());
+        assert_eq!(stopped.load(Ordering::SeqCst), 0);
         free.store(GIB, Ordering::SeqCst);
         wait_until("tripped", || w.tripped().is_some());
         assert_eq!(stopped.load(Ordering::SeqCst), 2);
-        assert!(w.tripped().is_some_and(|m| m.contains("fell to 1.0 GiB")));
+        assert!(
+            w.tripped()
+                .is_some_and(|m| m.to_string().contains("fell to 1.0 GiB"))
+        );
         // Room coming back does not undo it; a sandbox guarded afterwards is stopped at once.
         free.store(10 * GIB, Ordering::SeqCst);
         w.guard(stop());

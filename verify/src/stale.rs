@@ -49,10 +49,12 @@ fn process_start(pid: u32) -> Option<u64> {
         .and_then(start_time)
 }
 
+/// The marker's text: `PID START\n`.
 pub fn marker_text(pid: u32, start: u64) -> String {
     format!("{pid} {start}\n")
 }
 
+/// A marker's pid and start time, if it is well formed.
 pub fn parse_marker(text: &str) -> Option<(u32, u64)> {
     let mut it = text.split_whitespace();
     let pid = it.next()?.parse().ok()?;
@@ -60,12 +62,30 @@ pub fn parse_marker(text: &str) -> Option<(u32, u64)> {
     it.next().is_none().then_some((pid, start))
 }
 
+/// Why a sandbox directory could not be marked as this process's.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    /// This process's start time, half of the marker, is unknown.
+    #[error("cannot read /proc/self/stat")]
+    NoStartTime,
+    /// The marker could not be written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The marker file.
+        path: std::path::PathBuf,
+        /// The reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Write this process's owner marker into a freshly created sandbox directory.
-pub fn mark(dir: &Path) -> Result<(), String> {
+pub fn mark(dir: &Path) -> Result<(), MarkError> {
     let pid = std::process::id();
-    let start = process_start(pid).ok_or("cannot read /proc/self/stat")?;
+    let start = process_start(pid).ok_or(MarkError::NoStartTime)?;
     let p = dir.join(MARKER);
-    std::fs::write(&p, marker_text(pid, start)).map_err(|e| format!("{}: {e}", p.display()))
+    std::fs::write(&p, marker_text(pid, start))
+        .map_err(|source| MarkError::Write { path: p, source })
 }
 
 /// Whether a file name is one a sandbox creates (overlays, blank stand-ins, the NVRAM copy,
@@ -81,6 +101,7 @@ pub fn sandbox_file(name: &str) -> bool {
 /// What is known about one candidate directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen<'a> {
+    /// The directory's name.
     pub name: &'a str,
     /// Contents of its marker, if it has one.
     pub marker: Option<&'a str>,

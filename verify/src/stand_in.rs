@@ -21,7 +21,9 @@ const FALLBACK_SIZE: u64 = 1 << 30;
 /// A writable disk of the saved domain XML that the snapshot did not take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
+    /// The disk's target.
     pub target: String,
+    /// Its source file or device, if it has one.
     pub source: Option<String>,
     /// Why the snapshot left it out: `shareable` or `snapshot='no'` (or `'manual'`).
     pub reason: String,
@@ -93,8 +95,24 @@ pub fn virtual_size(source: &str) -> Option<u64> {
     v["virtual-size"].as_u64()
 }
 
+/// Why a blank stand-in could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StandInError {
+    /// `qemu-img` could not be run.
+    #[error("qemu-img: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// `qemu-img create` failed.
+    #[error("blank stand-in for {target}: {stderr}")]
+    Create {
+        /// The disk it stands in for.
+        target: String,
+        /// What qemu-img said.
+        stderr: String,
+    },
+}
+
 /// Create a blank qcow2 stand-in for `d` in `dir`; returns its path and a line for the report.
-pub fn create(d: &LeftOut, dir: &Path) -> Result<(PathBuf, String), String> {
+pub fn create(d: &LeftOut, dir: &Path) -> Result<(PathBuf, String), StandInError> {
     let probed = d.source.as_deref().and_then(virtual_size);
     let size = probed.unwrap_or(FALLBACK_SIZE);
     let path = dir.join(format!("{}.blank.qcow2", d.target));
@@ -103,13 +121,12 @@ pub fn create(d: &LeftOut, dir: &Path) -> Result<(PathBuf, String), String> {
         .arg(&path)
         .arg(size.to_string())
         .output()
-        .map_err(|e| format!("qemu-img: {e}"))?;
+        .map_err(StandInError::Spawn)?;
     if !out.status.success() {
-        return Err(format!(
-            "blank stand-in for {}: {}",
-            d.target,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(StandInError::Create {
+            target: d.target.clone(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     let line = format!(
         "{} ({}, source {}): blank {} MiB disk in the sandbox{}",
