@@ -7,7 +7,8 @@
 //!   [`check`]: its checks alone, as a command;
 //! - [`disk_order`]: the per-disk negative control (never a consistent cut);
 //! - [`release`]: committing overlays back, if [`room`] says they fit; offline ([`merge`]) for
-//!   a deleted member ([`vanished`]) or a shut-off one ([`offline`]);
+//!   a deleted member ([`vanished`]) or a shut-off one ([`offline`]); [`qemu_text`]: what
+//!   QEMU's failure messages say;
 //! - [`catalog`]: manifests, [`lock`]: their locks; [`prune`]: their retention; [`hook`]: the
 //!   backup-scheduler contract;
 //! - [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring;
@@ -36,6 +37,7 @@ pub mod offline;
 pub mod preflight;
 pub mod protocol;
 pub mod prune;
+pub mod qemu_text;
 pub mod release;
 pub mod remote_merge;
 pub mod room;

@@ -45,13 +45,6 @@ fn same_file(a: &str, b: &str) -> bool {
     }
 }
 
-/// A merge refused because some process has the overlay or image open: QEMU's image-lock
-/// messages (`Failed to get "write" lock`, `Is another process using the image [...]?`).
-pub fn says_held_open(detail: &str) -> bool {
-    (detail.contains("Failed to get") && detail.contains("lock"))
-        || detail.contains("Is another process using the image")
-}
-
 /// Merge the disk's overlay into its image; the error is a one-line detail for the caller's
 /// message.
 pub fn merge(d: &DiskRecord) -> Result<(), String> {
@@ -77,23 +70,4 @@ pub fn merge(d: &DiskRecord) -> Result<(), String> {
         return Err(stderr_line(&out));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_qemu_image_locks_count_as_held_open() {
-        for held in [
-            "qemu-img: Could not open '/v/a.ovl': Failed to get \"write\" lock",
-            "Is another process using the image [/v/a.ovl]?",
-        ] {
-            assert!(super::says_held_open(held), "{held}");
-        }
-        for other in [
-            "block commit on cgsnap-merge-db-vda via qemu+tcp://far/system: failed",
-            "its backing file is /srv/block-overlays/x, not the snapshot's image",
-        ] {
-            assert!(!super::says_held_open(other), "{other}");
-        }
-    }
 }

@@ -21,7 +21,8 @@
 
 use crate::catalog::DiskRecord;
 use crate::domxml;
-use crate::hypervisor::Host;
+use crate::hypervisor::libvirt::{LibvirtFailure, classify_text};
+use crate::hypervisor::{Host, HvError, HvErrorKind};
 use crate::release::{self, Options};
 
 /// The helper's disk target.
@@ -59,11 +60,12 @@ pub fn helper_xml(name: &str, overlay: &str) -> String {
 }
 
 /// libvirt's refusal to start the helper says the overlay itself (not its image) is missing.
-pub fn says_overlay_missing(message: &str, d: &DiskRecord) -> bool {
-    message.contains("No such file or directory")
-        && message.contains(&format!("'{}'", d.overlay))
-        && !message.contains(&format!("'{}'", d.image))
-        && !message.contains("backing")
+pub fn overlay_missing(e: &HvError, d: &DiskRecord) -> bool {
+    e.kind == HvErrorKind::System
+        && classify_text(&e.message)
+            == LibvirtFailure::StorageMissing {
+                path: d.overlay.as_str(),
+            }
 }
 
 /// Merge the overlay of `d` into its image on `host`; the error is a one-line detail for the
@@ -76,7 +78,7 @@ pub fn merge(
 ) -> Result<Outcome, String> {
     let name = helper_name(domain, d);
     if let Err(e) = host.start_helper(&name, &helper_xml(&name, &d.overlay)) {
-        if says_overlay_missing(&e.message, d) {
+        if overlay_missing(&e, d) {
             return Ok(Outcome::Gone);
         }
         return Err(e.message);
@@ -160,21 +162,36 @@ mod tests {
     #[test]
     fn only_a_missing_overlay_counts_as_gone() {
         let d = disk();
+        let refused = |kind, message: String| HvError {
+            uri: "qemu+tcp://far/system".into(),
+            op: "start helper domain",
+            target: helper_name("db", &d),
+            message,
+            kind,
+        };
         let top = format!(
             "Cannot access storage file '{}' (as uid:0, gid:0): No such file or directory",
             d.overlay
         );
-        assert!(says_overlay_missing(&top, &d));
+        assert!(overlay_missing(
+            &refused(HvErrorKind::System, top.clone()),
+            &d
+        ));
+        assert!(!overlay_missing(&refused(HvErrorKind::Other, top), &d));
         let base = format!(
             "Cannot access backing file '{}' of storage file '{}' (as uid:0, gid:0): No such file or directory",
             d.image, d.overlay
         );
-        assert!(!says_overlay_missing(&base, &d), "the image is missing");
+        let e = refused(HvErrorKind::System, base);
+        assert!(!overlay_missing(&e, &d), "the image is missing");
         let perm = format!(
             "Cannot access storage file '{}': Permission denied",
             d.overlay
         );
-        assert!(!says_overlay_missing(&perm, &d));
+        assert!(!overlay_missing(&refused(HvErrorKind::System, perm), &d));
+        let other = "Cannot access storage file '/far/other.qcow2': No such file or directory";
+        let e = refused(HvErrorKind::System, other.into());
+        assert!(!overlay_missing(&e, &d), "another file");
     }
 
     /// A far host on which the overlay of `d` names `base` as its backing file.

@@ -23,6 +23,7 @@
 use crate::catalog::DiskRecord;
 use crate::hypervisor::Host;
 use crate::ledger::{Ledger, Mark};
+use crate::qemu_text::QemuFailure;
 use crate::release::{self, ReleaseError};
 use crate::remote_merge::Outcome;
 use std::path::Path;
@@ -30,7 +31,7 @@ use std::path::Path;
 /// Merge one disk's (existing) overlay into its image and delete it.
 fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
     crate::merge::merge(d).map_err(|detail| {
-        let fix = if crate::merge::says_held_open(&detail) {
+        let fix = if crate::qemu_text::classify(&detail) == QemuFailure::HeldOpen {
             "a process still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again".to_string()
         } else {
             format!(
@@ -177,7 +178,7 @@ fn remote(
                 release::remove_remote(host, domain, &d.overlay)?;
             }
             Err(detail) => {
-                let fix = if crate::merge::says_held_open(&detail) {
+                let fix = if crate::qemu_text::classify(&detail) == QemuFailure::HeldOpen {
                     format!(
                         "a process on {} still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again",
                         host.uri()
