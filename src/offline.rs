@@ -113,13 +113,13 @@ fn merge_and_define(
 ) -> Result<(), ReleaseError> {
     ledger.mark(domain, &[d.target.as_str()], Mark::Started)?;
     let merged = if local {
-        crate::merge::merge(d)
+        crate::merge::merge(d).map_err(|e| e.to_string())
     } else {
         match crate::remote_merge::merge(host, domain, d, opts) {
             Ok(Outcome::Merged) => Ok(()),
             // Its definition still names it: not ours to paper over.
             Ok(Outcome::Gone) => Err(format!("it no longer exists on {}", host.uri())),
-            Err(detail) => Err(detail),
+            Err(e) => Err(e.to_string()),
         }
     };
     merged.map_err(|detail| ReleaseError::OfflineMerge {

@@ -23,15 +23,14 @@
 use crate::catalog::DiskRecord;
 use crate::hypervisor::Host;
 use crate::ledger::{Ledger, Mark};
-use crate::qemu_text::QemuFailure;
 use crate::release::{self, ReleaseError};
 use crate::remote_merge::Outcome;
 use std::path::Path;
 
 /// Merge one disk's (existing) overlay into its image and delete it.
 fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
-    crate::merge::merge(d).map_err(|detail| {
-        let fix = if crate::qemu_text::classify(&detail) == QemuFailure::HeldOpen {
+    crate::merge::merge(d).map_err(|e| {
+        let fix = if e.held_open() {
             "a process still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again".to_string()
         } else {
             format!(
@@ -42,7 +41,7 @@ fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
         ReleaseError::VanishedMerge {
             domain: domain.to_string(),
             overlay: d.overlay.clone(),
-            detail,
+            detail: e.to_string(),
             fix,
         }
     })?;
@@ -177,8 +176,8 @@ fn remote(
                 merged += 1;
                 release::remove_remote(host, domain, &d.overlay)?;
             }
-            Err(detail) => {
-                let fix = if crate::qemu_text::classify(&detail) == QemuFailure::HeldOpen {
+            Err(e) => {
+                let fix = if e.held_open() {
                     format!(
                         "a process on {} still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again",
                         host.uri()
@@ -193,7 +192,7 @@ fn remote(
                 return Err(ReleaseError::VanishedMerge {
                     domain: domain.to_string(),
                     overlay: d.overlay.clone(),
-                    detail,
+                    detail: e.to_string(),
                     fix,
                 });
             }
