@@ -9,7 +9,7 @@
 //! 1. [`model`]: manifest types and their state machine, exit codes, durations;
 //!    [`events`]: the Reporter and Probe interfaces (the library prints nothing itself);
 //! 2. [`hypervisor`]: the one boundary to libvirt (trait, adapter, fake, connection pool, URI
-//!    locality), with [`domxml`] for the domain XML;
+//!    locality, what QEMU's messages say), with [`domxml`] for the domain XML;
 //! 3. [`catalog`]: the store of manifests, its locks, retention and release ledger;
 //!    [`group`]: consistency groups stored in domain metadata, resolved live;
 //! 4. [`release`]: committing overlays back (live, offline, vanished, remote members);

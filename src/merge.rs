@@ -8,8 +8,49 @@
 //! once nothing names it any more.
 
 use crate::catalog::DiskRecord;
+use crate::hypervisor::qemu_text::QemuFailure;
 use std::path::Path;
 use std::process::Command;
+
+/// Why an overlay was not merged; each message is a one-line detail for the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("qemu-img: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// `qemu-img` failed: its first line of stderr, and what it says.
+    #[error("{detail}")]
+    Failed {
+        detail: String,
+        failure: QemuFailure,
+    },
+    #[error("qemu-img info output: {0}")]
+    InfoOutput(#[source] serde_json::Error),
+    #[error("its image {image} is gone")]
+    ImageGone { image: String },
+    #[error("its backing file is {backing}, not the snapshot's image {image}")]
+    OtherBacking { backing: String, image: String },
+    #[error("it has no backing file")]
+    NoBacking,
+}
+
+impl MergeError {
+    /// Refused because some process has the overlay or its image open (QEMU's image locks).
+    pub fn held_open(&self) -> bool {
+        matches!(
+            self,
+            MergeError::Failed {
+                failure: QemuFailure::HeldOpen,
+                ..
+            }
+        )
+    }
+
+    fn failed(out: &std::process::Output) -> Self {
+        let detail = stderr_line(out);
+        let failure = crate::hypervisor::qemu_text::classify(&detail);
+        MergeError::Failed { detail, failure }
+    }
+}
 
 fn stderr_line(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr)
@@ -21,17 +62,17 @@ fn stderr_line(out: &std::process::Output) -> String {
 }
 
 /// The backing file an overlay's header names, resolved against the overlay's directory.
-fn backing_of(overlay: &str) -> Result<Option<String>, String> {
+fn backing_of(overlay: &str) -> Result<Option<String>, MergeError> {
     // -U: read the header without taking locks; the commit below takes them.
     let out = Command::new("qemu-img")
         .args(["info", "-U", "--output=json", overlay])
         .output()
-        .map_err(|e| format!("qemu-img: {e}"))?;
+        .map_err(MergeError::Spawn)?;
     if !out.status.success() {
-        return Err(stderr_line(&out));
+        return Err(MergeError::failed(&out));
     }
     let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("qemu-img info output: {e}"))?;
+        serde_json::from_slice(&out.stdout).map_err(MergeError::InfoOutput)?;
     Ok(v.get("full-backing-filename")
         .or_else(|| v.get("backing-filename"))
         .and_then(|b| b.as_str())
@@ -45,55 +86,30 @@ fn same_file(a: &str, b: &str) -> bool {
     }
 }
 
-/// A merge refused because some process has the overlay or image open: QEMU's image-lock
-/// messages (`Failed to get "write" lock`, `Is another process using the image [...]?`).
-pub fn says_held_open(detail: &str) -> bool {
-    (detail.contains("Failed to get") && detail.contains("lock"))
-        || detail.contains("Is another process using the image")
-}
-
-/// Merge the disk's overlay into its image; the error is a one-line detail for the caller's
-/// message.
-pub fn merge(d: &DiskRecord) -> Result<(), String> {
+/// Merge the disk's overlay into its image.
+pub fn merge(d: &DiskRecord) -> Result<(), MergeError> {
     if !Path::new(&d.image).exists() {
-        return Err(format!("its image {} is gone", d.image));
+        return Err(MergeError::ImageGone {
+            image: d.image.clone(),
+        });
     }
     match backing_of(&d.overlay)? {
         Some(b) if same_file(&b, &d.image) => {}
-        Some(b) => {
-            return Err(format!(
-                "its backing file is {b}, not the snapshot's image {}",
-                d.image
-            ));
+        Some(backing) => {
+            return Err(MergeError::OtherBacking {
+                backing,
+                image: d.image.clone(),
+            });
         }
-        None => return Err("it has no backing file".into()),
+        None => return Err(MergeError::NoBacking),
     }
     // -d: do not empty the overlay afterwards; the caller deletes it.
     let out = Command::new("qemu-img")
         .args(["commit", "-q", "-d", "-f", "qcow2", &d.overlay])
         .output()
-        .map_err(|e| format!("qemu-img: {e}"))?;
+        .map_err(MergeError::Spawn)?;
     if !out.status.success() {
-        return Err(stderr_line(&out));
+        return Err(MergeError::failed(&out));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_qemu_image_locks_count_as_held_open() {
-        for held in [
-            "qemu-img: Could not open '/v/a.ovl': Failed to get \"write\" lock",
-            "Is another process using the image [/v/a.ovl]?",
-        ] {
-            assert!(super::says_held_open(held), "{held}");
-        }
-        for other in [
-            "block commit on cgsnap-merge-db-vda via qemu+tcp://far/system: failed",
-            "its backing file is /srv/block-overlays/x, not the snapshot's image",
-        ] {
-            assert!(!super::says_held_open(other), "{other}");
-        }
-    }
 }

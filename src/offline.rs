@@ -118,13 +118,13 @@ fn merge_and_define(
     let who = MemberId::new(host.uri(), domain);
     ledger.mark(&who, &[d.target.as_str()], Mark::Started)?;
     let merged = if crate::hypervisor::is_local(host.uri()) {
-        crate::merge::merge(d)
+        crate::merge::merge(d).map_err(|e| e.to_string())
     } else {
         match crate::remote_merge::merge(host, domain, d, opts, report) {
             Ok(Outcome::Merged) => Ok(()),
             // Its definition still names it: not ours to paper over.
             Ok(Outcome::Gone) => Err(format!("it no longer exists on {}", host.uri())),
-            Err(detail) => Err(detail),
+            Err(e) => Err(e.to_string()),
         }
     };
     merged.map_err(|detail| ReleaseError::OfflineMerge {

@@ -134,6 +134,10 @@ pub enum ReleaseError {
         "member {domain} was started while its overlays were merged offline; nothing is lost: run release again (it now commits online)"
     )]
     StartedDuringRelease { domain: String },
+    #[error(
+        "release of member {domain} ({uri}) stopped on an internal error (its thread panicked); what it finished is recorded in the manifest: run release again, and report this"
+    )]
+    Panicked { domain: String, uri: String },
     #[error("cannot remove overlay {path}: {source}")]
     Remove {
         path: String,
@@ -586,7 +590,8 @@ fn held_open(path: &str) -> bool {
             .output();
         let held = match out {
             Ok(o) if !o.status.success() => {
-                crate::merge::says_held_open(&String::from_utf8_lossy(&o.stderr))
+                crate::hypervisor::qemu_text::classify(&String::from_utf8_lossy(&o.stderr))
+                    == crate::hypervisor::qemu_text::QemuFailure::HeldOpen
             }
             _ => false,
         };
@@ -727,11 +732,12 @@ pub fn release_snapshot(
             .collect();
         handles
             .into_iter()
-            .map(|h| {
+            .zip(&members)
+            .map(|(h, m)| {
                 h.join().unwrap_or_else(|_| {
-                    Err(ReleaseError::Remove {
-                        path: String::new(),
-                        source: std::io::Error::other("release thread panicked"),
+                    Err(ReleaseError::Panicked {
+                        domain: m.domain.clone(),
+                        uri: m.uri.clone(),
                     })
                 })
             })

@@ -22,11 +22,58 @@
 use crate::catalog::DiskRecord;
 use crate::domxml;
 use crate::events::Reporter;
-use crate::hypervisor::Host;
+use crate::hypervisor::libvirt::{LibvirtFailure, classify_text};
+use crate::hypervisor::qemu_text::QemuFailure;
+use crate::hypervisor::{Host, HvError, HvErrorKind};
 use crate::release::{self, Options};
 
 /// The helper's disk target.
 const TARGET: &str = "vda";
+
+/// Why an overlay was not merged on its host; each message is a one-line detail for the
+/// caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteMergeError {
+    /// libvirt did not start the helper: its message, and what QEMU's text in it says.
+    #[error("{}", .error.message)]
+    Start {
+        error: HvError,
+        failure: QemuFailure,
+    },
+    #[error("the helper domain {name} has no disk {TARGET} {when}")]
+    NoDisk { name: String, when: &'static str },
+    #[error("its backing file is {backing}, not the snapshot's image {image}")]
+    OtherBacking { backing: String, image: String },
+    #[error("it has no backing file")]
+    NoBacking,
+    #[error("the commit ended without switching to the image (the disk is on {on})")]
+    NotSwitched { on: String },
+    #[error("merged, but the helper domain {name} did not stop: {source}")]
+    HelperStayed {
+        name: String,
+        #[source]
+        source: HvError,
+    },
+    #[error(transparent)]
+    Hv(#[from] HvError),
+    #[error(transparent)]
+    Xml(#[from] domxml::XmlError),
+    #[error(transparent)]
+    Commit(Box<release::ReleaseError>),
+}
+
+impl RemoteMergeError {
+    /// Refused because some process on that host has the overlay or its image open.
+    pub fn held_open(&self) -> bool {
+        matches!(
+            self,
+            RemoteMergeError::Start {
+                failure: QemuFailure::HeldOpen,
+                ..
+            }
+        )
+    }
+}
 
 /// What became of one overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,35 +107,36 @@ pub fn helper_xml(name: &str, overlay: &str) -> String {
 }
 
 /// libvirt's refusal to start the helper says the overlay itself (not its image) is missing.
-pub fn says_overlay_missing(message: &str, d: &DiskRecord) -> bool {
-    message.contains("No such file or directory")
-        && message.contains(&format!("'{}'", d.overlay))
-        && !message.contains(&format!("'{}'", d.image))
-        && !message.contains("backing")
+pub fn overlay_missing(e: &HvError, d: &DiskRecord) -> bool {
+    e.kind == HvErrorKind::System
+        && classify_text(&e.message)
+            == LibvirtFailure::StorageMissing {
+                path: d.overlay.as_str(),
+            }
 }
 
-/// Merge the overlay of `d` into its image on `host`; the error is a one-line detail for the
-/// caller's message. `domain` is the (deleted) member, named in the helper's name. `report`
-/// hears the commit's progress.
+/// Merge the overlay of `d` into its image on `host`. `domain` is the (deleted) member, named
+/// in the helper's name. `report` hears the commit's progress.
 pub fn merge(
     host: &dyn Host,
     domain: &str,
     d: &DiskRecord,
     opts: &Options,
     report: &dyn Reporter,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, RemoteMergeError> {
     let name = helper_name(domain, d);
-    if let Err(e) = host.start_helper(&name, &helper_xml(&name, &d.overlay)) {
-        if says_overlay_missing(&e.message, d) {
+    if let Err(error) = host.start_helper(&name, &helper_xml(&name, &d.overlay)) {
+        if overlay_missing(&error, d) {
             return Ok(Outcome::Gone);
         }
-        return Err(e.message);
+        let failure = crate::hypervisor::qemu_text::classify(&error.message);
+        return Err(RemoteMergeError::Start { error, failure });
     }
     let merged = commit(host, &name, d, opts, report);
     let destroyed = host.destroy(&name);
     merged?;
     // Still running, the helper would keep the image open: report, the next run merges again.
-    destroyed.map_err(|e| format!("merged, but the helper domain {name} did not stop: {e}"))?;
+    destroyed.map_err(|source| RemoteMergeError::HelperStayed { name, source })?;
     Ok(Outcome::Merged)
 }
 
@@ -99,39 +147,40 @@ fn commit(
     d: &DiskRecord,
     opts: &Options,
     report: &dyn Reporter,
-) -> Result<(), String> {
-    let on = |what: &str| -> Result<domxml::DiskInfo, String> {
-        let xml = host.xml(name).map_err(|e| e.to_string())?;
-        domxml::disks(name, &xml)
-            .map_err(|e| e.to_string())?
+) -> Result<(), RemoteMergeError> {
+    let on = |when: &'static str| -> Result<domxml::DiskInfo, RemoteMergeError> {
+        let xml = host.xml(name)?;
+        domxml::disks(name, &xml)?
             .into_iter()
             .find(|x| x.target == TARGET)
-            .ok_or_else(|| format!("the helper domain {name} has no disk {TARGET} {what}"))
+            .ok_or_else(|| RemoteMergeError::NoDisk {
+                name: name.to_string(),
+                when,
+            })
     };
     let disk = on("after it started")?;
     match disk.backing.first() {
         Some(b) if *b == d.image => {}
         Some(b) => {
-            return Err(format!(
-                "its backing file is {b}, not the snapshot's image {}",
-                d.image
-            ));
+            return Err(RemoteMergeError::OtherBacking {
+                backing: b.clone(),
+                image: d.image.clone(),
+            });
         }
-        None => return Err("it has no backing file".into()),
+        None => return Err(RemoteMergeError::NoBacking),
     }
     let helper_disk = DiskRecord {
         target: TARGET.to_string(),
         ..d.clone()
     };
-    host.commit_active(name, TARGET, opts.bandwidth)
-        .map_err(|e| e.to_string())?;
-    release::wait_and_pivot(host, name, &helper_disk, opts, report).map_err(|e| e.to_string())?;
+    host.commit_active(name, TARGET, opts.bandwidth)?;
+    release::wait_and_pivot(host, name, &helper_disk, opts, report)
+        .map_err(|e| RemoteMergeError::Commit(Box::new(e)))?;
     let disk = on("after the commit")?;
     if disk.source.as_deref() != Some(d.image.as_str()) {
-        return Err(format!(
-            "the commit ended without switching to the image (the disk is on {})",
-            disk.source.as_deref().unwrap_or("nothing")
-        ));
+        return Err(RemoteMergeError::NotSwitched {
+            on: disk.source.unwrap_or_else(|| "nothing".into()),
+        });
     }
     Ok(())
 }
@@ -170,21 +219,36 @@ mod tests {
     #[test]
     fn only_a_missing_overlay_counts_as_gone() {
         let d = disk();
+        let refused = |kind, message: String| HvError {
+            uri: "qemu+tcp://far/system".into(),
+            op: "start helper domain",
+            target: helper_name("db", &d),
+            message,
+            kind,
+        };
         let top = format!(
             "Cannot access storage file '{}' (as uid:0, gid:0): No such file or directory",
             d.overlay
         );
-        assert!(says_overlay_missing(&top, &d));
+        assert!(overlay_missing(
+            &refused(HvErrorKind::System, top.clone()),
+            &d
+        ));
+        assert!(!overlay_missing(&refused(HvErrorKind::Other, top), &d));
         let base = format!(
             "Cannot access backing file '{}' of storage file '{}' (as uid:0, gid:0): No such file or directory",
             d.image, d.overlay
         );
-        assert!(!says_overlay_missing(&base, &d), "the image is missing");
+        let e = refused(HvErrorKind::System, base);
+        assert!(!overlay_missing(&e, &d), "the image is missing");
         let perm = format!(
             "Cannot access storage file '{}': Permission denied",
             d.overlay
         );
-        assert!(!says_overlay_missing(&perm, &d));
+        assert!(!overlay_missing(&refused(HvErrorKind::System, perm), &d));
+        let other = "Cannot access storage file '/far/other.qcow2': No such file or directory";
+        let e = refused(HvErrorKind::System, other.into());
+        assert!(!overlay_missing(&e, &d), "another file");
     }
 
     /// A far host on which the overlay of `d` names `base` as its backing file.
@@ -202,6 +266,8 @@ mod tests {
         let d = disk();
         let host = far_host(&d, "/far/other.qcow2");
         let e = merge(&host, "db", &d, &Options::default(), &NoReport).expect_err("wrong backing");
+        assert!(matches!(e, RemoteMergeError::OtherBacking { .. }), "{e}");
+        let e = e.to_string();
         assert!(e.contains("its backing file is /far/other.qcow2"), "{e}");
         let calls = host.calls();
         assert!(!calls.iter().any(|c| c.starts_with("commit")), "{calls:?}");
@@ -211,7 +277,7 @@ mod tests {
         // Without any backing file: the same.
         host.backing.lock().expect("lock").clear();
         let e = merge(&host, "db", &d, &Options::default(), &NoReport).expect_err("no backing");
-        assert!(e.contains("no backing file"), "{e}");
+        assert!(e.to_string().contains("no backing file"), "{e}");
         assert!(host.list_domains().expect("list").is_empty(), "helper gone");
     }
 
@@ -221,7 +287,7 @@ mod tests {
         let host = far_host(&d, &d.image);
         host.fail_on("commit", "cgsnap-merge-db-vdb");
         let e = merge(&host, "db", &d, &Options::default(), &NoReport).expect_err("commit fails");
-        assert!(e.contains("injected failure"), "{e}");
+        assert!(e.to_string().contains("injected failure"), "{e}");
         assert!(host.list_domains().expect("list").is_empty(), "helper gone");
     }
 }

@@ -22,6 +22,27 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Why the data of an image could not be measured (the room check then skips it; the commit
+/// reports its own error).
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("qemu-img map {path}: {source} (is qemu-img installed?)")]
+    Spawn {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `qemu-img map` failed: the first line of its stderr.
+    #[error("qemu-img map {path}: {detail}")]
+    Failed { path: String, detail: String },
+    #[error("qemu-img map {path}: unreadable output: {source}")]
+    Output {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Not enough room in one filesystem for the commits of a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shortage {
@@ -60,19 +81,25 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 
 /// Ranges `[start, end)` where the image itself (not its backing chain) holds data, from
 /// `qemu-img map --output=json`. `-U`: the image is open by a running VM.
-fn data_ranges(path: &str, format: &str) -> Result<Vec<(u64, u64)>, String> {
+fn data_ranges(path: &str, format: &str) -> Result<Vec<(u64, u64)>, MeasureError> {
     let out = Command::new("qemu-img")
         .args(["map", "--output=json", "-U", "-f", format, path])
         .output()
-        .map_err(|e| format!("qemu-img: {e}"))?;
+        .map_err(|source| MeasureError::Spawn {
+            path: path.to_string(),
+            source,
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "qemu-img map {path}: {}",
-            err.lines().next().unwrap_or("failed").trim()
-        ));
+        return Err(MeasureError::Failed {
+            path: path.to_string(),
+            detail: err.lines().next().unwrap_or("failed").trim().to_string(),
+        });
     }
-    parse_map(&out.stdout).map_err(|e| format!("qemu-img map {path}: {e}"))
+    parse_map(&out.stdout).map_err(|source| MeasureError::Output {
+        path: path.to_string(),
+        source,
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -84,8 +111,8 @@ struct Extent {
 }
 
 /// The depth-0 data extents of a `qemu-img map` listing, sorted.
-fn parse_map(json: &[u8]) -> Result<Vec<(u64, u64)>, String> {
-    let extents: Vec<Extent> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+fn parse_map(json: &[u8]) -> Result<Vec<(u64, u64)>, serde_json::Error> {
+    let extents: Vec<Extent> = serde_json::from_slice(json)?;
     let mut r: Vec<(u64, u64)> = extents
         .into_iter()
         .filter(|e| e.depth == 0 && e.data)
@@ -125,12 +152,12 @@ fn uncovered(top: &[(u64, u64)], below: &[(u64, u64)]) -> u64 {
 }
 
 /// Whether a local qcow2 file holds data of its own (not only its backing file's).
-pub fn holds_data(path: &str) -> Result<bool, String> {
+pub fn holds_data(path: &str) -> Result<bool, MeasureError> {
     Ok(!data_ranges(path, "qcow2")?.is_empty())
 }
 
 /// Bytes a commit of `d`'s overlay would add to its image.
-pub fn need(d: &DiskRecord) -> Result<u64, String> {
+pub fn need(d: &DiskRecord) -> Result<u64, MeasureError> {
     let top = data_ranges(&d.overlay, "qcow2")?;
     if top.is_empty() {
         return Ok(0);

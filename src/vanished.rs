@@ -30,8 +30,8 @@ use std::path::Path;
 
 /// Merge one disk's (existing) overlay into its image and delete it.
 fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
-    crate::merge::merge(d).map_err(|detail| {
-        let fix = if crate::merge::says_held_open(&detail) {
+    crate::merge::merge(d).map_err(|e| {
+        let fix = if e.held_open() {
             "a process still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again".to_string()
         } else {
             format!(
@@ -42,7 +42,7 @@ fn merge_disk(domain: &str, d: &DiskRecord) -> Result<(), ReleaseError> {
         ReleaseError::VanishedMerge {
             domain: domain.to_string(),
             overlay: d.overlay.clone(),
-            detail,
+            detail: e.to_string(),
             fix,
         }
     })?;
@@ -182,8 +182,8 @@ fn remote(
                 merged += 1;
                 release::remove_remote(host, domain, &d.overlay, report)?;
             }
-            Err(detail) => {
-                let fix = if crate::merge::says_held_open(&detail) {
+            Err(e) => {
+                let fix = if e.held_open() {
                     format!(
                         "a process on {} still has it open (the VM renamed or migrated?): release through that VM, or stop the process and run release again",
                         host.uri()
@@ -198,7 +198,7 @@ fn remote(
                 return Err(ReleaseError::VanishedMerge {
                     domain: domain.to_string(),
                     overlay: d.overlay.clone(),
-                    detail,
+                    detail: e.to_string(),
                     fix,
                 });
             }

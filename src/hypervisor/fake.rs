@@ -246,7 +246,12 @@ impl Host for FakeHost {
             Ok(())
         })?;
         if lost {
-            return Err(self.error("suspend", dom, HvErrorKind::Connection, "connection closed"));
+            return Err(self.error(
+                "suspend",
+                dom,
+                HvErrorKind::ConnectionLost,
+                "connection closed",
+            ));
         }
         Ok(())
     }

@@ -3,13 +3,16 @@
 //!
 //! Invariants: every libvirt error is turned into an [`HvError`] naming the operation, the domain
 //! or disk, and the connection URI; nothing here retries or sleeps, policy lives in the callers.
+//! Its kind comes from libvirt's error code and domain ([`kind_of`]); the one thing only the
+//! text tells (which file a `VIR_ERR_SYSTEM_ERROR` could not find) is read by
+//! [`classify_text`] alone.
 
 use super::{BlockJob, DomState, DomainSummary, Host, HvError, HvErrorKind, HvResult};
 use std::ffi::CString;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::enumutil::Enum;
-use virt::error::ErrorNumber;
+use virt::error::{ErrorDomain, ErrorDomainEnum, ErrorNumber, ErrorNumberEnum};
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::sys;
@@ -42,17 +45,12 @@ impl LibvirtHost {
     }
 
     fn err(&self, op: &'static str, target: &str, e: virt::error::Error) -> HvError {
-        let kind = match e.code() {
-            Enum::Known(ErrorNumber::NoDomain) => HvErrorKind::NoDomain,
-            Enum::Known(ErrorNumber::NoDomainMetadata) => HvErrorKind::NoMetadata,
-            _ => HvErrorKind::Other,
-        };
         HvError {
             uri: self.uri.clone(),
             op,
             target: target.to_string(),
             message: e.message().to_string(),
-            kind,
+            kind: kind_of(e.code(), e.domain()),
         }
     }
 
@@ -116,6 +114,71 @@ impl LibvirtHost {
             message: "string contains a NUL byte".into(),
             kind: HvErrorKind::Other,
         })
+    }
+}
+
+/// The kind of a libvirt error, from its code and the part of libvirt that raised it.
+pub fn kind_of(code: ErrorNumberEnum, from: ErrorDomainEnum) -> HvErrorKind {
+    use ErrorNumber as N;
+    // A broken connection is raised by the RPC layer under many codes (a system error for
+    // a reset socket, an internal error for a closed one): its domain says it.
+    if from == Enum::Known(ErrorDomain::Rpc) {
+        return HvErrorKind::ConnectionLost;
+    }
+    let Enum::Known(code) = code else {
+        return HvErrorKind::Other;
+    };
+    match code {
+        N::NoDomain => HvErrorKind::NoDomain,
+        N::NoDomainMetadata => HvErrorKind::NoMetadata,
+        N::NoConnect | N::Rpc => HvErrorKind::ConnectionLost,
+        N::OperationInvalid => HvErrorKind::OperationInvalid,
+        N::NoSupport | N::OperationUnsupported | N::ArgumentUnsupported => HvErrorKind::Unsupported,
+        N::SystemError => HvErrorKind::System,
+        _ => HvErrorKind::Other,
+    }
+}
+
+/// What libvirt's text says where its code does not (see [`classify_text`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibvirtFailure<'a> {
+    /// A disk's own file does not exist (`Cannot access storage file 'PATH' ...: No such
+    /// file or directory`).
+    StorageMissing { path: &'a str },
+    /// A disk's backing file does not exist (`Cannot access backing file 'BACKING' of storage
+    /// file 'PATH' ...: No such file or directory`).
+    BackingMissing { backing: &'a str, of: &'a str },
+    /// Anything else.
+    Other,
+}
+
+/// Classify the message of a libvirt error: the one place that reads libvirt's text. libvirt
+/// reports a missing disk file as `VIR_ERR_SYSTEM_ERROR` from its storage driver; errno and
+/// the file are only in the message.
+pub fn classify_text(message: &str) -> LibvirtFailure<'_> {
+    let Some(rest) = message.strip_suffix(": No such file or directory") else {
+        return LibvirtFailure::Other;
+    };
+    // Since libvirt 4.x, the file is followed by the daemon's credentials.
+    let rest = match rest.rfind(" (as uid:") {
+        Some(i) if rest.ends_with(')') => &rest[..i],
+        _ => rest,
+    };
+    let Some(rest) = rest.strip_suffix('\'') else {
+        return LibvirtFailure::Other;
+    };
+    if let Some(i) = rest.find("Cannot access backing file '") {
+        let rest = &rest[i + "Cannot access backing file '".len()..];
+        return match rest.split_once("' of storage file '") {
+            Some((backing, of)) => LibvirtFailure::BackingMissing { backing, of },
+            None => LibvirtFailure::Other,
+        };
+    }
+    match rest.find("Cannot access storage file '") {
+        Some(i) => LibvirtFailure::StorageMissing {
+            path: &rest[i + "Cannot access storage file '".len()..],
+        },
+        None => LibvirtFailure::Other,
     }
 }
 
@@ -387,5 +450,81 @@ impl LibvirtHost {
             return Err(self.last_err(op, &target));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_codes_and_the_rpc_layer() {
+        let k = |code, from| kind_of(Enum::Known(code), Enum::Known(from));
+        use {ErrorDomain as D, ErrorNumber as N};
+        assert_eq!(k(N::NoDomain, D::Qemu), HvErrorKind::NoDomain);
+        assert_eq!(k(N::NoDomainMetadata, D::Domain), HvErrorKind::NoMetadata);
+        assert_eq!(
+            k(N::OperationInvalid, D::Qemu),
+            HvErrorKind::OperationInvalid
+        );
+        assert_eq!(k(N::NoSupport, D::Qemu), HvErrorKind::Unsupported);
+        assert_eq!(
+            k(N::OperationUnsupported, D::Qemu),
+            HvErrorKind::Unsupported
+        );
+        assert_eq!(k(N::SystemError, D::Storage), HvErrorKind::System);
+        // "unable to connect to server at '127.0.0.1:1': Connection refused", and a socket
+        // closed under a call, are the RPC layer's.
+        assert_eq!(k(N::SystemError, D::Rpc), HvErrorKind::ConnectionLost);
+        assert_eq!(k(N::InternalError, D::Rpc), HvErrorKind::ConnectionLost);
+        assert_eq!(k(N::NoConnect, D::None), HvErrorKind::ConnectionLost);
+        assert_eq!(k(N::InternalError, D::Qemu), HvErrorKind::Other);
+    }
+
+    // The messages were produced on a Debian 12 host (libvirt 9.0, QEMU 7.2) by starting a
+    // paused transient domain (the remote merge's helper) on qemu:///system whose one disk
+    // is, in turn, a missing file and a qcow2 whose backing file is missing. Both came with
+    // code VIR_ERR_SYSTEM_ERROR from VIR_FROM_STORAGE.
+
+    #[test]
+    fn a_missing_disk_file() {
+        let m = "Cannot access storage file '/tmp/qlock/missing.qcow2' (as uid:64055, gid:64055): No such file or directory";
+        assert_eq!(
+            classify_text(m),
+            LibvirtFailure::StorageMissing {
+                path: "/tmp/qlock/missing.qcow2"
+            }
+        );
+        // Without the credentials (libvirt before 4.x), and a quote in the name.
+        let m = "Cannot access storage file '/v/it's.qcow2': No such file or directory";
+        assert_eq!(
+            classify_text(m),
+            LibvirtFailure::StorageMissing {
+                path: "/v/it's.qcow2"
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_backing_file() {
+        let m = "Cannot access backing file '/tmp/qlock/gone-base.qcow2' of storage file '/tmp/qlock/orphan.qcow2' (as uid:64055, gid:64055): No such file or directory";
+        assert_eq!(
+            classify_text(m),
+            LibvirtFailure::BackingMissing {
+                backing: "/tmp/qlock/gone-base.qcow2",
+                of: "/tmp/qlock/orphan.qcow2"
+            }
+        );
+    }
+
+    #[test]
+    fn other_messages() {
+        for m in [
+            "Cannot access storage file '/v/a.qcow2' (as uid:0, gid:0): Permission denied",
+            "internal error: qemu unexpectedly closed the monitor: ...: Failed to get \"write\" lock",
+            "Domain not found: no domain with matching name 'nope'",
+        ] {
+            assert_eq!(classify_text(m), LibvirtFailure::Other, "{m}");
+        }
     }
 }

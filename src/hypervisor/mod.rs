@@ -10,6 +10,7 @@
 pub mod fake;
 pub mod libvirt;
 pub mod pool;
+pub mod qemu_text;
 pub mod uri;
 
 pub use uri::is_local;
@@ -76,7 +77,7 @@ pub struct HvError {
 
 impl HvError {
     fn describe(&self) -> String {
-        if self.op == "connect" {
+        if self.kind == HvErrorKind::Connection {
             // A host that cannot be reached names the URI and what to check, once.
             format!(
                 "cannot connect to libvirt at {}: {}; check that its daemon runs and that --connect names it",
@@ -91,11 +92,28 @@ impl HvError {
     }
 }
 
+/// What went wrong, from libvirt's error code (and, for the connection, from which call
+/// failed), never from its message: see `libvirt::kind_of`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HvErrorKind {
+    /// `VIR_ERR_NO_DOMAIN`: no domain of that name on the host (it vanished).
     NoDomain,
+    /// `VIR_ERR_NO_DOMAIN_METADATA`: the domain has no such metadata element.
     NoMetadata,
+    /// The connection could not be opened (the daemon is down, the URI names nothing).
     Connection,
+    /// An open connection broke during the call: any error of libvirt's RPC layer
+    /// (`VIR_FROM_RPC`), `VIR_ERR_NO_CONNECT`, `VIR_ERR_RPC`.
+    ConnectionLost,
+    /// `VIR_ERR_OPERATION_INVALID`: the domain's state does not allow the call (e.g. resuming
+    /// a running domain).
+    OperationInvalid,
+    /// `VIR_ERR_NO_SUPPORT`, `VIR_ERR_OPERATION_UNSUPPORTED`, `VIR_ERR_ARGUMENT_UNSUPPORTED`:
+    /// this driver or hypervisor cannot do it.
+    Unsupported,
+    /// `VIR_ERR_SYSTEM_ERROR`: a system call failed on the daemon's host (a file missing or
+    /// unreadable); which one and why only its message says (`libvirt::classify_text`).
+    System,
     Other,
 }
 

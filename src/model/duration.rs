@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+/// Parse a duration. A clap value parser (e.g. `--timeout`): the error is the message clap
+/// prints after the flag it concerns, so a plain `String` serves.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {

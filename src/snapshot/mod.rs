@@ -200,6 +200,11 @@ fn manifest(id: &str, group: &str, now: DateTime<Utc>, plan: &[PlannedMember]) -
     }
 }
 
+/// A rollback that left members on their overlays: each one's release error (which names it).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct RollbackError(pub Vec<release::ReleaseError>);
+
 /// Undo a failed snapshot: commit back overlays in use, delete unused ones. `cut[i]` tells
 /// whether member `i` may have been snapshotted (its overlays may hold guest data).
 pub(crate) fn rollback(
@@ -207,7 +212,7 @@ pub(crate) fn rollback(
     opts: &release::Options,
     cut: &[bool],
     ev: Events,
-) -> Result<(), String> {
+) -> Result<(), RollbackError> {
     let mut errors = Vec::new();
     for (i, p) in plan.iter().enumerate() {
         let host = p.member.host.as_ref();
@@ -235,13 +240,13 @@ pub(crate) fn rollback(
             &crate::catalog::ledger::InMemory::default(),
             ev.unprobed(),
         ) {
-            errors.push(e.to_string());
+            errors.push(e);
         }
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(errors.join("; "))
+        Err(RollbackError(errors))
     }
 }
 
