@@ -7,6 +7,7 @@
 //!   called from several threads at once (libvirt connections are thread-safe).
 //! - Domains are addressed by name; a name is unique within one host.
 
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod libvirt;
 pub mod pool;
