@@ -25,14 +25,9 @@ pub mod group;
 pub mod history;
 pub mod hook;
 pub mod hypervisor;
-pub mod merge;
 pub mod metrics;
 pub mod model;
-pub mod offline;
 pub mod release;
-pub mod remote_merge;
-pub mod room;
 pub mod snapshot;
-pub mod vanished;
 
 pub use model::{duration, exit};

@@ -223,7 +223,7 @@ pub fn check_dir(dir: &Path, min_free: u64) -> Result<(), PreflightError> {
             detail: std::io::Error::last_os_error().to_string(),
         });
     }
-    let st = crate::room::statvfs(dir).map_err(|e| PreflightError::NotWritable {
+    let st = crate::release::room::statvfs(dir).map_err(|e| PreflightError::NotWritable {
         dir: dir.to_path_buf(),
         detail: e.to_string(),
     })?;

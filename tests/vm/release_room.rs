@@ -104,7 +104,7 @@ fn release_without_room_for_the_overlays_data_is_refused_then_completes() {
     // Leave 1 MiB free.
     let filler = Path::new(ROOM).join("filler");
     let keep = 1 << 20;
-    let fill = cgsnap::room::free_bytes(Path::new(ROOM))
+    let fill = cgsnap::release::room::free_bytes(Path::new(ROOM))
         .expect("statvfs")
         .saturating_sub(keep);
     let st = Command::new("fallocate")

@@ -1,5 +1,5 @@
 //! Merge of one overlay on another host, whose files this process cannot open (the overlays of
-//! a member deleted there while its snapshot was held, [`crate::vanished`]): done by that
+//! a member deleted there while its snapshot was held, [`crate::release::vanished`]): done by that
 //! host's own libvirt and QEMU. A throwaway helper domain is started there with the overlay as
 //! its only disk and its vCPUs stopped, the overlay is committed into its image (active commit,
 //! pivot, as in an online release), and the helper is destroyed.
@@ -19,13 +19,14 @@
 //! - Nothing is deleted here: the caller removes the overlay (through a storage pool) once the
 //!   merge succeeded.
 
+use super::options::Options;
+use super::pivot;
 use crate::catalog::DiskRecord;
 use crate::domxml;
 use crate::events::Reporter;
 use crate::hypervisor::libvirt::{LibvirtFailure, classify_text};
 use crate::hypervisor::qemu_text::QemuFailure;
 use crate::hypervisor::{Host, HvError, HvErrorKind};
-use crate::release::{self, Options};
 
 /// The helper's disk target.
 const TARGET: &str = "vda";
@@ -59,7 +60,7 @@ pub enum RemoteMergeError {
     #[error(transparent)]
     Xml(#[from] domxml::XmlError),
     #[error(transparent)]
-    Commit(Box<release::ReleaseError>),
+    Commit(Box<super::error::ReleaseError>),
 }
 
 impl RemoteMergeError {
@@ -174,7 +175,7 @@ fn commit(
         ..d.clone()
     };
     host.commit_active(name, TARGET, opts.bandwidth)?;
-    release::wait_and_pivot(host, name, &helper_disk, opts, report)
+    pivot::wait_and_pivot(host, name, &helper_disk, opts, report)
         .map_err(|e| RemoteMergeError::Commit(Box::new(e)))?;
     let disk = on("after the commit")?;
     if disk.source.as_deref() != Some(d.image.as_str()) {

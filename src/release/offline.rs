@@ -2,8 +2,8 @@
 //! after a host reboot) while its snapshot was held. Its definition names the overlays, so
 //! every boot keeps writing to them, and an online commit needs a running QEMU. Instead each
 //! overlay is merged into its image offline (on this host with `qemu-img commit`,
-//! [`crate::merge`]; on another host by its own libvirt and QEMU through a paused helper
-//! domain, [`crate::remote_merge`]), the disk's persistent definition is pointed back at the
+//! [`crate::release::merge`]; on another host by its own libvirt and QEMU through a paused helper
+//! domain, [`crate::release::remote`]), the disk's persistent definition is pointed back at the
 //! image, and only then is the overlay deleted (on another host through its storage pool).
 //! Without this, one stopped VM would block its group's next snapshot until someone started it.
 //!
@@ -26,13 +26,15 @@
 //!   domain was still shut off after the last definition change: a disk whose definition was
 //!   put back on its overlay holds live data and must never count as stale.
 
+use super::error::ReleaseError;
+use super::options::Options;
+use super::overlay;
+use super::remote::Outcome;
 use crate::catalog::ledger::{Ledger, Mark};
 use crate::catalog::{DiskRecord, MemberId};
 use crate::domxml;
 use crate::events::{Note, Reporter};
 use crate::hypervisor::{DomState, Host};
-use crate::release::{self, ReleaseError};
-use crate::remote_merge::Outcome;
 use std::path::Path;
 
 /// The persistent definition of each listed disk: (record, original `<disk>`, on its image).
@@ -48,7 +50,7 @@ pub fn release(
     xml: &str,
     disks: &[DiskRecord],
     on_overlay: &[&DiskRecord],
-    opts: &release::Options,
+    opts: &Options,
     ledger: &dyn Ledger,
     report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
@@ -97,7 +99,7 @@ pub fn release(
     if !targets.is_empty() {
         ledger.mark(&MemberId::new(host.uri(), domain), &targets, Mark::Pivoted)?;
     }
-    release::remove_unused(host, domain, disks, report)?;
+    overlay::remove_unused(host, domain, disks, report)?;
     report.note(&Note::MergedShutOff {
         domain,
         merged: rewrites.len(),
@@ -111,16 +113,16 @@ fn merge_and_define(
     domain: &str,
     d: &DiskRecord,
     back: &str,
-    opts: &release::Options,
+    opts: &Options,
     ledger: &dyn Ledger,
     report: &dyn Reporter,
 ) -> Result<(), ReleaseError> {
     let who = MemberId::new(host.uri(), domain);
     ledger.mark(&who, &[d.target.as_str()], Mark::Started)?;
     let merged = if crate::hypervisor::is_local(host.uri()) {
-        crate::merge::merge(d).map_err(|e| e.to_string())
+        super::merge::merge(d).map_err(|e| e.to_string())
     } else {
-        match crate::remote_merge::merge(host, domain, d, opts, report) {
+        match super::remote::merge(host, domain, d, opts, report) {
             Ok(Outcome::Merged) => Ok(()),
             // Its definition still names it: not ours to paper over.
             Ok(Outcome::Gone) => Err(format!("it no longer exists on {}", host.uri())),
@@ -165,6 +167,7 @@ mod tests {
     use crate::catalog::ledger::InMemory;
     use crate::hypervisor::fake::FakeHost;
     use crate::model::exit::{Classify, ExitCode};
+    use crate::release;
     use std::process::Command;
 
     fn qemu_img(args: &[&str]) {

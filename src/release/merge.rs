@@ -1,5 +1,5 @@
 //! Offline merge of a snapshot overlay into the image below it (`qemu-img commit`), for
-//! members no QEMU runs: deleted ([`crate::vanished`]) or shut off ([`crate::offline`]).
+//! members no QEMU runs: deleted ([`crate::release::vanished`]) or shut off ([`crate::release::offline`]).
 //!
 //! Invariants: an overlay is merged only into the image the manifest recorded, checked against
 //! the overlay's own backing file; `qemu-img commit` takes QEMU's image locks, so it fails
