@@ -4,19 +4,20 @@
 //! command line (`cli/`), the verifier (`verify/`) and the lab (`lab/`: demo, benchmark,
 //! testbeds) are packages of their own on top of it.
 //!
-//! Layers, lowest first; a module imports only from its own layer's lower modules or from lower
-//! layers (`tests/offline/layers.rs` checks it):
+//! Layers, lowest first; a module imports only from its own layer or from lower ones
+//! (`tests/offline/layers.rs` checks it, `docs/architecture.md` draws it):
 //! 1. [`model`]: manifest types and their state machine, exit codes, durations;
+//! 2. [`hypervisor`]: the one boundary to libvirt (trait, adapter, connection pool, URI
+//!    locality, what QEMU's messages say; the fake for tests), with [`domxml`];
+//! 3. [`group`]: consistency groups stored in domain metadata, resolved live;
+//! 4. [`catalog`]: the store of manifests, its locks, retention and release ledger;
 //!    [`events`]: the Reporter and Probe interfaces (the library prints nothing itself);
-//! 2. [`hypervisor`]: the one boundary to libvirt (trait, adapter, fake, connection pool, URI
-//!    locality, what QEMU's messages say), with [`domxml`] for the domain XML;
-//! 3. [`catalog`]: the store of manifests, its locks, retention and release ledger;
-//!    [`group`]: consistency groups stored in domain metadata, resolved live;
-//! 4. [`release`]: committing overlays back (live, offline, vanished, remote members);
-//! 5. [`snapshot`]: preflight, the group cut protocol, its watchdog, rollback, the negative
-//!    controls and the tuning every snapshot-taking command shares;
-//! 6. [`hook`]: the backup-scheduler contract;
-//! 7. [`history`], [`metrics`]: the catalog rendered for people (HTML) and for monitoring.
+//! 5. [`release`]: committing overlays back (live, offline, vanished, remote members);
+//! 6. [`snapshot`]: preflight, the group cut protocol, its watchdog, rollback, the negative
+//!    controls and the tuning every snapshot-taking command shares (a failed cut rolls back
+//!    through release, hence above it);
+//! 7. [`hook`]: the backup-scheduler contract; [`history`], [`metrics`]: the catalog rendered
+//!    for people (HTML) and for monitoring.
 
 pub mod catalog;
 pub mod domxml;
