@@ -1,7 +1,15 @@
 //! Unit tests of the snapshot command (plan, rollback, pre-creation).
 
+use super::precreate::precreate;
+use super::rollback::{not_known_running, rollback};
 use super::*;
+use crate::catalog::{self, Manifest, MemberRecord};
+use crate::events::Events;
+use crate::group;
 use crate::hypervisor::fake::FakeHost;
+use crate::hypervisor::is_local;
+use chrono::Utc;
+use preflight::PlannedMember;
 
 #[test]
 fn a_member_in_another_groups_unreleased_snapshot_is_refused() {
