@@ -186,6 +186,9 @@ fn paused_anyway(host: &dyn Host, domain: &str, err: &HvError) -> bool {
     matches!(host.state_rechecked(domain), Ok(DomState::PausedByUser))
 }
 
+/// One member's whole protocol, run on its own thread: pause, wait for every member to have
+/// paused (or failed to), snapshot unless any failed, wait for every snapshot under
+/// [`Resume::Together`], resume.
 fn member_thread(
     step: &Step,
     index: usize,
@@ -194,6 +197,22 @@ fn member_thread(
     env: &Env,
 ) -> MemberOutcome {
     let mut out = MemberOutcome::default();
+    let t = pause(step, index, env, &mut out);
+    let failed = all_paused(gate, n, &out, env);
+    if out.paused && !failed {
+        snapshot(step, index, env, &mut out);
+    }
+    if env.resume == Resume::Together {
+        all_done(gate, n);
+    }
+    if out.paused {
+        resume(step, env, t, &mut out);
+    }
+    out
+}
+
+/// Pause the member, recording whether it is paused; returns the instant the pause started.
+fn pause(step: &Step, index: usize, env: &Env, out: &mut MemberOutcome) -> Instant {
     env.probe.at(Point::Pausing { order: index });
     let t = Instant::now();
     out.pause_start = Some(t);
@@ -210,71 +229,77 @@ fn member_thread(
     } else {
         env.probe.at(Point::Paused { order: index });
     }
+    t
+}
 
-    // Barrier: wait until every member has either paused or failed to.
+/// Barrier: wait until every member has either paused or failed to. The last to arrive names
+/// the consistency point when none failed. Returns whether any failed.
+fn all_paused(gate: &(Mutex<Gate>, Condvar), n: usize, out: &MemberOutcome, env: &Env) -> bool {
     let (lock, cv) = gate;
-    let failed = {
-        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        g.arrived += 1;
-        g.failed |= !out.paused || out.error.is_some();
-        if g.arrived == n {
-            if !g.failed {
-                g.consistency_point = Some((env.wall_clock)());
-                env.probe.at(Point::Frozen);
+    let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+    g.arrived += 1;
+    g.failed |= !out.paused || out.error.is_some();
+    if g.arrived == n {
+        if !g.failed {
+            g.consistency_point = Some((env.wall_clock)());
+            env.probe.at(Point::Frozen);
+        }
+        cv.notify_all();
+    }
+    while g.arrived < n {
+        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+    }
+    g.failed
+}
+
+/// Snapshot the (paused) member, recording the result and its timing.
+fn snapshot(step: &Step, index: usize, env: &Env, out: &mut MemberOutcome) {
+    let s = Instant::now();
+    out.snap_start = Some(s);
+    match step
+        .host
+        .snapshot(&step.domain, &step.snapshot_xml, step.reuse)
+    {
+        Ok(()) => out.snapshotted = true,
+        Err(e) => out.error = Some(e),
+    }
+    let e = Instant::now();
+    out.snap_end = Some(e);
+    out.snapshot_ms = Some(ms(e - s));
+    env.probe.at(Point::Snapped { order: index });
+}
+
+/// Barrier of [`Resume::Together`]: wait until every member is done with its snapshot.
+fn all_done(gate: &(Mutex<Gate>, Condvar), n: usize) {
+    // Every thread arrives here exactly once, whatever its pause or snapshot did, so no
+    // member can wait forever for another.
+    let (lock, cv) = gate;
+    let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+    g.done += 1;
+    if g.done == n {
+        cv.notify_all();
+    }
+    while g.done < n {
+        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// Resume the member (retrying), recording its freeze from `paused_at`; a resume error is
+/// kept only when nothing failed before it.
+fn resume(step: &Step, env: &Env, paused_at: Instant, out: &mut MemberOutcome) {
+    let r = Instant::now();
+    match resume_with_retry(step, env.resume_attempts) {
+        Ok(()) => out.resumed = true,
+        Err(e) => {
+            if out.error.is_none() {
+                out.error = Some(e);
             }
-            cv.notify_all();
-        }
-        while g.arrived < n {
-            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-        g.failed
-    };
-
-    if out.paused && !failed {
-        let s = Instant::now();
-        out.snap_start = Some(s);
-        match step
-            .host
-            .snapshot(&step.domain, &step.snapshot_xml, step.reuse)
-        {
-            Ok(()) => out.snapshotted = true,
-            Err(e) => out.error = Some(e),
-        }
-        let e = Instant::now();
-        out.snap_end = Some(e);
-        out.snapshot_ms = Some(ms(e - s));
-        env.probe.at(Point::Snapped { order: index });
-    }
-
-    if env.resume == Resume::Together {
-        // Every thread arrives here exactly once, whatever its pause or snapshot did, so no
-        // member can wait forever for another.
-        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        g.done += 1;
-        if g.done == n {
-            cv.notify_all();
-        }
-        while g.done < n {
-            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
     }
-
-    if out.paused {
-        let r = Instant::now();
-        match resume_with_retry(step, env.resume_attempts) {
-            Ok(()) => out.resumed = true,
-            Err(e) => {
-                if out.error.is_none() {
-                    out.error = Some(e);
-                }
-            }
-        }
-        let re = Instant::now();
-        out.resume_ms = Some(ms(re - r));
-        out.resume_end = Some(re);
-        out.freeze_ms = Some(ms(re - t));
-    }
-    out
+    let re = Instant::now();
+    out.resume_ms = Some(ms(re - r));
+    out.resume_end = Some(re);
+    out.freeze_ms = Some(ms(re - paused_at));
 }
 
 /// Pause all, snapshot each, resume by `env.resume` (see module docs).

@@ -317,6 +317,28 @@ fn still_ours(scope: &Scope) -> Result<Option<crate::catalog::lock::GroupLock>, 
 /// Entry point of `cgsnap __watchdog`; every line it has to say goes to `say`. Returns the
 /// process exit code.
 pub fn main(say: Say) -> i32 {
+    let rx = stdin_lines();
+    let Ok(first) = rx.recv() else { return 1 };
+    let cfg: Config = match serde_json::from_str(&first) {
+        Ok(c) => c,
+        Err(e) => {
+            log(say, format!("bad config: {e}"));
+            return 1;
+        }
+    };
+    let Some(hosts) = open_hosts(&cfg.members, say) else {
+        return 1;
+    };
+    // Hold every member's host-wide lock for as long as this watchdog may resume it.
+    let Some(_held) = lock_members(&hosts, &cfg.members, say) else {
+        return 1;
+    };
+    say(Said::Coordinator("ready".into()));
+    watch(&rx, &hosts, &cfg, say)
+}
+
+/// The coordinator's lines, read on a thread of their own; the channel closes at EOF.
+fn stdin_lines() -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -326,16 +348,13 @@ pub fn main(say: Say) -> i32 {
             }
         }
     });
-    let Ok(first) = rx.recv() else { return 1 };
-    let cfg: Config = match serde_json::from_str(&first) {
-        Ok(c) => c,
-        Err(e) => {
-            log(say, format!("bad config: {e}"));
-            return 1;
-        }
-    };
+    rx
+}
+
+/// This watchdog's own connection to every member's host; `None` (said) when one fails.
+fn open_hosts(members: &[WatchMember], say: Say) -> Option<BTreeMap<String, Arc<dyn Host>>> {
     let mut hosts: BTreeMap<String, Arc<dyn Host>> = BTreeMap::new();
-    for m in &cfg.members {
+    for m in members {
         if hosts.contains_key(&m.uri) {
             continue;
         }
@@ -345,14 +364,23 @@ pub fn main(say: Say) -> i32 {
             }
             Err(e) => {
                 log(say, e.to_string());
-                return 1;
+                return None;
             }
         }
     }
-    // Hold every member's host-wide lock for as long as this watchdog may resume it.
+    Some(hosts)
+}
+
+/// Every member's host-wide lock, held while the result lives; `None` when another run holds
+/// one (said to the coordinator as `busy`).
+fn lock_members(
+    hosts: &BTreeMap<String, Arc<dyn Host>>,
+    members: &[WatchMember],
+    say: Say,
+) -> Option<Vec<crate::catalog::lock::GroupLock>> {
     let mut held = Vec::new();
     let mut uuids = std::collections::BTreeSet::new();
-    for m in &cfg.members {
+    for m in members {
         let Some(host) = hosts.get(&m.uri) else {
             continue;
         };
@@ -372,7 +400,7 @@ pub fn main(say: Say) -> i32 {
                     "busy\t{}\t{}\t{pid}",
                     m.domain, m.uri
                 )));
-                return 1;
+                return None;
             }
             Err(None) => log(
                 say,
@@ -384,7 +412,17 @@ pub fn main(say: Say) -> i32 {
             ),
         }
     }
-    say(Said::Coordinator("ready".into()));
+    Some(held)
+}
+
+/// Follow the coordinator's `arm`/`disarm`/`abandon` until it disarms or its pipe closes,
+/// resuming members when the budget expires or it is gone while armed. Returns the exit code.
+fn watch(
+    rx: &mpsc::Receiver<String>,
+    hosts: &BTreeMap<String, Arc<dyn Host>>,
+    cfg: &Config,
+    say: Say,
+) -> i32 {
     let budget = Duration::from_millis(cfg.budget_ms);
     let mut deadline: Option<Instant> = None;
     let mut fired = false;
@@ -400,7 +438,7 @@ pub fn main(say: Say) -> i32 {
             Ok(l) if l == "abandon" => abandoned = true,
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let r = rescue(&hosts, &cfg.members, say).resumed;
+                let r = rescue(hosts, &cfg.members, say).resumed;
                 log(
                     say,
                     format!(
@@ -416,9 +454,9 @@ pub fn main(say: Say) -> i32 {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if deadline.is_some() {
                     let r = if abandoned {
-                        rescue(&hosts, &cfg.members, say).resumed
+                        rescue(hosts, &cfg.members, say).resumed
                     } else {
-                        sweep(&hosts, &cfg.members, cfg.scope.as_ref(), say)
+                        sweep(hosts, &cfg.members, cfg.scope.as_ref(), say)
                     };
                     log(
                         say,
