@@ -38,54 +38,90 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why a snapshot (or its planning) was refused or failed; each message names the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The group name is invalid or a member cannot be resolved.
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// The catalog could not be locked, read or written.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// A member or disk is not fit to be snapshotted.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    /// The watchdog could not be started or armed; nothing was frozen.
     #[error(transparent)]
     Watchdog(#[from] WatchdogError),
+    /// The manifest was asked for a state change its state forbids.
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error(
         "group {group} already has an unreleased snapshot {id} ({state}): release it first with `cgsnap release {id}` once no backup job reads its images any more (the job that took it releases it with its own `hook post --token`)"
     )]
+    /// The group already has an unreleased snapshot.
     Outstanding {
+        /// The group.
         group: String,
+        /// The unreleased snapshot.
         id: String,
+        /// Its state.
         state: SnapState,
     },
     #[error(
         "member {domain} ({uri}) is in snapshot {id} of group {group}, not yet released ({state}): a VM in several groups can be in one unreleased snapshot at a time; release it first with `cgsnap release {id}`"
     )]
+    /// A member is in another group's unreleased snapshot.
     MemberHeld {
+        /// The member's domain.
         domain: String,
+        /// Its host.
         uri: String,
+        /// The snapshot holding it.
         id: String,
+        /// That snapshot's group.
         group: String,
+        /// That snapshot's state.
         state: SnapState,
     },
     #[error(
         "--unsafe-disk-order names disk {target}, which no member of group {group} has: list targets as shown by `virsh domblklist`"
     )]
-    UnknownTarget { group: String, target: String },
+    /// `--unsafe-disk-order` names a disk no member has.
+    UnknownTarget {
+        /// The group.
+        group: String,
+        /// The unknown disk target.
+        target: String,
+    },
     #[error("cannot pre-create overlay {path}: {detail}; nothing was frozen")]
-    Precreate { path: String, detail: String },
+    /// An overlay could not be pre-created (before anything was frozen).
+    Precreate {
+        /// The overlay.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
     #[error("snapshot {id} failed and was {outcome}: {cause}")]
+    /// A pause, snapshot or resume failed; the snapshot was rolled back as far as possible.
     Protocol {
+        /// The snapshot.
         id: String,
+        /// How it ended: rolled back, or left for `cgsnap release`.
         outcome: &'static str,
+        /// The first failure (and any member left paused).
         cause: String,
     },
     #[error(
         "snapshot {id} exceeded the freeze budget of {budget_ms} ms; the watchdog resumed the members and the snapshot was {outcome}: raise --freeze-budget or reduce the group"
     )]
+    /// The freeze outlasted its budget and the watchdog resumed the members.
     Budget {
+        /// The snapshot.
         id: String,
+        /// The freeze budget, in milliseconds.
         budget_ms: u128,
+        /// How it ended: rolled back, or left for `cgsnap release`.
         outcome: &'static str,
     },
 }
@@ -109,15 +145,21 @@ impl Classify for SnapshotError {
     }
 }
 
+/// How [`take`] snapshots a group (built from the command line by [`tuning::snap_options`]).
 pub struct Options {
+    /// The group to snapshot.
     pub group: String,
+    /// Longest time a member may stay paused before the watchdog resumes it.
     pub freeze_budget: Duration,
+    /// Directory for overlays; `None`: next to each image.
     pub overlay_dir: Option<PathBuf>,
+    /// Free bytes required in each overlay directory.
     pub min_free: u64,
     /// Create overlays with qemu-img before the freeze (local hosts only) and let libvirt reuse them.
     pub precreate: bool,
     /// The cgsnap binary, started as the watchdog.
     pub exe: PathBuf,
+    /// How a rollback commits overlays back.
     pub release: release::Options,
     /// Opens a dedicated connection per member for the freeze (libvirtd serves at most
     /// `max_client_requests`, default 5, concurrent calls per connection). `None`: share.
@@ -128,13 +170,14 @@ pub struct Options {
     /// NEGATIVE CONTROL for testing verifiers: cut these disk targets one by one, in order
     /// (then the rest), this far apart, without pausing. Never a consistent cut.
     pub unsafe_disk_order: Option<(Vec<String>, Duration)>,
-    /// When members are resumed (see [`protocol`](crate::snapshot::protocol) module docs).
+    /// When members are resumed (see the [`protocol`] module docs).
     pub resume: Resume,
     /// The backup job taking the snapshot (`hook pre --token`), recorded in the manifest from
     /// its first write so that only that job's `hook post --token` releases it.
     pub hook_token: Option<String>,
 }
 
+/// Opens a new connection to the host of a URI.
 pub type Opener = Arc<dyn Fn(&str) -> crate::hypervisor::HvResult<Arc<dyn Host>> + Send + Sync>;
 
 /// Path of the manifest for display.

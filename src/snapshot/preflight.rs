@@ -14,58 +14,105 @@ use std::path::{Path, PathBuf};
 /// File-name suffix of every overlay, so backup tools can exclude `*.cgsnap-overlay`.
 pub const OVERLAY_SUFFIX: &str = "cgsnap-overlay";
 
+/// Why a member or disk cannot be snapshotted; each message names the domain, disk and fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
+    /// The member is not running.
     #[error(
         "member {domain} ({uri}) is {state}: start or resume it (`virsh start {domain}`), or remove it from the group (`cgsnap group remove GROUP {domain}`)"
     )]
     NotRunning {
+        /// The member's domain.
         domain: String,
+        /// Its host.
         uri: String,
+        /// Its state instead.
         state: DomState,
     },
     #[error("disk {target} of {domain} is unsupported: {reason}")]
+    /// A disk cannot get an overlay (type, format, no source, no directory).
     UnsupportedDisk {
+        /// The member's domain.
         domain: String,
+        /// The disk target.
         target: String,
+        /// Why, and the fix.
         reason: String,
     },
     #[error(
         "disk {target} of {domain} has a block job in flight: wait for it or cancel it (`virsh blockjob {domain} {target} --abort`)"
     )]
-    BlockJob { domain: String, target: String },
+    /// A disk has a block job in flight.
+    BlockJob {
+        /// The member's domain.
+        domain: String,
+        /// The disk target.
+        target: String,
+    },
     #[error("member {domain} has no disk to snapshot: remove it from the group")]
-    NoDisks { domain: String },
+    /// The member has no disk to snapshot.
+    NoDisks {
+        /// The member's domain.
+        domain: String,
+    },
     #[error(
         "disk {target} of {domain} is on {path}, an overlay of a snapshot not yet released (another group's, or one whose manifest is gone): release that snapshot first (`cgsnap list --json` names its overlays), or commit the overlay back with `virsh blockcommit {domain} {target} --active --pivot`"
     )]
+    /// A disk already runs on (or is backed by) an unreleased overlay.
     OnOverlay {
+        /// The member's domain.
         domain: String,
+        /// The disk target.
         target: String,
+        /// That overlay.
         path: String,
     },
     #[error(
         "overlay {path} already exists: remove it if no domain uses it, or release the snapshot that owns it"
     )]
-    OverlayExists { path: PathBuf },
+    /// The overlay file this snapshot would create is already there.
+    OverlayExists {
+        /// The overlay.
+        path: PathBuf,
+    },
     #[error(
         "disks {first} and {second} would share the overlay {path}: two daemons of this host define domains of one name; rename one of them (`virsh domrename`)"
     )]
+    /// Two disks were planned onto one overlay file.
     OverlayClash {
+        /// The overlay.
         path: String,
+        /// The first disk, as `DOMAIN/TARGET (URI)`.
         first: String,
+        /// The second disk, likewise.
         second: String,
     },
     #[error(
         "overlay directory {dir} is not writable ({detail}): fix its permissions or pass --overlay-dir"
     )]
-    NotWritable { dir: PathBuf, detail: String },
+    /// An overlay directory cannot be written.
+    NotWritable {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        detail: String,
+    },
     #[error(
         "overlay directory {dir} has {free} bytes free, below the {need} required: free space or lower --min-free"
     )]
-    NoSpace { dir: PathBuf, free: u64, need: u64 },
+    /// An overlay directory has less free space than required.
+    NoSpace {
+        /// The directory (with its host when remote).
+        dir: PathBuf,
+        /// Free bytes.
+        free: u64,
+        /// Bytes required (`--min-free`).
+        need: u64,
+    },
+    /// A domain's XML could not be parsed.
     #[error(transparent)]
     Xml(#[from] domxml::XmlError),
+    /// A libvirt call failed.
     #[error(transparent)]
     Hv(#[from] HvError),
 }
@@ -84,7 +131,9 @@ impl Classify for PreflightError {
 /// the overlays to grow while the backup reads the frozen images.
 pub const DEFAULT_MIN_FREE: u64 = 256 << 20;
 
+/// What planning needs besides the members.
 pub struct Options<'a> {
+    /// The snapshot ID, part of every overlay name.
     pub id: &'a str,
     /// Put overlays here instead of next to each image (required for block-device disks).
     pub overlay_dir: Option<&'a Path>,
@@ -94,9 +143,13 @@ pub struct Options<'a> {
 
 /// One member, ready to freeze.
 pub struct PlannedMember {
+    /// The member.
     pub member: Member,
+    /// Its domain XML as planned, kept in the manifest.
     pub domain_xml: String,
+    /// Its disks to cut, each with its overlay.
     pub disks: Vec<DiskRecord>,
+    /// The `<domainsnapshot>` XML that cuts them.
     pub snapshot_xml: String,
 }
 

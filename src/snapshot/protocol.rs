@@ -49,22 +49,34 @@ pub enum Resume {
 
 /// What to do to one member.
 pub struct Step {
+    /// The connection the member is paused, snapshotted and resumed through.
     pub host: Arc<dyn Host>,
+    /// The member's domain.
     pub domain: String,
+    /// The `<domainsnapshot>` XML that cuts its disks.
     pub snapshot_xml: String,
+    /// Let libvirt reuse pre-created overlays.
     pub reuse: bool,
 }
 
+/// What happened to one member, with its timings in milliseconds (`None`: not attempted).
 #[derive(Debug, Default, Clone)]
 pub struct MemberOutcome {
+    /// Paused (by us, or found paused after a pause whose reply was lost).
     pub paused: bool,
+    /// Its snapshot succeeded.
     pub snapshotted: bool,
+    /// Resumed by us.
     pub resumed: bool,
+    /// The pause call.
     pub pause_ms: Option<f64>,
+    /// The snapshot call.
     pub snapshot_ms: Option<f64>,
+    /// The resume call(s), retries included.
     pub resume_ms: Option<f64>,
     /// Pause start to resume end.
     pub freeze_ms: Option<f64>,
+    /// The first call of this member that failed.
     pub error: Option<HvError>,
     pause_start: Option<Instant>,
     resume_end: Option<Instant>,
@@ -73,10 +85,14 @@ pub struct MemberOutcome {
     pause_end: Option<Instant>,
 }
 
+/// What a run of the protocol did, member by member and as a group.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// One per step, in step order.
     pub members: Vec<MemberOutcome>,
+    /// Wall-clock instant the last pause completed; `None` when a pause failed.
     pub consistency_point: Option<DateTime<Utc>>,
+    /// First pause start to last resume end.
     pub freeze_window_ms: Option<f64>,
     /// First pause start to last pause end.
     pub pause_ms: f64,
@@ -87,9 +103,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The first member's error, in step order.
     pub fn first_error(&self) -> Option<&HvError> {
         self.members.iter().find_map(|m| m.error.as_ref())
     }
+    /// Every member that was paused was resumed by us.
     pub fn all_resumed(&self) -> bool {
         self.members.iter().all(|m| !m.paused || m.resumed)
     }
@@ -99,9 +117,13 @@ impl Outcome {
 /// and benchmarks hook in with ([`Point::Pausing`], [`Point::Paused`], [`Point::Frozen`],
 /// [`Point::Snapped`], and the freeze window).
 pub struct Env<'a> {
+    /// Names the consistency point.
     pub wall_clock: &'a (dyn Fn() -> DateTime<Utc> + Sync),
+    /// Resume calls per member before giving up (at least one).
     pub resume_attempts: u32,
+    /// When members are resumed.
     pub resume: Resume,
+    /// Hears the protocol's points and the freeze window.
     pub probe: &'a dyn Probe,
 }
 

@@ -27,18 +27,24 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A member the watchdog resumes if need be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WatchMember {
+    /// Its host.
     pub uri: String,
+    /// Its domain.
     pub domain: String,
 }
 
 /// The snapshot a watchdog guards, so that after its coordinator died it can tell whether the
-/// members are still that snapshot's to rescue (see [`sweep`]).
+/// members are still that snapshot's to rescue (see `sweep`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scope {
+    /// The catalog directory holding its manifest.
     pub catalog: std::path::PathBuf,
+    /// Its group.
     pub group: String,
+    /// Its ID.
     pub id: String,
 }
 
@@ -50,16 +56,22 @@ struct Config {
     scope: Option<Scope>,
 }
 
+/// Why the watchdog could not guard a snapshot; it is then not started.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {
+    /// It could not be started, talked to, or become ready.
     #[error("watchdog: {0}; the snapshot was not started")]
     Failed(String),
     #[error(
         "member {domain} ({uri}) is held by another cgsnap run right now (its watchdog, pid {pid}; a run with another catalog?): wait for it to finish and try again; the snapshot was not started"
     )]
+    /// Another run's watchdog holds a member's host-wide lock.
     MemberBusy {
+        /// The member's domain.
         domain: String,
+        /// Its host.
         uri: String,
+        /// The process holding the lock.
         pid: String,
     },
 }
@@ -68,7 +80,9 @@ pub enum WatchdogError {
 /// and [`Watchdog::disarm`] read: `ready`, `busy\t...`, `fired`) or for the log (stderr).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Said {
+    /// A word for the coordinator (stdout).
     Coordinator(String),
+    /// A line for the log (stderr).
     Log(String),
 }
 
