@@ -26,9 +26,13 @@ use std::time::{Duration, Instant};
 
 /// One member's stages: a snapshot XML per stage, `None` where the member has no disk to cut.
 pub struct Staged {
+    /// The member's connection.
     pub host: Arc<dyn crate::hypervisor::Host>,
+    /// The member's domain.
     pub domain: String,
+    /// Snapshot XML per stage, in stage order.
     pub stages: Vec<Option<String>>,
+    /// Let libvirt reuse pre-created overlays.
     pub reuse: bool,
 }
 

@@ -14,58 +14,105 @@ use std::path::{Path, PathBuf};
 /// File-name suffix of every overlay, so backup tools can exclude `*.cgsnap-overlay`.
 pub const OVERLAY_SUFFIX: &str = "cgsnap-overlay";
 
+/// Why a member or disk cannot be snapshotted; each message names the domain, disk and fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
+    /// The member is not running.
     #[error(
         "member {domain} ({uri}) is {state}: start or resume it (`virsh start {domain}`), or remove it from the group (`cgsnap group remove GROUP {domain}`)"
     )]
     NotRunning {
+        /// The member's domain.
         domain: String,
+        /// Its host.
         uri: String,
+        /// Its state instead.
         state: DomState,
     },
     #[error("disk {target} of {domain} is unsupported: {reason}")]
+    /// A disk cannot get an overlay (type, format, no source, no directory).
     UnsupportedDisk {
+        /// The member's domain.
         domain: String,
+        /// The disk target.
         target: String,
+        /// Why, and the fix.
         reason: String,
     },
     #[error(
         "disk {target} of {domain} has a block job in flight: wait for it or cancel it (`virsh blockjob {domain} {target} --abort`)"
     )]
-    BlockJob { domain: String, target: String },
+    /// A disk has a block job in flight.
+    BlockJob {
+        /// The member's domain.
+        domain: String,
+        /// The disk target.
+        target: String,
+    },
     #[error("member {domain} has no disk to snapshot: remove it from the group")]
-    NoDisks { domain: String },
+    /// The member has no disk to snapshot.
+    NoDisks {
+        /// The member's domain.
+        domain: String,
+    },
     #[error(
         "disk {target} of {domain} is on {path}, an overlay of a snapshot not yet released (another group's, or one whose manifest is gone): release that snapshot first (`cgsnap list --json` names its overlays), or commit the overlay back with `virsh blockcommit {domain} {target} --active --pivot`"
     )]
+    /// A disk already runs on (or is backed by) an unreleased overlay.
     OnOverlay {
+        /// The member's domain.
         domain: String,
+        /// The disk target.
         target: String,
+        /// That overlay.
         path: String,
     },
     #[error(
         "overlay {path} already exists: remove it if no domain uses it, or release the snapshot that owns it"
     )]
-    OverlayExists { path: PathBuf },
+    /// The overlay file this snapshot would create is already there.
+    OverlayExists {
+        /// The overlay.
+        path: PathBuf,
+    },
     #[error(
         "disks {first} and {second} would share the overlay {path}: two daemons of this host define domains of one name; rename one of them (`virsh domrename`)"
     )]
+    /// Two disks were planned onto one overlay file.
     OverlayClash {
+        /// The overlay.
         path: String,
+        /// The first disk, as `DOMAIN/TARGET (URI)`.
         first: String,
+        /// The second disk, likewise.
         second: String,
     },
     #[error(
         "overlay directory {dir} is not writable ({detail}): fix its permissions or pass --overlay-dir"
     )]
-    NotWritable { dir: PathBuf, detail: String },
+    /// An overlay directory cannot be written.
+    NotWritable {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        detail: String,
+    },
     #[error(
         "overlay directory {dir} has {free} bytes free, below the {need} required: free space or lower --min-free"
     )]
-    NoSpace { dir: PathBuf, free: u64, need: u64 },
+    /// An overlay directory has less free space than required.
+    NoSpace {
+        /// The directory (with its host when remote).
+        dir: PathBuf,
+        /// Free bytes.
+        free: u64,
+        /// Bytes required (`--min-free`).
+        need: u64,
+    },
+    /// A domain's XML could not be parsed.
     #[error(transparent)]
     Xml(#[from] domxml::XmlError),
+    /// A libvirt call failed.
     #[error(transparent)]
     Hv(#[from] HvError),
 }
@@ -84,7 +131,9 @@ impl Classify for PreflightError {
 /// the overlays to grow while the backup reads the frozen images.
 pub const DEFAULT_MIN_FREE: u64 = 256 << 20;
 
+/// What planning needs besides the members.
 pub struct Options<'a> {
+    /// The snapshot ID, part of every overlay name.
     pub id: &'a str,
     /// Put overlays here instead of next to each image (required for block-device disks).
     pub overlay_dir: Option<&'a Path>,
@@ -94,9 +143,13 @@ pub struct Options<'a> {
 
 /// One member, ready to freeze.
 pub struct PlannedMember {
+    /// The member.
     pub member: Member,
+    /// Its domain XML as planned, kept in the manifest.
     pub domain_xml: String,
+    /// Its disks to cut, each with its overlay.
     pub disks: Vec<DiskRecord>,
+    /// The `<domainsnapshot>` XML that cuts them.
     pub snapshot_xml: String,
 }
 
@@ -368,205 +421,5 @@ pub fn check_unique_overlays(plans: &[PlannedMember]) -> Result<(), PreflightErr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hypervisor::Host;
-    use crate::hypervisor::fake::FakeHost;
-    use std::sync::Arc;
-
-    fn xml(dir: &Path, fmt: &str, kind: &str) -> String {
-        format!(
-            "<domain><devices><disk type='{kind}' device='disk'><driver type='{fmt}'/><source file='{}/a.qcow2'/><target dev='vda'/></disk>\
-             <disk type='file' device='cdrom'><source file='/x.iso'/><target dev='hdc'/><readonly/></disk></devices></domain>",
-            dir.display()
-        )
-    }
-
-    /// One qcow2 disk on `top`, backed by `below`.
-    fn chained(top: &str, below: &str) -> String {
-        crate::hypervisor::fake::one_disk(
-            top,
-            &format!(
-                "<backingStore type='file'><format type='qcow2'/><source file='{below}'/></backingStore>"
-            ),
-        )
-    }
-
-    fn member(h: &Arc<FakeHost>, name: &str) -> Member {
-        Member {
-            host: h.clone() as Arc<dyn Host>,
-            domain: name.into(),
-            state: DomState::Running,
-        }
-    }
-
-    fn opts() -> Options<'static> {
-        Options {
-            id: "g-1",
-            overlay_dir: None,
-            min_free: 0,
-        }
-    }
-
-    #[test]
-    fn images_of_one_file_name_never_share_an_overlay() {
-        let t = tempfile::tempdir().expect("tmp");
-        let (a, b) = (t.path().join("a"), t.path().join("b"));
-        std::fs::create_dir(&a).expect("mkdir");
-        std::fs::create_dir(&b).expect("mkdir");
-        let h = Arc::new(FakeHost::new("qemu:///system"));
-        h.add("x", &xml(&a, "qcow2", "file"));
-        h.add("y", &xml(&b, "qcow2", "file"));
-        let both = [member(&h, "x"), member(&h, "y")];
-        // Next to their images, and in one overlay directory for both (a.qcow2 twice).
-        let dir = t.path().join("ovl");
-        std::fs::create_dir(&dir).expect("mkdir");
-        let o = Options {
-            overlay_dir: Some(&dir),
-            ..opts()
-        };
-        for opts in [&opts(), &o] {
-            let plans = plan_group(&both, opts).expect("distinct overlays");
-            assert_ne!(plans[0].disks[0].overlay, plans[1].disks[0].overlay);
-        }
-        // One domain name on two daemons of this host, one overlay directory: refused.
-        let session = Arc::new(FakeHost::new("qemu:///session"));
-        session.add("x", &xml(&b, "qcow2", "file"));
-        let e = plan_group(&[member(&h, "x"), member(&session, "x")], &o)
-            .err()
-            .expect("clash");
-        assert!(matches!(e, PreflightError::OverlayClash { .. }), "{e}");
-        assert!(
-            e.to_string().contains(
-                "disks x/vda (qemu:///system) and x/vda (qemu:///session) would share the overlay"
-            ),
-            "{e}"
-        );
-        assert_eq!(e.exit_code(), ExitCode::Precondition);
-        // The same path on another host names another file.
-        let far = Arc::new(FakeHost::new("qemu+tcp://far/system"));
-        far.add("x", &xml(&b, "qcow2", "file"));
-        plan_group(&[member(&h, "x"), member(&far, "x")], &o).expect("different hosts");
-    }
-
-    #[test]
-    fn plans_overlay_next_to_image_and_skips_readonly() {
-        let t = tempfile::tempdir().expect("tmp");
-        let h = Arc::new(FakeHost::new("fake:///"));
-        h.add("a", &xml(t.path(), "qcow2", "file"));
-        let p = plan_member(&member(&h, "a"), &opts()).expect("plan");
-        assert_eq!(p.disks.len(), 1);
-        assert_eq!(
-            p.disks[0].overlay,
-            t.path()
-                .join("a.qcow2.g-1.cgsnap-overlay")
-                .to_string_lossy()
-        );
-        assert!(p.snapshot_xml.contains("name='hdc' snapshot='no'"));
-    }
-
-    #[test]
-    fn refuses_a_disk_already_on_a_snapshot_overlay() {
-        let t = tempfile::tempdir().expect("tmp");
-        let h = Arc::new(FakeHost::new("fake:///"));
-        let d = t.path().display();
-        let held = format!("{d}/a.qcow2.other-20261126T000000000Z.cgsnap-overlay");
-        h.add("a", &chained(&held, &format!("{d}/a.qcow2")));
-        let e = plan_member(&member(&h, "a"), &opts())
-            .err()
-            .expect("on an overlay");
-        let msg = e.to_string();
-        assert!(matches!(e, PreflightError::OnOverlay { .. }), "{msg}");
-        assert!(
-            msg.contains(&held) && msg.contains("virsh blockcommit a vda"),
-            "{msg}"
-        );
-        assert_eq!(e.exit_code(), ExitCode::Precondition);
-        // Deeper in the chain counts too (an overlay someone snapshotted by hand on top).
-        h.add("b", &chained(&format!("{d}/b.manual"), &held));
-        let e = plan_member(&member(&h, "b"), &opts())
-            .err()
-            .expect("overlay below");
-        assert!(matches!(e, PreflightError::OnOverlay { .. }), "{e}");
-    }
-
-    #[test]
-    fn rejects_raw_network_stopped_and_full() {
-        let t = tempfile::tempdir().expect("tmp");
-        let h = Arc::new(FakeHost::new("fake:///"));
-        h.add("raw", &xml(t.path(), "raw", "file"));
-        h.add("net", &xml(t.path(), "raw", "network"));
-        h.add("off", &xml(t.path(), "qcow2", "file"));
-        h.add("ok", &xml(t.path(), "qcow2", "file"));
-        h.suspend("off").expect("pause");
-        let e = plan_member(&member(&h, "raw"), &opts()).err().expect("raw");
-        assert!(
-            e.to_string().contains("disk vda of raw") && e.to_string().contains("qemu-img convert")
-        );
-        assert_eq!(e.exit_code(), ExitCode::Precondition);
-        assert!(e.to_string().contains("snapshot='no'"), "{e}");
-        let e = plan_member(&member(&h, "net"), &opts()).err().expect("net");
-        assert!(e.to_string().contains("network disks"));
-        // A raw disk the domain itself excludes: planned without it.
-        let d = t.path().display();
-        h.add(
-            "swap",
-            &format!(
-                "<domain><devices>\
-                 <disk type='file' device='disk' snapshot='no'><driver type='raw'/><source file='{d}/swap.raw'/><target dev='vda'/></disk>\
-                 <disk type='file' device='disk'><driver type='qcow2'/><source file='{d}/b.qcow2'/><target dev='vdb'/></disk>\
-                 </devices></domain>"
-            ),
-        );
-        let p = plan_member(&member(&h, "swap"), &opts()).expect("swap disk left out");
-        assert_eq!(p.disks.len(), 1);
-        assert_eq!(p.disks[0].target, "vdb");
-        assert!(
-            p.snapshot_xml.contains("name='vda' snapshot='no'"),
-            "{}",
-            p.snapshot_xml
-        );
-        let e = plan_member(&member(&h, "off"), &opts()).err().expect("off");
-        assert!(e.to_string().contains("member off (fake:///) is paused"));
-        let o = Options {
-            min_free: u64::MAX,
-            ..opts()
-        };
-        let e = plan_member(&member(&h, "ok"), &o).err().expect("space");
-        assert!(matches!(e, PreflightError::NoSpace { .. }));
-    }
-
-    #[test]
-    fn another_host_s_directories_are_checked_through_its_pools_never_here() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let d = t.path().display();
-        let h = Arc::new(FakeHost::new("fake://far/"));
-        h.add(
-            "db",
-            &crate::hypervisor::fake::one_disk(&format!("{d}/a.qcow2"), ""),
-        );
-        // Here the directory is full and an overlay of that name exists: neither is the far
-        // host's business.
-        let mut p = plan_member(&member(&h, "db"), &opts()).expect("planned");
-        std::fs::write(&p.disks.remove(0).overlay, b"someone else's").expect("file here");
-        let o = Options {
-            min_free: u64::MAX,
-            ..opts()
-        };
-        plan_member(&member(&h, "db"), &o).expect("not checked here, no pool there");
-        h.pools
-            .lock()
-            .expect("pools")
-            .insert(t.path().to_string_lossy().into(), 1 << 20);
-        let e = plan_member(&member(&h, "db"), &o)
-            .err()
-            .expect("pool too small");
-        assert!(matches!(e, PreflightError::NoSpace { .. }), "{e}");
-        assert!(
-            e.to_string()
-                .contains(&format!("{d} on fake://far/ has 1048576 bytes free")),
-            "{e}"
-        );
-        plan_member(&member(&h, "db"), &opts()).expect("room in the pool");
-    }
-}
+#[path = "preflight_tests.rs"]
+mod tests;

@@ -49,22 +49,34 @@ pub enum Resume {
 
 /// What to do to one member.
 pub struct Step {
+    /// The connection the member is paused, snapshotted and resumed through.
     pub host: Arc<dyn Host>,
+    /// The member's domain.
     pub domain: String,
+    /// The `<domainsnapshot>` XML that cuts its disks.
     pub snapshot_xml: String,
+    /// Let libvirt reuse pre-created overlays.
     pub reuse: bool,
 }
 
+/// What happened to one member, with its timings in milliseconds (`None`: not attempted).
 #[derive(Debug, Default, Clone)]
 pub struct MemberOutcome {
+    /// Paused (by us, or found paused after a pause whose reply was lost).
     pub paused: bool,
+    /// Its snapshot succeeded.
     pub snapshotted: bool,
+    /// Resumed by us.
     pub resumed: bool,
+    /// The pause call.
     pub pause_ms: Option<f64>,
+    /// The snapshot call.
     pub snapshot_ms: Option<f64>,
+    /// The resume call(s), retries included.
     pub resume_ms: Option<f64>,
     /// Pause start to resume end.
     pub freeze_ms: Option<f64>,
+    /// The first call of this member that failed.
     pub error: Option<HvError>,
     pause_start: Option<Instant>,
     resume_end: Option<Instant>,
@@ -73,10 +85,14 @@ pub struct MemberOutcome {
     pause_end: Option<Instant>,
 }
 
+/// What a run of the protocol did, member by member and as a group.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// One per step, in step order.
     pub members: Vec<MemberOutcome>,
+    /// Wall-clock instant the last pause completed; `None` when a pause failed.
     pub consistency_point: Option<DateTime<Utc>>,
+    /// First pause start to last resume end.
     pub freeze_window_ms: Option<f64>,
     /// First pause start to last pause end.
     pub pause_ms: f64,
@@ -87,9 +103,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The first member's error, in step order.
     pub fn first_error(&self) -> Option<&HvError> {
         self.members.iter().find_map(|m| m.error.as_ref())
     }
+    /// Every member that was paused was resumed by us.
     pub fn all_resumed(&self) -> bool {
         self.members.iter().all(|m| !m.paused || m.resumed)
     }
@@ -99,9 +117,13 @@ impl Outcome {
 /// and benchmarks hook in with ([`Point::Pausing`], [`Point::Paused`], [`Point::Frozen`],
 /// [`Point::Snapped`], and the freeze window).
 pub struct Env<'a> {
+    /// Names the consistency point.
     pub wall_clock: &'a (dyn Fn() -> DateTime<Utc> + Sync),
+    /// Resume calls per member before giving up (at least one).
     pub resume_attempts: u32,
+    /// When members are resumed.
     pub resume: Resume,
+    /// Hears the protocol's points and the freeze window.
     pub probe: &'a dyn Probe,
 }
 
@@ -186,6 +208,9 @@ fn paused_anyway(host: &dyn Host, domain: &str, err: &HvError) -> bool {
     matches!(host.state_rechecked(domain), Ok(DomState::PausedByUser))
 }
 
+/// One member's whole protocol, run on its own thread: pause, wait for every member to have
+/// paused (or failed to), snapshot unless any failed, wait for every snapshot under
+/// [`Resume::Together`], resume.
 fn member_thread(
     step: &Step,
     index: usize,
@@ -194,6 +219,22 @@ fn member_thread(
     env: &Env,
 ) -> MemberOutcome {
     let mut out = MemberOutcome::default();
+    let t = pause(step, index, env, &mut out);
+    let failed = all_paused(gate, n, &out, env);
+    if out.paused && !failed {
+        snapshot(step, index, env, &mut out);
+    }
+    if env.resume == Resume::Together {
+        all_done(gate, n);
+    }
+    if out.paused {
+        resume(step, env, t, &mut out);
+    }
+    out
+}
+
+/// Pause the member, recording whether it is paused; returns the instant the pause started.
+fn pause(step: &Step, index: usize, env: &Env, out: &mut MemberOutcome) -> Instant {
     env.probe.at(Point::Pausing { order: index });
     let t = Instant::now();
     out.pause_start = Some(t);
@@ -210,71 +251,77 @@ fn member_thread(
     } else {
         env.probe.at(Point::Paused { order: index });
     }
+    t
+}
 
-    // Barrier: wait until every member has either paused or failed to.
+/// Barrier: wait until every member has either paused or failed to. The last to arrive names
+/// the consistency point when none failed. Returns whether any failed.
+fn all_paused(gate: &(Mutex<Gate>, Condvar), n: usize, out: &MemberOutcome, env: &Env) -> bool {
     let (lock, cv) = gate;
-    let failed = {
-        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        g.arrived += 1;
-        g.failed |= !out.paused || out.error.is_some();
-        if g.arrived == n {
-            if !g.failed {
-                g.consistency_point = Some((env.wall_clock)());
-                env.probe.at(Point::Frozen);
+    let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+    g.arrived += 1;
+    g.failed |= !out.paused || out.error.is_some();
+    if g.arrived == n {
+        if !g.failed {
+            g.consistency_point = Some((env.wall_clock)());
+            env.probe.at(Point::Frozen);
+        }
+        cv.notify_all();
+    }
+    while g.arrived < n {
+        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+    }
+    g.failed
+}
+
+/// Snapshot the (paused) member, recording the result and its timing.
+fn snapshot(step: &Step, index: usize, env: &Env, out: &mut MemberOutcome) {
+    let s = Instant::now();
+    out.snap_start = Some(s);
+    match step
+        .host
+        .snapshot(&step.domain, &step.snapshot_xml, step.reuse)
+    {
+        Ok(()) => out.snapshotted = true,
+        Err(e) => out.error = Some(e),
+    }
+    let e = Instant::now();
+    out.snap_end = Some(e);
+    out.snapshot_ms = Some(ms(e - s));
+    env.probe.at(Point::Snapped { order: index });
+}
+
+/// Barrier of [`Resume::Together`]: wait until every member is done with its snapshot.
+fn all_done(gate: &(Mutex<Gate>, Condvar), n: usize) {
+    // Every thread arrives here exactly once, whatever its pause or snapshot did, so no
+    // member can wait forever for another.
+    let (lock, cv) = gate;
+    let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+    g.done += 1;
+    if g.done == n {
+        cv.notify_all();
+    }
+    while g.done < n {
+        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// Resume the member (retrying), recording its freeze from `paused_at`; a resume error is
+/// kept only when nothing failed before it.
+fn resume(step: &Step, env: &Env, paused_at: Instant, out: &mut MemberOutcome) {
+    let r = Instant::now();
+    match resume_with_retry(step, env.resume_attempts) {
+        Ok(()) => out.resumed = true,
+        Err(e) => {
+            if out.error.is_none() {
+                out.error = Some(e);
             }
-            cv.notify_all();
-        }
-        while g.arrived < n {
-            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-        g.failed
-    };
-
-    if out.paused && !failed {
-        let s = Instant::now();
-        out.snap_start = Some(s);
-        match step
-            .host
-            .snapshot(&step.domain, &step.snapshot_xml, step.reuse)
-        {
-            Ok(()) => out.snapshotted = true,
-            Err(e) => out.error = Some(e),
-        }
-        let e = Instant::now();
-        out.snap_end = Some(e);
-        out.snapshot_ms = Some(ms(e - s));
-        env.probe.at(Point::Snapped { order: index });
-    }
-
-    if env.resume == Resume::Together {
-        // Every thread arrives here exactly once, whatever its pause or snapshot did, so no
-        // member can wait forever for another.
-        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        g.done += 1;
-        if g.done == n {
-            cv.notify_all();
-        }
-        while g.done < n {
-            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
     }
-
-    if out.paused {
-        let r = Instant::now();
-        match resume_with_retry(step, env.resume_attempts) {
-            Ok(()) => out.resumed = true,
-            Err(e) => {
-                if out.error.is_none() {
-                    out.error = Some(e);
-                }
-            }
-        }
-        let re = Instant::now();
-        out.resume_ms = Some(ms(re - r));
-        out.resume_end = Some(re);
-        out.freeze_ms = Some(ms(re - t));
-    }
-    out
+    let re = Instant::now();
+    out.resume_ms = Some(ms(re - r));
+    out.resume_end = Some(re);
+    out.freeze_ms = Some(ms(re - paused_at));
 }
 
 /// Pause all, snapshot each, resume by `env.resume` (see module docs).
@@ -359,274 +406,5 @@ pub fn run_staggered(steps: &[Step], env: &Env, gap: Duration) -> Outcome {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hypervisor::DomState;
-    use crate::hypervisor::fake::FakeHost;
-
-    fn setup(n: usize) -> (Arc<FakeHost>, Vec<Step>) {
-        let h = Arc::new(FakeHost::new("fake://"));
-        let steps = (0..n)
-            .map(|i| {
-                let name = format!("vm{i}");
-                h.add(&name, "<domain/>");
-                Step {
-                    host: h.clone(),
-                    domain: name,
-                    snapshot_xml: "<domainsnapshot><disks><disk name='vda' snapshot='external'><source file='/o'/></disk></disks></domainsnapshot>".into(),
-                    reuse: false,
-                }
-            })
-            .collect();
-        (h, steps)
-    }
-
-    /// The tests written for per-member resume keep it explicitly; `together()` covers the
-    /// default.
-    fn env() -> Env<'static> {
-        Env {
-            resume: Resume::Early,
-            ..Env::plain(3)
-        }
-    }
-
-    #[test]
-    fn no_snapshot_or_resume_before_all_paused() {
-        let (h, steps) = setup(6);
-        let out = run(&steps, &env());
-        assert!(out.first_error().is_none());
-        assert!(out.consistency_point.is_some());
-        let calls = h.calls();
-        let last_pause = calls
-            .iter()
-            .rposition(|c| c.starts_with("suspend"))
-            .expect("pauses");
-        let first_other = calls
-            .iter()
-            .position(|c| c.starts_with("snapshot") || c.starts_with("resume"))
-            .expect("snapshots");
-        assert!(last_pause < first_other, "{calls:?}");
-        for i in 0..6 {
-            assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
-        }
-        assert!(
-            out.freeze_window_ms.expect("window") >= out.members[0].freeze_ms.expect("f") - 1e-9
-        );
-    }
-
-    #[test]
-    fn failed_pause_snapshots_nothing_and_resumes_the_rest() {
-        let (h, steps) = setup(4);
-        h.fail_on("suspend", "vm2");
-        let out = run(&steps, &env());
-        assert!(out.first_error().is_some());
-        assert!(out.consistency_point.is_none());
-        assert!(!h.calls().iter().any(|c| c.starts_with("snapshot")));
-        assert!(out.all_resumed());
-        for i in 0..4 {
-            assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
-        }
-    }
-
-    #[test]
-    fn a_pause_whose_reply_was_lost_is_resumed_all_the_same() {
-        let (h, steps) = setup(3);
-        h.fail_on("suspend_lost", "vm1");
-        let out = run(&steps, &env());
-        assert_eq!(out.first_error().map(|e| e.target.as_str()), Some("vm1"));
-        assert!(out.consistency_point.is_none());
-        assert!(!h.calls().iter().any(|c| c.starts_with("snapshot")));
-        assert!(out.members[1].paused && out.members[1].resumed);
-        for i in 0..3 {
-            assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
-        }
-    }
-
-    #[test]
-    fn failed_snapshot_still_resumes_every_member() {
-        let (h, steps) = setup(3);
-        h.fail_on("snapshot", "vm1");
-        let out = run(&steps, &env());
-        assert!(!out.members[1].snapshotted);
-        assert!(out.members[0].snapshotted && out.members[2].snapshotted);
-        assert_eq!(out.first_error().map(|e| e.target.as_str()), Some("vm1"));
-        assert!(out.all_resumed());
-        assert_eq!(h.state_of("vm1"), Some(DomState::Running));
-    }
-
-    #[test]
-    fn staggered_control_resumes_each_before_pausing_the_next() {
-        let (h, steps) = setup(3);
-        let out = run_staggered(&steps, &env(), Duration::from_millis(1));
-        assert!(out.first_error().is_none() && out.all_resumed());
-        let calls: Vec<String> = h
-            .calls()
-            .into_iter()
-            .filter(|c| !c.starts_with("state"))
-            .collect();
-        assert_eq!(
-            calls,
-            [
-                "suspend:vm0",
-                "snapshot:vm0",
-                "resume:vm0",
-                "suspend:vm1",
-                "snapshot:vm1",
-                "resume:vm1",
-                "suspend:vm2",
-                "snapshot:vm2",
-                "resume:vm2"
-            ]
-        );
-    }
-
-    fn together() -> Env<'static> {
-        Env {
-            resume: Resume::Together,
-            ..Env::plain(3)
-        }
-    }
-
-    #[test]
-    fn together_resumes_nothing_before_every_snapshot_is_done() {
-        let (h, steps) = setup(6);
-        let out = run(&steps, &together());
-        assert!(out.first_error().is_none() && out.all_resumed());
-        let calls = h.calls();
-        let last_snapshot = calls
-            .iter()
-            .rposition(|c| c.starts_with("snapshot"))
-            .expect("snapshots");
-        let first_resume = calls
-            .iter()
-            .position(|c| c.starts_with("resume"))
-            .expect("resumes");
-        assert!(last_snapshot < first_resume, "{calls:?}");
-        // Everyone was frozen for the whole window, give or take the parallel resume calls.
-        let w = out.freeze_window_ms.expect("window");
-        for m in &out.members {
-            assert!(m.freeze_ms.expect("freeze") <= w + 1e-9);
-        }
-    }
-
-    #[test]
-    fn early_resumes_a_fast_member_before_a_slow_snapshot_ends_together_does_not() {
-        for (resume, fast_is_short) in [(Resume::Early, true), (Resume::Together, false)] {
-            let (h, steps) = setup(2);
-            h.slow_on("snapshot", "vm1", Duration::from_millis(200));
-            let env = Env {
-                resume,
-                ..Env::plain(3)
-            };
-            let out = run(&steps, &env);
-            assert!(out.first_error().is_none() && out.all_resumed());
-            let fast = out.members[0].freeze_ms.expect("freeze");
-            assert_eq!(
-                fast < 150.0,
-                fast_is_short,
-                "{resume:?}: vm0 frozen {fast} ms"
-            );
-            assert!(out.freeze_window_ms.expect("window") >= 200.0);
-        }
-    }
-
-    #[test]
-    fn together_with_failures_still_resumes_everyone() {
-        for op in ["suspend", "snapshot"] {
-            let (h, steps) = setup(4);
-            h.fail_on(op, "vm1");
-            let out = run(&steps, &together());
-            assert!(out.first_error().is_some(), "{op}");
-            assert!(out.all_resumed(), "{op}");
-            for i in 0..4 {
-                assert_eq!(h.state_of(&format!("vm{i}")), Some(DomState::Running));
-            }
-        }
-    }
-
-    /// A probe that records the window with the number of host calls made so far, and, like
-    /// the command line's fault injection, holds member `i` `i` times 30 ms before its pause.
-    struct Recording<'a> {
-        host: &'a FakeHost,
-        window: Mutex<Vec<(bool, usize)>>,
-        paused: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Probe for Recording<'_> {
-        fn at(&self, point: Point<'_>) {
-            match point {
-                Point::Pausing { order } => {
-                    std::thread::sleep(Duration::from_millis(30) * order as u32)
-                }
-                Point::Paused { .. } => {
-                    self.paused
-                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                _ => {}
-            }
-        }
-        fn window(&self, open: bool) {
-            let n = self.host.calls().len();
-            self.window.lock().expect("lock").push((open, n));
-        }
-    }
-
-    fn recording(host: &FakeHost) -> Recording<'_> {
-        Recording {
-            host,
-            window: Mutex::new(Vec::new()),
-            paused: Default::default(),
-        }
-    }
-
-    #[test]
-    fn window_observer_brackets_the_protocol() {
-        let (h, steps) = setup(2);
-        let probe = recording(&h);
-        let env = Env {
-            probe: &probe,
-            ..Env::plain(3)
-        };
-        run(&steps, &env);
-        let total = h.calls().len();
-        assert_eq!(
-            *probe.window.lock().expect("lock"),
-            [(true, 0), (false, total)]
-        );
-    }
-
-    #[test]
-    fn a_probe_holding_before_each_pause_pauses_members_one_by_one() {
-        let (h, steps) = setup(3);
-        let probe = recording(&h);
-        let env = Env {
-            probe: &probe,
-            ..Env::plain(3)
-        };
-        let out = run(&steps, &env);
-        assert!(out.first_error().is_none() && out.all_resumed());
-        assert_eq!(probe.paused.load(std::sync::atomic::Ordering::SeqCst), 3);
-        let suspends: Vec<String> = h
-            .calls()
-            .into_iter()
-            .filter(|c| c.starts_with("suspend"))
-            .collect();
-        assert_eq!(suspends, ["suspend:vm0", "suspend:vm1", "suspend:vm2"]);
-        assert!(
-            out.pause_ms >= 60.0,
-            "last pause 2 x 30 ms late: {}",
-            out.pause_ms
-        );
-    }
-
-    #[test]
-    fn failing_resume_is_retried_and_reported() {
-        let (h, steps) = setup(2);
-        h.fail_on("resume", "vm0");
-        let out = run(&steps, &env());
-        assert!(!out.members[0].resumed);
-        let resumes = h.calls().iter().filter(|c| *c == "resume:vm0").count();
-        assert_eq!(resumes, 3);
-        assert!(!out.all_resumed());
-    }
-}
+#[path = "protocol_tests.rs"]
+mod tests;

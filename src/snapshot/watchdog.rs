@@ -27,18 +27,24 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A member the watchdog resumes if need be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WatchMember {
+    /// Its host.
     pub uri: String,
+    /// Its domain.
     pub domain: String,
 }
 
 /// The snapshot a watchdog guards, so that after its coordinator died it can tell whether the
-/// members are still that snapshot's to rescue (see [`sweep`]).
+/// members are still that snapshot's to rescue (see `sweep`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scope {
+    /// The catalog directory holding its manifest.
     pub catalog: std::path::PathBuf,
+    /// Its group.
     pub group: String,
+    /// Its ID.
     pub id: String,
 }
 
@@ -50,16 +56,22 @@ struct Config {
     scope: Option<Scope>,
 }
 
+/// Why the watchdog could not guard a snapshot; it is then not started.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {
+    /// It could not be started, talked to, or become ready.
     #[error("watchdog: {0}; the snapshot was not started")]
     Failed(String),
     #[error(
         "member {domain} ({uri}) is held by another cgsnap run right now (its watchdog, pid {pid}; a run with another catalog?): wait for it to finish and try again; the snapshot was not started"
     )]
+    /// Another run's watchdog holds a member's host-wide lock.
     MemberBusy {
+        /// The member's domain.
         domain: String,
+        /// Its host.
         uri: String,
+        /// The process holding the lock.
         pid: String,
     },
 }
@@ -68,7 +80,9 @@ pub enum WatchdogError {
 /// and [`Watchdog::disarm`] read: `ready`, `busy\t...`, `fired`) or for the log (stderr).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Said {
+    /// A word for the coordinator (stdout).
     Coordinator(String),
+    /// A line for the log (stderr).
     Log(String),
 }
 
@@ -317,6 +331,28 @@ fn still_ours(scope: &Scope) -> Result<Option<crate::catalog::lock::GroupLock>, 
 /// Entry point of `cgsnap __watchdog`; every line it has to say goes to `say`. Returns the
 /// process exit code.
 pub fn main(say: Say) -> i32 {
+    let rx = stdin_lines();
+    let Ok(first) = rx.recv() else { return 1 };
+    let cfg: Config = match serde_json::from_str(&first) {
+        Ok(c) => c,
+        Err(e) => {
+            log(say, format!("bad config: {e}"));
+            return 1;
+        }
+    };
+    let Some(hosts) = open_hosts(&cfg.members, say) else {
+        return 1;
+    };
+    // Hold every member's host-wide lock for as long as this watchdog may resume it.
+    let Some(_held) = lock_members(&hosts, &cfg.members, say) else {
+        return 1;
+    };
+    say(Said::Coordinator("ready".into()));
+    watch(&rx, &hosts, &cfg, say)
+}
+
+/// The coordinator's lines, read on a thread of their own; the channel closes at EOF.
+fn stdin_lines() -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -326,16 +362,13 @@ pub fn main(say: Say) -> i32 {
             }
         }
     });
-    let Ok(first) = rx.recv() else { return 1 };
-    let cfg: Config = match serde_json::from_str(&first) {
-        Ok(c) => c,
-        Err(e) => {
-            log(say, format!("bad config: {e}"));
-            return 1;
-        }
-    };
+    rx
+}
+
+/// This watchdog's own connection to every member's host; `None` (said) when one fails.
+fn open_hosts(members: &[WatchMember], say: Say) -> Option<BTreeMap<String, Arc<dyn Host>>> {
     let mut hosts: BTreeMap<String, Arc<dyn Host>> = BTreeMap::new();
-    for m in &cfg.members {
+    for m in members {
         if hosts.contains_key(&m.uri) {
             continue;
         }
@@ -345,14 +378,23 @@ pub fn main(say: Say) -> i32 {
             }
             Err(e) => {
                 log(say, e.to_string());
-                return 1;
+                return None;
             }
         }
     }
-    // Hold every member's host-wide lock for as long as this watchdog may resume it.
+    Some(hosts)
+}
+
+/// Every member's host-wide lock, held while the result lives; `None` when another run holds
+/// one (said to the coordinator as `busy`).
+fn lock_members(
+    hosts: &BTreeMap<String, Arc<dyn Host>>,
+    members: &[WatchMember],
+    say: Say,
+) -> Option<Vec<crate::catalog::lock::GroupLock>> {
     let mut held = Vec::new();
     let mut uuids = std::collections::BTreeSet::new();
-    for m in &cfg.members {
+    for m in members {
         let Some(host) = hosts.get(&m.uri) else {
             continue;
         };
@@ -372,7 +414,7 @@ pub fn main(say: Say) -> i32 {
                     "busy\t{}\t{}\t{pid}",
                     m.domain, m.uri
                 )));
-                return 1;
+                return None;
             }
             Err(None) => log(
                 say,
@@ -384,7 +426,17 @@ pub fn main(say: Say) -> i32 {
             ),
         }
     }
-    say(Said::Coordinator("ready".into()));
+    Some(held)
+}
+
+/// Follow the coordinator's `arm`/`disarm`/`abandon` until it disarms or its pipe closes,
+/// resuming members when the budget expires or it is gone while armed. Returns the exit code.
+fn watch(
+    rx: &mpsc::Receiver<String>,
+    hosts: &BTreeMap<String, Arc<dyn Host>>,
+    cfg: &Config,
+    say: Say,
+) -> i32 {
     let budget = Duration::from_millis(cfg.budget_ms);
     let mut deadline: Option<Instant> = None;
     let mut fired = false;
@@ -400,7 +452,7 @@ pub fn main(say: Say) -> i32 {
             Ok(l) if l == "abandon" => abandoned = true,
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let r = rescue(&hosts, &cfg.members, say).resumed;
+                let r = rescue(hosts, &cfg.members, say).resumed;
                 log(
                     say,
                     format!(
@@ -416,9 +468,9 @@ pub fn main(say: Say) -> i32 {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if deadline.is_some() {
                     let r = if abandoned {
-                        rescue(&hosts, &cfg.members, say).resumed
+                        rescue(hosts, &cfg.members, say).resumed
                     } else {
-                        sweep(&hosts, &cfg.members, cfg.scope.as_ref(), say)
+                        sweep(hosts, &cfg.members, cfg.scope.as_ref(), say)
                     };
                     log(
                         say,
@@ -441,34 +493,5 @@ impl crate::model::exit::Classify for WatchdogError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::{Catalog, Manifest, SnapState};
-
-    #[test]
-    fn later_sweeps_only_while_the_dead_runs_snapshot_is_unreleased() {
-        let t = tempfile::tempdir().expect("tmp");
-        let cat = Catalog::open(t.path()).expect("catalog");
-        let scope = Scope {
-            catalog: t.path().to_path_buf(),
-            group: "g".into(),
-            id: "g-1".into(),
-        };
-        assert!(still_ours(&scope).is_err(), "no manifest: nothing to guard");
-        let m = Manifest::new("g-1", "g", SnapState::Pending, chrono::Utc::now());
-        cat.write(&m).expect("write");
-        let held = still_ours(&scope).expect("pending").expect("lock");
-        drop(held);
-        for state in [SnapState::Failed, SnapState::Releasing] {
-            cat.write(&Manifest { state, ..m.clone() }).expect("write");
-            assert!(matches!(still_ours(&scope), Ok(Some(_))), "{state}");
-        }
-        for state in [SnapState::Released, SnapState::Aborted] {
-            cat.write(&Manifest { state, ..m.clone() }).expect("write");
-            assert!(
-                still_ours(&scope).is_err(),
-                "{state}: a later run may pause"
-            );
-        }
-    }
-}
+#[path = "watchdog_tests.rs"]
+mod tests;

@@ -1,0 +1,174 @@
+//! Unit tests of the snapshot command (plan, rollback, pre-creation).
+
+use super::precreate::precreate;
+use super::rollback::{not_known_running, rollback};
+use super::*;
+use crate::catalog::{self, Manifest, MemberRecord};
+use crate::events::Events;
+use crate::group;
+use crate::hypervisor::fake::FakeHost;
+use crate::hypervisor::is_local;
+use chrono::Utc;
+use preflight::PlannedMember;
+
+#[test]
+fn a_member_in_another_groups_unreleased_snapshot_is_refused() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+    let hosts = crate::hypervisor::fake::db_in_groups(t.path(), &["a", "b"]);
+    let popts = preflight::Options {
+        id: "b-1",
+        overlay_dir: None,
+        min_free: 0,
+    };
+    plan(&hosts, &cat, "b", &popts).expect("nothing held yet");
+
+    let mut m = Manifest::new("a-1", "a", SnapState::Pending, Utc::now());
+    m.members.push(MemberRecord::new(
+        "db",
+        "qemu:///system",
+        String::new(),
+        vec![],
+    ));
+    cat.write(&m).expect("write");
+    for state in [SnapState::Pending, SnapState::Taken, SnapState::Failed] {
+        cat.write(&Manifest { state, ..m.clone() }).expect("write");
+        let e = plan(&hosts, &cat, "b", &popts).err().expect("held");
+        let msg = e.to_string();
+        assert!(matches!(e, SnapshotError::MemberHeld { .. }), "{msg}");
+        assert!(
+            msg.contains("member db (qemu:///system) is in snapshot a-1 of group a")
+                && msg.contains("cgsnap release a-1"),
+            "{msg}"
+        );
+        assert_eq!(e.exit_code(), ExitCode::Outstanding);
+    }
+    // The same domain name on another host is another VM.
+    let other = Arc::new(FakeHost::new("qemu+ssh://far/system"));
+    other.add("db", &hosts[0].xml("db").expect("xml"));
+    let far: Vec<Arc<dyn Host>> = vec![other.clone()];
+    group::add(&far, "b", &["db".to_string()]).expect("group add");
+    plan(&far, &cat, "b", &popts).expect("another host's db");
+
+    let m = Manifest {
+        state: SnapState::Released,
+        ..m
+    };
+    cat.write(&m).expect("write");
+    plan(&hosts, &cat, "b", &popts).expect("released: free again");
+}
+
+#[test]
+fn rollback_of_a_vanished_member_deletes_pre_created_overlays_only_on_this_host() {
+    let t = tempfile::tempdir().expect("tmp");
+    let overlay = t.path().join("vda.qcow2.g-1.cgsnap-overlay");
+    let planned = |uri: &str| PlannedMember {
+        member: group::Member {
+            host: Arc::new(FakeHost::new(uri)) as Arc<dyn Host>,
+            domain: "gone".into(),
+            state: crate::hypervisor::DomState::Running,
+        },
+        domain_xml: String::new(),
+        disks: vec![catalog::DiskRecord {
+            target: "vda".into(),
+            image: t.path().join("vda.qcow2").to_string_lossy().into(),
+            overlay: overlay.to_string_lossy().into(),
+            format: "qcow2".into(),
+            virtual_size: 1 << 20,
+        }],
+        snapshot_xml: String::new(),
+    };
+    let opts = release::Options::default();
+    std::fs::write(&overlay, b"someone else's").expect("file here");
+    rollback(
+        &[planned("qemu+ssh://far/system")],
+        &opts,
+        &[false],
+        Events::NONE,
+    )
+    .expect("rolled back");
+    assert!(
+        overlay.exists(),
+        "a path of another host names nothing of ours here"
+    );
+    rollback(&[planned("qemu:///system")], &opts, &[false], Events::NONE).expect("rolled back");
+    assert!(
+        !overlay.exists(),
+        "our own pre-created, unused overlay goes"
+    );
+}
+
+#[test]
+fn members_left_paused_or_unreadable_are_named() {
+    let h = Arc::new(FakeHost::new("qemu:///system"));
+    for d in ["run", "held", "odd"] {
+        h.add(d, "<domain/>");
+    }
+    h.suspend("held").expect("pause");
+    h.fail_on("state", "odd");
+    let planned = |d: &str| PlannedMember {
+        member: group::Member {
+            host: h.clone() as Arc<dyn Host>,
+            domain: d.into(),
+            state: crate::hypervisor::DomState::Running,
+        },
+        domain_xml: String::new(),
+        disks: vec![],
+        snapshot_xml: String::new(),
+    };
+    let plan: Vec<PlannedMember> = ["run", "held", "odd", "gone"]
+        .iter()
+        .map(|d| planned(d))
+        .collect();
+    assert_eq!(
+        not_known_running(&plan),
+        [
+            "held on qemu:///system",
+            "odd on qemu:///system (state unknown)"
+        ]
+    );
+}
+
+#[test]
+fn an_overlay_path_already_taken_is_never_overwritten() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let image = t.path().join("vda.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("1M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let d = catalog::DiskRecord {
+        target: "vda".into(),
+        image: image.to_string_lossy().into(),
+        overlay: t.path().join("vda.ovl").to_string_lossy().into(),
+        format: "qcow2".into(),
+        virtual_size: 1 << 20,
+    };
+    std::fs::write(&d.overlay, b"someone else's").expect("write");
+    let e = precreate(&d).expect_err("taken");
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(std::fs::read(&d.overlay).expect("kept"), b"someone else's");
+
+    std::fs::remove_file(&d.overlay).expect("rm");
+    precreate(&d).expect("created");
+    assert!(std::fs::metadata(&d.overlay).expect("overlay").len() > 0);
+    // A failed header write leaves nothing behind.
+    let bad = catalog::DiskRecord {
+        overlay: t.path().join("bad.ovl").to_string_lossy().into(),
+        format: "no-such-format".into(),
+        ..d.clone()
+    };
+    precreate(&bad).expect_err("qemu-img refuses");
+    assert!(!std::path::Path::new(&bad.overlay).exists());
+}
+
+#[test]
+fn local_uris() {
+    assert!(is_local("qemu:///system"));
+    assert!(is_local("qemu:///session"));
+    assert!(!is_local("qemu+ssh://host/system"));
+    assert!(!is_local("garbage"));
+}
