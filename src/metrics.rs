@@ -21,7 +21,8 @@ use std::fs::{self, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-pub const FILE_NAME: &str = "cgsnap.prom";
+/// Name of the metrics file in the metrics directory.
+pub(crate) const FILE_NAME: &str = "cgsnap.prom";
 
 const STATES: [SnapState; 6] = [
     SnapState::Pending,
@@ -32,13 +33,18 @@ const STATES: [SnapState; 6] = [
     SnapState::Released,
 ];
 
+/// Why the metrics file could not be refreshed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// The catalog could not be opened or read.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The metrics directory, its lock or its file could not be written.
     #[error("metrics file {path}: {source} (check --metrics-dir / CGSNAP_METRICS_DIR)")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },

@@ -17,6 +17,7 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::sys;
 
+/// A [`Host`] on a real libvirt connection.
 pub struct LibvirtHost {
     uri: String,
     /// Replaced by [`Host::reconnect`] after libvirtd restarted; readers clone the handle.
@@ -24,6 +25,7 @@ pub struct LibvirtHost {
 }
 
 impl LibvirtHost {
+    /// Open a connection to `uri`; an error of kind [`HvErrorKind::Connection`] if it fails.
     pub fn open(uri: &str) -> HvResult<Self> {
         // libvirt prints every error to stderr by default; we report them ourselves.
         virt::error::clear_error_callback();
@@ -141,13 +143,21 @@ pub fn kind_of(code: ErrorNumberEnum, from: ErrorDomainEnum) -> HvErrorKind {
 
 /// What libvirt's text says where its code does not (see [`classify_text`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LibvirtFailure<'a> {
+pub(crate) enum LibvirtFailure<'a> {
     /// A disk's own file does not exist (`Cannot access storage file 'PATH' ...: No such
     /// file or directory`).
-    StorageMissing { path: &'a str },
+    StorageMissing {
+        /// The missing file.
+        path: &'a str,
+    },
     /// A disk's backing file does not exist (`Cannot access backing file 'BACKING' of storage
     /// file 'PATH' ...: No such file or directory`).
-    BackingMissing { backing: &'a str, of: &'a str },
+    BackingMissing {
+        /// The missing backing file.
+        backing: &'a str,
+        /// The image whose backing file it is.
+        of: &'a str,
+    },
     /// Anything else.
     Other,
 }
@@ -155,7 +165,7 @@ pub enum LibvirtFailure<'a> {
 /// Classify the message of a libvirt error: the one place that reads libvirt's text. libvirt
 /// reports a missing disk file as `VIR_ERR_SYSTEM_ERROR` from its storage driver; errno and
 /// the file are only in the message.
-pub fn classify_text(message: &str) -> LibvirtFailure<'_> {
+pub(crate) fn classify_text(message: &str) -> LibvirtFailure<'_> {
     let Some(rest) = message.strip_suffix(": No such file or directory") else {
         return LibvirtFailure::Other;
     };
