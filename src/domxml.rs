@@ -8,8 +8,11 @@ use std::fmt::Write as _;
 
 #[derive(Debug, thiserror::Error)]
 #[error("domain XML of {domain} is not valid XML: {source}")]
+/// A domain's XML that cannot be parsed.
 pub struct XmlError {
+    /// The domain whose XML it is.
     pub domain: String,
+    /// What the parser said.
     #[source]
     pub source: roxmltree::Error,
 }
@@ -23,6 +26,7 @@ impl crate::model::exit::Classify for XmlError {
 /// One `<disk>` element of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskInfo {
+    /// The disk's target in the domain (`vda`).
     pub target: String,
     /// `disk`, `cdrom`, `floppy`, `lun`.
     pub device: String,
@@ -32,7 +36,9 @@ pub struct DiskInfo {
     pub format: Option<String>,
     /// The file or block device the guest currently writes to.
     pub source: Option<String>,
+    /// The disk is `<readonly/>`.
     pub readonly: bool,
+    /// The disk is `<shareable/>` (several domains may write to it).
     pub shareable: bool,
     /// The domain's own per-disk snapshot mode (`<disk snapshot='no'>`), when set.
     pub snapshot_mode: Option<String>,

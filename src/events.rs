@@ -31,9 +31,13 @@ use std::fmt;
 pub enum Progress<'a> {
     /// A commit still running (reported every 30 s): `copied` of `total` bytes.
     Commit {
+        /// The member whose disk is committed.
         domain: &'a str,
+        /// The disk's target (`vda`).
         target: &'a str,
+        /// Bytes copied so far.
         copied: u64,
+        /// Bytes to copy in all (grows while the guest writes).
         total: u64,
     },
 }
@@ -62,29 +66,47 @@ pub enum Note<'a> {
     /// An overlay on another host, no longer used, could not be removed there (no storage
     /// pool for its directory): it stays, and the operator removes it.
     OverlayStays {
+        /// The member the overlay belonged to.
         domain: &'a str,
+        /// Path of the overlay on that host.
         overlay: &'a str,
+        /// The host it stays on.
         uri: &'a str,
     },
     /// A member that no longer exists had its overlays merged into its images on this host.
     MergedVanished {
+        /// The member that no longer exists.
         domain: &'a str,
+        /// The host it was defined on.
         uri: &'a str,
+        /// Number of overlays merged.
         merged: usize,
     },
     /// The same on another host, through a paused helper domain there.
     MergedVanishedRemote {
+        /// The member that no longer exists.
         domain: &'a str,
+        /// The host it was defined on, where the helper ran.
         uri: &'a str,
+        /// Number of overlays merged.
         merged: usize,
     },
     /// A shut-off member had its overlays merged offline and its disks defined on its images.
-    MergedShutOff { domain: &'a str, merged: usize },
+    MergedShutOff {
+        /// The shut-off member.
+        domain: &'a str,
+        /// Number of overlays merged.
+        merged: usize,
+    },
     /// `hook post` left another job's snapshot outstanding.
     OtherJobs {
+        /// The snapshot left outstanding.
         id: &'a str,
+        /// Its group.
         group: &'a str,
+        /// Its state.
         state: SnapState,
+        /// The hook token of the job that took it, if any.
         token: Option<&'a str>,
     },
 }
@@ -141,7 +163,9 @@ impl fmt::Display for Note<'_> {
 
 /// Receives the engine's progress and notes (see module docs).
 pub trait Reporter: Send + Sync {
+    /// A long-running step is still running.
     fn progress(&self, progress: &Progress<'_>);
+    /// A step succeeded with something the operator should know.
     fn note(&self, note: &Note<'_>);
 }
 
@@ -164,15 +188,27 @@ pub enum Point<'a> {
     Watched,
     /// A member is about to be paused; `order` is its place among the members paused
     /// together (0 for the first).
-    Pausing { order: usize },
+    Pausing {
+        /// Place among the members paused together (0 for the first).
+        order: usize,
+    },
     /// A member was paused (its pause call succeeded).
-    Paused { order: usize },
+    Paused {
+        /// Place among the members paused together (0 for the first).
+        order: usize,
+    },
     /// Every member is paused, no snapshot started yet (the freeze window is open).
     Frozen,
     /// A member's snapshot call returned; it is still paused.
-    Snapped { order: usize },
+    Snapped {
+        /// Place among the members paused together (0 for the first).
+        order: usize,
+    },
     /// A release started the commits of `domain`'s disks and has not yet waited for them.
-    CommitsStarted { domain: &'a str },
+    CommitsStarted {
+        /// The member whose commits were started.
+        domain: &'a str,
+    },
 }
 
 /// Where tests and benchmarks hook into the engine (see module docs). Every method does
@@ -194,7 +230,9 @@ impl Probe for NoProbe {}
 /// Who listens to one engine call: its reporter and its probe.
 #[derive(Clone, Copy)]
 pub struct Events<'a> {
+    /// Receives progress and notes.
     pub report: &'a dyn Reporter,
+    /// Hooks into the engine's points.
     pub probe: &'a dyn Probe,
 }
 

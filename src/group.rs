@@ -13,11 +13,15 @@ use crate::model::exit::{Classify, ExitCode};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// XML namespace of cgsnap's element in a domain's `<metadata>`.
 pub const NS: &str = "https://cgsnap.dev/xmlns/membership/1";
+/// Prefix libvirt writes that element with.
 pub const NS_KEY: &str = "cgsnap";
 
+/// Why a group could not be resolved or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
+    /// The group name is not a short token safe in file names.
     #[error(
         "invalid group name {0:?}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
     )]
@@ -25,23 +29,46 @@ pub enum GroupError {
     #[error(
         "unknown domain {domain:?} on {uris}: check the name with `virsh list --all` or add --connect URI for its host"
     )]
-    UnknownDomain { domain: String, uris: String },
+    /// No connected host has a domain of that name.
+    UnknownDomain {
+        /// The name given.
+        domain: String,
+        /// The hosts searched, comma-separated.
+        uris: String,
+    },
     #[error(
         "domain name {domain:?} exists on several hosts ({uris}): connect only to the host that should own the member"
     )]
-    AmbiguousDomain { domain: String, uris: String },
+    /// Several connected hosts have a domain of that name.
+    AmbiguousDomain {
+        /// The name given.
+        domain: String,
+        /// The hosts that have it, comma-separated.
+        uris: String,
+    },
     #[error(
         "unknown group {group:?}: no domain on {uris} is a member; create it with `cgsnap group add {group} DOMAIN...`"
     )]
-    UnknownGroup { group: String, uris: String },
+    /// No domain on the connected hosts is a member of the group.
+    UnknownGroup {
+        /// The group given.
+        group: String,
+        /// The hosts searched, comma-separated.
+        uris: String,
+    },
     #[error(
         "domain {domain} has malformed cgsnap metadata ({detail}): fix it with `virsh metadata {domain} {ns} --remove` and re-add the domain"
     )]
+    /// A domain's membership element is not valid XML.
     BadMetadata {
+        /// The domain.
         domain: String,
+        /// Its namespace ([`NS`]).
         ns: &'static str,
+        /// What the XML parser said.
         detail: String,
     },
+    /// A libvirt call failed.
     #[error(transparent)]
     Hv(#[from] HvError),
 }
@@ -63,8 +90,11 @@ impl Classify for GroupError {
 /// One member of a group, as resolved right now.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// The host it is defined on.
     pub host: Arc<dyn Host>,
+    /// Its domain name there.
     pub domain: String,
+    /// Its run state when resolved.
     pub state: DomState,
 }
 
@@ -74,7 +104,9 @@ impl std::fmt::Debug for dyn Host {
     }
 }
 
-pub fn validate_name(name: &str) -> Result<(), GroupError> {
+/// Accept `name` only if it is 1-64 letters, digits, `.`, `_` or `-`, starting with a letter
+/// or digit.
+pub(crate) fn validate_name(name: &str) -> Result<(), GroupError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -104,6 +136,7 @@ pub fn parse_membership(xml: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The membership element listing `groups` (escaped), to store under [`NS`].
 pub fn membership_xml(groups: &[String]) -> String {
     let mut x = String::from("<membership>");
     for g in groups {
@@ -231,6 +264,25 @@ pub fn resolve(hosts: &[Arc<dyn Host>], group: &str) -> Result<Vec<Member>, Grou
             group: group.to_string(),
             uris: uris(hosts),
         })
+}
+
+#[cfg(test)]
+/// Unit tests: a local fake host with domain `db` (one disk in `dir`) in each of `groups`, as the hosts
+/// list the commands take.
+pub(crate) fn db_in_groups(
+    dir: &std::path::Path,
+    groups: &[&str],
+) -> Vec<std::sync::Arc<dyn crate::hypervisor::Host>> {
+    let h = crate::hypervisor::fake::FakeHost::new("qemu:///system");
+    h.add(
+        "db",
+        &crate::hypervisor::fake::one_disk(&format!("{}/db.qcow2", dir.display()), ""),
+    );
+    let hosts: Vec<std::sync::Arc<dyn crate::hypervisor::Host>> = vec![std::sync::Arc::new(h)];
+    for g in groups {
+        add(&hosts, g, &["db".to_string()]).expect("group add");
+    }
+    hosts
 }
 
 #[cfg(test)]

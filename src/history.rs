@@ -11,19 +11,31 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+/// One snapshot of the history, with its verification when there is one.
 #[derive(Debug, Serialize)]
 pub struct Row {
+    /// The snapshot's ID.
     pub id: String,
+    /// Its group.
     pub group: String,
+    /// Its state (`taken`, `released`, ...).
     pub state: String,
+    /// When it was started (RFC 3339).
     pub created_at: String,
+    /// Milliseconds from its first pause to its last resume.
     pub freeze_window_ms: Option<f64>,
+    /// Milliseconds between member cuts of the negative control `--unsafe-stagger`.
     pub unsafe_stagger_ms: Option<u64>,
+    /// Disk cut order of the negative control `--unsafe-disk-order`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsafe_disk_order: Option<Vec<String>>,
+    /// The verification's verdict (`pass`, `fail`), when verified.
     pub verdict: Option<String>,
+    /// Largest recovery time of its members, in seconds (the RTO).
     pub max_recovery_seconds: Option<f64>,
+    /// Largest data loss of its members, in seconds.
     pub max_data_loss_seconds: Option<f64>,
+    /// The verification's HTML report, when verified.
     pub report: Option<PathBuf>,
 }
 
@@ -35,7 +47,8 @@ fn max_of(r: &serde_json::Value, key: &str) -> Option<f64> {
         .reduce(f64::max)
 }
 
-pub fn rows(cat: &Catalog) -> Result<Vec<Row>, Failure> {
+/// A row per snapshot of `cat`, oldest first.
+pub(crate) fn rows(cat: &Catalog) -> Result<Vec<Row>, Failure> {
     let ms: Vec<Manifest> = cat.list()?;
     Ok(ms
         .into_iter()
@@ -75,7 +88,8 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-pub fn html(rows: &[Row]) -> String {
+/// The self-contained HTML page of `rows`.
+pub(crate) fn html(rows: &[Row]) -> String {
     let mut o = String::from(
         "<!doctype html><html><head><meta charset='utf-8'><title>cgsnap history</title><style>\
          body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}\

@@ -34,6 +34,7 @@ pub const TOKEN_ENV: &str = "CGSNAP_HOOK_TOKEN";
 /// Longest accepted token, in bytes.
 pub const MAX_TOKEN: usize = 128;
 
+/// A hook token that is empty, too long, or not printable ASCII without spaces.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "invalid hook token {token:?} (from {origin}): give 1 to {MAX_TOKEN} printable ASCII characters without spaces, the same for pre and post of one backup job"
@@ -68,6 +69,7 @@ pub fn token(flag: Option<String>, env: Option<OsString>) -> Result<Option<Strin
     }
 }
 
+/// Take a snapshot of the group (`hook pre`); returns the summary line for the scheduler.
 pub fn pre(
     hosts: &[Arc<dyn Host>],
     cat: &Catalog,
@@ -258,7 +260,7 @@ mod tests {
         let _serial = serial();
         let t = tempfile::tempdir().expect("tmp");
         let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
-        let hosts = crate::hypervisor::fake::db_in_groups(t.path(), &["g"]);
+        let hosts = crate::group::db_in_groups(t.path(), &["g"]);
         // No watchdog can start: the snapshot is abandoned after its pending manifest was
         // written and before anything froze. That manifest already names the job.
         let opts = snapshot::Options {

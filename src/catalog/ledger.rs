@@ -32,7 +32,10 @@ pub enum Mark {
 
 /// Where marks are kept.
 pub trait Ledger: Sync {
+    /// Whether the disk `target` of `member` carries `mark`.
     fn has(&self, member: &MemberId, target: &str, mark: Mark) -> bool;
+    /// Give `mark` to each of `member`'s disks `targets`, recorded before this returns
+    /// ([`InManifest`]: written to the catalog).
     fn mark(&self, member: &MemberId, targets: &[&str], mark: Mark) -> Result<(), CatalogError>;
 }
 
@@ -64,7 +67,8 @@ pub struct InManifest<'a> {
 }
 
 impl<'a> InManifest<'a> {
-    pub fn new(cat: &'a Catalog, man: Manifest) -> Self {
+    /// Marks kept in `man`, written to `cat`.
+    pub(crate) fn new(cat: &'a Catalog, man: Manifest) -> Self {
         Self {
             cat,
             man: Mutex::new(man),

@@ -24,30 +24,60 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Why a catalog operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// A file or directory of the catalog could not be read, written or created.
     #[error("catalog {path}: {source} (check --catalog / CGSNAP_CATALOG and permissions)")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A manifest is not valid JSON, misses fields, or has a format this cgsnap cannot read.
     #[error(
         "malformed manifest {path}: {detail}; restore it from a copy or move it out of the catalog"
     )]
-    Malformed { path: PathBuf, detail: String },
+    Malformed {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// No manifest has this ID.
     #[error("unknown snapshot {id:?}: see `cgsnap list`")]
-    UnknownSnapshot { id: String },
+    UnknownSnapshot {
+        /// The ID asked for.
+        id: String,
+    },
+    /// A release by group name found no manifest of that group.
     #[error("group {group} has no snapshot in the catalog: nothing to release")]
-    NoSnapshot { group: String },
+    NoSnapshot {
+        /// The group asked for.
+        group: String,
+    },
+    /// Another process holds the group's lock.
     #[error(
         "another cgsnap run (pid {pid}) holds the lock on group {group}: wait for it to finish, or check `ps -p {pid}`"
     )]
-    Busy { group: String, pid: String },
+    Busy {
+        /// The group.
+        group: String,
+        /// The process holding the lock, as its lock file records it.
+        pid: String,
+    },
+    /// Another process held the catalog's planning lock for as long as this run waited.
     #[error(
         "another cgsnap run (pid {pid}) has been planning a snapshot for {secs} s (it holds the catalog's planning lock): check `ps -p {pid}`, then run again"
     )]
-    PlanningBusy { pid: String, secs: u64 },
+    PlanningBusy {
+        /// The process holding the lock, as its lock file records it.
+        pid: String,
+        /// Seconds this run waited for the lock.
+        secs: u64,
+    },
 }
 
 impl Classify for CatalogError {
@@ -93,11 +123,13 @@ pub fn new_id(group: &str, now: DateTime<Utc>) -> String {
     format!("{group}-{}", now.format("%Y%m%dT%H%M%S%3fZ"))
 }
 
+/// A catalog directory, opened (its `snapshots/` and `locks/` exist).
 pub struct Catalog {
     pub(crate) dir: PathBuf,
 }
 
 impl Catalog {
+    /// Open the catalog in `dir`, creating its directories if missing.
     pub fn open(dir: &Path) -> Result<Self, CatalogError> {
         let p = dir.join("snapshots");
         fs::create_dir_all(&p).map_err(io(&p))?;
@@ -111,6 +143,7 @@ impl Catalog {
         })
     }
 
+    /// The catalog's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -169,6 +202,8 @@ impl Catalog {
         self.sync_snapshots_dir()
     }
 
+    /// Read a manifest from `body` (the content of `path`, named in errors): refuses formats
+    /// other than [`READ_VERSIONS`] and upgrades format 1 release marks where it can.
     pub fn parse(path: &Path, body: &[u8]) -> Result<Manifest, CatalogError> {
         let mut m: Manifest =
             serde_json::from_slice(body).map_err(|e| CatalogError::Malformed {
@@ -188,6 +223,7 @@ impl Catalog {
         Ok(m)
     }
 
+    /// The manifest of snapshot `id`.
     pub fn load(&self, id: &str) -> Result<Manifest, CatalogError> {
         let path = self.path_of(id);
         let body = match fs::read(&path) {

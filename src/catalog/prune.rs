@@ -22,18 +22,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Why a prune failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
+    /// The catalog could not be read, or a group's lock is held by another run.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The group given is not a valid group name.
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// A manifest or report directory could not be removed.
     #[error(
         "cannot remove {path} while pruning {id}: {source}; fix its permissions and run prune again"
     )]
     Remove {
+        /// The snapshot being pruned.
         id: String,
+        /// The file or directory that stayed.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -49,6 +56,7 @@ impl Classify for PruneError {
     }
 }
 
+/// How much of each group's history prune keeps.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Finished snapshots kept per group, newest first.
@@ -60,8 +68,11 @@ pub struct Policy {
 /// What prune does (or would do) to one group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupPlan {
+    /// The group.
     pub group: String,
+    /// IDs of the snapshots to remove, newest first.
     pub remove: Vec<String>,
+    /// Number of the group's snapshots (in any state) that stay.
     pub kept: usize,
 }
 

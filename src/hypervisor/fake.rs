@@ -31,18 +31,6 @@ pub fn one_disk(source: &str, extra: &str) -> String {
     )
 }
 
-/// A local fake host with domain `db` (one disk in `dir`) in each of `groups`, as the hosts
-/// list the commands take.
-pub fn db_in_groups(dir: &std::path::Path, groups: &[&str]) -> Vec<std::sync::Arc<dyn Host>> {
-    let h = FakeHost::new("qemu:///system");
-    h.add("db", &one_disk(&format!("{}/db.qcow2", dir.display()), ""));
-    let hosts: Vec<std::sync::Arc<dyn Host>> = vec![std::sync::Arc::new(h)];
-    for g in groups {
-        crate::group::add(&hosts, g, &["db".to_string()]).expect("group add");
-    }
-    hosts
-}
-
 #[derive(Default)]
 pub struct FakeHost {
     pub uri: String,

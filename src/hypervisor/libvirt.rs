@@ -17,6 +17,7 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::sys;
 
+/// A [`Host`] on a real libvirt connection.
 pub struct LibvirtHost {
     uri: String,
     /// Replaced by [`Host::reconnect`] after libvirtd restarted; readers clone the handle.
@@ -24,6 +25,7 @@ pub struct LibvirtHost {
 }
 
 impl LibvirtHost {
+    /// Open a connection to `uri`; an error of kind [`HvErrorKind::Connection`] if it fails.
     pub fn open(uri: &str) -> HvResult<Self> {
         // libvirt prints every error to stderr by default; we report them ourselves.
         virt::error::clear_error_callback();
@@ -141,13 +143,21 @@ pub fn kind_of(code: ErrorNumberEnum, from: ErrorDomainEnum) -> HvErrorKind {
 
 /// What libvirt's text says where its code does not (see [`classify_text`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LibvirtFailure<'a> {
+pub(crate) enum LibvirtFailure<'a> {
     /// A disk's own file does not exist (`Cannot access storage file 'PATH' ...: No such
     /// file or directory`).
-    StorageMissing { path: &'a str },
+    StorageMissing {
+        /// The missing file.
+        path: &'a str,
+    },
     /// A disk's backing file does not exist (`Cannot access backing file 'BACKING' of storage
     /// file 'PATH' ...: No such file or directory`).
-    BackingMissing { backing: &'a str, of: &'a str },
+    BackingMissing {
+        /// The missing backing file.
+        backing: &'a str,
+        /// The image whose backing file it is.
+        of: &'a str,
+    },
     /// Anything else.
     Other,
 }
@@ -155,7 +165,7 @@ pub enum LibvirtFailure<'a> {
 /// Classify the message of a libvirt error: the one place that reads libvirt's text. libvirt
 /// reports a missing disk file as `VIR_ERR_SYSTEM_ERROR` from its storage driver; errno and
 /// the file are only in the message.
-pub fn classify_text(message: &str) -> LibvirtFailure<'_> {
+pub(crate) fn classify_text(message: &str) -> LibvirtFailure<'_> {
     let Some(rest) = message.strip_suffix(": No such file or directory") else {
         return LibvirtFailure::Other;
     };
@@ -454,77 +464,5 @@ impl LibvirtHost {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_come_from_codes_and_the_rpc_layer() {
-        let k = |code, from| kind_of(Enum::Known(code), Enum::Known(from));
-        use {ErrorDomain as D, ErrorNumber as N};
-        assert_eq!(k(N::NoDomain, D::Qemu), HvErrorKind::NoDomain);
-        assert_eq!(k(N::NoDomainMetadata, D::Domain), HvErrorKind::NoMetadata);
-        assert_eq!(
-            k(N::OperationInvalid, D::Qemu),
-            HvErrorKind::OperationInvalid
-        );
-        assert_eq!(k(N::NoSupport, D::Qemu), HvErrorKind::Unsupported);
-        assert_eq!(
-            k(N::OperationUnsupported, D::Qemu),
-            HvErrorKind::Unsupported
-        );
-        assert_eq!(k(N::SystemError, D::Storage), HvErrorKind::System);
-        // "unable to connect to server at '127.0.0.1:1': Connection refused", and a socket
-        // closed under a call, are the RPC layer's.
-        assert_eq!(k(N::SystemError, D::Rpc), HvErrorKind::ConnectionLost);
-        assert_eq!(k(N::InternalError, D::Rpc), HvErrorKind::ConnectionLost);
-        assert_eq!(k(N::NoConnect, D::None), HvErrorKind::ConnectionLost);
-        assert_eq!(k(N::InternalError, D::Qemu), HvErrorKind::Other);
-    }
-
-    // The messages were produced on a Debian 12 host (libvirt 9.0, QEMU 7.2) by starting a
-    // paused transient domain (the remote merge's helper) on qemu:///system whose one disk
-    // is, in turn, a missing file and a qcow2 whose backing file is missing. Both came with
-    // code VIR_ERR_SYSTEM_ERROR from VIR_FROM_STORAGE.
-
-    #[test]
-    fn a_missing_disk_file() {
-        let m = "Cannot access storage file '/tmp/qlock/missing.qcow2' (as uid:64055, gid:64055): No such file or directory";
-        assert_eq!(
-            classify_text(m),
-            LibvirtFailure::StorageMissing {
-                path: "/tmp/qlock/missing.qcow2"
-            }
-        );
-        // Without the credentials (libvirt before 4.x), and a quote in the name.
-        let m = "Cannot access storage file '/v/it's.qcow2': No such file or directory";
-        assert_eq!(
-            classify_text(m),
-            LibvirtFailure::StorageMissing {
-                path: "/v/it's.qcow2"
-            }
-        );
-    }
-
-    #[test]
-    fn a_missing_backing_file() {
-        let m = "Cannot access backing file '/tmp/qlock/gone-base.qcow2' of storage file '/tmp/qlock/orphan.qcow2' (as uid:64055, gid:64055): No such file or directory";
-        assert_eq!(
-            classify_text(m),
-            LibvirtFailure::BackingMissing {
-                backing: "/tmp/qlock/gone-base.qcow2",
-                of: "/tmp/qlock/orphan.qcow2"
-            }
-        );
-    }
-
-    #[test]
-    fn other_messages() {
-        for m in [
-            "Cannot access storage file '/v/a.qcow2' (as uid:0, gid:0): Permission denied",
-            "internal error: qemu unexpectedly closed the monitor: ...: Failed to get \"write\" lock",
-            "Domain not found: no domain with matching name 'nope'",
-        ] {
-            assert_eq!(classify_text(m), LibvirtFailure::Other, "{m}");
-        }
-    }
-}
+#[path = "libvirt_tests.rs"]
+mod tests;

@@ -21,12 +21,15 @@ use std::fmt;
 /// Run state of a domain, reduced to what the protocol needs to distinguish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomState {
+    /// Running (`VIR_DOMAIN_RUNNING`).
     Running,
     /// Paused by a user/API call (what `suspend` produces; the watchdog only resumes these).
     PausedByUser,
     /// Paused for another reason (I/O error, migration, ...): never resumed by cgsnap.
     PausedOther,
+    /// Defined but not running.
     ShutOff,
+    /// Any other state (blocked, shutting down, crashed, suspended by the guest).
     Other,
 }
 
@@ -46,7 +49,9 @@ impl fmt::Display for DomState {
 /// Progress of a block job on one disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockJob {
+    /// Bytes processed so far.
     pub cur: u64,
+    /// Bytes to process in all, as far as the job knows (grows while the guest writes).
     pub end: u64,
 }
 
@@ -60,8 +65,11 @@ impl BlockJob {
 /// Summary of one domain as listed by a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainSummary {
+    /// The domain's name, unique on its host.
     pub name: String,
+    /// Its run state.
     pub state: DomState,
+    /// It has a persistent definition (it is not transient).
     pub persistent: bool,
 }
 
@@ -69,10 +77,15 @@ pub struct DomainSummary {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", self.describe())]
 pub struct HvError {
+    /// The connection the call was made on.
     pub uri: String,
+    /// The call that failed (`suspend`, `snapshot`, ...).
     pub op: &'static str,
+    /// What it concerned: a domain, `DOMAIN/DISK`, a path.
     pub target: String,
+    /// libvirt's message, as it gave it.
     pub message: String,
+    /// What went wrong, from libvirt's error code.
     pub kind: HvErrorKind,
 }
 
@@ -115,19 +128,24 @@ pub enum HvErrorKind {
     /// `VIR_ERR_SYSTEM_ERROR`: a system call failed on the daemon's host (a file missing or
     /// unreadable); which one and why only its message says (`libvirt::classify_text`).
     System,
+    /// Any other libvirt error.
     Other,
 }
 
+/// The result of a [`Host`] call.
 pub type HvResult<T> = Result<T, HvError>;
 
 /// One libvirt connection.
 pub trait Host: Send + Sync {
+    /// The libvirt URI of this connection.
     fn uri(&self) -> &str;
     /// Replace a connection that broke (libvirtd restarted). The default does nothing.
     fn reconnect(&self) -> HvResult<()> {
         Ok(())
     }
+    /// Every domain of the host, running or not.
     fn list_domains(&self) -> HvResult<Vec<DomainSummary>>;
+    /// The domain's run state.
     fn state(&self, dom: &str) -> HvResult<DomState>;
     /// [`Host::state`], asked once more over a fresh connection when the first question fails
     /// (the connection died with a libvirtd restart; the domains did not). A domain that is
@@ -143,6 +161,7 @@ pub trait Host: Send + Sync {
     }
     /// Live XML of a running domain (inactive XML otherwise).
     fn xml(&self, dom: &str) -> HvResult<String>;
+    /// Whether the domain has a persistent definition.
     fn persistent(&self, dom: &str) -> HvResult<bool>;
     /// The domain's UUID (stable across renames, unique on its host).
     fn uuid(&self, dom: &str) -> HvResult<String>;
@@ -157,15 +176,17 @@ pub trait Host: Send + Sync {
     fn metadata(&self, dom: &str, ns: &str) -> HvResult<Option<String>>;
     /// Replace (or with `None` remove) our metadata element, live and in the persistent config.
     fn set_metadata(&self, dom: &str, ns: &str, key: &str, xml: Option<&str>) -> HvResult<()>;
+    /// Pause the domain's vCPUs (it becomes [`DomState::PausedByUser`]).
     fn suspend(&self, dom: &str) -> HvResult<()>;
+    /// Let a paused domain's vCPUs run again.
     fn resume(&self, dom: &str) -> HvResult<()>;
     /// Disk-only, atomic, external snapshot without libvirt metadata.
     /// `reuse` says the overlay files already exist (pre-created) and must be used as they are.
     fn snapshot(&self, dom: &str, snapshot_xml: &str, reuse: bool) -> HvResult<()>;
-    /// Start an active block commit of the top image of `disk` into its backing file.
     /// Start an active commit of the disk's top overlay into its backing image, copying at
     /// most `bandwidth` bytes/s (0: unlimited).
     fn commit_active(&self, dom: &str, disk: &str, bandwidth: u64) -> HvResult<()>;
+    /// The block job running on the disk, if any, and its progress.
     fn block_job(&self, dom: &str, disk: &str) -> HvResult<Option<BlockJob>>;
     /// Finish a ready active commit: switch the disk to the base image.
     fn pivot(&self, dom: &str, disk: &str) -> HvResult<()>;

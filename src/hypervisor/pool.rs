@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex};
 
 type Opener = Box<dyn Fn(&str) -> HvResult<Arc<dyn Host>> + Send + Sync>;
 
+/// Connections by URI (see module docs).
 pub struct Pool {
     opener: Opener,
     open: Mutex<BTreeMap<String, Arc<dyn Host>>>,
 }
 
 impl Pool {
-    pub fn new(opener: Opener) -> Self {
+    /// A pool that opens connections with `opener`.
+    pub(crate) fn new(opener: Opener) -> Self {
         Self {
             opener,
             open: Mutex::new(BTreeMap::new()),
@@ -29,6 +31,7 @@ impl Pool {
         }))
     }
 
+    /// The connection to `uri`, opened now if it is not open yet.
     pub fn get(&self, uri: &str) -> HvResult<Arc<dyn Host>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = open.get(uri) {
@@ -39,7 +42,8 @@ impl Pool {
         Ok(h)
     }
 
-    pub fn get_all(&self, uris: &[String]) -> HvResult<Vec<Arc<dyn Host>>> {
+    /// A connection to each of `uris`, in their order.
+    pub(crate) fn get_all(&self, uris: &[String]) -> HvResult<Vec<Arc<dyn Host>>> {
         uris.iter().map(|u| self.get(u)).collect()
     }
 }

@@ -5,6 +5,7 @@
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+/// The exit code of a cgsnap process; the value is the code itself.
 pub enum ExitCode {
     /// Success.
     Ok = 0,
@@ -35,6 +36,7 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
+    /// The number the process exits with.
     pub fn code(self) -> u8 {
         self as u8
     }
@@ -42,6 +44,7 @@ impl ExitCode {
 
 /// Maps an error to its exit code.
 pub trait Classify {
+    /// The exit code a run that fails with this error ends with.
     fn exit_code(&self) -> ExitCode;
 }
 

@@ -29,13 +29,16 @@ use crate::model::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The manifest format this cgsnap writes (`format_version`).
 pub const FORMAT_VERSION: u32 = 2;
 /// Formats this cgsnap reads: 1 had release marks without a host (see [`Marked::Legacy`]).
 pub const READ_VERSIONS: [u32; 2] = [1, FORMAT_VERSION];
+/// The catalog directory when `--catalog` is not given.
 pub const DEFAULT_DIR: &str = "/var/lib/cgsnap";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Where a snapshot is in its life cycle (the table in the module docs).
 pub enum SnapState {
     /// Recorded before the freeze; overlays may or may not exist yet.
     Pending,
@@ -91,34 +94,46 @@ impl std::fmt::Display for SnapState {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// How long each phase of taking the snapshot lasted, for the whole group.
 pub struct Phases {
+    /// Milliseconds spent checking and planning the members, before any pause.
     pub preflight_ms: f64,
+    /// Milliseconds from the first pause call to the last pause returning.
     pub pause_ms: f64,
+    /// Milliseconds from the first snapshot call to the last one returning.
     pub snapshot_ms: f64,
+    /// Milliseconds from the first resume call to the last one returning.
     pub resume_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// One disk of a member, switched to an overlay by the snapshot.
 pub struct DiskRecord {
+    /// The disk's target in the domain (`vda`).
     pub target: String,
     /// The image the disk wrote to before the snapshot: frozen while the snapshot is held.
     pub image: String,
     /// The qcow2 overlay the disk writes to while the snapshot is held.
     pub overlay: String,
+    /// Format of `image` (`qcow2`, `raw`): the overlay's backing format.
     pub format: String,
+    /// Size of the disk as the guest sees it, in bytes.
     pub virtual_size: u64,
 }
 
 /// Who a member is: a domain name is unique on its host only.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MemberId {
+    /// The libvirt URI of the member's host.
     pub uri: String,
+    /// The domain's name on that host.
     pub domain: String,
 }
 
 impl MemberId {
-    pub fn new(uri: &str, domain: &str) -> Self {
+    /// The member `domain` on the host `uri`.
+    pub(crate) fn new(uri: &str, domain: &str) -> Self {
         Self {
             uri: uri.to_string(),
             domain: domain.to_string(),
@@ -136,13 +151,17 @@ impl std::fmt::Display for MemberId {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskMark {
+    /// The libvirt URI of the member's host.
     pub uri: String,
+    /// The member's domain name on that host.
     pub domain: String,
+    /// The disk's target (`vda`).
     pub target: String,
 }
 
 impl DiskMark {
-    pub fn new(member: &MemberId, target: &str) -> Self {
+    /// The disk `target` of `member`.
+    pub(crate) fn new(member: &MemberId, target: &str) -> Self {
         Self {
             uri: member.uri.clone(),
             domain: member.domain.clone(),
@@ -155,6 +174,7 @@ impl DiskMark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Marked {
+    /// A mark naming its disk exactly (format 2).
     Disk(DiskMark),
     /// A format 1 mark, `DOMAIN/TARGET`, whose domain name several members of the snapshot
     /// share (or none has): whose disk it was is unknown, so it marks nothing, and a release
@@ -164,34 +184,52 @@ pub enum Marked {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// One member of a snapshot: who it is, its timings, its definition and its disks.
 pub struct MemberRecord {
+    /// The domain's name on its host.
     pub domain: String,
+    /// The libvirt URI of its host.
     pub uri: String,
     /// Time this member was paused (its own pause call start to its resume call end).
     pub freeze_ms: Option<f64>,
+    /// Milliseconds its pause call took; `None` until it was paused.
     pub pause_ms: Option<f64>,
+    /// Milliseconds its snapshot call took; `None` until it was snapshotted.
     pub snapshot_ms: Option<f64>,
+    /// Milliseconds its resume call took; `None` until it was resumed.
     pub resume_ms: Option<f64>,
+    /// Its domain XML as it was before the snapshot (disks on their images).
     pub domain_xml: String,
+    /// Every disk the snapshot switched to an overlay.
     pub disks: Vec<DiskRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The record of one group snapshot, `CATALOG/snapshots/ID.json`: everything a release,
+/// a verification or a report needs, written before each step that depends on it.
 pub struct Manifest {
+    /// The format it was written in (see [`READ_VERSIONS`]).
     pub format_version: u32,
+    /// Unique in the catalog: the group's name and a sequence number.
     pub id: String,
+    /// The consistency group snapshotted.
     pub group: String,
     /// Changed only through [`Manifest::transition`].
     pub state: SnapState,
+    /// When the snapshot was started.
     pub created_at: DateTime<Utc>,
     /// Wall-clock instant at which every member was paused.
     pub consistency_point: Option<DateTime<Utc>>,
     /// First pause to last resume.
     pub freeze_window_ms: Option<f64>,
+    /// Duration of each phase of the snapshot.
     pub phases: Phases,
+    /// Every member of the group, in the order they are paused.
     pub members: Vec<MemberRecord>,
+    /// Why the snapshot failed, for states `aborted` and `failed`.
     pub error: Option<String>,
+    /// When the release finished (state `released`).
     pub released_at: Option<DateTime<Utc>>,
     /// Set only for the negative control `--unsafe-stagger`: NOT a consistent cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,6 +238,7 @@ pub struct Manifest {
     /// order (then the rest), `unsafe_disk_gap_ms` apart, nothing paused. NOT a consistent cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_disk_order: Option<Vec<String>>,
+    /// Milliseconds between two cuts of `unsafe_disk_order`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_disk_gap_ms: Option<u64>,
     /// The job that took the snapshot through `hook pre --token T`: `hook post --token T`
@@ -224,21 +263,30 @@ pub struct Manifest {
 /// (`reports/ID/report.json`, written by `verify`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct VerifyView {
+    /// `pass` or `fail`.
     pub verdict: String,
+    /// When the verification finished.
     pub finished_at: DateTime<Utc>,
+    /// Largest data loss, in seconds, the verification profile allowed (the RPO).
     pub rpo_seconds: f64,
+    /// What the verification found for each member.
     pub members: Vec<VerifyMemberView>,
 }
 
+/// One member of a verification report.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VerifyMemberView {
+    /// The member's domain name.
     pub domain: String,
+    /// Seconds from boot of the restored copy to its database ready (the RTO), when measured.
     pub recovery_seconds: Option<f64>,
+    /// Seconds between the consistency point and the newest recovered beacon, when found.
     pub data_loss_seconds: Option<f64>,
 }
 
 impl MemberRecord {
-    pub fn id(&self) -> MemberId {
+    /// Who this member is.
+    pub(crate) fn id(&self) -> MemberId {
         MemberId::new(&self.uri, &self.domain)
     }
 
@@ -342,8 +390,11 @@ impl Manifest {
     "snapshot {id}: state {from} cannot change to {to}; its manifest was left {from}: see `cgsnap show {id}` and report this"
 )]
 pub struct TransitionError {
+    /// The snapshot.
     pub id: String,
+    /// Its state, left unchanged.
     pub from: SnapState,
+    /// The state refused.
     pub to: SnapState,
 }
 

@@ -15,7 +15,7 @@ use preflight::PlannedMember;
 fn a_member_in_another_groups_unreleased_snapshot_is_refused() {
     let t = tempfile::tempdir().expect("tmp");
     let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
-    let hosts = crate::hypervisor::fake::db_in_groups(t.path(), &["a", "b"]);
+    let hosts = crate::group::db_in_groups(t.path(), &["a", "b"]);
     let popts = preflight::Options {
         id: "b-1",
         overlay_dir: None,
