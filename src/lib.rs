@@ -19,6 +19,9 @@
 //! 7. [`hook`]: the backup-scheduler contract; [`history`], [`metrics`]: the catalog rendered
 //!    for people (HTML) and for monitoring.
 
+#![deny(missing_docs)]
+#![warn(clippy::too_many_lines)]
+
 pub mod catalog;
 pub mod domxml;
 pub mod events;

@@ -9,16 +9,20 @@ use super::{BlockJob, DomState, DomainSummary, Host, HvError, HvErrorKind, HvRes
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
+/// One domain of a [`FakeHost`].
 #[derive(Debug, Clone)]
 pub struct FakeDomain {
+    /// Its run state.
     pub state: DomState,
     /// The definition (persistent config).
     pub xml: String,
     /// What the domain runs on when it differs from `xml` (started before a config change).
     pub live_xml: Option<String>,
+    /// The cgsnap group metadata element, if any.
     pub metadata: Option<String>,
     /// disk target -> overlay it was switched to by a snapshot.
     pub overlays: BTreeMap<String, String>,
+    /// disk target -> the block job running on it.
     pub jobs: BTreeMap<String, BlockJob>,
 }
 
@@ -31,9 +35,12 @@ pub fn one_disk(source: &str, extra: &str) -> String {
     )
 }
 
+/// A fake libvirt connection: its domains, injected failures and delays, and a call log.
 #[derive(Default)]
 pub struct FakeHost {
+    /// The URI it answers for.
     pub uri: String,
+    /// Domains by name.
     pub domains: Mutex<BTreeMap<String, FakeDomain>>,
     /// (operation, domain) pairs that fail.
     pub fail: Mutex<HashSet<(String, String)>>,
@@ -54,6 +61,7 @@ pub struct FakeHost {
 }
 
 impl FakeHost {
+    /// An empty host answering for `uri`.
     pub fn new(uri: &str) -> Self {
         Self {
             uri: uri.to_string(),
@@ -61,6 +69,7 @@ impl FakeHost {
         }
     }
 
+    /// Define a running domain `name` with definition `xml`.
     pub fn add(&self, name: &str, xml: &str) {
         self.lock_domains().insert(
             name.to_string(),
@@ -75,6 +84,7 @@ impl FakeHost {
         );
     }
 
+    /// Make operation `op` (e.g. `suspend`) on `dom` fail from now on.
     pub fn fail_on(&self, op: &str, dom: &str) {
         self.fail
             .lock()
@@ -82,6 +92,7 @@ impl FakeHost {
             .insert((op.to_string(), dom.to_string()));
     }
 
+    /// Make operation `op` on `dom` take `d` before it answers.
     pub fn slow_on(&self, op: &str, dom: &str, d: std::time::Duration) {
         self.slow
             .lock()
@@ -89,16 +100,19 @@ impl FakeHost {
             .insert((op.to_string(), dom.to_string()), d);
     }
 
+    /// Set `dom`'s run state, as something outside cgsnap would.
     pub fn set_state(&self, dom: &str, state: DomState) {
         if let Some(d) = self.lock_domains().get_mut(dom) {
             d.state = state;
         }
     }
 
+    /// Every call so far, as `op:domain`, in order.
     pub fn calls(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// `dom`'s run state, `None` when it does not exist.
     pub fn state_of(&self, dom: &str) -> Option<DomState> {
         self.lock_domains().get(dom).map(|d| d.state)
     }

@@ -10,18 +10,24 @@ use crate::model::exit::{Classify, ExitCode};
 /// Why a whole snapshot could not be released.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotReleaseError {
+    /// Reading or writing the catalog (manifest, lock) failed.
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// The manifest's state change is one its life cycle does not allow.
     #[error(transparent)]
     Transition(#[from] crate::catalog::TransitionError),
+    /// One or more members' releases failed; the first one is the source.
     #[error("snapshot {id}: {source}{}", also(more))]
     Member {
+        /// The snapshot's id.
         id: String,
+        /// The first member's failure.
         #[source]
         source: Box<ReleaseError>,
         /// The other members' failures, after the first.
         more: Vec<String>,
     },
+    /// A filesystem lacks room for what the commits would write into it; nothing was started.
     #[error(
         "snapshot {id}: no room to release: committing {} needs {} MiB more in {}, which has {} MiB free; free space there (or grow the filesystem) and run release again; until then the VMs keep writing to their overlays and nothing is lost",
         short.overlays.join(", "),
@@ -30,14 +36,22 @@ pub enum SnapshotReleaseError {
         short.free >> 20
     )]
     NoRoom {
+        /// The snapshot's id.
         id: String,
+        /// The filesystem and how much room it lacks.
         short: crate::release::room::Shortage,
     },
+    /// A format-1 manifest has release marks that match several members.
     #[error(
         "snapshot {id}: its manifest (written in format 1) has release marks without a host ({}), and several of its members have that domain name, so whose disk each was is unknown; nothing was released: in snapshots/{id}.json replace each by {{\"uri\": \"URI\", \"domain\": \"DOMAIN\", \"target\": \"TARGET\"}} of the member a release switched back (`virsh -c URI domblklist DOMAIN` shows which is on its image), then run release again",
         marks.join(", ")
     )]
-    UnresolvedMarks { id: String, marks: Vec<String> },
+    UnresolvedMarks {
+        /// The snapshot's id.
+        id: String,
+        /// The ambiguous marks, as the manifest has them.
+        marks: Vec<String>,
+    },
 }
 
 /// Further failures appended to the first one's line.

@@ -15,20 +15,35 @@ use std::process::Command;
 /// Why an overlay was not merged; each message is a one-line detail for the caller's.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
+    /// `qemu-img` could not be run.
     #[error("qemu-img: {0}")]
     Spawn(#[source] std::io::Error),
     /// `qemu-img` failed: its first line of stderr, and what it says.
     #[error("{detail}")]
     Failed {
+        /// The first line of `qemu-img`'s stderr.
         detail: String,
+        /// What that line says (e.g. an image lock held).
         failure: QemuFailure,
     },
+    /// `qemu-img info` printed JSON that could not be read.
     #[error("qemu-img info output: {0}")]
     InfoOutput(#[source] serde_json::Error),
+    /// The image the manifest recorded no longer exists.
     #[error("its image {image} is gone")]
-    ImageGone { image: String },
+    ImageGone {
+        /// Path of the missing image.
+        image: String,
+    },
+    /// The overlay's backing file is not the image the manifest recorded.
     #[error("its backing file is {backing}, not the snapshot's image {image}")]
-    OtherBacking { backing: String, image: String },
+    OtherBacking {
+        /// Path of the overlay's backing file.
+        backing: String,
+        /// Path of the image the manifest recorded.
+        image: String,
+    },
+    /// The overlay has no backing file at all.
     #[error("it has no backing file")]
     NoBacking,
 }

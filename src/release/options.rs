@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+/// How one release runs; the same for every member and disk.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// How long one disk's commit may go without progress towards ready ([`Progress`]).
+    /// How long one disk's commit may go without progress towards ready before it is cancelled
+    /// (see [`super::pivot`]).
     pub timeout: Duration,
+    /// Pause between two looks at a commit job's progress.
     pub poll: Duration,
     /// Copy rate limit of each commit in bytes/s (0: unlimited), to spare the storage.
     pub bandwidth: u64,

@@ -38,27 +38,52 @@ pub enum RemoteMergeError {
     /// libvirt did not start the helper: its message, and what QEMU's text in it says.
     #[error("{}", .error.message)]
     Start {
+        /// libvirt's error.
         error: HvError,
+        /// What QEMU's text in the message says (e.g. an image lock held).
         failure: QemuFailure,
     },
+    /// The helper domain's XML has no disk vda, after it started or after the commit.
     #[error("the helper domain {name} has no disk {TARGET} {when}")]
-    NoDisk { name: String, when: &'static str },
+    NoDisk {
+        /// Name of the helper domain.
+        name: String,
+        /// When the disk was looked for, e.g. "after it started".
+        when: &'static str,
+    },
+    /// The overlay's backing file is not the image the manifest recorded.
     #[error("its backing file is {backing}, not the snapshot's image {image}")]
-    OtherBacking { backing: String, image: String },
+    OtherBacking {
+        /// Path of the overlay's backing file.
+        backing: String,
+        /// Path of the image the manifest recorded.
+        image: String,
+    },
+    /// The overlay has no backing file at all.
     #[error("it has no backing file")]
     NoBacking,
+    /// The commit ended without switching the helper's disk to the image.
     #[error("the commit ended without switching to the image (the disk is on {on})")]
-    NotSwitched { on: String },
+    NotSwitched {
+        /// Path the helper's disk is on instead.
+        on: String,
+    },
+    /// The overlay was merged, but destroying the helper domain failed.
     #[error("merged, but the helper domain {name} did not stop: {source}")]
     HelperStayed {
+        /// Name of the helper domain.
         name: String,
+        /// libvirt's error from destroying it.
         #[source]
         source: HvError,
     },
+    /// A libvirt call on that host failed.
     #[error(transparent)]
     Hv(#[from] HvError),
+    /// The helper's domain XML could not be read.
     #[error(transparent)]
     Xml(#[from] domxml::XmlError),
+    /// The commit itself failed, as an online release's would.
     #[error(transparent)]
     Commit(Box<super::error::ReleaseError>),
 }

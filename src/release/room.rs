@@ -26,18 +26,29 @@ use std::process::Command;
 /// reports its own error).
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
+    /// `qemu-img map` could not be run.
     #[error("qemu-img map {path}: {source} (is qemu-img installed?)")]
     Spawn {
+        /// Path of the image being measured.
         path: String,
+        /// The error from starting `qemu-img`.
         #[source]
         source: std::io::Error,
     },
     /// `qemu-img map` failed: the first line of its stderr.
     #[error("qemu-img map {path}: {detail}")]
-    Failed { path: String, detail: String },
+    Failed {
+        /// Path of the image being measured.
+        path: String,
+        /// The first line of `qemu-img`'s stderr.
+        detail: String,
+    },
+    /// `qemu-img map` printed JSON that could not be read.
     #[error("qemu-img map {path}: unreadable output: {source}")]
     Output {
+        /// Path of the image being measured.
         path: String,
+        /// The JSON parser's error.
         #[source]
         source: serde_json::Error,
     },
@@ -50,7 +61,9 @@ pub struct Shortage {
     pub dir: PathBuf,
     /// Overlays whose data would be written there.
     pub overlays: Vec<String>,
+    /// Bytes the commits would write there, margin included ([`with_margin`]).
     pub need: u64,
+    /// Bytes free there for unprivileged writers ([`free_bytes`]).
     pub free: u64,
 }
 
