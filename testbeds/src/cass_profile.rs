@@ -4,7 +4,7 @@
 //! verifier holds each restored node to the loss bound of that mode and no looser one; members
 //! are listed in beacon write order (PostgreSQL first), which the cross-member order check uses.
 
-use crate::cass_bed::{Engine, State};
+use crate::cass_state::{Engine, State};
 use crate::cass_workload::{self, ACK_DB, BEACONS, EVENTS};
 use crate::cassandra::{self, SyncMode};
 use crate::pg_profile;

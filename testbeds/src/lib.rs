@@ -9,8 +9,9 @@
 //! - [`teardown`]: stopping a testbed's workload and removing its VMs;
 //! - [`postgres`], [`pair`], [`workload`], [`pg_profile`]: the PostgreSQL guests, pair testbed,
 //!   workload and the verification profile member of a PostgreSQL guest;
-//! - [`cassandra`], [`cql`], [`cass_workload`], [`cass_bed`], [`cass_profile`]: Cassandra guests
-//!   built from a user-supplied distribution, the CQL client, workload, testbeds and profile;
+//! - [`cassandra`], [`cql`], [`cass_workload`], [`cass_bed`], [`cass_state`], [`cass_profile`]:
+//!   Cassandra guests built from a user-supplied distribution, the CQL client, workload,
+//!   testbeds, their saved state and profile;
 //! - [`error`]: what bringing a testbed up or down failed on.
 
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@
 pub mod assets;
 pub mod cass_bed;
 pub mod cass_profile;
+pub mod cass_state;
 pub mod cass_workload;
 pub mod cass_yaml;
 pub mod cassandra;
