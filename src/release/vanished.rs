@@ -221,5 +221,5 @@ fn remote(
 mod tests;
 
 #[cfg(test)]
-#[path = "vanished_two_hosts.rs"]
+#[path = "vanished_two_hosts_tests.rs"]
 mod two_hosts;

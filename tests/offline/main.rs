@@ -20,4 +20,5 @@ mod hook_bareos;
 mod hook_prometheus;
 mod hook_schedulers;
 mod hook_scripts;
+mod layers;
 mod verify_guard;
