@@ -23,7 +23,7 @@
 //! - [`Point::Frozen`] is passed while every member is paused: anything slow there lengthens
 //!   the freeze window (which is what the fault injection wants).
 
-use crate::catalog::SnapState;
+use crate::model::manifest::SnapState;
 use std::fmt;
 
 /// Progress of a long-running step.

@@ -7,11 +7,11 @@
 //! Layers, lowest first; a module imports only from its own layer or from lower ones
 //! (`tests/offline/layers.rs` checks it, `docs/architecture.md` draws it):
 //! 1. [`model`]: manifest types and their state machine, exit codes, durations;
+//!    [`events`]: the Reporter and Probe interfaces (the library prints nothing itself);
 //! 2. [`hypervisor`]: the one boundary to libvirt (trait, adapter, connection pool, URI
 //!    locality, what QEMU's messages say; the fake for tests), with [`domxml`];
 //! 3. [`group`]: consistency groups stored in domain metadata, resolved live;
 //! 4. [`catalog`]: the store of manifests, its locks, retention and release ledger;
-//!    [`events`]: the Reporter and Probe interfaces (the library prints nothing itself);
 //! 5. [`release`]: committing overlays back (live, offline, vanished, remote members);
 //! 6. [`snapshot`]: preflight, the group cut protocol, its watchdog, rollback, the negative
 //!    controls and the tuning every snapshot-taking command shares (a failed cut rolls back
