@@ -213,7 +213,8 @@ fn run_config(
             ours[i].round(ctx, &hosts, cat, &ropts, report)?;
         }
 
-        let b = baseline::round(&uri, &members, &format!("baseline-{r}")).map_err(fail)?;
+        let b = baseline::round(&uri, &members, &format!("baseline-{r}"))
+            .map_err(|e| fail(e.to_string()))?;
         bwin.push(b.window_ms);
         bfreeze.extend(b.freeze_ms);
         for (dom, disks) in &b.overlays {
