@@ -5,7 +5,7 @@
 //! Invariant: the demo only touches domains and files it created (names `cgsnap-demo-*`,
 //! files under its own directory) and removes them at the end unless `--keep` is given.
 
-use cgsnap::catalog::Catalog;
+use cgsnap::catalog::{Catalog, Manifest};
 use cgsnap::events::Events;
 use cgsnap::exit::ExitCode;
 use cgsnap::exit::Failure;
@@ -17,6 +17,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `cgsnap demo`: the throwaway group's size and where its images go.
 #[derive(Args)]
 pub struct DemoArgs {
     /// Number of VMs in the demo group.
@@ -71,12 +72,54 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs, ev: Events) -> Result<(), Fa
         assets::cache_dir().display()
     );
     let assets = assets::ensure(&assets::cache_dir()).map_err(|e| fail(e.to_string()))?;
+    let guests = start_guests(&uri, a, &assets)?;
+    let hosts = ctx.hosts()?;
+    let names: Vec<String> = guests.iter().map(|g| g.name().to_string()).collect();
+    group::add(&hosts, "demo", &names)?;
+    println!("demo: group demo = {}", names.join(" "));
+
+    let tuning = tuning();
+    let opts = snap_options(&tuning, "demo", Duration::from_secs(120))?;
+    let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now(), ev)?;
+    println!(
+        "demo: snapshot {} taken, freeze window {:.1} ms (pause {:.1} ms, snapshot {:.1} ms, resume {:.1} ms)",
+        m.id,
+        m.freeze_window_ms.unwrap_or_default(),
+        m.phases.pause_ms,
+        m.phases.snapshot_ms,
+        m.phases.resume_ms
+    );
+    check_members(&m, &guests)?;
+    let rel = release::release_snapshot(&ctx.pool, &cat, &m.id, &Default::default(), report)?;
+    check_released(ctx, &rel)?;
+    println!(
+        "demo: released {}: every disk is back on its original image, overlays removed",
+        rel.id
+    );
+    if a.keep {
+        for g in guests {
+            g.keep();
+        }
+        println!("demo: VMs kept running as group demo");
+    } else {
+        group::remove(&hosts, "demo", &[])?;
+        drop(guests);
+        println!("demo: torn down");
+    }
+    Ok(())
+}
+
+/// Start the demo's guests and wait until each writes its records.
+fn start_guests(
+    uri: &str,
+    a: &DemoArgs,
+    assets: &assets::Assets,
+) -> Result<Vec<guest::Guest>, Failure> {
     let mut guests = Vec::new();
     for i in 1..=a.vms {
         let spec = guest::Spec::writer(&format!("cgsnap-demo-{i}"), a.disks);
-        guests.push(
-            guest::Guest::start(&uri, &a.dir, spec, &assets).map_err(|e| fail(e.to_string()))?,
-        );
+        guests
+            .push(guest::Guest::start(uri, &a.dir, spec, assets).map_err(|e| fail(e.to_string()))?);
     }
     for g in &guests {
         let t = g
@@ -89,12 +132,12 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs, ev: Events) -> Result<(), Fa
             t.as_secs_f64()
         );
     }
-    let hosts = ctx.hosts()?;
-    let names: Vec<String> = guests.iter().map(|g| g.name().to_string()).collect();
-    group::add(&hosts, "demo", &names)?;
-    println!("demo: group demo = {}", names.join(" "));
+    Ok(guests)
+}
 
-    let tuning = SnapTuning {
+/// The demo's snapshot settings: a 2 s freeze budget, no unsafe knobs.
+fn tuning() -> SnapTuning {
+    SnapTuning {
         freeze_budget: Duration::from_secs(2),
         overlay_dir: None,
         min_free: 64 << 20,
@@ -104,17 +147,11 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs, ev: Events) -> Result<(), Fa
         unsafe_disk_order: None,
         unsafe_disk_gap: 1000,
         resume: Default::default(),
-    };
-    let opts = snap_options(&tuning, "demo", Duration::from_secs(120))?;
-    let m = snapshot::take(&hosts, &cat, &opts, chrono::Utc::now(), ev)?;
-    println!(
-        "demo: snapshot {} taken, freeze window {:.1} ms (pause {:.1} ms, snapshot {:.1} ms, resume {:.1} ms)",
-        m.id,
-        m.freeze_window_ms.unwrap_or_default(),
-        m.phases.pause_ms,
-        m.phases.snapshot_ms,
-        m.phases.resume_ms
-    );
+    }
+}
+
+/// Each member's frozen images hold one instant, and its guest resumed writing.
+fn check_members(m: &Manifest, guests: &[guest::Guest]) -> Result<(), Failure> {
     for mem in &m.members {
         let g = guests
             .iter()
@@ -136,7 +173,11 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs, ev: Events) -> Result<(), Fa
             seqs.join(" ")
         );
     }
-    let rel = release::release_snapshot(&ctx.pool, &cat, &m.id, &Default::default(), report)?;
+    Ok(())
+}
+
+/// After the release every disk is back on its original image and the overlays are gone.
+fn check_released(ctx: &Ctx, rel: &Manifest) -> Result<(), Failure> {
     for mem in &rel.members {
         let host = ctx.pool.get(&mem.uri)?;
         let live = domxml::disks(&mem.domain, &host.xml(&mem.domain)?)?;
@@ -152,20 +193,6 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &DemoArgs, ev: Events) -> Result<(), Fa
                 )));
             }
         }
-    }
-    println!(
-        "demo: released {}: every disk is back on its original image, overlays removed",
-        rel.id
-    );
-    if a.keep {
-        for g in guests {
-            g.keep();
-        }
-        println!("demo: VMs kept running as group demo");
-    } else {
-        group::remove(&hosts, "demo", &[])?;
-        drop(guests);
-        println!("demo: torn down");
     }
     Ok(())
 }

@@ -7,6 +7,9 @@
 //! Invariant: this is the only package the command line reaches the testbeds through; the
 //! engine (`cgsnap`) never links them, nor their async runtime and database clients.
 
+#![deny(missing_docs)]
+#![warn(clippy::too_many_lines)]
+
 pub mod bench;
 pub mod demo;
 pub mod testbed;

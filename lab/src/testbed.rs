@@ -18,10 +18,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The `cgsnap testbed` subcommands.
 #[derive(Subcommand)]
 pub enum TestbedCmd {
     /// Boot the testbed, define its group, start its workload.
     Up {
+        #[allow(
+            missing_docs,
+            reason = "clap prints doc comments as help: documenting this would change `--help`"
+        )]
         #[arg(default_value = pair::NAME)]
         name: String,
         /// Loopback ports of the VMs' databases, in VM order (default postgres-pair
@@ -41,29 +46,51 @@ pub enum TestbedCmd {
     },
     /// Show the testbed's VMs and the workload's throughput so far.
     Status {
+        #[allow(
+            missing_docs,
+            reason = "clap prints doc comments as help: documenting this would change `--help`"
+        )]
         #[arg(default_value = pair::NAME)]
         name: String,
     },
     /// Stop the workload and remove the VMs, their images and the testbed state.
     Down {
+        #[allow(
+            missing_docs,
+            reason = "clap prints doc comments as help: documenting this would change `--help`"
+        )]
         #[arg(default_value = pair::NAME)]
         name: String,
     },
+    #[allow(
+        missing_docs,
+        reason = "clap prints doc comments as help: documenting this would change `--help`"
+    )]
     #[command(name = "__workload", hide = true)]
     Workload { name: String },
 }
 
+/// `--commitlog-sync`: the Cassandra commit log sync mode a testbed boots with.
+#[allow(
+    missing_docs,
+    reason = "clap prints doc comments as help: documenting this would change `--help`"
+)]
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum SyncArg {
     Batch,
     Periodic,
 }
 
+/// `cgsnap beacon`: where and how often to write beacons.
 #[derive(Args)]
 pub struct BeaconArgs {
     /// Member databases as NAME=CONNINFO, written in this order (repeatable).
     #[arg(long = "target", required = true)]
     pub targets: Vec<String>,
+    #[allow(
+        missing_docs,
+        reason = "clap prints doc comments as help: documenting this would change `--help`"
+    )]
     #[arg(long, default_value = "100ms", value_parser = cgsnap::duration::parse)]
     pub interval: Duration,
     /// Stop after this many rounds (default: run until killed).
@@ -215,6 +242,7 @@ fn spawn_workload(catalog: &Path, name: &str, sdir: &Path) -> Result<u32, Failur
     Ok(child.id())
 }
 
+/// Runs one `cgsnap testbed` subcommand.
 pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
     match cmd {
         TestbedCmd::Up {
@@ -223,107 +251,142 @@ pub fn run(ctx: &Ctx, catalog: &Path, cmd: &TestbedCmd) -> Result<(), Failure> {
             dir,
             commitlog_sync,
             commitlog_sync_period_ms,
-        } => {
-            known(name)?;
-            let ports = if ports.is_empty() {
-                default_ports(name)
-            } else {
-                ports.clone()
-            };
-            if cass_bed::is_cassandra_testbed(name) {
-                let sync = sync_mode(name, *commitlog_sync, *commitlog_sync_period_ms)?;
-                return cassandra_up(ctx, catalog, name, &ports, dir, sync);
-            }
-            let &[po, pp] = ports.as_slice() else {
-                return Err(fail(
-                    ExitCode::Usage,
-                    "--ports takes two ports: ORDERS,PAYMENTS",
-                ));
-            };
-            let sdir = state_dir(catalog, name);
-            let mut st = pair::up(&testbed_uri(ctx), &sdir, dir, (po, pp))
-                .map_err(|e| fail(ExitCode::Precondition, e))?;
-            let names: Vec<String> = st.vms.iter().map(|v| v.name.clone()).collect();
-            st.workload_pid = Some(group_and_workload(ctx, catalog, name, &names, &sdir)?);
-            pair::save(&sdir, &st).map_err(|e| fail(ExitCode::Internal, e))?;
-            for v in &st.vms {
-                println!(
-                    "testbed {name}: {} ({:?}) ready {:.1} s after boot; psql -h 127.0.0.1 -p {} -U postgres  (password cgsnap)",
-                    v.name, v.role, v.boot_to_ready_s, v.port
-                );
-            }
-            wait_for_workload(name, &sdir, pair::throughput)
-        }
+        } => up(
+            ctx,
+            catalog,
+            name,
+            ports,
+            dir,
+            (*commitlog_sync, *commitlog_sync_period_ms),
+        ),
         TestbedCmd::Status { name } if cass_bed::is_cassandra_testbed(name) => {
-            let sdir = state_dir(catalog, name);
-            let st = cass_bed::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
-            let vms = st.vms.iter().map(|v| {
-                (
-                    &v.name,
-                    format!("{:?}", v.engine),
-                    v.port,
-                    v.boot_to_ready_s,
-                )
-            });
-            print_status(vms, cass_bed::throughput(&sdir), st.workload_pid);
-            println!(
-                "Cassandra {}, commitlog_sync {}",
-                st.cassandra_version, st.sync
-            );
-            Ok(())
+            cassandra_status(catalog, name)
         }
-        TestbedCmd::Status { name } => {
-            known(name)?;
-            let sdir = state_dir(catalog, name);
-            let st = pair::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
-            let vms = st
-                .vms
-                .iter()
-                .map(|v| (&v.name, format!("{:?}", v.role), v.port, v.boot_to_ready_s));
-            print_status(vms, pair::throughput(&sdir), st.workload_pid);
-            Ok(())
-        }
-        TestbedCmd::Down { name } => {
-            known(name)?;
-            let sdir = state_dir(catalog, name);
-            let cass = cass_bed::is_cassandra_testbed(name);
-            let tp = if cass {
-                cass_bed::throughput(&sdir)
-            } else {
-                pair::throughput(&sdir)
-            };
-            let removed: Vec<String> = if cass {
-                let st = cass_bed::down(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
-                st.vms.into_iter().map(|v| v.name).collect()
-            } else {
-                let st = pair::down(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
-                st.vms.into_iter().map(|v| v.name).collect()
-            };
-            if let Some((n, tps)) = tp {
-                println!("testbed {name}: workload made {n} commits, {tps:.1} commits/s");
-            }
-            println!("testbed {name}: removed {}", removed.join(", "));
-            Ok(())
-        }
+        TestbedCmd::Status { name } => pair_status(catalog, name),
+        TestbedCmd::Down { name } => down(catalog, name),
         TestbedCmd::Workload { name } if cass_bed::is_cassandra_testbed(name) => {
-            cass_bed::run_workload(&state_dir(catalog, name))
-                .map_err(|e| fail(ExitCode::Internal, e))?;
-            Ok(())
+            cassandra_workload(catalog, name)
         }
-        TestbedCmd::Workload { name } => {
-            let sdir = state_dir(catalog, name);
-            let st = pair::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
-            let (Some(o), Some(p)) = (
-                st.conninfo(workload::Role::Orders),
-                st.conninfo(workload::Role::Payments),
-            ) else {
-                return Err(fail(ExitCode::Malformed, "testbed state lacks a VM"));
-            };
-            workload::run_pair(&o, &p, &pair::ack_log(&sdir), None)
-                .map_err(|e| fail(ExitCode::Internal, e))?;
-            Ok(())
-        }
+        TestbedCmd::Workload { name } => pair_workload(catalog, name),
     }
+}
+
+/// `testbed up`: a Cassandra testbed, or the PostgreSQL pair.
+fn up(
+    ctx: &Ctx,
+    catalog: &Path,
+    name: &str,
+    ports: &[u16],
+    dir: &Path,
+    (commitlog_sync, commitlog_sync_period_ms): (Option<SyncArg>, u64),
+) -> Result<(), Failure> {
+    known(name)?;
+    let ports = if ports.is_empty() {
+        default_ports(name)
+    } else {
+        ports.to_vec()
+    };
+    if cass_bed::is_cassandra_testbed(name) {
+        let sync = sync_mode(name, commitlog_sync, commitlog_sync_period_ms)?;
+        return cassandra_up(ctx, catalog, name, &ports, dir, sync);
+    }
+    let &[po, pp] = ports.as_slice() else {
+        return Err(fail(
+            ExitCode::Usage,
+            "--ports takes two ports: ORDERS,PAYMENTS",
+        ));
+    };
+    let sdir = state_dir(catalog, name);
+    let mut st = pair::up(&testbed_uri(ctx), &sdir, dir, (po, pp))
+        .map_err(|e| fail(ExitCode::Precondition, e))?;
+    let names: Vec<String> = st.vms.iter().map(|v| v.name.clone()).collect();
+    st.workload_pid = Some(group_and_workload(ctx, catalog, name, &names, &sdir)?);
+    pair::save(&sdir, &st).map_err(|e| fail(ExitCode::Internal, e))?;
+    for v in &st.vms {
+        println!(
+            "testbed {name}: {} ({:?}) ready {:.1} s after boot; psql -h 127.0.0.1 -p {} -U postgres  (password cgsnap)",
+            v.name, v.role, v.boot_to_ready_s, v.port
+        );
+    }
+    wait_for_workload(name, &sdir, pair::throughput)
+}
+
+/// `testbed status` of a Cassandra testbed.
+fn cassandra_status(catalog: &Path, name: &str) -> Result<(), Failure> {
+    let sdir = state_dir(catalog, name);
+    let st = cass_bed::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+    let vms = st.vms.iter().map(|v| {
+        (
+            &v.name,
+            format!("{:?}", v.engine),
+            v.port,
+            v.boot_to_ready_s,
+        )
+    });
+    print_status(vms, cass_bed::throughput(&sdir), st.workload_pid);
+    println!(
+        "Cassandra {}, commitlog_sync {}",
+        st.cassandra_version, st.sync
+    );
+    Ok(())
+}
+
+/// `testbed status` of the PostgreSQL pair.
+fn pair_status(catalog: &Path, name: &str) -> Result<(), Failure> {
+    known(name)?;
+    let sdir = state_dir(catalog, name);
+    let st = pair::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+    let vms = st
+        .vms
+        .iter()
+        .map(|v| (&v.name, format!("{:?}", v.role), v.port, v.boot_to_ready_s));
+    print_status(vms, pair::throughput(&sdir), st.workload_pid);
+    Ok(())
+}
+
+/// `testbed down`: stop the workload, remove the VMs and the state.
+fn down(catalog: &Path, name: &str) -> Result<(), Failure> {
+    known(name)?;
+    let sdir = state_dir(catalog, name);
+    let cass = cass_bed::is_cassandra_testbed(name);
+    let tp = if cass {
+        cass_bed::throughput(&sdir)
+    } else {
+        pair::throughput(&sdir)
+    };
+    let removed: Vec<String> = if cass {
+        let st = cass_bed::down(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+        st.vms.into_iter().map(|v| v.name).collect()
+    } else {
+        let st = pair::down(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+        st.vms.into_iter().map(|v| v.name).collect()
+    };
+    if let Some((n, tps)) = tp {
+        println!("testbed {name}: workload made {n} commits, {tps:.1} commits/s");
+    }
+    println!("testbed {name}: removed {}", removed.join(", "));
+    Ok(())
+}
+
+/// The detached workload of a Cassandra testbed.
+fn cassandra_workload(catalog: &Path, name: &str) -> Result<(), Failure> {
+    cass_bed::run_workload(&state_dir(catalog, name)).map_err(|e| fail(ExitCode::Internal, e))?;
+    Ok(())
+}
+
+/// The detached workload of the PostgreSQL pair.
+fn pair_workload(catalog: &Path, name: &str) -> Result<(), Failure> {
+    let sdir = state_dir(catalog, name);
+    let st = pair::load(&sdir).map_err(|e| fail(ExitCode::NotFound, e))?;
+    let (Some(o), Some(p)) = (
+        st.conninfo(workload::Role::Orders),
+        st.conninfo(workload::Role::Payments),
+    ) else {
+        return Err(fail(ExitCode::Malformed, "testbed state lacks a VM"));
+    };
+    workload::run_pair(&o, &p, &pair::ack_log(&sdir), None)
+        .map_err(|e| fail(ExitCode::Internal, e))?;
+    Ok(())
 }
 
 /// Testbed VMs live on the first `--connect` host (default qemu:///system).

@@ -8,6 +8,7 @@ use cgsnap::catalog::DiskRecord;
 use std::process::Command;
 use std::time::Instant;
 
+/// One baseline round's times and the overlays it left.
 pub struct Round {
     /// First suspend start to last resume end.
     pub window_ms: f64,
@@ -17,21 +18,36 @@ pub struct Round {
     pub overlays: Vec<(String, Vec<DiskRecord>)>,
 }
 
-fn virsh(uri: &str, args: &[&str]) -> Result<(), String> {
+/// Why a baseline `virsh` call failed; the text is what the benchmark reports.
+#[derive(Debug, thiserror::Error)]
+pub enum VirshError {
+    /// `virsh` could not be run.
+    #[error("virsh: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// `virsh` ran and failed.
+    #[error("virsh {args}: {stderr}")]
+    Failed {
+        /// Its arguments, space-separated.
+        args: String,
+        /// What it printed on stderr, trimmed.
+        stderr: String,
+    },
+}
+
+fn virsh(uri: &str, args: &[&str]) -> Result<(), VirshError> {
     let out = Command::new("virsh")
         .arg("-q")
         .args(["-c", uri])
         .args(args)
         .output()
-        .map_err(|e| format!("virsh: {e}"))?;
+        .map_err(VirshError::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "virsh {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(VirshError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -40,7 +56,7 @@ pub fn round(
     uri: &str,
     members: &[(String, Vec<(String, String)>)],
     tag: &str,
-) -> Result<Round, String> {
+) -> Result<Round, VirshError> {
     let t0 = Instant::now();
     let mut freeze_ms = Vec::new();
     let mut overlays = Vec::new();

@@ -8,12 +8,13 @@
 //! - Results are medians/p95/p99/max over rounds; nothing is extrapolated.
 
 mod baseline;
-pub mod compare;
-pub mod cpu;
+pub(crate) mod compare;
+pub(crate) mod cpu;
 mod ours;
 mod plot;
-pub mod results;
-pub mod stats;
+pub(crate) mod results;
+pub(crate) mod stats;
+mod table;
 
 use cgsnap::catalog::Catalog;
 use cgsnap::events::{Events, Reporter};
@@ -25,13 +26,14 @@ use cgsnap::snapshot::tuning::{SnapTuning, snap_options};
 use cgsnap::{group, release};
 use cgsnap_testbeds::{assets, guest};
 use clap::Args;
-pub use results::{Alternative, Config, Phases, Results, Row, WindowCpu};
+pub(crate) use results::{Alternative, Config, Phases, Results, Row, WindowCpu};
 use stats::Summary;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const GIB: u64 = 1 << 30;
 
+/// `cgsnap bench`: which sweep, how many rounds, where the results go.
 #[derive(Args)]
 pub struct BenchArgs {
     /// The full sweep (N up to 32, S up to 1 TiB, W 2 GiB at every S); default is reduced.
@@ -189,37 +191,11 @@ fn run_config(
         .first()
         .cloned()
         .unwrap_or_else(|| "qemu:///system".into());
-    let mut guests = Vec::new();
-    for i in 1..=c.vms {
-        let mut spec = guest::Spec::writer(&format!("cgsnap-bench-{i}"), c.disks);
-        spec.disk_size = c.disk_size;
-        spec.prefill = c.written;
-        let g = if a.persistent {
-            guest::Guest::start_persistent(&uri, &a.dir, spec, assets)
-        } else {
-            guest::Guest::start(&uri, &a.dir, spec, assets)
-        };
-        guests.push(g.map_err(|e| fail(e.to_string()))?);
-    }
-    for g in &guests {
-        g.wait_console("seq ", Duration::from_secs(300))
-            .map_err(|e| fail(e.to_string()))?;
-    }
+    let guests = start_guests(&uri, a, c, assets)?;
     let hosts = ctx.hosts()?;
     let names: Vec<String> = guests.iter().map(|g| g.name().to_string()).collect();
     group::add(&hosts, "bench", &names)?;
-    let tuning = SnapTuning {
-        freeze_budget: Duration::from_secs(10),
-        overlay_dir: None,
-        min_free: 0,
-        no_precreate: false,
-        shared_connection: a.shared_connection,
-        unsafe_stagger: None,
-        unsafe_disk_order: None,
-        unsafe_disk_gap: 1000,
-        // Set per policy by `ours::Ours::new`.
-        resume: Resume::default(),
-    };
+    let tuning = tuning(a);
     let mut ours = Vec::new();
     for &p in &a.resume {
         let opts = snap_options(&tuning, "bench", Duration::from_secs(120))?;
@@ -229,18 +205,7 @@ fn run_config(
         timeout: Duration::from_secs(120),
         ..Default::default()
     };
-    let members: Vec<(String, Vec<(String, String)>)> = guests
-        .iter()
-        .map(|g| {
-            let disks = g
-                .disks
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (guest::target(i), p.to_string_lossy().to_string()))
-                .collect();
-            (g.name().to_string(), disks)
-        })
-        .collect();
+    let members = members(&guests);
     let host = ctx.pool.get(&uri)?;
     let (mut bwin, mut bfreeze) = (vec![], vec![]);
     for r in 0..rounds {
@@ -248,7 +213,8 @@ fn run_config(
             ours[i].round(ctx, &hosts, cat, &ropts, report)?;
         }
 
-        let b = baseline::round(&uri, &members, &format!("baseline-{r}")).map_err(fail)?;
+        let b = baseline::round(&uri, &members, &format!("baseline-{r}"))
+            .map_err(|e| fail(e.to_string()))?;
         bwin.push(b.window_ms);
         bfreeze.extend(b.freeze_ms);
         for (dom, disks) in &b.overlays {
@@ -264,7 +230,71 @@ fn run_config(
     }
     group::remove(&hosts, "bench", &[])?;
     drop(guests);
-    let base = summary(&bwin)?;
+    row(c, &ours, &bwin, &bfreeze)
+}
+
+/// Start the configuration's guests and wait until each writes its records.
+fn start_guests(
+    uri: &str,
+    a: &BenchArgs,
+    c: Config,
+    assets: &assets::Assets,
+) -> Result<Vec<guest::Guest>, Failure> {
+    let mut guests = Vec::new();
+    for i in 1..=c.vms {
+        let mut spec = guest::Spec::writer(&format!("cgsnap-bench-{i}"), c.disks);
+        spec.disk_size = c.disk_size;
+        spec.prefill = c.written;
+        let g = if a.persistent {
+            guest::Guest::start_persistent(uri, &a.dir, spec, assets)
+        } else {
+            guest::Guest::start(uri, &a.dir, spec, assets)
+        };
+        guests.push(g.map_err(|e| fail(e.to_string()))?);
+    }
+    for g in &guests {
+        g.wait_console("seq ", Duration::from_secs(300))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(guests)
+}
+
+/// Our snapshot settings: a 10 s freeze budget, no unsafe knobs.
+fn tuning(a: &BenchArgs) -> SnapTuning {
+    SnapTuning {
+        freeze_budget: Duration::from_secs(10),
+        overlay_dir: None,
+        min_free: 0,
+        no_precreate: false,
+        shared_connection: a.shared_connection,
+        unsafe_stagger: None,
+        unsafe_disk_order: None,
+        unsafe_disk_gap: 1000,
+        // Set per policy by `ours::Ours::new`.
+        resume: Resume::default(),
+    }
+}
+
+/// Each guest with its disks (target, image), as the baseline snapshots them.
+fn members(guests: &[guest::Guest]) -> Vec<(String, Vec<(String, String)>)> {
+    guests
+        .iter()
+        .map(|g| {
+            let disks = g
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (guest::target(i), p.to_string_lossy().to_string()))
+                .collect();
+            (g.name().to_string(), disks)
+        })
+        .collect()
+}
+
+/// The configuration's row from the rounds' samples: ours (first policy), the alternatives,
+/// the baseline.
+fn row(c: Config, ours: &[ours::Ours], bwin: &[f64], bfreeze: &[f64]) -> Result<Row, Failure> {
+    let base = summary(bwin)?;
     let mut sums = ours
         .iter()
         .map(|o| Ok((o.resume, o.summaries(c.vms)?)))
@@ -290,41 +320,39 @@ fn run_config(
         ours_phases: first.phases,
         ours_window_cpu: first.window_cpu,
         baseline_window_ms: base,
-        baseline_member_freeze_ms: summary(&bfreeze)?,
+        baseline_member_freeze_ms: summary(bfreeze)?,
         alternatives,
     })
 }
 
-fn cpu_text(w: Option<&WindowCpu>) -> String {
-    w.map_or("-".to_string(), |w| {
-        format!(
-            "{:.1}, {:.0} %, {:.1} (guests {:.0})",
-            w.per_member_ms.median, w.busy_pct.median, w.bound_ms, w.guest_ms.median
-        )
-    })
-}
-
-/// `metric` at the largest over the smallest key `pick` selects, minus 1, in percent.
-fn invariance(
-    rows: &[Row],
-    pick: impl Fn(&Config) -> Option<u64>,
-    metric: impl Fn(&Row) -> f64,
-) -> Option<f64> {
-    let pts: Vec<(u64, f64)> = rows
-        .iter()
-        .filter_map(|r| pick(&r.config).map(|k| (k, metric(r))))
-        .collect();
-    let lo = pts.iter().min_by_key(|p| p.0)?;
-    let hi = pts.iter().max_by_key(|p| p.0)?;
-    (hi.0 != lo.0).then(|| (hi.1 / lo.1 - 1.0) * 100.0)
-}
-
-fn human(bytes: u64) -> String {
-    if bytes >= 1024 * GIB {
-        format!("{} TiB", bytes / (1024 * GIB))
+/// The configurations to run: `--only-vms` at the smallest disk size, else the sweep.
+fn configs(a: &BenchArgs) -> Vec<Config> {
+    if a.only_vms.is_empty() {
+        sweep(a.full, a.disks)
     } else {
-        format!("{} GiB", bytes / GIB)
+        a.only_vms
+            .iter()
+            .map(|&vms| Config {
+                vms,
+                disks: a.disks,
+                disk_size: GIB,
+                written: 0,
+            })
+            .collect()
     }
+}
+
+/// Write results.json and freeze-window.svg into `out`.
+fn write_results(out: &Path, results: &Results) -> Result<(), Failure> {
+    std::fs::create_dir_all(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    let json = serde_json::to_string_pretty(&results).map_err(|e| fail(e.to_string()))?;
+    let jp = out.join("results.json");
+    std::fs::write(&jp, json).map_err(|e| fail(format!("{}: {e}", jp.display())))?;
+    let sp = out.join("freeze-window.svg");
+    std::fs::write(&sp, plot::svg(&results.rows))
+        .map_err(|e| fail(format!("{}: {e}", sp.display())))?;
+    println!("wrote {} and {}", jp.display(), sp.display());
+    Ok(())
 }
 
 /// `cgsnap bench`; the engine's progress and notes go to `report`.
@@ -342,96 +370,14 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs, report: &dyn Reporter) -> R
         println!("bench: released snapshot {id}, left by an interrupted run");
     }
     let mut rows = Vec::new();
-    println!(
-        "{:>3} {:>3} {:>8} {:>7} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>6} | pause/snap/resume med ms | in window: hv cpu ms/member, busy %, bound ms (guest cpu ms)",
-        "N", "D", "size", "written", "med ms", "p95", "p99", "max", "base med", "base p99", "ratio"
-    );
-    let configs: Vec<Config> = if a.only_vms.is_empty() {
-        sweep(a.full, a.disks)
-    } else {
-        a.only_vms
-            .iter()
-            .map(|&vms| Config {
-                vms,
-                disks: a.disks,
-                disk_size: GIB,
-                written: 0,
-            })
-            .collect()
-    };
+    table::print_header();
+    let configs = configs(a);
     for c in configs {
         let r = run_config(ctx, a, &cat, &assets, c, a.rounds, report)?;
-        println!(
-            "{:>3} {:>3} {:>8} {:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>6.3} | {:.1}/{:.1}/{:.1} | {}",
-            c.vms,
-            c.disks,
-            human(c.disk_size),
-            human(c.written),
-            r.ours_window_ms.median,
-            r.ours_window_ms.p95,
-            r.ours_window_ms.p99,
-            r.ours_window_ms.max,
-            r.baseline_window_ms.median,
-            r.baseline_window_ms.p99,
-            r.ratio,
-            r.ours_phases.pause_ms.median,
-            r.ours_phases.snapshot_ms.median,
-            r.ours_phases.resume_ms.median,
-            cpu_text(r.ours_window_cpu.as_ref()),
-        );
-        for alt in &r.alternatives {
-            println!(
-                "    resume {:?} in the same rounds: med {:.1} p95 {:.1} max {:.1} ({:.2} x resume {:?}) | {:.1}/{:.1}/{:.1} | {}",
-                alt.resume,
-                alt.window_ms.median,
-                alt.window_ms.p95,
-                alt.window_ms.max,
-                alt.ratio_to_ours,
-                r.resume,
-                alt.phases.pause_ms.median,
-                alt.phases.snapshot_ms.median,
-                alt.phases.resume_ms.median,
-                cpu_text(alt.window_cpu.as_ref()),
-            );
-        }
+        table::print_row(c, &r);
         rows.push(r);
     }
-    let by_size = |c: &Config| {
-        (c.vms == 1 && c.written == 0 && c.disk_size != 4 * GIB).then_some(c.disk_size)
-    };
-    let by_usage = |c: &Config| (c.vms == 1 && c.disk_size == 4 * GIB).then_some(c.written);
-    let window = |r: &Row| r.ours_window_ms.median;
-    let ratio = |r: &Row| r.ratio;
-    let size_inv = invariance(&rows, by_size, window);
-    let usage_inv = invariance(&rows, by_usage, window);
-    let size_rel = invariance(&rows, by_size, ratio);
-    let usage_rel = invariance(&rows, by_usage, ratio);
-    if let Some(r8) = rows
-        .iter()
-        .find(|r| r.config.vms == 8 && r.config.written == 0)
-    {
-        println!(
-            "ratio ours/baseline at N=8: {:.3} (target <= 0.25)",
-            r8.ratio
-        );
-    }
-    let rel = |v: Option<f64>| {
-        v.map_or(String::new(), |v| {
-            format!("; {v:+.1}% relative to the baseline of the same rounds")
-        })
-    };
-    if let Some(v) = size_inv {
-        println!(
-            "freeze window, largest vs smallest disk size (N=1): {v:+.1}%{} (target within +-15%)",
-            rel(size_rel)
-        );
-    }
-    if let Some(v) = usage_inv {
-        println!(
-            "freeze window, 2 GiB written vs empty (N=1): {v:+.1}%{} (target within +-15%)",
-            rel(usage_rel)
-        );
-    }
+    let (size_inv, usage_inv, size_rel, usage_rel) = table::invariances(&rows);
     let results = Results {
         machine: machine(),
         persistent: a.persistent,
@@ -443,14 +389,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs, report: &dyn Reporter) -> R
         size_invariance_vs_baseline_pct: size_rel,
         usage_invariance_vs_baseline_pct: usage_rel,
     };
-    std::fs::create_dir_all(&a.out).map_err(|e| fail(format!("{}: {e}", a.out.display())))?;
-    let json = serde_json::to_string_pretty(&results).map_err(|e| fail(e.to_string()))?;
-    let jp = a.out.join("results.json");
-    std::fs::write(&jp, json).map_err(|e| fail(format!("{}: {e}", jp.display())))?;
-    let sp = a.out.join("freeze-window.svg");
-    std::fs::write(&sp, plot::svg(&results.rows))
-        .map_err(|e| fail(format!("{}: {e}", sp.display())))?;
-    println!("wrote {} and {}", jp.display(), sp.display());
+    write_results(&a.out, &results)?;
     if let Some(path) = &a.compare {
         print_comparison(path, &results)?;
     }

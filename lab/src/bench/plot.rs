@@ -47,6 +47,20 @@ pub fn svg(rows: &[Row]) -> String {
         out.push_str("</svg>");
         return out;
     }
+    let (lo, hi) = range(&sweep);
+    axes(&mut out, &sweep, lo, hi);
+    series(&mut out, &sweep, lo, hi);
+    out.push_str("</svg>");
+    out
+}
+
+/// Centre of the `i`-th of `n` columns.
+fn x_of(i: usize, n: usize) -> f64 {
+    L + (i as f64 + 0.5) * (W - L - R) / n as f64
+}
+
+/// The log scale's range: whole decades around the medians and p99s plotted.
+fn range(sweep: &[&Row]) -> (f64, f64) {
     let vals: Vec<f64> = sweep
         .iter()
         .flat_map(|r| {
@@ -66,9 +80,11 @@ pub fn svg(rows: &[Row]) -> String {
             .floor(),
     );
     let hi = 10f64.powf(vals.iter().cloned().fold(0.0, f64::max).log10().ceil());
-    let n = sweep.len();
-    let x_of = |i: usize| L + (i as f64 + 0.5) * (W - L - R) / n as f64;
-    // Axes, decades and labels.
+    (lo, hi)
+}
+
+/// Axes, decade lines with their labels, and the group size under each column.
+fn axes(out: &mut String, sweep: &[&Row], lo: f64, hi: f64) {
     let _ = write!(
         out,
         "<line x1='{L}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
@@ -97,7 +113,7 @@ pub fn svg(rows: &[Row]) -> String {
         let _ = write!(
             out,
             "<text x='{:.1}' y='{}' text-anchor='middle'>{} VM{}</text>",
-            x_of(i),
+            x_of(i, sweep.len()),
             H - B + 18.0,
             r.config.vms,
             if r.config.vms == 1 { "" } else { "s" }
@@ -110,36 +126,40 @@ pub fn svg(rows: &[Row]) -> String {
         H - 10.0,
         sweep[0].config.disks
     );
+}
+
+/// The four series (baseline and ours, median and p99) and the legend.
+fn series(out: &mut String, sweep: &[&Row], lo: f64, hi: f64) {
     let pts = |f: &dyn Fn(&Row) -> f64| -> Vec<(f64, f64)> {
         sweep
             .iter()
             .enumerate()
-            .map(|(i, r)| (x_of(i), y_of(f(r), lo, hi)))
+            .map(|(i, r)| (x_of(i, sweep.len()), y_of(f(r), lo, hi)))
             .collect()
     };
     line(
-        &mut out,
+        out,
         &pts(&|r| r.baseline_window_ms.median),
         "#c0392b",
         "",
         "baseline median",
     );
     line(
-        &mut out,
+        out,
         &pts(&|r| r.baseline_window_ms.p99),
         "#c0392b",
         "5,4",
         "baseline p99",
     );
     line(
-        &mut out,
+        out,
         &pts(&|r| r.ours_window_ms.median),
         "#1f6fb2",
         "",
         "cgsnap median",
     );
     line(
-        &mut out,
+        out,
         &pts(&|r| r.ours_window_ms.p99),
         "#1f6fb2",
         "5,4",
@@ -158,8 +178,6 @@ pub fn svg(rows: &[Row]) -> String {
         L + 218.0,
         T + 11.0
     );
-    out.push_str("</svg>");
-    out
 }
 
 #[cfg(test)]
