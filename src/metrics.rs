@@ -24,15 +24,6 @@ use std::path::{Path, PathBuf};
 /// Name of the metrics file in the metrics directory.
 pub(crate) const FILE_NAME: &str = "cgsnap.prom";
 
-const STATES: [SnapState; 6] = [
-    SnapState::Pending,
-    SnapState::Taken,
-    SnapState::Aborted,
-    SnapState::Failed,
-    SnapState::Releasing,
-    SnapState::Released,
-];
-
 /// Why the metrics file could not be refreshed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -195,7 +186,7 @@ impl Families {
 
     /// The snapshot and release families of group `g` (`ms` oldest first).
     fn add_snapshots(&mut self, g: &str, ms: &[&Manifest], real: &[&Manifest]) {
-        for s in STATES {
+        for s in SnapState::ALL {
             let n = ms.iter().filter(|m| m.state == s).count();
             self.by_state
                 .add(&[("group", g), ("state", &s.to_string())], n.to_string());
