@@ -35,9 +35,18 @@ pub enum MergeError {
         /// Path of the missing image.
         image: String,
     },
+    /// The overlay is not backed by the image the manifest recorded.
+    #[error(transparent)]
+    Backing(#[from] BackingMismatch),
+}
+
+/// An overlay whose backing file is not the snapshot's image: merging it would write into
+/// something else. Shared by the local merge and the merge on another host.
+#[derive(Debug, thiserror::Error)]
+pub enum BackingMismatch {
     /// The overlay's backing file is not the image the manifest recorded.
     #[error("its backing file is {backing}, not the snapshot's image {image}")]
-    OtherBacking {
+    Other {
         /// Path of the overlay's backing file.
         backing: String,
         /// Path of the image the manifest recorded.
@@ -45,7 +54,24 @@ pub enum MergeError {
     },
     /// The overlay has no backing file at all.
     #[error("it has no backing file")]
-    NoBacking,
+    Missing,
+}
+
+/// Whether the backing file `found` (as the overlay's header or libvirt names it) is the
+/// recorded `image`, compared by `same`.
+pub fn check_backing(
+    found: Option<&str>,
+    image: &str,
+    same: impl Fn(&str, &str) -> bool,
+) -> Result<(), BackingMismatch> {
+    match found {
+        Some(b) if same(b, image) => Ok(()),
+        Some(b) => Err(BackingMismatch::Other {
+            backing: b.to_string(),
+            image: image.to_string(),
+        }),
+        None => Err(BackingMismatch::Missing),
+    }
 }
 
 impl MergeError {
@@ -108,16 +134,7 @@ pub fn merge(d: &DiskRecord) -> Result<(), MergeError> {
             image: d.image.clone(),
         });
     }
-    match backing_of(&d.overlay)? {
-        Some(b) if same_file(&b, &d.image) => {}
-        Some(backing) => {
-            return Err(MergeError::OtherBacking {
-                backing,
-                image: d.image.clone(),
-            });
-        }
-        None => return Err(MergeError::NoBacking),
-    }
+    check_backing(backing_of(&d.overlay)?.as_deref(), &d.image, same_file)?;
     // -d: do not empty the overlay afterwards; the caller deletes it.
     let out = Command::new("qemu-img")
         .args(["commit", "-q", "-d", "-f", "qcow2", &d.overlay])

@@ -19,6 +19,7 @@
 //! - Nothing is deleted here: the caller removes the overlay (through a storage pool) once the
 //!   merge succeeded.
 
+use super::merge::{BackingMismatch, check_backing};
 use super::options::Options;
 use super::pivot;
 use crate::catalog::DiskRecord;
@@ -51,17 +52,9 @@ pub enum RemoteMergeError {
         /// When the disk was looked for, e.g. "after it started".
         when: &'static str,
     },
-    /// The overlay's backing file is not the image the manifest recorded.
-    #[error("its backing file is {backing}, not the snapshot's image {image}")]
-    OtherBacking {
-        /// Path of the overlay's backing file.
-        backing: String,
-        /// Path of the image the manifest recorded.
-        image: String,
-    },
-    /// The overlay has no backing file at all.
-    #[error("it has no backing file")]
-    NoBacking,
+    /// The overlay is not backed by the image the manifest recorded.
+    #[error(transparent)]
+    Backing(#[from] BackingMismatch),
     /// The commit ended without switching the helper's disk to the image.
     #[error("the commit ended without switching to the image (the disk is on {on})")]
     NotSwitched {
@@ -185,16 +178,11 @@ fn commit(
             })
     };
     let disk = on("after it started")?;
-    match disk.backing.first() {
-        Some(b) if *b == d.image => {}
-        Some(b) => {
-            return Err(RemoteMergeError::OtherBacking {
-                backing: b.clone(),
-                image: d.image.clone(),
-            });
-        }
-        None => return Err(RemoteMergeError::NoBacking),
-    }
+    check_backing(
+        disk.backing.first().map(String::as_str),
+        &d.image,
+        |a, b| a == b,
+    )?;
     let helper_disk = DiskRecord {
         target: TARGET.to_string(),
         ..d.clone()
@@ -292,7 +280,10 @@ mod tests {
         let d = disk();
         let host = far_host(&d, "/far/other.qcow2");
         let e = merge(&host, "db", &d, &Options::default(), &NoReport).expect_err("wrong backing");
-        assert!(matches!(e, RemoteMergeError::OtherBacking { .. }), "{e}");
+        assert!(
+            matches!(e, RemoteMergeError::Backing(BackingMismatch::Other { .. })),
+            "{e}"
+        );
         let e = e.to_string();
         assert!(e.contains("its backing file is /far/other.qcow2"), "{e}");
         let calls = host.calls();
