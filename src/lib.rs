@@ -16,8 +16,10 @@
 //! 6. [`snapshot`]: preflight, the group cut protocol, its watchdog, rollback, the negative
 //!    controls and the tuning every snapshot-taking command shares (a failed cut rolls back
 //!    through release, hence above it);
-//! 7. [`hook`]: the backup-scheduler contract; [`history`], [`metrics`]: the catalog rendered
-//!    for people (HTML) and for monitoring.
+//! 7. [`report`]: the catalog and the groups' DR policies rendered for people (compliance
+//!    status, trends, HTML and JSON);
+//! 8. [`hook`]: the backup-scheduler contract; [`metrics`]: the catalog rendered for
+//!    monitoring, compliance included.
 
 #![deny(missing_docs)]
 #![warn(clippy::too_many_lines)]
@@ -26,12 +28,12 @@ pub mod catalog;
 pub mod domxml;
 pub mod events;
 pub mod group;
-pub mod history;
 pub mod hook;
 pub mod hypervisor;
 pub mod metrics;
 pub mod model;
 pub mod release;
+pub mod report;
 pub mod snapshot;
 
 pub use model::{duration, exit};

@@ -75,8 +75,16 @@ pub enum Cmd {
     Demo(cgsnap_lab::demo::DemoArgs),
     /// Restore a held snapshot into a sandbox and verify the databases recovered.
     Verify(crate::verify_cmd::VerifyArgs),
-    /// The history of snapshots and verifications (table, JSON, and CATALOG/reports/index.html).
+    /// DR compliance per group: status against its policy, newest verified restore point,
+    /// counts, trends and failures (text or JSON, and CATALOG/reports/index.html).
     Report {
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Period of the counts, trends and failures (the status looks at every snapshot).
+        #[arg(long, default_value = "30d", value_parser = duration::parse)]
+        since: Duration,
+        /// Print the report as JSON (schema cgsnap.report/1, docs/report.md).
         #[arg(long)]
         json: bool,
     },

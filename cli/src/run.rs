@@ -41,7 +41,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Said::Coordinator(l) => println!("{l}"),
             Said::Log(l) => eprintln!("{l}"),
         })),
-        Cmd::Group { cmd } => crate::group_cmd::run(&ctx, cmd),
+        Cmd::Group { cmd } => crate::group_cmd::run(&ctx, &cli.catalog, cmd),
         Cmd::Snapshot(a) => crate::snap_cmd::snapshot(&ctx, &open_catalog()?, a, ev),
         Cmd::Check(a) => crate::check::run(&ctx.hosts()?, &open_catalog()?, a),
         Cmd::Release(a) => crate::snap_cmd::release(&ctx, &open_catalog()?, a, ev),
@@ -67,7 +67,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Demo(a) => cgsnap_lab::demo::run(&ctx, &cli.catalog, a, ev),
         Cmd::Bench(a) => cgsnap_lab::bench::run(&ctx, &cli.catalog, a, &Stderr),
-        Cmd::Report { json } => crate::report_cmd::run(&open_catalog()?, *json),
+        Cmd::Report { group, since, json } => {
+            let a = crate::report_cmd::ReportArgs {
+                group: group.as_deref(),
+                since: *since,
+                json: *json,
+            };
+            crate::report_cmd::run(&open_catalog()?, &a)
+        }
         Cmd::Prune(a) => crate::catalog_cmd::prune(&open_catalog()?, a),
         Cmd::Metrics => crate::catalog_cmd::metrics(&open_catalog()?, &metrics_dir(&cli)),
         Cmd::Verify(a) => crate::verify_cmd::run(&cli.catalog, &cli.connect, a),
@@ -105,7 +112,14 @@ pub fn main() -> u8 {
     let cli = Cli::parse();
     let metrics_after = matches!(
         cli.cmd,
-        Cmd::Snapshot(_) | Cmd::Release(_) | Cmd::Hook { .. } | Cmd::Verify(_) | Cmd::Prune(_)
+        Cmd::Snapshot(_)
+            | Cmd::Release(_)
+            | Cmd::Hook { .. }
+            | Cmd::Verify(_)
+            | Cmd::Prune(_)
+            | Cmd::Group {
+                cmd: crate::group_cmd::GroupCmd::Policy(_)
+            }
     )
     .then(|| (cli.catalog.clone(), metrics_dir(&cli)));
     // Commands that create throwaway VMs remove them when interrupted (exit 128 + signal).

@@ -13,6 +13,7 @@
 
 pub mod ledger;
 pub mod lock;
+pub mod policy;
 pub mod prune;
 
 pub use crate::model::manifest::*;

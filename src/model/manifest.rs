@@ -271,6 +271,41 @@ pub struct VerifyView {
     pub rpo_seconds: f64,
     /// What the verification found for each member.
     pub members: Vec<VerifyMemberView>,
+    /// Checks across members (beacon order, profile).
+    #[serde(default)]
+    pub cross_checks: Vec<CheckView>,
+}
+
+/// One check of a verification report.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckView {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// The numbers or the error it was judged on.
+    #[serde(default)]
+    pub evidence: String,
+}
+
+impl VerifyView {
+    /// The first failed check as one line (`DOMAIN: CHECK: EVIDENCE`), if any failed.
+    pub fn first_error(&self) -> Option<String> {
+        let member = self.members.iter().find_map(|m| {
+            let c = m.checks.iter().find(|c| !c.ok)?;
+            Some(format!("{}: {}: {}", m.domain, c.name, c.evidence))
+        });
+        let line = member.or_else(|| {
+            let c = self.cross_checks.iter().find(|c| !c.ok)?;
+            Some(format!("{}: {}", c.name, c.evidence))
+        })?;
+        Some(line.lines().next().unwrap_or_default().to_string())
+    }
+
+    /// The largest value of `f` over the members that measured it.
+    pub fn max_of(&self, f: impl Fn(&VerifyMemberView) -> Option<f64>) -> Option<f64> {
+        self.members.iter().filter_map(f).reduce(f64::max)
+    }
 }
 
 /// One member of a verification report.
@@ -282,6 +317,9 @@ pub struct VerifyMemberView {
     pub recovery_seconds: Option<f64>,
     /// Seconds between the consistency point and the newest recovered beacon, when found.
     pub data_loss_seconds: Option<f64>,
+    /// Every check of the member, in the order made.
+    #[serde(default)]
+    pub checks: Vec<CheckView>,
 }
 
 impl MemberRecord {

@@ -6,7 +6,10 @@
 //!   snapshot plus a verification report writes a file that `promtool check metrics` accepts,
 //!   and that holds every metric the rules use;
 //! - a real node_exporter's textfile collector serves that file on 127.0.0.1 without a scrape
-//!   error, with the values the catalog implies.
+//!   error, with the values the catalog implies;
+//! - the DR policy alert fires, in promtool, on the series `cgsnap metrics` rendered from a
+//!   catalog with policies: for a group whose restore point aged past its policy and for one
+//!   that never had one, never for a group without a policy.
 
 use cgsnap::catalog::{Catalog, Manifest, MemberRecord, SnapState};
 use chrono::{DateTime, Utc};
@@ -47,7 +50,7 @@ fn alert_rules_load_and_pass_their_unit_tests() {
                 .current_dir(RULES)
                 .args(["check", "rules", "cgsnap-alerts.yml"]),
         );
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let out = run_ok(tool("promtool").current_dir(RULES).args([
         "test",
         "rules",
@@ -97,6 +100,13 @@ fn catalog(dir: &Path) -> Catalog {
                          "data_loss_seconds": 0.4, "checks": []}],
         })
     };
+    let h = |n: u64| Some(Duration::from_secs(n * 3600));
+    let policy = cgsnap::catalog::policy::Change {
+        max_restore_point_age: h(26),
+        rpo: h(1),
+        rto: h(1),
+    };
+    cgsnap::catalog::policy::set(&cat, "pg", &policy).expect("policy");
     for (id, r) in [
         ("pg-1", report("pass", 1_700_001_000)),
         ("pg-3", report("fail", 1_700_091_000)),
@@ -298,4 +308,90 @@ fn unwritable_metrics_dir_warns_but_never_fails_a_hook() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("nightly"), "{err}");
+}
+
+/// `name{labels} value` lines of an exposition, without comments.
+fn samples(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_policy_alert_fires_on_rendered_metrics() {
+    use cgsnap::catalog::policy::{self, Change};
+    let t = tempfile::tempdir().expect("tempdir");
+    let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+    let hour = Change {
+        max_restore_point_age: Some(Duration::from_secs(3600)),
+        rpo: Some(Duration::from_secs(60)),
+        rto: Some(Duration::from_secs(600)),
+    };
+    // Times near 0: promtool's clock starts at 0 s.
+    for (group, verdict, policy_set) in [
+        ("ok", "pass", true),
+        ("never", "fail", true),
+        ("free", "pass", false),
+    ] {
+        let mut m = manifest(&format!("{group}-1"), SnapState::Released, 0);
+        m.group = group.to_string();
+        m.consistency_point = Some(at(60));
+        cat.write(&m).expect("write");
+        let d = cat.report_dir(&m.id);
+        std::fs::create_dir_all(&d).expect("dir");
+        let r = serde_json::json!({"verdict": verdict, "finished_at": at(120), "rpo_seconds": 5.0,
+            "members": [{"domain": "orders", "recovery_seconds": 9.0, "data_loss_seconds": 0.4}]});
+        std::fs::write(d.join("report.json"), r.to_string()).expect("report");
+        if policy_set {
+            policy::set(&cat, group, &hour).expect("policy");
+        }
+    }
+    let text = cgsnap_metrics(&t.path().join("cat"), &t.path().join("metrics"));
+    let mut yaml = format!(
+        "rule_files:\n  - {RULES}/cgsnap-alerts.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n"
+    );
+    for (series, value) in samples(&text) {
+        yaml.push_str(&format!(
+            "      - series: '{series}'\n        values: '{value}x300'\n"
+        ));
+    }
+    let alert = |g: &str| {
+        format!(
+            "          - exp_labels: {{severity: critical, group: {g}}}\n            exp_annotations:\n              \
+             summary: \"group {g} has no verified restore point within its DR policy\"\n              \
+             description: \"Snapshot, back up and verify the group (`cgsnap verify`); `cgsnap report --group {g}` says what its newest restore point is and why it is out of policy.\"\n"
+        )
+    };
+    yaml.push_str("    alert_rule_test:\n");
+    yaml.push_str("      - eval_time: 30m\n        alertname: CgsnapNoVerifiedRestorePointWithinPolicy\n        exp_alerts:\n");
+    yaml.push_str(&alert("never"));
+    yaml.push_str("      - eval_time: 2h\n        alertname: CgsnapNoVerifiedRestorePointWithinPolicy\n        exp_alerts:\n");
+    yaml.push_str(&alert("never"));
+    yaml.push_str(&alert("ok"));
+    let file = t.path().join("rendered.test.yml");
+    std::fs::write(&file, &yaml).expect("test file");
+    let out = tool("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}\n{yaml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And it is not vacuous: expecting no alert at 2 h fails.
+    let wrong = yaml.replace(&alert("ok"), "");
+    std::fs::write(&file, wrong).expect("test file");
+    let out = tool("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(!out.status.success(), "promtool must see the missing alert");
 }

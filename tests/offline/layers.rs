@@ -311,7 +311,8 @@ const ENGINE_LAYERS: &[&[&str]] = &[
     &["catalog"],
     &["release"],
     &["snapshot"],
-    &["hook", "history", "metrics"],
+    &["report"],
+    &["hook", "metrics"],
 ];
 
 fn layer_of(top: &str) -> Option<usize> {

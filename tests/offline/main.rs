@@ -21,4 +21,5 @@ mod hook_prometheus;
 mod hook_schedulers;
 mod hook_scripts;
 mod layers;
+mod report_page;
 mod verify_guard;

@@ -143,17 +143,36 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
     );
     let caught = caught + split_caught;
 
-    // The history lists every verification with its verdict.
-    let hist: serde_json::Value = serde_json::from_slice(
+    // The DR report of these real runs: every snapshot listed, negative controls marked and
+    // counted as caught, never a restore point; the group complies with a policy its
+    // measured recovery and loss meet.
+    lab.cgsnap()
+        .args([
+            "group",
+            "policy",
+            pair::NAME,
+            "--max-age",
+            "1h",
+            "--rpo",
+            "30s",
+            "--rto",
+            "10m",
+        ])
+        .assert()
+        .success();
+    let rep: serde_json::Value = serde_json::from_slice(
         &lab.cgsnap()
-            .args(["report", "--json"])
+            .args(["report", "--json", "--group", pair::NAME])
             .assert()
             .success()
             .get_output()
             .stdout,
     )
-    .expect("history json");
-    let rows = hist.as_array().expect("rows");
+    .expect("report json");
+    assert_eq!(rep["schema"], "cgsnap.report/1");
+    let grp = &rep["groups"][0];
+    println!("report: {} - {}", grp["status"], grp["reason"]);
+    let rows = grp["snapshots"].as_array().expect("rows");
     assert_eq!(rows.len(), n + k + d);
     assert_eq!(
         rows.iter().filter(|r| r["verdict"] == "pass").count(),
@@ -165,11 +184,41 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
             .count(),
         d
     );
-    assert!(
+    assert_eq!(
         rows.iter()
             .filter(|r| r["unsafe_stagger_ms"] == 1000)
-            .count()
-            == k
+            .count(),
+        k
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["negative_control"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("NOT CONSISTENT (negative control)")))
+            .count(),
+        k + d
+    );
+    assert_eq!(grp["counts"]["negative_controls"], k + d);
+    assert_eq!(grp["counts"]["negative_controls_caught"], caught);
+    assert_eq!(grp["counts"]["verifications_passed"], n);
+    assert_eq!(grp["status"], "compliant", "{}", grp["reasons"]);
+    let point = grp["newest_restore_point"]["snapshot_id"]
+        .as_str()
+        .expect("restore point");
+    let consistent: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["negative_control"].is_null())
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(
+        Some(&point),
+        consistent.last(),
+        "the newest consistent pass"
+    );
+    assert_eq!(
+        grp["trends"]["freeze_window_ms"].as_array().map(Vec::len),
+        Some(n),
+        "negative controls are not freeze windows"
     );
 
     // Monitoring: the newest *real* verification passed, although the newest verification
@@ -184,6 +233,18 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
             "cgsnap_snapshots{{group=\"{g}\",state=\"released\"}}"
         )),
         Some((n + k + d) as f64)
+    );
+    assert_eq!(
+        lab.metric(&format!(
+            "cgsnap_group_compliance{{group=\"{g}\",status=\"compliant\"}}"
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        lab.metric(&format!(
+            "cgsnap_negative_controls{{group=\"{g}\",outcome=\"caught\"}}"
+        )),
+        Some(caught as f64)
     );
     for dom in ["cgsnap-orders", "cgsnap-payments"] {
         let loss = lab

@@ -10,10 +10,14 @@
 //! - Negative-control snapshots (`--unsafe-*`) are counted in the per-state gauges (their
 //!   overlays are held like any other) but never as a backup's success, freeze or verification.
 //! - Ages are left to Prometheus (`time() - ..._timestamp_seconds`): the file stays true between
-//!   runs without a timer re-rendering it.
+//!   runs without a timer re-rendering it. The compliance status and restore-point age
+//!   ([`compliance`]) are as of the render, beside the timestamps and policy an alert uses.
+
+mod compliance;
 
 use crate::catalog::{Catalog, CatalogError, Manifest, SnapState, VerifyView};
 use crate::model::exit::{Classify, ExitCode};
+use crate::report::{GroupReport, ReportError};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +34,9 @@ pub enum MetricsError {
     /// The catalog could not be opened or read.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The compliance report (policies) could not be made.
+    #[error(transparent)]
+    Report(#[from] ReportError),
     /// The metrics directory, its lock or its file could not be written.
     #[error("metrics file {path}: {source} (check --metrics-dir / CGSNAP_METRICS_DIR)")]
     Io {
@@ -45,6 +52,7 @@ impl Classify for MetricsError {
     fn exit_code(&self) -> ExitCode {
         match self {
             MetricsError::Catalog(e) => e.exit_code(),
+            MetricsError::Report(e) => e.exit_code(),
             MetricsError::Io { .. } => ExitCode::Internal,
         }
     }
@@ -273,8 +281,13 @@ impl Families {
 }
 
 /// The exposition text for every group in `manifests` (oldest first, as `Catalog::list`);
-/// `reports` maps a snapshot ID to its verification report.
-pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) -> String {
+/// `reports` maps a snapshot ID to its verification report; `groups` is the compliance
+/// report of the catalog.
+pub fn render(
+    manifests: &[Manifest],
+    reports: &BTreeMap<String, VerifyView>,
+    compliance: &[GroupReport],
+) -> String {
     let mut groups: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
     for m in manifests {
         groups.entry(m.group.as_str()).or_default().push(m);
@@ -291,8 +304,17 @@ pub fn render(manifests: &[Manifest], reports: &BTreeMap<String, VerifyView>) ->
         let verified: Vec<&VerifyView> = real.iter().filter_map(|m| reports.get(&m.id)).collect();
         f.add_verifications(g, &verified);
     }
-    f.write()
+    let mut c = compliance::Compliance::new();
+    compliance.iter().for_each(|g| c.add(g));
+    let mut o = f.write();
+    for fam in c.families() {
+        fam.write(&mut o);
+    }
+    o
 }
+
+/// How far back the negative-control counts of the metrics reach.
+const CONTROL_PERIOD_DAYS: i64 = 30;
 
 /// Re-render `dir/cgsnap.prom` from the catalog; returns its path and text.
 pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsError> {
@@ -313,7 +335,10 @@ pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsEr
         return Err(io(&lock_path)(std::io::Error::last_os_error()));
     }
     let manifests = cat.list()?;
-    let text = render(&manifests, &cat.verifications(&manifests));
+    let now = Utc::now();
+    let since = now - chrono::Duration::days(CONTROL_PERIOD_DAYS);
+    let report = crate::report::build(cat, None, since, now)?;
+    let text = render(&manifests, &cat.verifications(&manifests), &report.groups);
     let path = dir.join(FILE_NAME);
     // The collector reads only `*.prom`: the temporary name must not end so.
     let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
@@ -324,5 +349,4 @@ pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsEr
 }
 
 #[cfg(test)]
-#[path = "metrics_tests.rs"]
 mod tests;

@@ -35,7 +35,7 @@ fn held_snapshot_failed_attempt_and_last_success() {
         manifest("b-1", "b", SnapState::Released, 1500),
         manifest("b-2", "b", SnapState::Aborted, 2500),
     ];
-    let t = render(&ms, &BTreeMap::new());
+    let t = render(&ms, &BTreeMap::new(), &[]);
     assert_eq!(
         line(&t, "cgsnap_snapshots{group=\"a\",state=\"taken\"}"),
         Some("1")
@@ -113,9 +113,10 @@ fn negative_controls_hold_overlays_but_are_no_backup() {
             finished_at: at(2100),
             rpo_seconds: 5.0,
             members: vec![],
+            cross_checks: vec![],
         },
     );
-    let t = render(&ms, &reports);
+    let t = render(&ms, &reports, &[]);
     assert_eq!(
         line(
             &t,
@@ -145,12 +146,14 @@ fn newest_verification_and_newest_pass() {
             domain: "orders".into(),
             recovery_seconds: Some(12.5),
             data_loss_seconds: Some(0.25),
+            checks: vec![],
         }],
+        cross_checks: vec![],
     };
     let mut reports = BTreeMap::new();
     reports.insert("a-1".to_string(), view("pass", 1100));
     reports.insert("a-2".to_string(), view("fail", 2100));
-    let t = render(&ms, &reports);
+    let t = render(&ms, &reports, &[]);
     assert_eq!(line(&t, "cgsnap_verify_last_pass{group=\"a\"}"), Some("0"));
     assert_eq!(
         line(&t, "cgsnap_verify_last_pass_timestamp_seconds{group=\"a\"}"),
@@ -190,4 +193,81 @@ fn refresh_writes_the_file_atomically_from_the_catalog() {
     fs::remove_file(cat.dir().join("snapshots/g-1.json")).expect("rm");
     let (_, text) = refresh(&cat, &dir).expect("refresh");
     assert!(text.is_empty(), "{text}");
+}
+
+#[test]
+fn compliance_families_from_a_report() {
+    use crate::catalog::policy::{self, Change};
+    let d = tempfile::tempdir().expect("tempdir");
+    let cat = Catalog::open(d.path()).expect("catalog");
+    let h = |n: u64| Some(std::time::Duration::from_secs(n * 3600));
+    let p = Change {
+        max_restore_point_age: h(2),
+        rpo: h(1),
+        rto: h(1),
+    };
+    policy::set(&cat, "a", &p).expect("policy");
+    let m = manifest("a-1", "a", SnapState::Released, 1000);
+    cat.write(&m).expect("write");
+    let mut c = manifest("a-2", "a", SnapState::Released, 1500);
+    c.unsafe_stagger_ms = Some(500);
+    cat.write(&c).expect("write");
+    for (id, verdict) in [("a-1", "pass"), ("a-2", "fail")] {
+        let dir = cat.report_dir(id);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let r = serde_json::json!({"verdict": verdict, "finished_at": at(1100), "rpo_seconds": 5.0,
+            "members": [{"domain": "db", "recovery_seconds": 9.0, "data_loss_seconds": 0.5}]});
+        std::fs::write(dir.join("report.json"), r.to_string()).expect("report");
+    }
+    let now = at(1001 + 3 * 3600);
+    let r = crate::report::build(&cat, None, at(0), now).expect("report");
+    let ms = cat.list().expect("list");
+    let t = render(&ms, &cat.verifications(&ms), &r.groups);
+    let g = "{group=\"a\"";
+    assert_eq!(
+        line(
+            &t,
+            &format!("cgsnap_group_compliance{g},status=\"violated\"}}")
+        ),
+        Some("1")
+    );
+    assert_eq!(
+        line(
+            &t,
+            &format!("cgsnap_group_compliance{g},status=\"compliant\"}}")
+        ),
+        Some("0")
+    );
+    assert_eq!(
+        line(
+            &t,
+            &format!("cgsnap_group_restore_point_timestamp_seconds{g}}}")
+        ),
+        Some("1001.000")
+    );
+    assert_eq!(
+        line(&t, &format!("cgsnap_group_restore_point_age_seconds{g}}}")),
+        Some("10800.000")
+    );
+    assert_eq!(
+        line(
+            &t,
+            &format!("cgsnap_group_policy_max_restore_point_age_seconds{g}}}")
+        ),
+        Some("7200")
+    );
+    assert_eq!(
+        line(
+            &t,
+            &format!("cgsnap_negative_controls{g},outcome=\"caught\"}}")
+        ),
+        Some("1")
+    );
+    assert_eq!(
+        line(
+            &t,
+            &format!("cgsnap_negative_controls{g},outcome=\"missed\"}}")
+        ),
+        Some("0")
+    );
 }
