@@ -11,6 +11,8 @@ for b in qemu-system-x86_64 virsh libvirtd busybox cpio pkg-config debootstrap m
   command -v "$b" >/dev/null || need=1
 done
 [ -e /usr/include/libvirt/libvirt.h ] || need=1
+# The report test validates `cgsnap report --json` against docs/report.schema.json with it.
+/usr/bin/python3 -c 'import jsonschema' 2>/dev/null || need=1
 if [ "$need" = 1 ]; then
   $SUDO apt-get update -qq
   # qemu-utils must match qemu-system-x86 (a newer backported qemu-utils breaks its install):
@@ -19,7 +21,7 @@ if [ "$need" = 1 ]; then
   $SUDO apt-get install -y -qq --allow-downgrades \
     qemu-system-x86 "qemu-utils=$v" "qemu-block-extra=$v" \
     libvirt-daemon-system libvirt-dev busybox-static cpio pkg-config \
-    debootstrap e2fsprogs postgresql-client chromium borgbackup borgmatic restic >/dev/null
+    debootstrap e2fsprogs postgresql-client chromium borgbackup borgmatic restic python3-jsonschema >/dev/null
 else
   # The guest kernel is fetched with apt-get download: package lists must exist.
   ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || $SUDO apt-get update -qq
