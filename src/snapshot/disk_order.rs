@@ -86,16 +86,24 @@ pub fn plan(
     Ok(by_stage)
 }
 
-/// Run the stages, `gap` apart. See the module docs for what is (not) guaranteed.
+/// Run the stages that cut something, `gap` apart. See the module docs for what is (not)
+/// guaranteed.
 pub fn run(members: &[Staged], env: &Env, gap: Duration) -> Outcome {
     let mut outs: Vec<MemberOutcome> = members.iter().map(|_| MemberOutcome::default()).collect();
     let mut errors: Vec<Option<HvError>> = members.iter().map(|_| None).collect();
     let n = members.iter().map(|m| m.stages.len()).max().unwrap_or(0);
+    // A stage no member has a disk in (the rest, when the order lists every disk) is no cut:
+    // no gap is spent waiting for it.
+    let cuts = (0..n).filter(|&s| {
+        members
+            .iter()
+            .any(|m| matches!(m.stages.get(s), Some(Some(_))))
+    });
     let t0 = Instant::now();
     let mut failed = false;
     let mut gaps = 0u64;
-    for stage in 0..n {
-        if stage > 0 {
+    for (k, stage) in cuts.enumerate() {
+        if k > 0 {
             std::thread::sleep(gap);
             gaps += 1;
         }
