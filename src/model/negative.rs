@@ -117,9 +117,9 @@ mod tests {
     fn stagger() -> NegativeControl {
         NegativeControl {
             kind: ControlKind::UnsafeStagger,
-            span_ms: Some(2210.4),
+            span_ms: Some(2210.25),
             deliberate_gap_ms: 2000,
-            max_member_freeze_ms: Some(104.2),
+            max_member_freeze_ms: Some(104.25),
         }
     }
 
