@@ -14,7 +14,9 @@
 //!   only, unsafe while another job of the group may be running.
 //! - `post` is safe without a `pre`, when called twice, and after a failed `pre` of its own job
 //!   (it then finishes the rollback): with nothing to release it prints so and exits 0.
-//! - Each prints exactly one summary line on stdout; errors and notes go to stderr.
+//! - Each prints exactly one summary line on stdout; errors and notes go to stderr. The line of
+//!   a `pre` that took a negative control (`--unsafe-stagger`, `--unsafe-disk-order`) names
+//!   no freeze window and ends with its `NOT CONSISTENT (negative control)` line.
 //! - A token is 1 to [`MAX_TOKEN`] printable ASCII characters without spaces; an empty or
 //!   malformed one is a usage error, never a silent fallback to "release everything".
 
@@ -78,18 +80,31 @@ pub fn pre(
     ev: Events,
 ) -> Result<String, SnapshotError> {
     let m = snapshot::take(hosts, cat, opts, now, ev)?;
+    Ok(pre_line(&m))
+}
+
+/// The summary line of `pre`. A negative control has no freeze window; its line ends with the
+/// NOT CONSISTENT line instead, after the part scripts read the snapshot's ID from.
+fn pre_line(m: &crate::catalog::Manifest) -> String {
     let disks: usize = m.members.iter().map(|x| x.disks.len()).sum();
-    Ok(format!(
-        "cgsnap: snapshot {} of group {} taken: {} members, {} disks, freeze window {:.1} ms, consistency point {}",
+    let cp = m
+        .consistency_point
+        .map(|c| c.to_rfc3339())
+        .unwrap_or_default();
+    let head = format!(
+        "cgsnap: snapshot {} of group {} taken: {} members, {} disks",
         m.id,
         m.group,
         m.members.len(),
-        disks,
-        m.freeze_window_ms.unwrap_or_default(),
-        m.consistency_point
-            .map(|c| c.to_rfc3339())
-            .unwrap_or_default()
-    ))
+        disks
+    );
+    match m.negative_control_line() {
+        Some(line) => format!("{head}, consistency point {cp}; {line}"),
+        None => format!(
+            "{head}, freeze window {:.1} ms, consistency point {cp}",
+            m.freeze_window_ms.unwrap_or_default()
+        ),
+    }
 }
 
 /// Release the group's outstanding snapshots of this job (all without a token); returns the
@@ -287,6 +302,32 @@ mod tests {
             hosts[0].state_rechecked("db").expect("state"),
             crate::hypervisor::DomState::Running
         );
+    }
+
+    #[test]
+    fn pre_marks_a_negative_control_and_gives_it_no_freeze_window() {
+        let mut m = Manifest::new("g-1", "g", SnapState::Taken, Utc::now());
+        m.freeze_window_ms = Some(12.5);
+        let real = pre_line(&m);
+        assert!(
+            real.starts_with(
+                "cgsnap: snapshot g-1 of group g taken: 0 members, 0 disks, freeze window 12.5 ms"
+            ),
+            "{real}"
+        );
+        assert!(!real.contains("NOT CONSISTENT"), "{real}");
+        m.freeze_window_ms = None;
+        m.unsafe_stagger_ms = Some(1000);
+        let control = pre_line(&m);
+        assert!(
+            control.starts_with("cgsnap: snapshot g-1 of group g taken: "),
+            "scripts still find the ID: {control}"
+        );
+        assert!(
+            control.contains("; NOT CONSISTENT (negative control): members cut 1000 ms apart"),
+            "{control}"
+        );
+        assert!(!control.contains("freeze window"), "{control}");
     }
 
     #[test]

@@ -36,22 +36,41 @@ pub fn list(cat: &Catalog, group: Option<&str>, as_json: bool) -> Result<(), Fai
         println!("{}", Failure::json(&all)?);
         return Ok(());
     }
-    println!(
-        "{:<40} {:<16} {:<10} {:>10} {:>7} {:>10}",
+    for line in table(&all) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The `list` table. A negative control ends its row with `NOT CONSISTENT` and shows no freeze
+/// window (`-`, also for older manifests that recorded one); other rows end with OVERLAYS, so
+/// their shape is what it always was.
+fn table(all: &[Manifest]) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<40} {:<16} {:<10} {:>10} {:>7} {:>10} NOTE",
         "ID", "GROUP", "STATE", "FREEZE_MS", "MEMBERS", "OVERLAYS"
-    );
-    for m in &all {
-        println!(
-            "{:<40} {:<16} {:<10} {:>10.1} {:>7} {:>10}",
+    )];
+    for m in all {
+        let control = m.is_negative_control();
+        let freeze = match m.freeze_window_ms {
+            Some(w) if !control => format!("{w:.1}"),
+            _ => "-".into(),
+        };
+        let mut row = format!(
+            "{:<40} {:<16} {:<10} {:>10} {:>7} {:>10}",
             m.id,
             m.group,
             m.state.to_string(),
-            m.freeze_window_ms.unwrap_or_default(),
+            freeze,
             m.members.len(),
             overlay_use(m)
         );
+        if control {
+            row.push_str(" NOT CONSISTENT");
+        }
+        out.push(row);
     }
-    Ok(())
+    out
 }
 
 /// Space the overlays of a held snapshot take on this host (they grow with every guest
@@ -119,4 +138,31 @@ pub fn metrics(cat: &Catalog, dir: &Path) -> Result<(), Failure> {
     print!("{text}");
     eprintln!("cgsnap: wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cgsnap::catalog::SnapState;
+
+    #[test]
+    fn list_marks_negative_controls_and_shows_them_no_freeze_window() {
+        let mut real = Manifest::new("g-1", "g", SnapState::Released, chrono::Utc::now());
+        real.freeze_window_ms = Some(41.0);
+        let mut old_control = real.clone();
+        old_control.id = "g-2".into();
+        old_control.freeze_window_ms = Some(2210.0);
+        old_control.unsafe_stagger_ms = Some(1000);
+        let t = table(&[real, old_control]);
+        assert!(t[0].ends_with(" OVERLAYS NOTE"), "{t:?}");
+        assert!(t[1].starts_with("g-1 ") && t[1].contains(" 41.0 ") && t[1].ends_with(" -"));
+        assert!(
+            t[2].starts_with("g-2 ") && t[2].ends_with(" - NOT CONSISTENT"),
+            "{t:?}"
+        );
+        assert!(
+            !t[2].contains("2210"),
+            "no freeze window for a control: {t:?}"
+        );
+    }
 }

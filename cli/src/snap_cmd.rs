@@ -81,28 +81,87 @@ pub fn hook(ctx: &Ctx, cat: &Catalog, h: HookCall, ev: Events) -> Result<(), Fai
 }
 
 fn print_manifest_summary(m: &Manifest) {
-    println!(
-        "snapshot {} of group {}: {} (freeze window {:.1} ms, consistency point {})",
-        m.id,
-        m.group,
-        m.state,
-        m.freeze_window_ms.unwrap_or_default(),
-        m.consistency_point
-            .map(|c| c.to_rfc3339())
-            .unwrap_or_else(|| "-".into())
-    );
+    for line in manifest_summary(m) {
+        println!("{line}");
+    }
+}
+
+/// What `snapshot` prints. A negative control's first line is its NOT CONSISTENT line, and it
+/// names no freeze window: its members were never frozen together.
+fn manifest_summary(m: &Manifest) -> Vec<String> {
+    let cp = m
+        .consistency_point
+        .map(|c| c.to_rfc3339())
+        .unwrap_or_else(|| "-".into());
+    let head = format!("snapshot {} of group {}: {}", m.id, m.group, m.state);
+    let mut out = match m.negative_control_line() {
+        Some(line) => vec![line, format!("{head} (consistency point {cp}, nominal)")],
+        None => vec![format!(
+            "{head} (freeze window {:.1} ms, consistency point {cp})",
+            m.freeze_window_ms.unwrap_or_default()
+        )],
+    };
     for mem in &m.members {
-        println!(
-            "  {} ({}) freeze {:.1} ms",
-            mem.domain,
-            mem.uri,
-            mem.freeze_ms.unwrap_or_default()
-        );
+        let freeze = match mem.freeze_ms {
+            Some(f) => format!("freeze {f:.1} ms"),
+            None => "not paused".into(),
+        };
+        out.push(format!("  {} ({}) {freeze}", mem.domain, mem.uri));
         for d in &mem.disks {
-            println!(
+            out.push(format!(
                 "    {}: frozen {} -> overlay {}",
                 d.target, d.image, d.overlay
-            );
+            ));
         }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cgsnap::catalog::{MemberRecord, NegativeControl, SnapState};
+
+    fn taken() -> Manifest {
+        let mut m = Manifest::new("g-1", "g", SnapState::Taken, chrono::Utc::now());
+        m.freeze_window_ms = Some(41.0);
+        m.members.push(MemberRecord {
+            freeze_ms: Some(40.0),
+            ..MemberRecord::new("db", "qemu:///system", String::new(), vec![])
+        });
+        m
+    }
+
+    #[test]
+    fn a_real_snapshot_names_its_freeze_window() {
+        let out = manifest_summary(&taken());
+        assert!(out[0].starts_with("snapshot g-1 of group g: taken (freeze window 41.0 ms"));
+        assert!(!out.join("\n").contains("NOT CONSISTENT"), "{out:?}");
+    }
+
+    #[test]
+    fn a_negative_control_says_so_first_and_names_no_freeze_window() {
+        let mut m = taken();
+        m.freeze_window_ms = None;
+        m.unsafe_stagger_ms = Some(1000);
+        m.negative_control = Some(NegativeControl {
+            kind: cgsnap::catalog::ControlKind::UnsafeStagger,
+            span_ms: Some(1150.0),
+            deliberate_gap_ms: 1000,
+            max_member_freeze_ms: Some(40.0),
+        });
+        let out = manifest_summary(&m);
+        assert_eq!(
+            out[0],
+            "NOT CONSISTENT (negative control): members cut 1000 ms apart; span 1150 ms = per-member freezes (max 40 ms) + deliberate gaps 1000 ms; never a restore point"
+        );
+        assert!(!out.join("\n").contains("freeze window"), "{out:?}");
+        assert_eq!(out[2], "  db (qemu:///system) freeze 40.0 ms");
+        // An old manifest of a control, which still has the window it once reported.
+        m.negative_control = None;
+        m.freeze_window_ms = Some(1150.0);
+        let out = manifest_summary(&m);
+        assert!(out[0].starts_with("NOT CONSISTENT (negative control)"));
+        assert!(!out.join("\n").contains("freeze window"), "{out:?}");
     }
 }

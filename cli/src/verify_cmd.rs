@@ -10,6 +10,9 @@
 //! - Verifying copies (`--images DIR`), the frozen images are not read and no lock is taken:
 //!   a long verification of a restored backup must not make the backup job's release fail
 //!   as busy.
+//! - A negative control is verified like any snapshot; its report, HTML and output say
+//!   `NOT CONSISTENT (negative control)` first, in the words of the engine's manifest (the
+//!   tests check cgsnap-verify's view gives the same line).
 //! - The sandbox directory's filesystem keeps `--min-free` bytes free (checked before any
 //!   sandbox starts and watched while they run, `cgsnap_verify::space`); falling short is
 //!   could-not-run (12), never a verdict.
@@ -177,6 +180,9 @@ pub fn run(catalog: &Path, connect: &[String], a: &VerifyArgs) -> Result<(), Fai
     if a.json {
         println!("{json}");
     } else {
+        if let Some(line) = &r.negative_control {
+            println!("{line}");
+        }
         println!(
             "verify {} of group {}: {}",
             r.snapshot_id,
@@ -212,8 +218,13 @@ pub fn run(catalog: &Path, connect: &[String], a: &VerifyArgs) -> Result<(), Fai
         Err(fail(
             ExitCode::VerifyFailed,
             format!(
-                "verification of {id} found {} violation(s); see {}",
+                "verification of {id} found {} violation(s){}; see {}",
                 r.violations().len(),
+                if r.negative_control.is_some() {
+                    " (a negative control: the deliberate violation was caught)"
+                } else {
+                    ""
+                },
                 html.display()
             ),
         ))
@@ -234,6 +245,46 @@ mod tests {
     fn err(r: Result<Option<String>, Failure>) -> (ExitCode, String) {
         let e = r.expect_err("refused");
         (e.code, e.msg)
+    }
+
+    /// The view verify reads of a manifest, made as `run` makes it.
+    fn view(m: &cgsnap::catalog::Manifest) -> ManifestView {
+        serde_json::to_value(m)
+            .and_then(serde_json::from_value)
+            .expect("view")
+    }
+
+    #[test]
+    fn verify_words_a_negative_control_as_the_engine_does() {
+        use cgsnap::catalog::{ControlKind, Manifest, NegativeControl, SnapState};
+        let real = Manifest::new("g-1", "g", SnapState::Taken, chrono::Utc::now());
+        assert_eq!(view(&real).negative_control_line(), None);
+        let mut stagger = real.clone();
+        stagger.unsafe_stagger_ms = Some(1000);
+        let mut disks = real.clone();
+        disks.unsafe_disk_order = Some(vec!["vdc".into(), "vdb".into()]);
+        disks.unsafe_disk_gap_ms = Some(1000);
+        let mut cases = vec![stagger.clone(), disks.clone()];
+        stagger.negative_control = Some(NegativeControl {
+            kind: ControlKind::UnsafeStagger,
+            span_ms: Some(2210.4),
+            deliberate_gap_ms: 2000,
+            max_member_freeze_ms: Some(104.0),
+        });
+        disks.negative_control = Some(NegativeControl {
+            kind: ControlKind::UnsafeDiskOrder,
+            span_ms: Some(2012.0),
+            deliberate_gap_ms: 2000,
+            max_member_freeze_ms: None,
+        });
+        cases.extend([stagger, disks]);
+        for m in &cases {
+            let line = m.negative_control_line().expect("a control");
+            assert_eq!(
+                view(m).negative_control_line().as_deref(),
+                Some(line.as_str())
+            );
+        }
     }
 
     #[test]

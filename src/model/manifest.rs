@@ -26,6 +26,7 @@
 //!   `aborted` and `released` are final: nothing of the snapshot is left to change.
 
 use crate::model::exit::{Classify, ExitCode};
+pub use crate::model::negative::{ControlKind, NegativeControl};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -221,7 +222,8 @@ pub struct Manifest {
     pub created_at: DateTime<Utc>,
     /// Wall-clock instant at which every member was paused.
     pub consistency_point: Option<DateTime<Utc>>,
-    /// First pause to last resume.
+    /// First pause to last resume: how long the group was frozen together. `None` for a
+    /// negative control, which never was (see [`Manifest::negative_control`]).
     pub freeze_window_ms: Option<f64>,
     /// Duration of each phase of the snapshot.
     pub phases: Phases,
@@ -231,6 +233,10 @@ pub struct Manifest {
     pub error: Option<String>,
     /// When the release finished (state `released`).
     pub released_at: Option<DateTime<Utc>>,
+    /// Set only for a negative control: what it did (older manifests have only the
+    /// `unsafe_*` fields). See [`crate::model::negative`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_control: Option<NegativeControl>,
     /// Set only for the negative control `--unsafe-stagger`: NOT a consistent cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_stagger_ms: Option<u64>,
@@ -347,7 +353,21 @@ impl Manifest {
     /// Taken with `--unsafe-stagger` or `--unsafe-disk-order`: a test of verifiers, never a
     /// consistent cut, so never a backup or DR evidence.
     pub fn is_negative_control(&self) -> bool {
-        self.unsafe_stagger_ms.is_some() || self.unsafe_disk_order.is_some()
+        self.negative_control.is_some()
+            || self.unsafe_stagger_ms.is_some()
+            || self.unsafe_disk_order.is_some()
+    }
+
+    /// The one line that names a negative control wherever it is shown, starting with
+    /// [`crate::model::negative::MARK`]; `None` for a real snapshot. Older manifests give it
+    /// from their `unsafe_*` fields, without the numbers they did not record.
+    pub fn negative_control_line(&self) -> Option<String> {
+        crate::model::negative::line(&crate::model::negative::LineParts {
+            marker: self.negative_control.as_ref(),
+            stagger_ms: self.unsafe_stagger_ms,
+            disk_order: self.unsafe_disk_order.as_deref(),
+            disk_gap_ms: self.unsafe_disk_gap_ms,
+        })
     }
 
     /// Format 1 marks whose member is unknown (see [`Marked::Legacy`]), each once.
@@ -411,6 +431,7 @@ impl Manifest {
             members: vec![],
             error: None,
             released_at: None,
+            negative_control: None,
             unsafe_stagger_ms: None,
             unsafe_disk_order: None,
             unsafe_disk_gap_ms: None,

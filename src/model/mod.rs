@@ -4,3 +4,4 @@
 pub mod duration;
 pub mod exit;
 pub mod manifest;
+pub mod negative;

@@ -33,21 +33,6 @@ fn taken(m: &Manifest) -> bool {
     )
 }
 
-/// The display line of a negative control.
-pub(super) fn control_line(m: &Manifest) -> Option<String> {
-    if let Some(g) = m.unsafe_stagger_ms {
-        return Some(format!(
-            "NOT CONSISTENT (negative control): members cut {g} ms apart"
-        ));
-    }
-    m.unsafe_disk_order.as_ref().map(|o| {
-        format!(
-            "NOT CONSISTENT (negative control): disks cut one by one in the order {}",
-            o.join(",")
-        )
-    })
-}
-
 impl Input<'_> {
     fn report_of(&self, id: &str) -> PathBuf {
         self.reports.join(id).join("report.html")
@@ -211,8 +196,9 @@ impl Input<'_> {
                     group: m.group.clone(),
                     state: m.state.to_string(),
                     created_at: m.created_at.to_rfc3339(),
-                    freeze_window_ms: m.freeze_window_ms,
-                    negative_control: control_line(m),
+                    // Old control manifests recorded their span here: not a freeze window.
+                    freeze_window_ms: m.freeze_window_ms.filter(|_| !m.is_negative_control()),
+                    negative_control: m.negative_control_line(),
                     unsafe_stagger_ms: m.unsafe_stagger_ms,
                     unsafe_disk_order: m.unsafe_disk_order.clone(),
                     verdict: v.map(|v| v.verdict.clone()),

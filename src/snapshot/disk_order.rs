@@ -12,12 +12,15 @@
 //!   stage), because libvirt would otherwise give unlisted disks a default external snapshot;
 //! - after a failed stage no further stage runs; the caller rolls back what was cut;
 //! - the consistency point reported is the instant the last disk was cut: the moment the
-//!   image set became complete, which is what a backup taken from it would be assumed to show.
+//!   image set became complete, which is what a backup taken from it would be assumed to show;
+//! - there is no freeze window (`freeze_window_ms` is `None`) and no member freeze: nothing
+//!   was paused. The [`NegativeControl`] marker records the span and the gaps instead.
 
 use crate::catalog::{Catalog, Manifest, Phases, SnapState};
 use crate::domxml;
 use crate::events::Events;
 use crate::hypervisor::HvError;
+use crate::model::negative::{ControlKind, NegativeControl};
 use crate::snapshot::preflight::PlannedMember;
 use crate::snapshot::protocol::{Env, MemberOutcome, Outcome, ms};
 use crate::snapshot::{Options, SnapshotError};
@@ -83,16 +86,26 @@ pub fn plan(
     Ok(by_stage)
 }
 
-/// Run the stages, `gap` apart. See the module docs for what is (not) guaranteed.
+/// Run the stages that cut something, `gap` apart. See the module docs for what is (not)
+/// guaranteed.
 pub fn run(members: &[Staged], env: &Env, gap: Duration) -> Outcome {
     let mut outs: Vec<MemberOutcome> = members.iter().map(|_| MemberOutcome::default()).collect();
     let mut errors: Vec<Option<HvError>> = members.iter().map(|_| None).collect();
     let n = members.iter().map(|m| m.stages.len()).max().unwrap_or(0);
+    // A stage no member has a disk in (the rest, when the order lists every disk) is no cut:
+    // no gap is spent waiting for it.
+    let cuts = (0..n).filter(|&s| {
+        members
+            .iter()
+            .any(|m| matches!(m.stages.get(s), Some(Some(_))))
+    });
     let t0 = Instant::now();
     let mut failed = false;
-    for stage in 0..n {
-        if stage > 0 {
+    let mut gaps = 0u64;
+    for (k, stage) in cuts.enumerate() {
+        if k > 0 {
             std::thread::sleep(gap);
+            gaps += 1;
         }
         for (i, m) in members.iter().enumerate() {
             let Some(Some(xml)) = m.stages.get(stage) else {
@@ -114,9 +127,16 @@ pub fn run(members: &[Staged], env: &Env, gap: Duration) -> Outcome {
         o.snapshotted = e.is_none() && !failed;
         o.error = e;
     }
+    let control = NegativeControl {
+        kind: ControlKind::UnsafeDiskOrder,
+        span_ms: Some(total),
+        deliberate_gap_ms: gap.as_millis() as u64 * gaps,
+        max_member_freeze_ms: None,
+    };
     Outcome {
         consistency_point: (!failed).then(|| (env.wall_clock)()),
-        freeze_window_ms: Some(0.0),
+        freeze_window_ms: None,
+        negative_control: Some(control),
         pause_ms: 0.0,
         snapshot_ms: total,
         resume_ms: 0.0,
@@ -168,6 +188,7 @@ pub(crate) fn take(
     t0: Instant,
     ev: Events,
 ) -> Result<Manifest, SnapshotError> {
+    // The old fields were written with the pending manifest (see `snapshot::take`).
     man.unsafe_disk_order = Some(order.to_vec());
     man.unsafe_disk_gap_ms = Some(gap.as_millis() as u64);
     let preflight_ms = ms(t0.elapsed());
@@ -176,6 +197,7 @@ pub(crate) fn take(
     let out = run(staged, &env, gap);
     man.consistency_point = out.consistency_point;
     man.freeze_window_ms = out.freeze_window_ms;
+    man.negative_control = out.negative_control.clone();
     man.phases = Phases {
         preflight_ms,
         pause_ms: 0.0,
@@ -183,7 +205,8 @@ pub(crate) fn take(
         resume_ms: 0.0,
     };
     for (rec, m) in man.members.iter_mut().zip(&out.members) {
-        rec.freeze_ms = Some(0.0);
+        // Never paused: no freeze to record.
+        rec.freeze_ms = None;
         rec.snapshot_ms = m.snapshot_ms;
     }
     let Some(cause) = out.first_error().map(|e| e.to_string()) else {
@@ -269,6 +292,12 @@ mod tests {
             "stages are a gap apart"
         );
         assert!(out.consistency_point.is_some());
+        assert_eq!(out.freeze_window_ms, None, "nothing was frozen");
+        let c = out.negative_control.clone().expect("marked");
+        assert_eq!(c.kind, ControlKind::UnsafeDiskOrder);
+        assert_eq!(c.deliberate_gap_ms, 30, "one gap between two stages");
+        assert_eq!(c.max_member_freeze_ms, None);
+        assert!(c.span_ms.expect("span") >= 30.0);
         let o = &out.members[0];
         assert!(o.snapshotted && !o.paused && o.error.is_none());
         assert_eq!(

@@ -29,6 +29,7 @@
 
 use crate::events::{NoProbe, Point, Probe};
 use crate::hypervisor::{DomState, Host, HvError, HvErrorKind};
+use crate::model::negative::{ControlKind, NegativeControl};
 use chrono::{DateTime, Utc};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -92,8 +93,11 @@ pub struct Outcome {
     pub members: Vec<MemberOutcome>,
     /// Wall-clock instant the last pause completed; `None` when a pause failed.
     pub consistency_point: Option<DateTime<Utc>>,
-    /// First pause start to last resume end.
+    /// First pause start to last resume end: the group's freeze window. `None` for a
+    /// negative control, whose members were never frozen together.
     pub freeze_window_ms: Option<f64>,
+    /// What a negative control did instead (`None` for the real protocol).
+    pub negative_control: Option<NegativeControl>,
     /// First pause start to last pause end.
     pub pause_ms: f64,
     /// First snapshot start to last snapshot end.
@@ -358,6 +362,7 @@ fn run_members(steps: &[Step], env: &Env) -> Outcome {
     Outcome {
         consistency_point: g.consistency_point,
         freeze_window_ms: span(starts(|m| m.pause_start), starts(|m| m.resume_end)),
+        negative_control: None,
         pause_ms: span(starts(|m| m.pause_start), starts(|m| m.pause_end)).unwrap_or(0.0),
         snapshot_ms: span(starts(|m| m.snap_start), starts(|m| m.snap_end)).unwrap_or(0.0),
         resume_ms: members
@@ -370,13 +375,12 @@ fn run_members(steps: &[Step], env: &Env) -> Outcome {
 
 /// NEGATIVE CONTROL, for testing verifiers only: members one after the other, each paused,
 /// snapshotted and resumed before the next is touched, `gap` apart. This breaks the rule above
-/// on purpose (members resume before others pause), so the result is *not* a consistent cut.
-/// The reported consistency point is the first member's pause (nominal).
+/// on purpose (members resume before others pause), so the result is *not* a consistent cut:
+/// it has no freeze window, only the span of [`NegativeControl`] (the members' own freezes
+/// plus the gaps). The reported consistency point is the first member's pause (nominal).
 pub fn run_staggered(steps: &[Step], env: &Env, gap: Duration) -> Outcome {
     let mut members = Vec::new();
     let mut cp = None;
-    let t0 = Instant::now();
-    let mut last = t0;
     for (i, st) in steps.iter().enumerate() {
         if i > 0 {
             std::thread::sleep(gap);
@@ -387,14 +391,22 @@ pub fn run_staggered(steps: &[Step], env: &Env, gap: Duration) -> Outcome {
         if cp.is_none() {
             cp = g.consistency_point;
         }
-        if let Some(e) = m.resume_end {
-            last = e;
-        }
         members.push(m);
     }
+    let first = members.iter().find_map(|m| m.pause_start);
+    let last = members.iter().filter_map(|m| m.resume_end).max();
+    let control = NegativeControl {
+        kind: ControlKind::UnsafeStagger,
+        span_ms: first
+            .zip(last)
+            .map(|(a, b)| ms(b.saturating_duration_since(a))),
+        deliberate_gap_ms: gap.as_millis() as u64 * steps.len().saturating_sub(1) as u64,
+        max_member_freeze_ms: members.iter().filter_map(|m| m.freeze_ms).reduce(f64::max),
+    };
     Outcome {
         consistency_point: cp,
-        freeze_window_ms: Some(ms(last - t0)),
+        freeze_window_ms: None,
+        negative_control: Some(control),
         pause_ms: members.iter().filter_map(|m| m.pause_ms).sum(),
         snapshot_ms: members.iter().filter_map(|m| m.snapshot_ms).sum(),
         resume_ms: members

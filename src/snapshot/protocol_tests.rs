@@ -118,6 +118,40 @@ fn staggered_control_resumes_each_before_pausing_the_next() {
     );
 }
 
+#[test]
+fn staggered_control_has_no_freeze_window_but_a_span_of_freezes_and_gaps() {
+    let (h, steps) = setup(3);
+    h.slow_on("snapshot", "vm1", Duration::from_millis(40));
+    let gap = Duration::from_millis(30);
+    let out = run_staggered(&steps, &env(), gap);
+    assert!(out.first_error().is_none() && out.all_resumed());
+    assert_eq!(out.freeze_window_ms, None, "never frozen together");
+    let c = out.negative_control.expect("marked");
+    assert_eq!(c.kind, ControlKind::UnsafeStagger);
+    assert_eq!(c.deliberate_gap_ms, 60, "two gaps between three members");
+    let freezes: Vec<f64> = out
+        .members
+        .iter()
+        .map(|m| m.freeze_ms.expect("f"))
+        .collect();
+    let max = c.max_member_freeze_ms.expect("max freeze");
+    assert!(
+        max >= 40.0 && freezes.iter().all(|f| *f <= max),
+        "{freezes:?} {max}"
+    );
+    assert_eq!(max, freezes[1], "the slow member's freeze");
+    let span = c.span_ms.expect("span");
+    let parts: f64 = freezes.iter().sum::<f64>() + c.deliberate_gap_ms as f64;
+    assert!(
+        span >= parts - 1e-6,
+        "span {span} covers freezes and gaps {parts}"
+    );
+    assert!(
+        span < parts + 100.0,
+        "span {span} is little more than {parts}"
+    );
+}
+
 fn together() -> Env<'static> {
     Env {
         resume: Resume::Together,

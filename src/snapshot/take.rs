@@ -123,6 +123,13 @@ fn plan_and_record(
     };
     let mut man = manifest(id, &opts.group, now, &plan);
     man.hook_token = opts.hook_token.clone();
+    // A negative control is marked from its first write: a run that dies mid-cut must not
+    // leave a manifest that looks like a real snapshot.
+    man.unsafe_stagger_ms = opts.unsafe_stagger.map(|g| g.as_millis() as u64);
+    if let Some((order, gap)) = &opts.unsafe_disk_order {
+        man.unsafe_disk_order = Some(order.clone());
+        man.unsafe_disk_gap_ms = Some(gap.as_millis() as u64);
+    }
     cat.write(&man)?;
     drop(planning);
     Ok(Recorded {
@@ -218,8 +225,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Freeze and cut (or the staggered control), then end the watchdog. Returns the outcome
-    /// and whether the watchdog fired.
+    /// Freeze and cut (or the staggered control, marked in `man`), then end the watchdog.
+    /// Returns the outcome and whether the watchdog fired.
     fn cut(&self, man: &mut Manifest, steps: &[Step], dog: Watchdog) -> (Outcome, bool) {
         let env = Env {
             wall_clock: &Utc::now,
@@ -231,7 +238,9 @@ impl Run<'_> {
             None => protocol::run(steps, &env),
             Some(gap) => {
                 man.unsafe_stagger_ms = Some(gap.as_millis() as u64);
-                protocol::run_staggered(steps, &env, gap)
+                let out = protocol::run_staggered(steps, &env, gap);
+                man.negative_control = out.negative_control.clone();
+                out
             }
         };
         let fired = if out.all_resumed() && out.first_error().is_none() {

@@ -172,3 +172,75 @@ fn local_uris() {
     assert!(!is_local("qemu+ssh://host/system"));
     assert!(!is_local("garbage"));
 }
+
+/// Options of a snapshot of group `g` over fakes, with no watchdog binary to start.
+fn fake_options(dir: &std::path::Path) -> Options {
+    Options {
+        group: "g".into(),
+        freeze_budget: std::time::Duration::from_secs(2),
+        overlay_dir: None,
+        min_free: 0,
+        precreate: false,
+        exe: dir.join("no-such-cgsnap"),
+        release: release::Options::default(),
+        connect_each: None,
+        unsafe_stagger: None,
+        unsafe_disk_order: None,
+        resume: protocol::Resume::default(),
+        hook_token: None,
+    }
+}
+
+#[test]
+fn a_disk_order_control_is_marked_and_has_no_freeze_window() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+    let hosts = group::db_in_groups(t.path(), &["g"]);
+    let gap = std::time::Duration::from_millis(20);
+    let opts = Options {
+        unsafe_disk_order: Some((vec!["vda".into()], gap)),
+        ..fake_options(t.path())
+    };
+    let m = take(&hosts, &cat, &opts, Utc::now(), Events::NONE).expect("taken");
+    assert_eq!(m.state, SnapState::Taken);
+    assert_eq!(m.freeze_window_ms, None);
+    assert_eq!(m.members[0].freeze_ms, None, "never paused");
+    let c = m.negative_control.clone().expect("marked");
+    assert_eq!(c.kind, catalog::ControlKind::UnsafeDiskOrder);
+    assert_eq!(
+        c.deliberate_gap_ms, 0,
+        "one disk, one cut: no gap waited for"
+    );
+    // As written (JSON floats may differ in their last digit, so not compared whole).
+    let stored = cat.load(&m.id).expect("load");
+    assert_eq!(stored.freeze_window_ms, None);
+    assert_eq!(
+        stored
+            .negative_control
+            .map(|c| (c.kind, c.deliberate_gap_ms)),
+        Some((c.kind, 0))
+    );
+    let line = m.negative_control_line().expect("line");
+    assert!(
+        line.starts_with("NOT CONSISTENT (negative control): disks cut one by one in order vda"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_staggered_control_is_marked_from_its_first_write() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cat = Catalog::open(&t.path().join("cat")).expect("catalog");
+    let hosts = group::db_in_groups(t.path(), &["g"]);
+    // No watchdog can start: the run is abandoned right after its pending manifest.
+    let opts = Options {
+        unsafe_stagger: Some(std::time::Duration::from_millis(1000)),
+        ..fake_options(t.path())
+    };
+    take(&hosts, &cat, &opts, Utc::now(), Events::NONE).expect_err("no watchdog");
+    let all = cat.list().expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, SnapState::Aborted);
+    assert_eq!(all[0].unsafe_stagger_ms, Some(1000));
+    assert!(all[0].is_negative_control());
+}

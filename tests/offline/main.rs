@@ -12,6 +12,7 @@
 mod common;
 
 mod adapter_libvirt;
+mod catalog_list;
 mod catalog_prune;
 // proptest reads (and writes) its failure seeds in tests/proptest-regressions/fuzz_parsers.txt:
 // next to the directory holding this main.rs, named after the module's file.

@@ -20,15 +20,39 @@ fn rounds(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Snapshot (with `extra` snapshot arguments), verify, release. Returns the report JSON, its
-/// HTML path and the verify exit code.
+/// Snapshot (with `extra` snapshot arguments: a negative control when any), verify, release.
+/// Returns the report JSON, its HTML path and the verify exit code. A negative control is
+/// marked NOT CONSISTENT, without a freeze window, in the snapshot's output and the report.
 fn round(lab: &Lab, profile: &Path, extra: &[&str]) -> (serde_json::Value, PathBuf, i32) {
-    lab.cgsnap()
+    let o = lab
+        .cgsnap()
         .args(["snapshot", pair::NAME])
         .args(extra)
         .assert()
         .success();
+    let out = String::from_utf8_lossy(&o.get_output().stdout).to_string();
+    let first = out.lines().next().unwrap_or_default();
+    let control = !extra.is_empty();
+    if control {
+        assert!(
+            first.starts_with("NOT CONSISTENT (negative control): ")
+                && !out.contains("freeze window"),
+            "{out}"
+        );
+    } else {
+        assert!(
+            first.contains("freeze window") && !out.contains("NOT CONSISTENT"),
+            "{out}"
+        );
+    }
     let (r, code) = lab.verify_and_release(pair::NAME, profile, 40300);
+    let line = r["negative_control"].as_str().unwrap_or_default();
+    assert_eq!(
+        line.starts_with("NOT CONSISTENT (negative control): "),
+        control,
+        "{r}"
+    );
+    assert_eq!(r["freeze_window_ms"].is_null(), control, "{r}");
     let id = r["snapshot_id"].as_str().expect("id");
     let html = lab
         .catalog
@@ -142,6 +166,38 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
         "only {split_caught} of {d} WAL-before-data snapshots were caught"
     );
     let caught = caught + split_caught;
+
+    // The manifests carry the marker: a span of the members' own freezes and the gaps, no
+    // freeze window.
+    let all = list_json(&lab);
+    let all = all.as_array().expect("list");
+    let staggered: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|m| m["unsafe_stagger_ms"] == 1000)
+        .collect();
+    assert_eq!(staggered.len(), k);
+    for m in staggered {
+        let c = &m["negative_control"];
+        assert_eq!(c["kind"], "unsafe-stagger", "{m}");
+        assert!(m["freeze_window_ms"].is_null(), "{m}");
+        // Two members: one deliberate gap.
+        assert_eq!(c["deliberate_gap_ms"], 1000, "{m}");
+        let span = c["span_ms"].as_f64().expect("span");
+        let max = c["max_member_freeze_ms"].as_f64().expect("max freeze");
+        assert!(span >= 1000.0 + max && max < 1000.0, "{m}");
+    }
+    let split = all
+        .iter()
+        .filter(|m| m["unsafe_disk_order"] == serde_json::json!(["vdc", "vdb"]));
+    for m in split {
+        let c = &m["negative_control"];
+        assert_eq!(c["kind"], "unsafe-disk-order", "{m}");
+        assert!(
+            m["freeze_window_ms"].is_null() && c["max_member_freeze_ms"].is_null(),
+            "{m}"
+        );
+        assert!(c["span_ms"].as_f64().expect("span") >= 1000.0, "{m}");
+    }
 
     // The DR report of these real runs: every snapshot listed, negative controls marked and
     // counted as caught, never a restore point; the group complies with a policy its
@@ -269,6 +325,14 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
         assert!(
             dom.contains("cgsnap-orders") && dom.contains("amcheck"),
             "members and checks rendered"
+        );
+        // The failed one is a staggered control: its banner says so before anything else.
+        assert_eq!(
+            dom.contains(
+                "NOT CONSISTENT (negative control): a FAIL here means verification caught"
+            ),
+            verdict == "FAIL",
+            "{verdict}: negative-control banner"
         );
         let png = std::fs::read(&shot).expect("screenshot");
         assert!(

@@ -4,7 +4,9 @@
 //! Invariant: the verdict is derived from the checks (`pass` only if every check passed); the
 //! HTML and metrics are renderings of the same struct, never computed separately. Notes
 //! (`notes`) never affect the verdict: they say what was not checked and why, or what verify
-//! cleaned up, so the report never implies a check that did not run.
+//! cleaned up, so the report never implies a check that did not run. A report of a negative
+//! control (`negative_control`) says so first in every rendering: its FAIL is the expected
+//! outcome, and nothing in it is a restore point.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -85,9 +87,13 @@ pub struct Report {
     pub snapshot_id: String,
     /// Its group.
     pub group: String,
+    /// Set when the snapshot is a negative control: its `NOT CONSISTENT (negative control)`
+    /// line. Never a restore point, whatever the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_control: Option<String>,
     /// Its consistency point.
     pub consistency_point: Option<DateTime<Utc>>,
-    /// How long its members were paused.
+    /// How long its members were paused together; `None` for a negative control.
     pub freeze_window_ms: Option<f64>,
     /// RPO the profile allows.
     pub rpo_seconds: f64,
@@ -163,6 +169,23 @@ fn checks_table(out: &mut String, checks: &[Check]) {
     out.push_str("</table>");
 }
 
+/// What the banner of a negative control's report says first.
+pub const NEGATIVE_BANNER: &str = "NOT CONSISTENT (negative control): a FAIL here means verification caught the deliberate violation; this is never a restore point";
+
+/// The banner at the top of a negative control's page (empty for a real snapshot).
+fn banner(r: &Report) -> String {
+    r.negative_control
+        .as_ref()
+        .map(|line| {
+            format!(
+                "<p class='negative' id='negative-control'><strong>{}</strong><br>{}</p>",
+                esc(NEGATIVE_BANNER),
+                esc(line)
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// A self-contained HTML page (inline CSS, an inline SVG bar per member for data loss vs RPO).
 pub fn html(r: &Report) -> String {
     let mut o = String::new();
@@ -172,12 +195,14 @@ pub fn html(r: &Report) -> String {
          body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.ok td:nth-child(2){{color:#1a7f37}}\
          tr.bad td{{background:#fde2e1}}.verdict{{font-size:1.4em;font-weight:bold}}.pass{{color:#1a7f37}}.fail{{color:#c0392b}}\
-         </style></head><body><h1>Restore verification: group {group}</h1>\
+         .negative{{border:3px solid #c0392b;background:#fff3cd;padding:.8em 1em;font-size:1.2em}}\
+         </style></head><body>{banner}<h1>Restore verification: group {group}</h1>\
          <p class='verdict {cls}' id='verdict'>Verdict: {verdict}</p>\
          <table><tr><th>snapshot</th><td>{id}</td></tr><tr><th>consistency point</th><td>{cp}</td></tr>\
          <tr><th>freeze window</th><td>{fw}</td></tr><tr><th>RPO target</th><td>{rpo} s</td></tr>\
          <tr><th>verified</th><td>{start} → {end}</td></tr></table>",
         id = esc(&r.snapshot_id),
+        banner = banner(r),
         group = esc(&r.group),
         cls = if r.passed() { "pass" } else { "fail" },
         verdict = esc(&r.verdict).to_uppercase(),
@@ -243,22 +268,26 @@ pub fn html(r: &Report) -> String {
     o
 }
 
-/// Prometheus textfile-collector metrics.
+/// Prometheus textfile-collector metrics. Every sample of a negative control's report carries
+/// the label `negative_control="1"`, so a rule can tell its expected FAIL from a real one.
 pub fn metrics(r: &Report) -> String {
     let mut o = String::new();
     let g = r.group.replace('"', "");
+    let l = match &r.negative_control {
+        Some(_) => format!("group=\"{g}\",negative_control=\"1\""),
+        None => format!("group=\"{g}\""),
+    };
+    if let Some(line) = &r.negative_control {
+        let _ = writeln!(o, "# {}", line.replace('\n', " "));
+    }
     let _ = writeln!(
         o,
         "# HELP cgsnap_verify_pass 1 if the last restore verification passed.\n# TYPE cgsnap_verify_pass gauge"
     );
+    let _ = writeln!(o, "cgsnap_verify_pass{{{l}}} {}", u8::from(r.passed()));
     let _ = writeln!(
         o,
-        "cgsnap_verify_pass{{group=\"{g}\"}} {}",
-        u8::from(r.passed())
-    );
-    let _ = writeln!(
-        o,
-        "# TYPE cgsnap_verify_timestamp_seconds gauge\ncgsnap_verify_timestamp_seconds{{group=\"{g}\"}} {}",
+        "# TYPE cgsnap_verify_timestamp_seconds gauge\ncgsnap_verify_timestamp_seconds{{{l}}} {}",
         r.finished_at.timestamp()
     );
     let _ = writeln!(
@@ -270,15 +299,90 @@ pub fn metrics(r: &Report) -> String {
         if let Some(v) = m.recovery_seconds {
             let _ = writeln!(
                 o,
-                "cgsnap_verify_recovery_seconds{{group=\"{g}\",domain=\"{d}\"}} {v:.3}"
+                "cgsnap_verify_recovery_seconds{{{l},domain=\"{d}\"}} {v:.3}"
             );
         }
         if let Some(v) = m.data_loss_seconds {
             let _ = writeln!(
                 o,
-                "cgsnap_verify_data_loss_seconds{{group=\"{g}\",domain=\"{d}\"}} {v:.3}"
+                "cgsnap_verify_data_loss_seconds{{{l},domain=\"{d}\"}} {v:.3}"
             );
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(negative_control: Option<&str>) -> Report {
+        let mut m = MemberReport::new("orders", "orders-sandbox");
+        m.recovery_seconds = Some(8.5);
+        m.checks.push(Check {
+            name: "beacons before the cut".into(),
+            ok: false,
+            evidence: "newest beacon 0.9 s after the consistency point".into(),
+        });
+        Report {
+            format_version: 1,
+            snapshot_id: "pg-3".into(),
+            group: "pg".into(),
+            negative_control: negative_control.map(str::to_string),
+            consistency_point: None,
+            freeze_window_ms: None,
+            rpo_seconds: 5.0,
+            verdict: "fail".into(),
+            started_at: DateTime::from_timestamp(1_700_000_000, 0).expect("ts"),
+            finished_at: DateTime::from_timestamp(1_700_000_060, 0).expect("ts"),
+            members: vec![m],
+            cross_checks: vec![],
+            notes: vec![],
+        }
+    }
+
+    const LINE: &str =
+        "NOT CONSISTENT (negative control): members cut 1000 ms apart; never a restore point";
+
+    #[test]
+    fn a_negative_controls_page_starts_with_its_banner() {
+        let page = html(&report(Some(LINE)));
+        let body = page.split("<body>").nth(1).expect("body");
+        assert!(
+            body.starts_with("<p class='negative' id='negative-control'><strong>NOT CONSISTENT (negative control): a FAIL here means verification caught the deliberate violation; this is never a restore point</strong><br>"),
+            "{body}"
+        );
+        assert!(body.contains("members cut 1000 ms apart"));
+        assert!(body.find("negative-control") < body.find("id='verdict'"));
+        assert!(
+            !html(&report(None)).contains("NOT CONSISTENT"),
+            "no banner for a real snapshot"
+        );
+    }
+
+    #[test]
+    fn a_negative_controls_metrics_carry_its_label_and_json_its_line() {
+        let text = metrics(&report(Some(LINE)));
+        assert!(
+            text.starts_with("# NOT CONSISTENT (negative control)"),
+            "{text}"
+        );
+        assert!(text.contains("cgsnap_verify_pass{group=\"pg\",negative_control=\"1\"} 0"));
+        assert!(text.contains(
+            "cgsnap_verify_recovery_seconds{group=\"pg\",negative_control=\"1\",domain=\"orders\"} 8.500"
+        ));
+        let samples = text.lines().filter(|l| !l.starts_with('#'));
+        assert!(
+            samples.clone().count() == 3
+                && samples
+                    .clone()
+                    .all(|l| l.contains("negative_control=\"1\""))
+        );
+        let real = metrics(&report(None));
+        assert!(real.contains("cgsnap_verify_pass{group=\"pg\"} 0") && !real.contains("negative"));
+        let v = serde_json::to_value(report(Some(LINE))).expect("json");
+        assert_eq!(v["negative_control"], LINE);
+        let v = serde_json::to_value(report(None)).expect("json");
+        assert!(v.get("negative_control").is_none());
+    }
 }

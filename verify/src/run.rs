@@ -137,8 +137,10 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
         format_version: 1,
         snapshot_id: m.id.clone(),
         group: m.group.clone(),
+        negative_control: m.negative_control_line(),
         consistency_point: Some(cp),
-        freeze_window_ms: m.freeze_window_ms,
+        // An older manifest of a control may still record its span as a window: it is none.
+        freeze_window_ms: m.freeze_window_ms.filter(|_| !m.is_negative_control()),
         rpo_seconds: req.profile.rpo_seconds,
         verdict: String::new(),
         started_at,
