@@ -47,7 +47,7 @@ pub struct VerifyArgs {
     /// and running sandboxes are stopped (exit 12), so production VMs sharing it never fill it.
     #[arg(long, value_name = "BYTES", default_value_t = cgsnap_verify::space::DEFAULT_MIN_FREE)]
     pub min_free: u64,
-    /// First loopback port for the sandboxes' database forwards.
+    /// First loopback port tried for the sandboxes' database forwards (a busy one is skipped).
     #[arg(long, default_value_t = 40100)]
     pub base_port: u16,
     /// Print the report as JSON.

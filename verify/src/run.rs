@@ -68,6 +68,11 @@ pub enum CouldNotRun {
     /// The profile does not say how to check a member.
     #[error("cannot verify: profile has no [[member]] for domain {0}: add one")]
     NoProfileMember(String),
+    /// No loopback port from `--base-port` up could be bound for a sandbox's forward.
+    #[error(
+        "cannot verify: no free loopback port from {0} up for the sandbox forwards: pass another --base-port"
+    )]
+    NoFreePort(u16),
     /// A sandbox could not be made or started.
     #[error("cannot verify: {0}")]
     Sandbox(#[from] SandboxError),
@@ -205,6 +210,14 @@ fn start_watch(req: &Request) -> Result<Watch, CouldNotRun> {
     })
 }
 
+/// The first port from `start` up that 127.0.0.1 can bind now: an ephemeral connection or
+/// another service on a fixed port must not fail the whole verification (QEMU refuses a
+/// forward whose port is taken). Tried over at most 100 ports.
+fn free_port_from(start: u16) -> Option<u16> {
+    (start..=start.saturating_add(99))
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+}
+
 /// Start one sandbox per member (all boot at once), each guarded by the watch.
 fn start_sandboxes<'a>(req: &'a Request, watch: &Watch) -> Result<Vec<Started<'a>>, CouldNotRun> {
     let m = req.manifest;
@@ -214,7 +227,8 @@ fn start_sandboxes<'a>(req: &'a Request, watch: &Watch) -> Result<Vec<Started<'a
         .flat_map(|x| x.disks.iter().map(|d| d.image.as_str()))
         .collect();
     let mut sandboxes = Vec::new();
-    for (i, mem) in m.members.iter().enumerate() {
+    let mut next_port = req.base_port;
+    for mem in &m.members {
         if let Some(why) = watch.tripped() {
             return Err(CouldNotRun::Stopped(why));
         }
@@ -230,7 +244,8 @@ fn start_sandboxes<'a>(req: &'a Request, watch: &Watch) -> Result<Vec<Started<'a
             .map(|d| inputs::image_for(req.images_dir, &all, d).map(|p| (d.target.clone(), p)))
             .collect::<Result<Vec<_>, _>>()?;
         let name = stale::sandbox_name(&mem.domain, std::process::id());
-        let port = req.base_port + i as u16;
+        let port = free_port_from(next_port).ok_or(CouldNotRun::NoFreePort(req.base_port))?;
+        next_port = port.saturating_add(1);
         let sb = Sandbox::start(
             req.sandbox_uri.unwrap_or(&mem.uri),
             &mem.domain_xml,
@@ -303,4 +318,19 @@ fn check_member(
         });
     }
     (r, conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_forward_port_is_skipped() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let busy = held.local_addr().expect("addr").port();
+        let got = free_port_from(busy).expect("a free port");
+        assert!(got > busy, "{got} must skip the busy {busy}");
+        drop(held);
+        assert_eq!(free_port_from(busy), Some(busy), "free again");
+    }
 }
