@@ -11,6 +11,10 @@
 //!   checks here need nothing of it.
 //! - Every statement runs at `QUORUM`: with one replica that is the single node's ack, and it
 //!   stays a majority should a keyspace ever be replicated.
+//! - The host connects only to the loopback forward it was given: every address a node
+//!   advertises is translated to it ([`crate::cql_route`]).
+//! - Every call has a client-side deadline ([`DEADLINE`]) on top of the driver's request
+//!   timeout, so a node that accepts and never answers fails the call, never hangs it.
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -22,97 +26,17 @@ use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a CQL operation against a node failed on; each names the statement or the node.
-#[derive(Debug, thiserror::Error)]
-pub enum CqlError {
-    /// The async runtime the blocking client drives the driver with could not be built.
-    #[error("tokio runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    /// No session could be opened to `addr`.
-    #[error("CQL connect {addr}: {source}")]
-    Connect {
-        /// The node (`127.0.0.1:PORT`).
-        addr: String,
-        /// The driver's reason.
-        #[source]
-        source: Box<scylla::errors::NewSessionError>,
-    },
-    /// The node did not accept a connection and a query within the wait.
-    #[error("not CQL-ready within {secs} s: {source}")]
-    NotReady {
-        /// How long it was given.
-        secs: u64,
-        /// The last attempt's failure.
-        #[source]
-        source: Box<CqlError>,
-    },
-    /// A statement failed on the server or on the way to it.
-    #[error("{cql}: {source}")]
-    Query {
-        /// The statement, as sent.
-        cql: String,
-        /// The driver's reason.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// A statement could not be prepared.
-    #[error("prepare {cql}: {source}")]
-    Prepare {
-        /// The statement.
-        cql: String,
-        /// The driver's reason.
-        #[source]
-        source: Box<scylla::errors::PrepareError>,
-    },
-    /// A query expected to return one row returned another number.
-    #[error("{cql}: {rows} rows instead of one")]
-    RowCount {
-        /// The query.
-        cql: String,
-        /// Rows it returned.
-        rows: usize,
-    },
-    /// A column expected to be an integer is not.
-    #[error("not an integer: {0}")]
-    NotInteger(String),
-    /// A value of a query's row is not an integer.
-    #[error("{cql}: {source}")]
-    Column {
-        /// The query.
-        cql: String,
-        /// What the value was.
-        #[source]
-        source: Box<CqlError>,
-    },
-    /// A one-row query returned a row without columns.
-    #[error("{cql}: no column")]
-    NoColumn {
-        /// The query.
-        cql: String,
-    },
-    /// `system.local` lacks the server version.
-    #[error("system.local has no release_version")]
-    NoReleaseVersion,
-    /// The server version is not `MAJOR[.MINOR[.PATCH]]...`.
-    #[error("unparsable release_version {0:?}")]
-    BadReleaseVersion(String),
-    /// Neither schema table family answered.
-    #[error("no schema tables found: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    NoSchemaTables(Vec<CqlError>),
-    /// A beacon row has a null or unreadable timestamp.
-    #[error("{table}: beacon {seq} has no timestamp")]
-    NoTimestamp {
-        /// The beacon table.
-        table: String,
-        /// The beacon.
-        seq: i64,
-    },
-}
+pub use crate::cql_error::CqlError;
+use crate::cql_route::LoopbackForward;
 
 /// Per-request timeout: a TCG guest answers slowly, and `count(*)` scans the whole table.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The client's own bound on any one call (a paged scan is several requests).
+pub const DEADLINE: Duration = Duration::from_secs(300);
 
 /// A Cassandra server version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -205,6 +129,20 @@ fn boxed(
     Box::new(e)
 }
 
+/// Run `fut` on `rt`, failing with [`CqlError::Deadline`] naming `what` after `limit`.
+fn within<T>(
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+    limit: Duration,
+    fut: impl Future<Output = T>,
+) -> Result<T, CqlError> {
+    rt.block_on(async { tokio::time::timeout(limit, fut).await })
+        .map_err(|_| CqlError::Deadline {
+            what: what.to_string(),
+            secs: limit.as_secs(),
+        })
+}
+
 fn query_error(cql: &str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> CqlError {
     move |source| CqlError::Query {
         cql: cql.to_string(),
@@ -213,8 +151,19 @@ fn query_error(cql: &str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync
 }
 
 impl Cql {
-    /// One connection attempt to `addr` (`127.0.0.1:PORT`).
+    /// Run `fut` with the client deadline.
+    fn within<T>(&self, what: &str, fut: impl Future<Output = T>) -> Result<T, CqlError> {
+        within(&self.rt, what, DEADLINE, fut)
+    }
+
+    /// One connection attempt to `addr` (`127.0.0.1:PORT`): the TCP connect within `timeout`,
+    /// the whole session set-up (handshake, topology queries) within three times that.
     pub fn connect(addr: &str, timeout: Duration) -> Result<Cql, CqlError> {
+        let forward: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| CqlError::NotLoopback(addr.to_string()))?;
+        let route =
+            LoopbackForward::new(forward).ok_or_else(|| CqlError::NotLoopback(addr.to_string()))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -224,16 +173,15 @@ impl Cql {
             .request_timeout(Some(REQUEST_TIMEOUT))
             .build()
             .into_handle();
-        let session = rt
-            .block_on(
-                SessionBuilder::new()
-                    .known_node(addr)
-                    .connection_timeout(timeout)
-                    .fetch_schema_metadata(false)
-                    .default_execution_profile_handle(profile)
-                    .build(),
-            )
-            .map_err(|e| CqlError::Connect {
+        let builder = SessionBuilder::new()
+            .known_node_addr(forward)
+            .address_translator(Arc::new(route))
+            .connection_timeout(timeout)
+            .fetch_schema_metadata(false)
+            .default_execution_profile_handle(profile);
+        let what = format!("CQL connect {addr}");
+        let session =
+            within(&rt, &what, timeout * 3, builder.build())?.map_err(|e| CqlError::Connect {
                 addr: addr.to_string(),
                 source: Box::new(e),
             })?;
@@ -266,16 +214,14 @@ impl Cql {
 
     /// Run a statement without bound values (DDL, literal DML).
     pub fn execute(&self, cql: &str) -> Result<(), CqlError> {
-        self.rt
-            .block_on(self.session.query_unpaged(cql, ()))
+        self.within(cql, self.session.query_unpaged(cql, ()))?
             .map(|_| ())
             .map_err(|e| query_error(cql)(boxed(e)))
     }
 
     /// Prepare a statement for [`Cql::run`].
     pub fn prepare(&self, cql: &str) -> Result<PreparedStatement, CqlError> {
-        self.rt
-            .block_on(self.session.prepare(cql))
+        self.within(cql, self.session.prepare(cql))?
             .map_err(|e| CqlError::Prepare {
                 cql: cql.to_string(),
                 source: Box::new(e),
@@ -284,25 +230,23 @@ impl Cql {
 
     /// Run a prepared statement with `values`.
     pub fn run(&self, p: &PreparedStatement, values: impl SerializeRow) -> Result<(), CqlError> {
-        self.rt
-            .block_on(self.session.execute_unpaged(p, values))
+        self.within(p.get_statement(), self.session.execute_unpaged(p, values))?
             .map(|_| ())
             .map_err(|e| query_error(p.get_statement())(boxed(e)))
     }
 
     /// Every row of a query, untyped, fetched page by page.
     pub fn rows(&self, cql: &str, values: impl SerializeRow) -> Result<Vec<Row>, CqlError> {
-        self.rt
-            .block_on(async {
-                let pager = self.session.query_iter(cql, values).await.map_err(boxed)?;
-                pager
-                    .rows_stream::<Row>()
-                    .map_err(boxed)?
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_err(boxed)
-            })
-            .map_err(query_error(cql))
+        self.within(cql, async {
+            let pager = self.session.query_iter(cql, values).await.map_err(boxed)?;
+            pager
+                .rows_stream::<Row>()
+                .map_err(boxed)?
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(boxed)
+        })?
+        .map_err(query_error(cql))
     }
 
     /// The columns of a query's single row as integers (null as `None`).
@@ -447,6 +391,41 @@ mod tests {
                 .probe_query()
                 .contains("system.schema_keyspaces")
         );
+    }
+
+    #[test]
+    fn a_node_that_accepts_and_never_answers_fails_within_the_deadline() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let addr = l.local_addr().expect("addr").to_string();
+        // Accept and hold the connections, say nothing.
+        let hold = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().take(4).flatten() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let t0 = Instant::now();
+        let e = Cql::connect(&addr, Duration::from_secs(2))
+            .err()
+            .expect("no session");
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "{:?}: {e}",
+            t0.elapsed()
+        );
+        assert!(matches!(e, CqlError::Deadline { .. }), "{e}");
+        drop(hold);
+    }
+
+    #[test]
+    fn only_loopback_forwards_are_dialled() {
+        for a in ["10.0.2.15:9042", "localhost:9042", "192.0.2.1:9042"] {
+            let e = Cql::connect(a, Duration::from_secs(1))
+                .err()
+                .expect("refused");
+            assert!(matches!(e, CqlError::NotLoopback(_)), "{a}: {e}");
+        }
     }
 
     #[test]

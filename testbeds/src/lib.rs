@@ -25,6 +25,8 @@ pub mod cass_workload;
 pub mod cass_yaml;
 pub mod cassandra;
 pub mod cql;
+pub mod cql_error;
+pub mod cql_route;
 pub mod error;
 pub mod guest;
 pub mod interrupt;
