@@ -10,7 +10,7 @@
 # The version-specific cassandra.yaml edits come from cass-yaml-edits, written beside this
 # script by cgsnap from its table (testbeds/src/cass_config.rs) after checking that the version
 # and the Java are supported; this script applies them and never decides them itself.
-# Rebuilt when this script, cass-yaml.sh, cass-yaml-edits or the distribution
+# Rebuilt when this script, cass-yaml.sh, cass-watch.sh, cass-yaml-edits or the distribution
 # (version, jar list, conf, bin) changes, or lib/rootfs.sh (the steps shared with the PostgreSQL
 # build, written beside this script as rootfs.sh by cgsnap). Usage: build.sh OUTDIR   (root;
 # needs debootstrap, e2fsprogs, qemu-utils)
@@ -44,7 +44,7 @@ version=$(ls "$home/lib" | sed -n 's/^apache-cassandra-\([0-9][^/]*\)\.jar$/\1/p
 [ "$(edits_value "$edits" version)" = "$version" ] \
   || die "$edits is for Cassandra $(edits_value "$edits" version), the distribution is $version"
 
-inputs=$( { cat "$0" "$ROOTFS_LIB" "$here/cass-yaml.sh" "$edits"; echo "$jre $version"; ls "$home/lib";
+inputs=$( { cat "$0" "$ROOTFS_LIB" "$here/cass-yaml.sh" "$here/cass-watch.sh" "$edits"; echo "$jre $version"; ls "$home/lib";
             cat "$home/conf/cassandra.yaml" "$home/bin/cassandra"; } | sha256sum | cut -d' ' -f1)
 rootfs_current "$out" cass "$inputs" root commitlog data && exit 0
 
@@ -63,6 +63,7 @@ mkdir -p "$root/opt/cassandra/logs" "$root/casscommit/commitlog" \
   "$root/cassdata/data" "$root/cassdata/hints" "$root/cassdata/saved_caches" "$root/cassdata/cdc_raw"
 echo "$version" > "$root/etc/cgsnap-cassandra-version"
 cp "$here/cass-yaml.sh" "$root/usr/local/lib/cgsnap-cass-yaml.sh"
+cp "$here/cass-watch.sh" "$root/usr/local/lib/cgsnap-cass-watch.sh"
 cp "$edits" "$root/etc/cgsnap-cass-yaml-edits"
 
 y="$root/opt/cassandra/conf/cassandra.yaml"
@@ -83,7 +84,9 @@ echo cgsnap-cass > "$root/etc/hostname"
 chroot "$root" chown -R cassandra:cassandra /opt/cassandra /casscommit /cassdata
 
 # Console lines: "CGSNAP-CASS: ready" once the CQL port accepts connections (after commit log
-# replay), "CGSNAP-CASS: error ..." otherwise; the server's own log goes to the console too.
+# replay), "CGSNAP-CASS: error: WHY" otherwise, within a second or two of the server exiting or
+# logging a fatal start-up error, WHY being the server's own line. The server's output goes to
+# the console and to /opt/cassandra/logs/cgsnap-server.out, which the init watches.
 # Kernel command line: cgsnap.cass_sync=batch|periodic, cgsnap.cass_sync_period_ms=N (periodic).
 rootfs_init cgsnap-cass-init CGSNAP-CASS "vdb:/casscommit:commit log" vdc:/cassdata:data <<'INIT'
 hostname cgsnap-cass
@@ -96,6 +99,7 @@ for opt in $(cat /proc/cmdline); do
   esac
 done
 . /usr/local/lib/cgsnap-cass-yaml.sh
+. /usr/local/lib/cgsnap-cass-watch.sh
 version=$(cat /etc/cgsnap-cassandra-version)
 window=$(edits_value /etc/cgsnap-cass-yaml-edits batch_window_ms)
 cass_sync /opt/cassandra/conf/cassandra.yaml "$window" "$mode" "$period"
@@ -103,14 +107,15 @@ say "commitlog_sync $mode period_ms $period version $version"
 # A small heap suits a TCG guest of 1.5 GiB; cassandra-env.sh takes both or neither.
 export MAX_HEAP_SIZE=512M HEAP_NEWSIZE=128M
 export JAVA_HOME=$(dirname "$(dirname "$(readlink -f /usr/bin/java)")")
-su cassandra -s /bin/sh -c "exec /opt/cassandra/bin/cassandra -f" > /dev/console 2>&1 &
-i=0
-until bash -c 'exec 3<>/dev/tcp/10.0.2.15/9042' 2>/dev/null; do
-  i=$((i + 1))
-  [ $i -gt 900 ] && { say "error: CQL port not open after 900 s"; break; }
-  sleep 1
-done
-[ $i -le 900 ] && say "ready"
+# Through a FIFO and tee, so the server's own PID is the one watched.
+log=/opt/cassandra/logs/cgsnap-server.out
+mkfifo /run/cgsnap-cass-out
+tee "$log" < /run/cgsnap-cass-out > /dev/console &
+su cassandra -s /bin/sh -c "exec /opt/cassandra/bin/cassandra -f" > /run/cgsnap-cass-out 2>&1 &
+server=$!
+outcome=$(cass_wait "$server" "$log" 10.0.2.15 9042 900)
+# printf, not say: the server's line may hold backslashes that echo would interpret.
+printf 'CGSNAP-CASS: %s\n' "$outcome" > /dev/console
 INIT
 
 rootfs_images "$out" cass "$inputs" 3G commitlog:/casscommit:cgsnap-commitlog:2G data:/cassdata:cgsnap-data:2G

@@ -5,7 +5,8 @@
 //! Invariants: as for the PostgreSQL pair, all state lives in one state directory and one image
 //! directory, the state is saved before any VM starts, and `down` removes everything `up` got
 //! to. Without a Cassandra distribution, or with one whose version or Java is not supported
-//! ([`crate::cass_config`]), `up` refuses before touching anything.
+//! ([`crate::cass_config`]), `up` refuses before touching anything; a guest whose server cannot
+//! start fails `up` at once with the server's own line, and the VMs are removed.
 
 use crate::cassandra::{self, SyncMode};
 use crate::cql::Cql;
@@ -131,7 +132,13 @@ pub fn up(
                     postgres::ready_with_schema(g, vm.port, cass_workload::PG_ROLE)?;
             }
             Engine::Cassandra => {
-                g.wait_console(cassandra::READY_MARKER, CASS_READY)?;
+                // The guest reports a server that cannot start at once, in the server's words;
+                // returning drops `guests`, which removes every VM started here.
+                g.wait_console_or(
+                    cassandra::READY_MARKER,
+                    Some(cassandra::ERROR_MARKER),
+                    CASS_READY,
+                )?;
                 let (c, _) = Cql::connect_ready(&cassandra::addr(vm.port), CASS_READY)?;
                 vm.boot_to_ready_s = g.started.elapsed().as_secs_f64();
                 cass_workload::init_schema(&c)?;

@@ -25,6 +25,9 @@ pub const UNSET_HELP: &str = "CGSNAP_CASSANDRA_HOME is not set (point it at a Ca
 pub const CQL_PORT: u16 = 9042;
 /// What the guest's init prints on the console once CQL is up.
 pub const READY_MARKER: &str = "CGSNAP-CASS: ready";
+/// What the guest's init prints on the console, followed by the server's own error line, when
+/// the server exits or logs a fatal error before CQL is up (or a disk does not mount).
+pub const ERROR_MARKER: &str = "CGSNAP-CASS: error";
 /// Keyspace of the workload tables.
 pub const KEYSPACE: &str = "cgsnap";
 
@@ -178,6 +181,7 @@ pub fn ensure(
     let edits = crate::cass_config::edits_file(&dist.version, v);
     for (name, text) in [
         ("cass-yaml.sh", crate::cass_yaml::SCRIPT),
+        ("cass-watch.sh", crate::cass_watch::SCRIPT),
         (crate::cass_config::EDITS_FILE, edits.as_str()),
     ] {
         let p = dir.join(name);
