@@ -130,13 +130,18 @@ fn assert_cassandra_member_passed(r: &serde_json::Value, domain: &str, bound_s: 
 fn testbed_up_refuses_clearly_without_a_distribution() {
     let cat = tempfile::tempdir().expect("catalog");
     let bogus = tempfile::tempdir().expect("not a distribution");
+    let old = fake_distribution("2.1.22");
+    let stock41 = fake_distribution("4.1.5");
     for (home, why) in [
         (None, "CGSNAP_CASSANDRA_HOME is not set"),
         (Some(bogus.path()), "bin/cassandra missing"),
+        (Some(old.path()), "Cassandra 2.1.22 is not supported"),
+        (Some(stock41.path()), "Cassandra 4.1.5 needs Java 8 or 11"),
     ] {
         let mut c = assert_cmd::Command::cargo_bin("cgsnap").expect("binary");
         c.arg("--catalog").arg(cat.path());
         c.args(["testbed", "up", cass_bed::SINGLE]);
+        c.env_remove("CGSNAP_CASSANDRA_JRE_PACKAGE");
         match home {
             None => c.env_remove(cassandra::HOME_VAR),
             Some(h) => c.env(cassandra::HOME_VAR, h),
@@ -146,7 +151,8 @@ fn testbed_up_refuses_clearly_without_a_distribution() {
         assert_eq!(out.status.code(), Some(4), "precondition exit code: {err}");
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(
-            err.contains(why) && err.contains("CGSNAP_CASSANDRA_HOME"),
+            // The fix names the variable to change: the home, or the JRE package.
+            err.contains(why) && err.contains("CGSNAP_CASSANDRA_"),
             "{err}"
         );
         assert!(
@@ -154,6 +160,30 @@ fn testbed_up_refuses_clearly_without_a_distribution() {
             "nothing created before the check"
         );
     }
+}
+
+/// The layout of a binary tarball of `version`, with a stock 4.x-like conf (Java 11 options
+/// only): enough for the checks made before anything is built.
+fn fake_distribution(version: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("distribution");
+    for sub in ["bin", "conf", "lib"] {
+        std::fs::create_dir_all(d.path().join(sub)).expect("mkdir");
+    }
+    for (f, text) in [
+        ("bin/cassandra", "#!/bin/sh\n"),
+        ("bin/nodetool", "#!/bin/sh\n"),
+        ("conf/cassandra.yaml", "cluster_name: 'Test Cluster'\n"),
+        ("conf/cassandra-env.sh", "JVM_OPTS=\"$JVM_OPTS -Xss256k\"\n"),
+        (
+            "conf/jvm11-server.options",
+            "--add-exports java.base/jdk.internal.misc=ALL-UNNAMED\n",
+        ),
+    ] {
+        std::fs::write(d.path().join(f), text).expect("write");
+    }
+    let jar = format!("lib/apache-cassandra-{version}.jar");
+    std::fs::write(d.path().join(jar), "").expect("jar");
+    d
 }
 
 #[test]

@@ -4,15 +4,16 @@
 //!
 //! Invariants: `up` records its state before starting anything and spawns the workload as a
 //! detached process whose pid is in that state, so `down` can always stop and remove all of it;
-//! a Cassandra testbed without a usable `CGSNAP_CASSANDRA_HOME` fails with the precondition
-//! exit code before anything is built or started.
+//! a Cassandra testbed without a usable `CGSNAP_CASSANDRA_HOME` (none, not a distribution, a
+//! version or Java the testbed does not support) fails with the precondition exit code before
+//! anything is built or started.
 
 use cgsnap::exit::ExitCode;
 use cgsnap::exit::Failure;
 use cgsnap::group;
 use cgsnap::hypervisor::pool::Ctx;
 use cgsnap_testbeds::cassandra::{self, SyncMode};
-use cgsnap_testbeds::{cass_bed, pair, workload};
+use cgsnap_testbeds::{cass_bed, cass_config, pair, workload};
 use clap::{Args, Subcommand};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -162,6 +163,9 @@ fn cassandra_up(
             format!("testbed {name} needs a Cassandra distribution: {e}"),
         )
     })?;
+    // Before anything is built: an unsupported version or Java is refused in one line.
+    cass_config::check(&dist.version, &dist.home)
+        .map_err(|e| fail(ExitCode::Precondition, format!("testbed {name}: {e}")))?;
     let sdir = state_dir(catalog, name);
     let mut st = cass_bed::up(name, &testbed_uri(ctx), &sdir, dir, ports, sync)
         .map_err(|e| fail(ExitCode::Precondition, e))?;

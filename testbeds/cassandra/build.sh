@@ -7,10 +7,13 @@
 #   OUTDIR/cass-data.qcow2       ext4 data disk template (/cassdata: data, hints, saved caches)
 # Static cassandra.yaml edits happen here; the commit log sync mode is applied by the guest's
 # init at every boot from the kernel command line, so one image serves both modes.
-# Rebuilt when this script, cass-yaml.sh or the distribution (version, jar list, conf, bin)
-# changes, or lib/rootfs.sh (the steps shared with the PostgreSQL build, written beside this
-# script as rootfs.sh by cgsnap). Usage: build.sh OUTDIR   (root; needs debootstrap, e2fsprogs,
-# qemu-utils)
+# The version-specific cassandra.yaml edits come from cass-yaml-edits, written beside this
+# script by cgsnap from its table (testbeds/src/cass_config.rs) after checking that the version
+# and the Java are supported; this script applies them and never decides them itself.
+# Rebuilt when this script, cass-yaml.sh, cass-watch.sh, cass-yaml-edits or the distribution
+# (version, jar list, conf, bin) changes, or lib/rootfs.sh (the steps shared with the PostgreSQL
+# build, written beside this script as rootfs.sh by cgsnap). Usage: build.sh OUTDIR   (root;
+# needs debootstrap, e2fsprogs, qemu-utils)
 set -euo pipefail
 
 out=${1:?usage: build.sh OUTDIR}
@@ -25,7 +28,9 @@ lib=$here/rootfs.sh
 rootfs_need_tools
 # shellcheck source=yaml.sh
 . "$here/cass-yaml.sh"
-# Debian 12 ships Java 17 only: Cassandra 5.0 supports it; 4.x supports 8 and 11 only.
+edits=$here/cass-yaml-edits
+[ -f "$edits" ] || die "$edits missing: cgsnap writes it (run through cgsnap testbed up)"
+# Debian 12 ships Java 17 only; cgsnap has checked that the distribution runs on this one.
 jre=${CGSNAP_CASSANDRA_JRE_PACKAGE:-openjdk-17-jre-headless}
 
 home=${CGSNAP_CASSANDRA_HOME:?CGSNAP_CASSANDRA_HOME is not set: point it at an Apache Cassandra binary distribution (bin/, conf/, lib/)}
@@ -36,9 +41,10 @@ for f in bin/cassandra bin/nodetool conf/cassandra.yaml conf/cassandra-env.sh; d
 done
 version=$(ls "$home/lib" | sed -n 's/^apache-cassandra-\([0-9][^/]*\)\.jar$/\1/p' | sed -n 1p)
 [ -n "$version" ] || die "$home/lib has no apache-cassandra-VERSION.jar"
-major=${version%%.*}
+[ "$(edits_value "$edits" version)" = "$version" ] \
+  || die "$edits is for Cassandra $(edits_value "$edits" version), the distribution is $version"
 
-inputs=$( { cat "$0" "$ROOTFS_LIB" "$here/cass-yaml.sh"; echo "$jre $version"; ls "$home/lib";
+inputs=$( { cat "$0" "$ROOTFS_LIB" "$here/cass-yaml.sh" "$here/cass-watch.sh" "$edits"; echo "$jre $version"; ls "$home/lib";
             cat "$home/conf/cassandra.yaml" "$home/bin/cassandra"; } | sha256sum | cut -d' ' -f1)
 rootfs_current "$out" cass "$inputs" root commitlog data && exit 0
 
@@ -57,20 +63,13 @@ mkdir -p "$root/opt/cassandra/logs" "$root/casscommit/commitlog" \
   "$root/cassdata/data" "$root/cassdata/hints" "$root/cassdata/saved_caches" "$root/cassdata/cdc_raw"
 echo "$version" > "$root/etc/cgsnap-cassandra-version"
 cp "$here/cass-yaml.sh" "$root/usr/local/lib/cgsnap-cass-yaml.sh"
+cp "$here/cass-watch.sh" "$root/usr/local/lib/cgsnap-cass-watch.sh"
+cp "$edits" "$root/etc/cgsnap-cass-yaml-edits"
 
 y="$root/opt/cassandra/conf/cassandra.yaml"
-yaml_set "$y" cluster_name "'cgsnap'"
-yaml_set_list "$y" data_file_directories /cassdata/data
-yaml_set "$y" commitlog_directory /casscommit/commitlog
-yaml_set "$y" hints_directory /cassdata/hints
-yaml_set "$y" saved_caches_directory /cassdata/saved_caches
-yaml_set "$y" cdc_raw_directory /cassdata/cdc_raw
-# The guest's address on QEMU's user-mode network; the host reaches it only via a forward.
-for k in listen_interface rpc_interface broadcast_address broadcast_rpc_address; do yaml_unset "$y" "$k"; done
-yaml_set "$y" listen_address 10.0.2.15
-yaml_set "$y" rpc_address 10.0.2.15
-yaml_set "$y" start_native_transport true
-yaml_set "$y" native_transport_port 9042
+# Directories, addresses (the guest's on QEMU's user-mode network), ports: only the keys
+# this version knows (2.2 has no hints_directory, 3.0 no cdc_raw_directory, 4.0 no start_rpc).
+yaml_apply "$y" "$edits"
 yaml_unset "$y" seed_provider
 cat >> "$y" <<'YAML'
 seed_provider:
@@ -79,13 +78,15 @@ seed_provider:
           - seeds: "10.0.2.15"
 YAML
 # A default so the image is complete; the init replaces it from the kernel command line.
-cass_sync "$y" "$major" periodic 10000
+cass_sync "$y" "$(edits_value "$edits" batch_window_ms)" periodic 10000
 printf '127.0.0.1 localhost\n10.0.2.15 cgsnap-cass\n' > "$root/etc/hosts"
 echo cgsnap-cass > "$root/etc/hostname"
 chroot "$root" chown -R cassandra:cassandra /opt/cassandra /casscommit /cassdata
 
 # Console lines: "CGSNAP-CASS: ready" once the CQL port accepts connections (after commit log
-# replay), "CGSNAP-CASS: error ..." otherwise; the server's own log goes to the console too.
+# replay), "CGSNAP-CASS: error: WHY" otherwise, within a second or two of the server exiting or
+# logging a fatal start-up error, WHY being the server's own line. The server's output goes to
+# the console and to /opt/cassandra/logs/cgsnap-server.out, which the init watches.
 # Kernel command line: cgsnap.cass_sync=batch|periodic, cgsnap.cass_sync_period_ms=N (periodic).
 rootfs_init cgsnap-cass-init CGSNAP-CASS "vdb:/casscommit:commit log" vdc:/cassdata:data <<'INIT'
 hostname cgsnap-cass
@@ -98,20 +99,23 @@ for opt in $(cat /proc/cmdline); do
   esac
 done
 . /usr/local/lib/cgsnap-cass-yaml.sh
+. /usr/local/lib/cgsnap-cass-watch.sh
 version=$(cat /etc/cgsnap-cassandra-version)
-cass_sync /opt/cassandra/conf/cassandra.yaml "${version%%.*}" "$mode" "$period"
+window=$(edits_value /etc/cgsnap-cass-yaml-edits batch_window_ms)
+cass_sync /opt/cassandra/conf/cassandra.yaml "$window" "$mode" "$period"
 say "commitlog_sync $mode period_ms $period version $version"
 # A small heap suits a TCG guest of 1.5 GiB; cassandra-env.sh takes both or neither.
 export MAX_HEAP_SIZE=512M HEAP_NEWSIZE=128M
 export JAVA_HOME=$(dirname "$(dirname "$(readlink -f /usr/bin/java)")")
-su cassandra -s /bin/sh -c "exec /opt/cassandra/bin/cassandra -f" > /dev/console 2>&1 &
-i=0
-until bash -c 'exec 3<>/dev/tcp/10.0.2.15/9042' 2>/dev/null; do
-  i=$((i + 1))
-  [ $i -gt 900 ] && { say "error: CQL port not open after 900 s"; break; }
-  sleep 1
-done
-[ $i -le 900 ] && say "ready"
+# Through a FIFO and tee, so the server's own PID is the one watched.
+log=/opt/cassandra/logs/cgsnap-server.out
+mkfifo /run/cgsnap-cass-out
+tee "$log" < /run/cgsnap-cass-out > /dev/console &
+su cassandra -s /bin/sh -c "exec /opt/cassandra/bin/cassandra -f" > /run/cgsnap-cass-out 2>&1 &
+server=$!
+outcome=$(cass_wait "$server" "$log" 10.0.2.15 9042 900)
+# printf, not say: the server's line may hold backslashes that echo would interpret.
+printf 'CGSNAP-CASS: %s\n' "$outcome" > /dev/console
 INIT
 
 rootfs_images "$out" cass "$inputs" 3G commitlog:/casscommit:cgsnap-commitlog:2G data:/cassdata:cgsnap-data:2G

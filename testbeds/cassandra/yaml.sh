@@ -32,10 +32,29 @@ yaml_knows() {
   grep -Eq "^#?[[:space:]]*$2:" "$1"
 }
 
-# cass_sync FILE MAJOR MODE PERIOD_MS: commit log sync mode. Cassandra refuses a period with
-# batch and a batch window with periodic, so the other mode's keys (either spelling) go.
+# yaml_apply FILE EDITS: the edits of an edits file written by cgsnap (cass_config.rs):
+# "set KEY VALUE", "list KEY ITEM", "unset KEY"; its other lines are read with edits_value.
+yaml_apply() {
+  while read -r op key val; do
+    case "$op" in
+      set) yaml_set "$1" "$key" "$val" ;;
+      list) yaml_set_list "$1" "$key" "$val" ;;
+      unset) yaml_unset "$1" "$key" ;;
+    esac
+  done < "$2"
+}
+
+# edits_value EDITS NAME: the value of the edits file's "NAME VALUE" line (empty if none).
+edits_value() {
+  sed -n "s/^$2 //p" "$1" | sed -n 1p
+}
+
+# cass_sync FILE WINDOW MODE PERIOD_MS: commit log sync mode. WINDOW is the batch window in ms
+# this version requires in batch mode (the edits file's batch_window_ms), empty for none.
+# Cassandra refuses a period with batch and a batch window with periodic, so the other mode's
+# keys (either spelling) go.
 cass_sync() {
-  f=$1 major=$2 mode=$3 period=$4
+  f=$1 window=$2 mode=$3 period=$4
   # Spelling first: the removals below may take the only mention of the key with them.
   if yaml_knows "$f" commitlog_sync_period; then
     pkey=commitlog_sync_period pval=${period}ms
@@ -53,8 +72,8 @@ cass_sync() {
   case "$mode" in
     periodic) yaml_set "$f" "$pkey" "$pval" ;;
     batch)
-      # Before 4.0 batch mode requires a window; from 4.0 it syncs every write and the
-      # window is deprecated.
-      if [ "$major" -lt 4 ]; then yaml_set "$f" commitlog_sync_batch_window_in_ms 2; fi ;;
+      # Only versions before 4.0 get a window (cass_config.rs): 4.0 syncs every batch
+      # write at once and deprecates the key.
+      if [ -n "$window" ]; then yaml_set "$f" commitlog_sync_batch_window_in_ms "$window"; fi ;;
   esac
 }

@@ -4,13 +4,15 @@
 //!
 //! Invariants: as for the PostgreSQL pair, all state lives in one state directory and one image
 //! directory, the state is saved before any VM starts, and `down` removes everything `up` got
-//! to. Without a Cassandra distribution `up` refuses before touching anything.
+//! to. Without a Cassandra distribution, or with one whose version or Java is not supported
+//! ([`crate::cass_config`]), `up` refuses before touching anything; a guest whose server cannot
+//! start fails `up` at once with the server's own line, and the VMs are removed.
 
 use crate::cassandra::{self, SyncMode};
 use crate::cql::Cql;
 use crate::error::TestbedError;
 use crate::state_file::StateError;
-use crate::{assets, cass_workload, guest, postgres, state_file, teardown};
+use crate::{assets, cass_config, cass_workload, guest, postgres, state_file, teardown};
 use chrono::Utc;
 use std::path::Path;
 use std::time::Duration;
@@ -70,6 +72,8 @@ pub fn up(
     sync: SyncMode,
 ) -> Result<State, TestbedError> {
     let dist = cassandra::distribution()?;
+    // Version and Java are refused here, before any image is built or VM created.
+    let version = cass_config::check(&dist.version, &dist.home)?;
     let plan = plan(testbed);
     if ports.len() != plan.len() {
         return Err(TestbedError::Ports {
@@ -82,7 +86,7 @@ pub fn up(
     std::fs::create_dir_all(state_dir).map_err(TestbedError::io(state_dir))?;
     let cache = assets::cache_dir();
     let a = assets::ensure(&cache)?;
-    let cimg = cassandra::ensure(&cache, &dist)?;
+    let cimg = cassandra::ensure(&cache, &dist, version)?;
     let pimg = if testbed == MIXED {
         Some(postgres::ensure(&cache)?)
     } else {
@@ -128,7 +132,13 @@ pub fn up(
                     postgres::ready_with_schema(g, vm.port, cass_workload::PG_ROLE)?;
             }
             Engine::Cassandra => {
-                g.wait_console(cassandra::READY_MARKER, CASS_READY)?;
+                // The guest reports a server that cannot start at once, in the server's words;
+                // returning drops `guests`, which removes every VM started here.
+                g.wait_console_or(
+                    cassandra::READY_MARKER,
+                    Some(cassandra::ERROR_MARKER),
+                    CASS_READY,
+                )?;
                 let (c, _) = Cql::connect_ready(&cassandra::addr(vm.port), CASS_READY)?;
                 vm.boot_to_ready_s = g.started.elapsed().as_secs_f64();
                 cass_workload::init_schema(&c)?;

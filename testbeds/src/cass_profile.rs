@@ -29,11 +29,12 @@ domain = "{domain}"
 kind = "cassandra"
 port = {port}
 ready_marker = "{marker}"
-failure_marker = "CGSNAP-CASS: error"
+failure_marker = "{error}"
 commitlog_sync = "{mode}"
 "#,
         port = cassandra::CQL_PORT,
         marker = cassandra::READY_MARKER,
+        error = cassandra::ERROR_MARKER,
         mode = match sync {
             SyncMode::Batch => "batch",
             SyncMode::Periodic { .. } => "periodic",

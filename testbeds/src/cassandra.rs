@@ -20,11 +20,14 @@ pub const BUILD_SCRIPT: &str = include_str!("../cassandra/build.sh");
 /// Environment variable naming the Cassandra binary distribution to use.
 pub const HOME_VAR: &str = "CGSNAP_CASSANDRA_HOME";
 /// Why Cassandra testbeds and tests cannot run without a distribution, and the fix.
-pub const UNSET_HELP: &str = "CGSNAP_CASSANDRA_HOME is not set (point it at an Apache Cassandra 4.x/5.0 binary distribution: bin/, conf/, lib/)";
+pub const UNSET_HELP: &str = "CGSNAP_CASSANDRA_HOME is not set (point it at a Cassandra 2.2 to 5.0 binary distribution: bin/, conf/, lib/)";
 /// CQL port inside the guest.
 pub const CQL_PORT: u16 = 9042;
 /// What the guest's init prints on the console once CQL is up.
 pub const READY_MARKER: &str = "CGSNAP-CASS: ready";
+/// What the guest's init prints on the console, followed by the server's own error line, when
+/// the server exits or logs a fatal error before CQL is up (or a disk does not mount).
+pub const ERROR_MARKER: &str = "CGSNAP-CASS: error";
 /// Keyspace of the workload tables.
 pub const KEYSPACE: &str = "cgsnap";
 
@@ -162,16 +165,28 @@ pub struct Images {
     pub data: PathBuf,
 }
 
-/// Build (or reuse) the Cassandra images in `dir` from `dist` (minutes the first time).
-pub fn ensure(dir: &Path, dist: &Distribution) -> Result<Images, AssetError> {
+/// Build (or reuse) the Cassandra images in `dir` from `dist` (minutes the first time), with
+/// the `cassandra.yaml` edits of its version `v` (checked by [`crate::cass_config::check`]).
+pub fn ensure(
+    dir: &Path,
+    dist: &Distribution,
+    v: crate::cass_config::Version,
+) -> Result<Images, AssetError> {
     let err = |detail: String| AssetError {
         dir: dir.to_path_buf(),
         detail,
     };
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let yaml = dir.join("cass-yaml.sh");
-    std::fs::write(&yaml, crate::cass_yaml::SCRIPT)
-        .map_err(|e| err(format!("{}: {e}", yaml.display())))?;
+    // Beside the script, which applies them and hashes them into the image's inputs.
+    let edits = crate::cass_config::edits_file(&dist.version, v);
+    for (name, text) in [
+        ("cass-yaml.sh", crate::cass_yaml::SCRIPT),
+        ("cass-watch.sh", crate::cass_watch::SCRIPT),
+        (crate::cass_config::EDITS_FILE, edits.as_str()),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| err(format!("{}: {e}", p.display())))?;
+    }
     // The script reads the distribution from its environment: pass the one checked here.
     crate::assets::run_image_script(
         dir,

@@ -23,6 +23,9 @@ pub enum TestbedError {
     /// No usable Cassandra distribution.
     #[error(transparent)]
     Distribution(#[from] crate::cassandra::DistError),
+    /// The distribution's version or the image's Java is not supported.
+    #[error(transparent)]
+    CassandraConfig(#[from] crate::cass_config::ConfigError),
     /// Building the guest kernel or an image failed.
     #[error(transparent)]
     Assets(#[from] crate::assets::AssetError),

@@ -7,7 +7,10 @@
 //!   log) lives under its own directory and is destroyed on drop unless [`Guest::keep`] is set,
 //!   and also when the process is interrupted where [`crate::interrupt::install`] was called.
 
+mod console;
 mod xml;
+
+pub use console::{Outcome, console_outcome};
 
 use crate::assets::Assets;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,14 @@ pub enum GuestError {
         secs: u64,
         /// The console's last lines.
         tail: String,
+    },
+    /// The guest printed its error marker before the ready one: the line says why.
+    #[error("guest {name}: {line}")]
+    Reported {
+        /// The guest's domain name.
+        name: String,
+        /// The console line with the error marker.
+        line: String,
     },
 }
 
@@ -375,10 +386,33 @@ impl Guest {
     /// Wait until the console shows `pattern` (polling with a deadline); returns the time
     /// since the domain was started.
     pub fn wait_console(&self, pattern: &str, timeout: Duration) -> Result<Duration, GuestError> {
+        self.wait_console_or(pattern, None, timeout)
+    }
+
+    /// [`Guest::wait_console`] that also fails at once, with the line, when the console shows
+    /// `error` (the guest's error marker, e.g. `CGSNAP-CASS: error`) before `pattern`.
+    pub fn wait_console_or(
+        &self,
+        pattern: &str,
+        error: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Duration, GuestError> {
         let start = Instant::now();
         loop {
-            if self.console_text().contains(pattern) {
-                return Ok(self.started.elapsed());
+            let text = self.console_text();
+            let outcome = match error {
+                Some(e) => console_outcome(&text, pattern, e),
+                None => text.contains(pattern).then_some(Outcome::Ready),
+            };
+            match outcome {
+                Some(Outcome::Ready) => return Ok(self.started.elapsed()),
+                Some(Outcome::Failed(line)) => {
+                    return Err(GuestError::Reported {
+                        name: self.spec.name.clone(),
+                        line,
+                    });
+                }
+                None => {}
             }
             if start.elapsed() > timeout {
                 let text = self.console_text();

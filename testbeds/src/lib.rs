@@ -11,7 +11,9 @@
 //!   workload and the verification profile member of a PostgreSQL guest;
 //! - [`cassandra`], [`cql`], [`cass_workload`], [`cass_bed`], [`cass_state`], [`cass_profile`]:
 //!   Cassandra guests built from a user-supplied distribution, the CQL client, workload,
-//!   testbeds, their saved state and profile;
+//!   testbeds, their saved state and profile; [`cass_config`]: the versions and Javas supported
+//!   and each version's `cassandra.yaml` keys; [`cass_yaml`], [`cass_watch`]: the guest's shell
+//!   helpers editing that file and watching the server start;
 //! - [`error`]: what bringing a testbed up or down failed on.
 
 #![deny(missing_docs)]
@@ -19,8 +21,10 @@
 
 pub mod assets;
 pub mod cass_bed;
+pub mod cass_config;
 pub mod cass_profile;
 pub mod cass_state;
+pub mod cass_watch;
 pub mod cass_workload;
 pub mod cass_yaml;
 pub mod cassandra;

@@ -28,7 +28,7 @@ port = {port}
 user = "postgres"
 password = "{pw}"
 ready_marker = "{ready}"
-failure_marker = "CGSNAP-PG: error"
+failure_marker = "{error}"
 beacon_table = "cgsnap_beacon"
 ack_db = "{db}"
 ack_kind = "{kind}"
@@ -42,6 +42,7 @@ invariants = [
         port = postgres::GUEST_PORT,
         pw = postgres::PASSWORD,
         ready = postgres::READY_MARKER,
+        error = postgres::ERROR_MARKER,
         total = i64::from(workload::ACCOUNTS) * workload::INITIAL_BALANCE,
     )
 }

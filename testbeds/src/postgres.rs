@@ -17,6 +17,8 @@ pub const PASSWORD: &str = "cgsnap";
 pub const GUEST_PORT: u16 = 5432;
 /// What the guest's init prints on the console once the server accepts connections.
 pub const READY_MARKER: &str = "CGSNAP-PG: ready";
+/// What the guest's init prints on the console, with the reason, when the server cannot start.
+pub const ERROR_MARKER: &str = "CGSNAP-PG: error";
 /// Longest wait for a testbed guest's server, first boot included.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -70,7 +72,7 @@ pub fn ready_with_schema(
     port: u16,
     role: crate::workload::Role,
 ) -> Result<f64, crate::error::TestbedError> {
-    let t = g.wait_console(READY_MARKER, READY_TIMEOUT)?;
+    let t = g.wait_console_or(READY_MARKER, Some(ERROR_MARKER), READY_TIMEOUT)?;
     let mut c = crate::workload::connect(&conninfo(port))?;
     crate::workload::init_schema(&mut c, role)?;
     Ok(t.as_secs_f64())
