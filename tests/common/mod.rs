@@ -4,8 +4,10 @@
 //! cleans up on drop and waits with deadlines, never bare sleeps.
 //!
 //! Invariant: every test that starts a guest, a libvirt daemon, a sandbox or anything else
-//! host-wide holds [`serial`] for its whole run ([`lab`] takes it), so such tests run one at
-//! a time within a binary although libtest runs tests on parallel threads.
+//! host-wide holds [`serial`] for its whole run ([`lab`] takes it). Tests of one module (one
+//! area: `snapshot`, `release`, ...) may run together, as they were written to; tests of two
+//! modules never do, so no test shares the host with another area's guests, daemons or fixed
+//! paths. `CGSNAP_TEST_ONE_AT_A_TIME=1` runs every such test alone.
 #![allow(dead_code)]
 
 pub mod bacula;
@@ -14,20 +16,63 @@ pub mod far;
 use cgsnap_testbeds::{assets, guest, record};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub const URI: &str = "qemu:///system";
 pub const BASE: &str = "/var/lib/libvirt/images/cgsnap-tests";
 
-/// VM tests share two CPU cores: run them one at a time within a test binary.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Who holds the host: a module's tests (by module name) and how many of them.
+struct Room {
+    holder: Option<String>,
+    count: usize,
+}
 
-/// Hold this for the whole test to run it alone among the tests that use the host's guests,
-/// daemons or fixed paths (see the module docs). A test that failed while holding it does not
-/// stop the others: the lock is taken over, not poisoned.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+static ROOM: Mutex<Room> = Mutex::new(Room {
+    holder: None,
+    count: 0,
+});
+static FREED: Condvar = Condvar::new();
+
+/// Held for a whole test (see the module docs); dropping it lets the next module in.
+pub struct Serial(());
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        let mut r = ROOM.lock().unwrap_or_else(|p| p.into_inner());
+        r.count -= 1;
+        if r.count == 0 {
+            r.holder = None;
+        }
+        FREED.notify_all();
+    }
+}
+
+/// Wait until no test of another module holds the host, then hold it with this test's module
+/// (libtest names a test's thread `module::test`). A test that failed while holding it does
+/// not stop the others: its guard is dropped while unwinding, and a poisoned lock is taken over.
+pub fn serial() -> Serial {
+    let all_alone = std::env::var_os("CGSNAP_TEST_ONE_AT_A_TIME").is_some_and(|v| v == "1");
+    match std::thread::current().name() {
+        Some(n) if !all_alone => enter(n.split("::").next().unwrap_or(n).to_string()),
+        _ => alone(),
+    }
+}
+
+/// Hold the host alone, even against the other tests of its module (tests that share daemons,
+/// job names or guest name prefixes with their neighbours).
+pub fn alone() -> Serial {
+    enter(format!("{:?}", std::thread::current().id()))
+}
+
+fn enter(room: String) -> Serial {
+    let mut r = ROOM.lock().unwrap_or_else(|p| p.into_inner());
+    while r.holder.as_ref().is_some_and(|h| *h != room) {
+        r = FREED.wait(r).unwrap_or_else(|p| p.into_inner());
+    }
+    r.holder = Some(room);
+    r.count += 1;
+    Serial(())
 }
 
 /// Write an executable shell script (a fake of a tool, a stand-in backup) at `path`.
@@ -42,12 +87,20 @@ pub struct Lab {
     pub catalog: tempfile::TempDir,
     pub guests: Vec<guest::Guest>,
     pub assets: assets::Assets,
-    _serial: MutexGuard<'static, ()>,
+    _serial: Serial,
 }
 
 /// A lab with `n` running writer guests of `disks` disks each, named `<name>-<i>`.
 pub fn lab(name: &str, n: usize, disks: usize) -> Lab {
-    let serial = serial();
+    lab_in(serial(), name, n, disks)
+}
+
+/// [`lab`], holding the host alone (see [`alone`]).
+pub fn lab_alone(name: &str, n: usize, disks: usize) -> Lab {
+    lab_in(alone(), name, n, disks)
+}
+
+fn lab_in(serial: Serial, name: &str, n: usize, disks: usize) -> Lab {
     let out = Command::new("virsh")
         .args(["-c", URI, "version"])
         .output()

@@ -49,7 +49,7 @@ fn assert_hook_lines(log: &str, job: &str, snap: &str) {
 
 #[test]
 fn bacula_job_with_the_shipped_snippet_backs_up_and_restores_a_consistent_cut() {
-    let lab = lab(GROUP, 2, 2);
+    let lab = lab_alone(GROUP, 2, 2);
     lab.group_add(GROUP, &lab.names());
     let start = Instant::now();
     let bacula = Bacula::start(&lab);
@@ -143,7 +143,7 @@ fn job_lines(log: &str, job: &str) -> String {
 
 #[test]
 fn bacula_job_failing_after_the_snapshot_still_releases_it() {
-    let lab = lab(GROUP, 2, 2);
+    let lab = lab_alone(GROUP, 2, 2);
     lab.group_add(GROUP, &lab.names());
     let start = Instant::now();
     let bacula = Bacula::start(&lab);

@@ -2,9 +2,9 @@
 //! qemu:///system, real TCG guests, the shipped hooks with real backup tools. One module per
 //! area, so `cargo test --test vm snapshot::` runs one area.
 //!
-//! Every test holds `common::serial()` (taken by `common::lab`) for its whole run: the guests
-//! share two CPU cores and fixed names, paths and ports, so they run one at a time although
-//! libtest starts tests on parallel threads. A test that makes no lab takes it itself.
+//! Every test holds `common::serial()` (taken by `common::lab`) for its whole run: tests of one
+//! module may run together (as each area's tests were written to: own names, ports and
+//! directories), tests of two modules never do. A test that makes no lab takes it itself.
 //! Cassandra has a binary of its own (`tests/vm_cassandra.rs`).
 
 #[path = "../common/mod.rs"]

@@ -69,7 +69,7 @@ fn summary(out: &Output) -> String {
 
 #[test]
 fn restic_backup_of_a_running_group_restores_a_consistent_cut() {
-    let lab = lab("cgt-restic", 2, 2);
+    let lab = lab_alone("cgt-restic", 2, 2);
     lab.group_add("cgt-restic", &lab.names());
     let work = tempfile::tempdir().expect("work dir");
     let repo = work.path().join("repo");
@@ -114,7 +114,7 @@ fn restic_backup_of_a_running_group_restores_a_consistent_cut() {
 
 #[test]
 fn restic_failure_or_sigterm_still_releases_the_group() {
-    let lab = lab("cgt-restic-f", 2, 2);
+    let lab = lab_alone("cgt-restic-f", 2, 2);
     lab.group_add("cgt-restic-f", &lab.names());
     let work = tempfile::tempdir().expect("work dir");
 
