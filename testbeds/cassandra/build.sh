@@ -59,8 +59,11 @@ umount "$root/proc"
 # The distribution, without whatever state a previous local run left in it.
 mkdir -p "$root/opt/cassandra"
 ( cd "$home" && tar --exclude=./data --exclude=./logs -cf - . ) | tar -xf - -C "$root/opt/cassandra"
+# persistent_settings: a 2.2-lineage server that keeps node settings beside its data
+# directories cannot create it itself (the data disk's root is root's); others ignore it.
 mkdir -p "$root/opt/cassandra/logs" "$root/casscommit/commitlog" \
-  "$root/cassdata/data" "$root/cassdata/hints" "$root/cassdata/saved_caches" "$root/cassdata/cdc_raw"
+  "$root/cassdata/data" "$root/cassdata/hints" "$root/cassdata/saved_caches" "$root/cassdata/cdc_raw" \
+  "$root/cassdata/persistent_settings"
 echo "$version" > "$root/etc/cgsnap-cassandra-version"
 cp "$here/cass-yaml.sh" "$root/usr/local/lib/cgsnap-cass-yaml.sh"
 cp "$here/cass-watch.sh" "$root/usr/local/lib/cgsnap-cass-watch.sh"

@@ -19,11 +19,18 @@ cass_line() {
   sed -n 1p | tr -d '\r' | cut -c1-400
 }
 
-# cass_fatal LOG: prints the server's fatal start-up line from LOG; false if there is none.
+# cass_fatal LOG: prints the server's fatal start-up line from LOG, with the exception's root
+# cause when the trace has one (an ExceptionInInitializerError says only "null"); false if
+# there is none.
 cass_fatal() {
   for p in "$CASS_FATAL_1" "$CASS_FATAL_2" "$CASS_FATAL_3"; do
-    l=$(grep -E -m1 -- "$p" "$1" 2>/dev/null | cass_line)
-    [ -n "$l" ] && { printf '%s\n' "$l"; return 0; }
+    l=$(grep -E -m1 -- "$p" "$1" 2>/dev/null | tr -d '\r')
+    [ -n "$l" ] || continue
+    c=$(grep -E '^Caused by: ' "$1" 2>/dev/null | tail -n 1 | tr -d '\r')
+    case "$l" in *"${c#Caused by: }"*) c= ;; esac
+    [ -n "$c" ] && l="$l; c${c#C}"
+    printf '%s\n' "$l" | cass_line
+    return 0
   done
   return 1
 }

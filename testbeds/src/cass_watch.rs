@@ -79,6 +79,22 @@ kill $srv"
     }
 
     #[test]
+    fn the_root_cause_of_a_startup_exception_is_named() {
+        let port = closed_port();
+        let body = format!(
+            "printf '%s\\n' 'Exception (java.lang.ExceptionInInitializerError) encountered during startup: null' \
+             'java.lang.ExceptionInInitializerError' '\tat org.apache.Foo' \
+             'Caused by: java.lang.IllegalStateException: Failed to mkdirs /cassdata/x; unable to start server' >> \"$log\"
+cass_wait 999999 \"$log\" 127.0.0.1 {port} 60"
+        );
+        assert_eq!(
+            run(&body).0,
+            "error: Exception (java.lang.ExceptionInInitializerError) encountered during startup: null; \
+             caused by: java.lang.IllegalStateException: Failed to mkdirs /cassdata/x; unable to start server\n"
+        );
+    }
+
+    #[test]
     fn a_server_that_exits_is_reported_with_its_last_line() {
         let port = closed_port();
         let body = format!(
