@@ -22,6 +22,19 @@ use std::time::{Duration, Instant};
 pub const URI: &str = "qemu:///system";
 pub const BASE: &str = "/var/lib/libvirt/images/cgsnap-tests";
 
+/// Headless Chromium as these tests run it, as root on a closed network: without the
+/// background-networking flags it keeps trying hosts it cannot reach.
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// Who holds the host: a module's tests (by module name) and how many of them.
 struct Room {
     holder: Option<String>,

@@ -33,6 +33,24 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `cgsnap group policy GROUP --max-age MAX_AGE --rpo 5s --rto 2m`; its output.
+fn set_policy(cat: &Path, group: &str, max_age: &str) -> String {
+    ok(&cgsnap(
+        cat,
+        &[
+            "group",
+            "policy",
+            group,
+            "--max-age",
+            max_age,
+            "--rpo",
+            "5s",
+            "--rto",
+            "2m",
+        ],
+    ))
+}
+
 fn snap(cat: &Catalog, group: &str, at: DateTime<Utc>, state: SnapState) -> Manifest {
     let m = Manifest {
         consistency_point: Some(at + Duration::milliseconds(300)),
@@ -122,35 +140,9 @@ fn policy_report_json_and_text_on_weeks_of_history() {
     let d = tempfile::tempdir().expect("tempdir");
     let cat = d.path();
     history(cat);
-    let set = ok(&cgsnap(
-        cat,
-        &[
-            "group",
-            "policy",
-            "pg",
-            "--max-age",
-            "26h",
-            "--rpo",
-            "5s",
-            "--rto",
-            "2m",
-        ],
-    ));
+    let set = set_policy(cat, "pg", "26h");
     assert!(set.contains("at most 1d 2h old, RPO 5s, RTO 2m"), "{set}");
-    ok(&cgsnap(
-        cat,
-        &[
-            "group",
-            "policy",
-            "stale",
-            "--max-age",
-            "1d",
-            "--rpo",
-            "5s",
-            "--rto",
-            "2m",
-        ],
-    ));
+    set_policy(cat, "stale", "1d");
     let shown = ok(&cgsnap(cat, &["group", "policy", "pg", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&shown).expect("json");
     assert_eq!(v["max_restore_point_age_seconds"], 93600.0);
@@ -163,20 +155,7 @@ fn policy_report_json_and_text_on_weeks_of_history() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    ok(&cgsnap(
-        cat,
-        &[
-            "group",
-            "policy",
-            "stale",
-            "--max-age",
-            "1d",
-            "--rpo",
-            "5s",
-            "--rto",
-            "2m",
-        ],
-    ));
+    set_policy(cat, "stale", "1d");
     let o = cgsnap(
         cat,
         &[
@@ -264,15 +243,8 @@ fn artifacts() -> PathBuf {
 
 fn chromium(profile: &Path, args: &[&str], url: &str) -> Output {
     Command::new("chromium")
+        .args(crate::common::CHROMIUM_FLAGS)
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=5000",
@@ -359,34 +331,8 @@ fn the_report_page_renders_in_chromium_on_a_phone_and_prints() {
     let d = tempfile::tempdir().expect("tempdir");
     let cat = d.path().join("catalog");
     history(&cat);
-    ok(&cgsnap(
-        &cat,
-        &[
-            "group",
-            "policy",
-            "pg",
-            "--max-age",
-            "26h",
-            "--rpo",
-            "5s",
-            "--rto",
-            "2m",
-        ],
-    ));
-    ok(&cgsnap(
-        &cat,
-        &[
-            "group",
-            "policy",
-            "stale",
-            "--max-age",
-            "1d",
-            "--rpo",
-            "5s",
-            "--rto",
-            "2m",
-        ],
-    ));
+    set_policy(&cat, "pg", "26h");
+    set_policy(&cat, "stale", "1d");
     ok(&cgsnap(&cat, &["report"]));
     let page = cat.join("reports/index.html");
     let profile = d.path().join("chromium");

@@ -372,18 +372,9 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
 fn chromium(html: &Path, shot: &Path) -> String {
     let profile = tempfile::tempdir().expect("chromium profile");
     let common = |c: &mut Command| {
-        c.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1200,1600",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()));
+        c.args(common::CHROMIUM_FLAGS)
+            .arg("--window-size=1200,1600")
+            .arg(format!("--user-data-dir={}", profile.path().display()));
     };
     let url = format!("file://{}", html.display());
     let mut c = Command::new("chromium");
