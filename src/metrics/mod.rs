@@ -337,8 +337,9 @@ pub fn refresh(cat: &Catalog, dir: &Path) -> Result<(PathBuf, String), MetricsEr
     let manifests = cat.list()?;
     let now = Utc::now();
     let since = now - chrono::Duration::days(CONTROL_PERIOD_DAYS);
-    let report = crate::report::build(cat, None, since, now)?;
-    let text = render(&manifests, &cat.verifications(&manifests), &report.groups);
+    let verifications = cat.verifications(&manifests);
+    let report = crate::report::build_from(cat, &manifests, &verifications, None, since, now)?;
+    let text = render(&manifests, &verifications, &report.groups);
     let path = dir.join(FILE_NAME);
     // The collector reads only `*.prom`: the temporary name must not end so.
     let tmp = dir.join(format!(".{FILE_NAME}.tmp"));

@@ -18,11 +18,12 @@ pub mod status;
 pub mod svg;
 
 use crate::catalog::policy::{self, Policy, PolicyError};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, Manifest, VerifyView};
 use crate::model::exit::{Classify, ExitCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 pub use status::Status;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The JSON schema's name and version (`schema`).
@@ -254,7 +255,25 @@ pub fn build(
     now: DateTime<Utc>,
 ) -> Result<Report, ReportError> {
     let manifests = cat.list()?;
-    let verifications = cat.verifications(&manifests);
+    build_from(
+        cat,
+        &manifests,
+        &cat.verifications(&manifests),
+        group,
+        since,
+        now,
+    )
+}
+
+/// [`build`] from the manifests (oldest first) and verifications already read from `cat`.
+pub fn build_from(
+    cat: &Catalog,
+    manifests: &[Manifest],
+    verifications: &BTreeMap<String, VerifyView>,
+    group: Option<&str>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Report, ReportError> {
     let policies = policy::all(cat)?;
     let mut names: std::collections::BTreeSet<&str> =
         manifests.iter().map(|m| m.group.as_str()).collect();
@@ -272,7 +291,7 @@ pub fn build(
             let input = gather::Input {
                 group: g,
                 manifests: &ms,
-                verifications: &verifications,
+                verifications,
                 policy: policies.get(g),
                 reports: &cat.dir().join("reports"),
                 since,
