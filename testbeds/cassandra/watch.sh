@@ -4,8 +4,11 @@
 # cut, tr (all in the minimal guest) and bash for the port probe.
 
 # Fatal start-up lines, most telling first (extended regexps, tried in this order).
-CASS_FATAL_1='Invalid yaml'
-CASS_FATAL_2='Exception.*encountered during startup|Cannot start node'
+# A commit log the node cannot replay: the exception's line says what is wrong with which
+# segment; with commit_failure_policy stop_on_startup the server stays up without CQL, so its
+# "Failed to recover" line is the only sign.
+CASS_FATAL_1='Invalid yaml|CommitLogReplayException: '
+CASS_FATAL_2='Exception.*encountered during startup|Cannot start node|Failed to recover from commitlog corruption'
 CASS_FATAL_3='ERROR.*Fatal|Fatal configuration error|Error occurred during initialization of VM|Could not find or load main class|Unrecognized VM option'
 
 # cass_alive PID: the process exists and is not a zombie (PID 1 reaps it only now and then).

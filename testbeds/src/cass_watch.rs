@@ -95,6 +95,27 @@ cass_wait 999999 \"$log\" 127.0.0.1 {port} 60"
     }
 
     #[test]
+    fn a_commit_log_that_cannot_be_replayed_is_named_with_its_segment() {
+        let port = closed_port();
+        // As 2.2 logs it: the exit notice first, the exception with the segment after it.
+        let body = format!(
+            "printf '%s\\n' 'ERROR [main] 2026-12-03 JVMStabilityInspector.java:100 - Exiting due to error while processing commit log during initialization.' \
+             'org.apache.cassandra.db.commitlog.CommitLogReplayer$CommitLogReplayException: Encountered bad header at position 1234 of commit log /casscommit/commitlog/CommitLog-5-1.log, with bad position but valid CRC' \
+             '\tat org.apache.Foo' >> \"$log\"
+sh -c 'exit 100' &
+cass_wait $! \"$log\" 127.0.0.1 {port} 60"
+        );
+        let (out, took) = run(&body);
+        assert_eq!(
+            out,
+            "error: org.apache.cassandra.db.commitlog.CommitLogReplayer$CommitLogReplayException: \
+             Encountered bad header at position 1234 of commit log \
+             /casscommit/commitlog/CommitLog-5-1.log, with bad position but valid CRC\n"
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
     fn a_server_that_exits_is_reported_with_its_last_line() {
         let port = closed_port();
         let body = format!(

@@ -222,8 +222,12 @@ pub fn check_member(
             ctx.ready_timeout.as_secs()
         )),
         Wait::Failed(d) => Err(format!(
-            "the node reported it cannot start {:.1} s after boot",
-            d.as_secs_f64()
+            "the node reported it cannot start {:.1} s after boot: {}",
+            d.as_secs_f64(),
+            prof.failure_marker
+                .as_deref()
+                .and_then(|f| sb.marker_line(f))
+                .unwrap_or_default()
         )),
         Wait::Stopped => Err("the sandbox was stopped before the node was ready".into()),
         Wait::Ready(_) => {
