@@ -69,6 +69,8 @@ fi
 command -v sqlite3 >/dev/null || $SUDO apt-get install -y -qq sqlite3 >/dev/null
 # ss (iproute2): tests/vm/bacula.rs breaks the Bacula file daemon's storage connection with ss -K.
 command -v ss >/dev/null || $SUDO apt-get install -y -qq iproute2 >/dev/null
+# The Cassandra tests trace verify's connect() calls (the network rule: loopback only).
+command -v strace >/dev/null || $SUDO apt-get install -y -qq strace >/dev/null
 
 pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
 pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
