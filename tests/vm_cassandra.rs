@@ -97,18 +97,6 @@ fn round(lab: &Lab, bed: &str, profile: &Path, extra: &[&str]) -> (serde_json::V
 }
 
 /// The failed checks of a report, with their evidence.
-fn failed_checks(r: &serde_json::Value) -> Vec<String> {
-    r["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .flat_map(|m| m["checks"].as_array().cloned().unwrap_or_default())
-        .chain(r["cross_checks"].as_array().cloned().unwrap_or_default())
-        .filter(|c| c["ok"] == false)
-        .map(|c| format!("{}: {}", c["name"], c["evidence"]))
-        .collect()
-}
-
 fn member<'a>(r: &'a serde_json::Value, domain: &str) -> &'a serde_json::Value {
     r["members"]
         .as_array()

@@ -7,7 +7,7 @@
 //!   log) lives under its own directory and is destroyed on drop unless [`Guest::keep`] is set,
 //!   and also when the process is interrupted where [`crate::interrupt::install`] was called.
 
-mod console;
+pub mod console;
 mod xml;
 
 pub use console::{Outcome, console_outcome};

@@ -669,3 +669,28 @@ impl Drop for TestbedDown<'_> {
         }
     }
 }
+
+/// Run `cmd` to success and return its standard output; a failure shows both streams.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every failed check of a verify report (members' and cross-member), as `NAME: EVIDENCE`.
+pub fn failed_checks(r: &serde_json::Value) -> Vec<String> {
+    r["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .flat_map(|m| m["checks"].as_array().cloned().unwrap_or_default())
+        .chain(r["cross_checks"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["ok"] == false)
+        .map(|c| format!("{}: {}", c["name"], c["evidence"]))
+        .collect()
+}

@@ -11,6 +11,7 @@
 //!   catalog with policies: for a group whose restore point aged past its policy and for one
 //!   that never had one, never for a group without a policy.
 
+use crate::common::run_ok;
 use cgsnap::catalog::{Catalog, Manifest, MemberRecord, SnapState};
 use chrono::{DateTime, Utc};
 use std::io::{Read, Write};
@@ -29,17 +30,6 @@ fn tool(name: &str) -> Command {
         p.display()
     );
     Command::new(p)
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
-    text
 }
 
 #[test]

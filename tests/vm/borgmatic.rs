@@ -13,18 +13,11 @@ use std::time::Duration;
 const DIR: &str = "/var/lib/libvirt/images/cgsnap-tests/borg";
 const RESTORE: &str = "/var/lib/libvirt/images/cgsnap-tests/borg-restore";
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A command that may touch the test's unencrypted borg repository without asking.
+fn borg_env(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes");
+    c
 }
 
 #[test]
@@ -38,9 +31,11 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         .success();
     let work = tempfile::tempdir().expect("work dir");
     let repo = work.path().join("repo");
-    run(Command::new("borg")
-        .args(["init", "--encryption=none"])
-        .arg(&repo));
+    run_ok(
+        borg_env("borg")
+            .args(["init", "--encryption=none"])
+            .arg(&repo),
+    );
 
     // The shipped adapter, pointed at this test's group, paths and cgsnap binary.
     let cgsnap = format!(
@@ -60,10 +55,12 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     let cfg_path = work.path().join("borgmatic.yaml");
     std::fs::write(&cfg_path, cfg).expect("config");
     std::thread::sleep(Duration::from_secs(3));
-    run(Command::new("borgmatic")
-        .arg("-c")
-        .arg(&cfg_path)
-        .args(["create", "--verbosity", "1"]));
+    run_ok(
+        borg_env("borgmatic")
+            .arg("-c")
+            .arg(&cfg_path)
+            .args(["create", "--verbosity", "1"]),
+    );
 
     // post ran: the snapshot is released, no overlay is left next to the running VMs.
     let listed = list_json(&lab);
@@ -75,7 +72,7 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     assert_eq!(snap["state"], "released");
     assert!(files_under(Path::new(DIR), ".cgsnap-overlay").is_empty());
 
-    let archive = run(Command::new("borg").args(["list", "--short"]).arg(&repo));
+    let archive = run_ok(borg_env("borg").args(["list", "--short"]).arg(&repo));
     let archive = archive
         .lines()
         .last()
@@ -84,17 +81,19 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         .to_string();
     let _ = std::fs::remove_dir_all(RESTORE);
     std::fs::create_dir_all(RESTORE).expect("restore dir");
-    run(Command::new("borg")
-        .arg("extract")
-        .arg(format!("{}::{archive}", repo.display()))
-        .current_dir(RESTORE));
+    run_ok(
+        borg_env("borg")
+            .arg("extract")
+            .arg(format!("{}::{archive}", repo.display()))
+            .current_dir(RESTORE),
+    );
     assert!(
         files_under(Path::new(RESTORE), ".cgsnap-overlay").is_empty(),
         "overlays excluded from the backup"
     );
     // borg creates the parents of extracted paths private (0700); QEMU, running as its own
     // user, must traverse them to read the images.
-    run(Command::new("chmod").args(["-R", "a+rX", RESTORE]));
+    run_ok(borg_env("chmod").args(["-R", "a+rX", RESTORE]));
     let extracted = Path::new(RESTORE)
         .join(DIR.trim_start_matches('/'))
         .join("cgsnap-orders/vdb.qcow2");

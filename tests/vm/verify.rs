@@ -140,14 +140,7 @@ fn snapshots_under_load_verify_clean_and_the_staggered_control_is_caught() {
             "1000",
         ];
         let (r, _, code) = round(&lab, &profile, &args);
-        let failed: Vec<String> = r["members"]
-            .as_array()
-            .expect("members")
-            .iter()
-            .flat_map(|m| m["checks"].as_array().cloned().unwrap_or_default())
-            .filter(|c| c["ok"] == false)
-            .map(|c| format!("{}: {}", c["name"], c["evidence"]))
-            .collect();
+        let failed = failed_checks(&r);
         println!(
             "WAL-before-data {i}/{d}: {} | {} | failed: {}",
             r["verdict"],

@@ -8,26 +8,19 @@
 //! as the guest's mount would; an edit made on the stale metadata would be undone by that
 //! replay at boot.
 
+use crate::common::run_ok;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn run(c: &mut Command) -> String {
-    let out = c.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `(name, size)` of the commit log segments in the filesystem image `raw`, oldest first.
 fn segments(raw: &Path) -> Vec<(String, u64)> {
     // `ls -p` lines: /inode/mode/uid/gid/name/size/
-    let text = run(Command::new("debugfs")
-        .arg("-R")
-        .arg("ls -p /commitlog")
-        .arg(raw));
+    let text = run_ok(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg("ls -p /commitlog")
+            .arg(raw),
+    );
     let mut segs: Vec<(u64, String, u64)> = text
         .lines()
         .filter_map(|l| {
@@ -67,41 +60,51 @@ pub fn copy_with_cut_segment(
             let dst = dir.join(image.trim_start_matches('/'));
             std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
             if d["target"] != commitlog {
-                run(Command::new("qemu-img")
-                    .args(["convert", "-O", "qcow2", image])
-                    .arg(&dst));
+                run_ok(
+                    Command::new("qemu-img")
+                        .args(["convert", "-O", "qcow2", image])
+                        .arg(&dst),
+                );
                 continue;
             }
             let raw = dst.with_extension("raw");
-            run(Command::new("qemu-img")
-                .args(["convert", "-O", "raw", image])
-                .arg(&raw));
+            run_ok(
+                Command::new("qemu-img")
+                    .args(["convert", "-O", "raw", image])
+                    .arg(&raw),
+            );
             cut = Some(cut_oldest_segment(&raw));
-            run(Command::new("qemu-img")
-                .args(["convert", "-f", "raw", "-O", "qcow2"])
-                .arg(&raw)
-                .arg(&dst));
+            run_ok(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&raw)
+                    .arg(&dst),
+            );
             std::fs::remove_file(&raw).expect("remove raw");
         }
     }
     // QEMU runs as its own user and must traverse the tree.
-    run(Command::new("chmod").arg("-R").arg("a+rX").arg(dir));
+    run_ok(Command::new("chmod").arg("-R").arg("a+rX").arg(dir));
     cut.unwrap_or_else(|| panic!("no disk {commitlog} in the snapshot"))
 }
 
 fn cut_oldest_segment(raw: &Path) -> (String, usize, u64) {
-    run(Command::new("e2fsck")
-        .args(["-E", "journal_only", "-y"])
-        .arg(raw));
+    run_ok(
+        Command::new("e2fsck")
+            .args(["-E", "journal_only", "-y"])
+            .arg(raw),
+    );
     let segs = segments(raw);
     println!("commit log segments in the copy: {segs:?}");
     let (name, _) = segs.first().expect("a commit log segment").clone();
     let path = format!("/commitlog/{name}");
     let dump: PathBuf = raw.with_extension("segment");
-    run(Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("dump {path} {}", dump.display()))
-        .arg(raw));
+    run_ok(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump {path} {}", dump.display()))
+            .arg(raw),
+    );
     let used = used_bytes(&std::fs::read(&dump).expect("segment"));
     std::fs::remove_file(&dump).expect("remove dump");
     assert!(used > 8192, "{name} holds only {used} bytes");
@@ -114,11 +117,13 @@ fn cut_oldest_segment(raw: &Path) -> (String, usize, u64) {
         format!("punch {path} {keep_blocks}\nsif {path} size {len}\n"),
     )
     .expect("commands");
-    run(Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&cmds)
-        .arg(raw));
+    run_ok(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmds)
+            .arg(raw),
+    );
     std::fs::remove_file(&cmds).expect("remove commands");
     let after = segments(raw);
     assert!(

@@ -242,10 +242,7 @@ impl Sandbox {
     /// The first console line holding `marker`, from the marker on (the guest's own report,
     /// e.g. `CGSNAP-CASS: error: <the server's line>`).
     pub fn marker_line(&self, marker: &str) -> Option<String> {
-        let text = self.console_text();
-        let i = text.find(marker)?;
-        let line = text[i..].lines().next().unwrap_or_default();
-        Some(line.trim_end_matches('\r').to_string())
+        cgsnap_testbeds::guest::console::marker_line(&self.console_text(), marker).map(|m| m.line)
     }
 
     /// Wait for `ready` (or `failure`) on the console; times are since boot.

@@ -18,17 +18,41 @@ pub enum Outcome {
 /// being written is not cut short.
 pub fn console_outcome(text: &str, ready: &str, error: &str) -> Option<Outcome> {
     let r = text.find(ready);
-    let e = text.find(error).and_then(|i| {
-        let rest = &text[i..];
-        rest.find('\n')
-            .map(|n| (i, rest[..n].trim_end_matches('\r').to_string()))
-    });
+    let e = marker_line(text, error).filter(|m| m.whole);
     match (r, e) {
-        (Some(r), Some((e, _))) if r < e => Some(Outcome::Ready),
-        (_, Some((_, line))) => Some(Outcome::Failed(line)),
+        (Some(r), Some(e)) if r < e.at => Some(Outcome::Ready),
+        (_, Some(e)) => Some(Outcome::Failed(e.line)),
         (Some(_), None) => Some(Outcome::Ready),
         (None, None) => None,
     }
+}
+
+/// The first console line holding a marker: see [`marker_line`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerLine {
+    /// Byte offset of the marker in the console text.
+    pub at: usize,
+    /// The line from the marker on, carriage returns dropped.
+    pub line: String,
+    /// The line was ended by a newline (a line still being written may be cut short).
+    pub whole: bool,
+}
+
+/// The first line of `text` holding `marker`, from the marker on; `None` if it is not there.
+/// One reading for the testbeds' boot waits and verify's evidence, so both quote the guest's
+/// line the same way.
+pub fn marker_line(text: &str, marker: &str) -> Option<MarkerLine> {
+    let at = text.find(marker)?;
+    let rest = &text[at..];
+    let (line, whole) = match rest.find('\n') {
+        Some(n) => (&rest[..n], true),
+        None => (rest, false),
+    };
+    Some(MarkerLine {
+        at,
+        line: line.trim_end_matches('\r').to_string(),
+        whole,
+    })
 }
 
 #[cfg(test)]
@@ -65,6 +89,11 @@ mod tests {
     #[test]
     fn a_half_written_error_line_waits_for_its_end() {
         assert_eq!(console_outcome("CGSNAP-CASS: error: Inval", R, E), None);
+        let half = marker_line("x\nCGSNAP-CASS: error: Inval", E).expect("marker is there");
+        assert_eq!(
+            (half.at, half.line.as_str(), half.whole),
+            (2, "CGSNAP-CASS: error: Inval", false)
+        );
         assert_eq!(
             console_outcome("CGSNAP-CASS: error: Invalid yaml\n", R, E),
             Some(Outcome::Failed("CGSNAP-CASS: error: Invalid yaml".into()))
