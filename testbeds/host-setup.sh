@@ -20,7 +20,7 @@ if [ "$need" = 1 ]; then
   v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
   $SUDO apt-get install -y -qq --allow-downgrades \
     qemu-system-x86 "qemu-utils=$v" "qemu-block-extra=$v" \
-    libvirt-daemon-system libvirt-dev busybox-static cpio pkg-config \
+    libvirt-daemon-system libvirt-dev libnbd-dev libnbd-bin busybox-static cpio pkg-config \
     debootstrap e2fsprogs postgresql-client chromium borgbackup borgmatic restic python3-jsonschema >/dev/null
 else
   # The guest kernel is fetched with apt-get download: package lists must exist.

@@ -6,10 +6,12 @@
 //! - A `Host` is one libvirt connection (one URI). Implementations are `Send + Sync` and may be
 //!   called from several threads at once (libvirt connections are thread-safe).
 //! - Domains are addressed by name; a name is unique within one host.
+//! - Disk contents exported over NBD (pull-mode backup) are read only through [`nbd`] (libnbd).
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod libvirt;
+pub mod nbd;
 pub mod pool;
 pub mod qemu_text;
 pub mod uri;

@@ -311,6 +311,7 @@ const ENGINE_LAYERS: &[&[&str]] = &[
     &["catalog"],
     &["release"],
     &["snapshot"],
+    &["backup"],
     &["report"],
     &["hook", "metrics"],
 ];

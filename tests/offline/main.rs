@@ -1,7 +1,8 @@
 //! The integration tests that need no real guest, one test binary (`cargo test --test
 //! offline`): the libvirt adapter on libvirt's in-process test driver, the catalog and its
-//! parsers, the verify guards, and the shipped hooks run with their real tools (promtool,
-//! systemd-analyze, borgmatic, bacula-dir -t) and fakes. One module per area, so
+//! parsers, the verify guards, backup copies through libnbd and qemu-nbd, and the shipped
+//! hooks run with their real tools (promtool, systemd-analyze, borgmatic, bacula-dir -t) and
+//! fakes. One module per area, so
 //! `cargo test --test offline hook_` runs the hook tests.
 //!
 //! These tests run in parallel: each works in a temporary directory of its own, on a private
@@ -22,5 +23,6 @@ mod hook_prometheus;
 mod hook_schedulers;
 mod hook_scripts;
 mod layers;
+mod nbd_copy;
 mod report_page;
 mod verify_guard;
