@@ -46,7 +46,7 @@ impl LibvirtHost {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn err(&self, op: &'static str, target: &str, e: virt::error::Error) -> HvError {
+    pub(super) fn err(&self, op: &'static str, target: &str, e: virt::error::Error) -> HvError {
         HvError {
             uri: self.uri.clone(),
             op,
@@ -98,17 +98,17 @@ impl LibvirtHost {
         }
     }
 
-    fn last_err(&self, op: &'static str, target: &str) -> HvError {
+    pub(super) fn last_err(&self, op: &'static str, target: &str) -> HvError {
         self.err(op, target, virt::error::Error::last_error())
     }
 
-    fn dom(&self, name: &str) -> HvResult<Domain> {
+    pub(super) fn dom(&self, name: &str) -> HvResult<Domain> {
         self.conn()
             .lookup_domain_by_name(name)
             .map_err(|e| self.err("lookup domain", name, e))
     }
 
-    fn cstr(&self, op: &'static str, target: &str, s: &str) -> HvResult<CString> {
+    pub(super) fn cstr(&self, op: &'static str, target: &str, s: &str) -> HvResult<CString> {
         CString::new(s).map_err(|_| HvError {
             uri: self.uri.clone(),
             op,
@@ -137,6 +137,9 @@ pub fn kind_of(code: ErrorNumberEnum, from: ErrorDomainEnum) -> HvErrorKind {
         N::OperationInvalid => HvErrorKind::OperationInvalid,
         N::NoSupport | N::OperationUnsupported | N::ArgumentUnsupported => HvErrorKind::Unsupported,
         N::SystemError => HvErrorKind::System,
+        N::NoDomainBackup => HvErrorKind::NoBackup,
+        N::NoDomainCheckpoint => HvErrorKind::NoCheckpoint,
+        N::CheckpointInconsistent => HvErrorKind::CheckpointInconsistent,
         _ => HvErrorKind::Other,
     }
 }
@@ -439,6 +442,30 @@ impl Host for LibvirtHost {
             )
             .map(|_| ())
             .map_err(|e| self.err("start helper domain", name, e))
+    }
+
+    fn backup_begin(&self, dom: &str, backup_xml: &str, checkpoint_xml: &str) -> HvResult<()> {
+        self.begin_backup(dom, backup_xml, checkpoint_xml)
+    }
+
+    fn backup_xml(&self, dom: &str) -> HvResult<Option<String>> {
+        self.backup_desc(dom)
+    }
+
+    fn backup_abort(&self, dom: &str) -> HvResult<()> {
+        self.abort_backup(dom)
+    }
+
+    fn checkpoints(&self, dom: &str) -> HvResult<Vec<String>> {
+        self.list_checkpoints(dom)
+    }
+
+    fn checkpoint_probe(&self, dom: &str, name: &str) -> HvResult<()> {
+        self.probe_checkpoint(dom, name)
+    }
+
+    fn checkpoint_delete(&self, dom: &str, name: &str, metadata_only: bool) -> HvResult<()> {
+        self.delete_checkpoint(dom, name, metadata_only)
     }
 
     fn destroy(&self, dom: &str) -> HvResult<()> {

@@ -8,6 +8,7 @@
 //! - Domains are addressed by name; a name is unique within one host.
 //! - Disk contents exported over NBD (pull-mode backup) are read only through [`nbd`] (libnbd).
 
+mod backup_api;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod libvirt;
@@ -130,6 +131,13 @@ pub enum HvErrorKind {
     /// `VIR_ERR_SYSTEM_ERROR`: a system call failed on the daemon's host (a file missing or
     /// unreadable); which one and why only its message says (`libvirt::classify_text`).
     System,
+    /// `VIR_ERR_NO_DOMAIN_BACKUP`: the domain has no backup job.
+    NoBackup,
+    /// `VIR_ERR_NO_DOMAIN_CHECKPOINT`: no checkpoint of that name.
+    NoCheckpoint,
+    /// `VIR_ERR_CHECKPOINT_INCONSISTENT`: a checkpoint's bitmap is missing or broken, so no
+    /// incremental can be based on it.
+    CheckpointInconsistent,
     /// Any other libvirt error.
     Other,
 }
@@ -220,6 +228,56 @@ pub trait Host: Send + Sync {
     fn start_helper(&self, name: &str, xml: &str) -> HvResult<()>;
     /// Stop a domain at once (QEMU is asked to quit, then killed).
     fn destroy(&self, dom: &str) -> HvResult<()>;
+    /// Start a pull-mode backup job of the (running) domain from `<domainbackup>` XML, creating
+    /// the `<domaincheckpoint>` in the same call: both cover the domain's disks at one instant.
+    /// The disks' chains are not changed; the job serves each disk over NBD until aborted.
+    fn backup_begin(&self, dom: &str, _backup_xml: &str, _checkpoint_xml: &str) -> HvResult<()> {
+        Err(unsupported(self.uri(), "begin backup", dom))
+    }
+    /// The running backup job's XML (scratch files, exports), or `None` when there is none.
+    fn backup_xml(&self, dom: &str) -> HvResult<Option<String>> {
+        Err(unsupported(self.uri(), "get backup XML", dom))
+    }
+    /// End the domain's backup job (`virDomainAbortJob`): libvirt stops its NBD server and
+    /// deletes its scratch files once QEMU has cancelled the per-disk jobs.
+    fn backup_abort(&self, dom: &str) -> HvResult<()> {
+        Err(unsupported(self.uri(), "abort backup job", dom))
+    }
+    /// Names of the domain's checkpoints.
+    fn checkpoints(&self, dom: &str) -> HvResult<Vec<String>> {
+        Err(unsupported(self.uri(), "list checkpoints", dom))
+    }
+    /// Check that the checkpoint's bitmaps are whole on every disk, by asking libvirt for the
+    /// size of what changed since it (which merges them). An error of kind
+    /// [`HvErrorKind::CheckpointInconsistent`] or [`HvErrorKind::NoCheckpoint`] says no
+    /// incremental can be based on it.
+    fn checkpoint_probe(&self, dom: &str, name: &str) -> HvResult<()> {
+        Err(unsupported(
+            self.uri(),
+            "probe checkpoint",
+            &format!("{dom}/{name}"),
+        ))
+    }
+    /// Delete a checkpoint (its bitmaps merged into its parent's); `metadata_only` forgets it
+    /// without touching the images (the only way for a shut-off domain).
+    fn checkpoint_delete(&self, dom: &str, name: &str, _metadata_only: bool) -> HvResult<()> {
+        Err(unsupported(
+            self.uri(),
+            "delete checkpoint",
+            &format!("{dom}/{name}"),
+        ))
+    }
+}
+
+/// The error of a [`Host`] that cannot make the call `op`.
+fn unsupported(uri: &str, op: &'static str, target: &str) -> HvError {
+    HvError {
+        uri: uri.to_string(),
+        op,
+        target: target.to_string(),
+        message: "this connection cannot do that".into(),
+        kind: HvErrorKind::Unsupported,
+    }
 }
 
 impl crate::model::exit::Classify for HvError {

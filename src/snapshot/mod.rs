@@ -23,8 +23,9 @@ pub mod tuning;
 pub mod watchdog;
 
 pub use plan::plan;
-pub(crate) use rollback::roll_back_into;
+pub(crate) use rollback::{not_known_running, roll_back_into};
 pub use take::take;
+pub(crate) use take::{failure_cause, record_timings};
 
 use crate::catalog::{Catalog, CatalogError, SnapState, TransitionError};
 use crate::group::GroupError;

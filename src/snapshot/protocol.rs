@@ -54,10 +54,27 @@ pub struct Step {
     pub host: Arc<dyn Host>,
     /// The member's domain.
     pub domain: String,
-    /// The `<domainsnapshot>` XML that cuts its disks.
-    pub snapshot_xml: String,
-    /// Let libvirt reuse pre-created overlays.
-    pub reuse: bool,
+    /// How its disks are cut.
+    pub cut: Cut,
+}
+
+/// How a paused member's disks are cut: both cover every listed disk at one instant.
+#[derive(Debug, Clone)]
+pub enum Cut {
+    /// An external disk-only snapshot: the disks switch to overlays.
+    Snapshot {
+        /// The `<domainsnapshot>` XML.
+        xml: String,
+        /// Let libvirt reuse pre-created overlays.
+        reuse: bool,
+    },
+    /// A pull-mode backup job with a checkpoint: the chains stay as they are.
+    Backup {
+        /// The `<domainbackup>` XML.
+        backup_xml: String,
+        /// The `<domaincheckpoint>` XML.
+        checkpoint_xml: String,
+    },
 }
 
 /// What happened to one member, with its timings in milliseconds (`None`: not attempted).
@@ -282,10 +299,16 @@ fn all_paused(gate: &(Mutex<Gate>, Condvar), n: usize, out: &MemberOutcome, env:
 fn snapshot(step: &Step, index: usize, env: &Env, out: &mut MemberOutcome) {
     let s = Instant::now();
     out.snap_start = Some(s);
-    match step
-        .host
-        .snapshot(&step.domain, &step.snapshot_xml, step.reuse)
-    {
+    let r = match &step.cut {
+        Cut::Snapshot { xml, reuse } => step.host.snapshot(&step.domain, xml, *reuse),
+        Cut::Backup {
+            backup_xml,
+            checkpoint_xml,
+        } => step
+            .host
+            .backup_begin(&step.domain, backup_xml, checkpoint_xml),
+    };
+    match r {
         Ok(()) => out.snapshotted = true,
         Err(e) => out.error = Some(e),
     }

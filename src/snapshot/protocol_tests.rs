@@ -13,8 +13,10 @@ fn setup(n: usize) -> (Arc<FakeHost>, Vec<Step>) {
             Step {
                 host: h.clone(),
                 domain: name,
-                snapshot_xml: "<domainsnapshot><disks><disk name='vda' snapshot='external'><source file='/o'/></disk></disks></domainsnapshot>".into(),
-                reuse: false,
+                cut: Cut::Snapshot {
+                    xml: "<domainsnapshot><disks><disk name='vda' snapshot='external'><source file='/o'/></disk></disks></domainsnapshot>".into(),
+                    reuse: false,
+                },
             }
         })
         .collect();

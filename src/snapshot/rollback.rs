@@ -66,7 +66,7 @@ pub(crate) fn rollback(
 
 /// Members that are paused by a user/API call, or whose state cannot be read, each as
 /// "DOMAIN on URI" (with "(state unknown)" for the latter).
-pub(super) fn not_known_running(plan: &[PlannedMember]) -> Vec<String> {
+pub(crate) fn not_known_running(plan: &[PlannedMember]) -> Vec<String> {
     plan.iter()
         .filter_map(|p| {
             let host = p.member.host.as_ref();

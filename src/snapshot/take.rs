@@ -12,7 +12,7 @@
 
 use super::disk_order::{self, Staged};
 use super::precreate::precreate_all;
-use super::protocol::{self, Env, Outcome, Step, ms};
+use super::protocol::{self, Cut, Env, Outcome, Step, ms};
 use super::rollback::{abort_unfrozen, not_known_running, roll_back_into};
 use super::watchdog::{self, WatchMember, Watchdog};
 use super::{Options, SnapshotError, plan, preflight};
@@ -218,8 +218,10 @@ impl Run<'_> {
             steps.push(Step {
                 host,
                 domain: p.member.domain.clone(),
-                snapshot_xml: p.snapshot_xml.clone(),
-                reuse,
+                cut: Cut::Snapshot {
+                    xml: p.snapshot_xml.clone(),
+                    reuse,
+                },
             });
         }
         Ok(())
@@ -292,7 +294,7 @@ impl Run<'_> {
 }
 
 /// Copy the protocol's timings into the manifest.
-fn record_timings(man: &mut Manifest, out: &Outcome, preflight_ms: f64) {
+pub(crate) fn record_timings(man: &mut Manifest, out: &Outcome, preflight_ms: f64) {
     man.consistency_point = out.consistency_point;
     man.freeze_window_ms = out.freeze_window_ms;
     man.phases = Phases {
@@ -310,7 +312,7 @@ fn record_timings(man: &mut Manifest, out: &Outcome, preflight_ms: f64) {
 }
 
 /// Why the cut failed, if it did: the budget when the watchdog fired, else the first error.
-fn failure_cause(out: &Outcome, fired: bool, opts: &Options) -> Option<String> {
+pub(crate) fn failure_cause(out: &Outcome, fired: bool, opts: &Options) -> Option<String> {
     if fired {
         Some(format!(
             "freeze budget of {} ms exceeded",
