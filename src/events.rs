@@ -40,6 +40,17 @@ pub enum Progress<'a> {
         /// Bytes to copy in all (grows while the guest writes).
         total: u64,
     },
+    /// An export still running (reported every few seconds): bytes read or zeroed so far.
+    Export {
+        /// The cut exported.
+        id: &'a str,
+        /// Bytes read or zeroed so far, every disk together.
+        done: u64,
+        /// Bytes to read or zero in all, as far as planned yet.
+        total: u64,
+        /// Bytes per second since the export started.
+        rate: u64,
+    },
 }
 
 impl fmt::Display for Progress<'_> {
@@ -56,6 +67,24 @@ impl fmt::Display for Progress<'_> {
                 copied >> 20,
                 total >> 20
             ),
+            Progress::Export {
+                id,
+                done,
+                total,
+                rate,
+            } => {
+                let eta = match (*rate, total.saturating_sub(*done)) {
+                    (0, _) => "-".to_string(),
+                    (r, left) => format!("{} s", left / r),
+                };
+                write!(
+                    f,
+                    "exporting {id}: {} of {} MiB, {} MiB/s, ETA {eta}",
+                    done >> 20,
+                    total >> 20,
+                    rate >> 20
+                )
+            }
         }
     }
 }

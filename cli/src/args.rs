@@ -43,6 +43,11 @@ pub enum Cmd {
     /// Check that GROUP can be snapshotted now (everything `snapshot` checks before it
     /// freezes), without freezing or writing anything.
     Check(crate::check::CheckArgs),
+    /// Backup cuts through libvirt's backup API: NBD exports, full and incremental exports.
+    Backup {
+        #[command(subcommand)]
+        cmd: crate::backup_cmd::BackupCmd,
+    },
     /// Commit a snapshot's overlays back into their images and remove them.
     Release(ReleaseArgs),
     /// List the snapshots in the catalog with their states.

@@ -4,6 +4,7 @@
 //! Invariant: this crate is the one place that prints; the libraries return values and errors.
 
 mod args;
+mod backup_cmd;
 mod catalog_cmd;
 mod check;
 mod events;

@@ -45,6 +45,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Snapshot(a) => crate::snap_cmd::snapshot(&ctx, &open_catalog()?, a, ev),
         Cmd::Check(a) => crate::check::run(&ctx.hosts()?, &open_catalog()?, a),
         Cmd::Release(a) => crate::snap_cmd::release(&ctx, &open_catalog()?, a, ev),
+        Cmd::Backup { cmd } => crate::backup_cmd::run(&ctx, &open_catalog()?, cmd, ev),
         Cmd::List { group, json } => {
             crate::catalog_cmd::list(&open_catalog()?, group.as_deref(), *json)
         }
@@ -114,6 +115,7 @@ pub fn main() -> u8 {
         cli.cmd,
         Cmd::Snapshot(_)
             | Cmd::Release(_)
+            | Cmd::Backup { .. }
             | Cmd::Hook { .. }
             | Cmd::Verify(_)
             | Cmd::Prune(_)

@@ -33,6 +33,9 @@ pub enum ExitCode {
     VerifyFailed = 11,
     /// Verification could not run (sandbox could not start, profile incomplete, snapshot not held).
     VerifyCouldNotRun = 12,
+    /// A backup export failed (NBD read, image write, no space); none of its files was kept,
+    /// the cut still serves its disks: safe to retry.
+    ExportFailed = 13,
 }
 
 impl ExitCode {

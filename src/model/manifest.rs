@@ -263,6 +263,9 @@ pub struct Manifest {
     /// written to the image since) and must never be merged again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commits_pivoted: Vec<Marked>,
+    /// Set only for a backup cut (`cgsnap backup begin`): no overlay, nothing to release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::model::backup::BackupRecord>,
 }
 
 /// What the catalog's readers (metrics, retention) need from a verification report
@@ -438,6 +441,7 @@ impl Manifest {
             hook_token: None,
             commits_started: Vec::new(),
             commits_pivoted: Vec::new(),
+            backup: None,
         }
     }
 }

@@ -41,6 +41,14 @@ pub enum SnapshotReleaseError {
         /// The filesystem and how much room it lacks.
         short: crate::release::room::Shortage,
     },
+    /// The id names a backup cut, which has no overlay to merge.
+    #[error(
+        "{id} is a backup cut, which changed no disk chain: end it with `cgsnap backup end {id}`"
+    )]
+    BackupCut {
+        /// The cut's id.
+        id: String,
+    },
     /// A format-1 manifest has release marks that match several members.
     #[error(
         "snapshot {id}: its manifest (written in format 1) has release marks without a host ({}), and several of its members have that domain name, so whose disk each was is unknown; nothing was released: in snapshots/{id}.json replace each by {{\"uri\": \"URI\", \"domain\": \"DOMAIN\", \"target\": \"TARGET\"}} of the member a release switched back (`virsh -c URI domblklist DOMAIN` shows which is on its image), then run release again",
@@ -73,6 +81,7 @@ impl Classify for SnapshotReleaseError {
             SnapshotReleaseError::Member { source, .. } => source.exit_code(),
             SnapshotReleaseError::NoRoom { .. } => ExitCode::Precondition,
             SnapshotReleaseError::UnresolvedMarks { .. } => ExitCode::Malformed,
+            SnapshotReleaseError::BackupCut { .. } => ExitCode::Usage,
         }
     }
 }
@@ -90,6 +99,9 @@ pub fn release_snapshot(
     let mut man = cat.load(id)?;
     let _lock = cat.lock(&man.group)?;
     let mut man_now = cat.load(id)?;
+    if man_now.backup.is_some() {
+        return Err(SnapshotReleaseError::BackupCut { id: id.to_string() });
+    }
     if !man_now.state.outstanding() {
         return Ok(man_now);
     }

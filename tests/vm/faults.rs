@@ -34,7 +34,7 @@ fn libvirtd_answers() -> bool {
 }
 
 /// Stop libvirtd and start it again (the QEMU processes survive, paused or not).
-fn restart_libvirtd() {
+pub(crate) fn restart_libvirtd() {
     let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
     let start = Instant::now();
     while Command::new("pgrep")
@@ -65,7 +65,7 @@ fn restart_libvirtd() {
     }
 }
 
-fn sigkill(child: &mut std::process::Child) {
+pub(crate) fn sigkill(child: &mut std::process::Child) {
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
     let _ = child.wait();

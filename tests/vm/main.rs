@@ -10,6 +10,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backup;
+mod backup_faults;
 mod bacula;
 mod bad_input;
 mod bench;
