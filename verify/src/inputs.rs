@@ -59,6 +59,35 @@ pub enum InputError {
         /// Size of the copy.
         found: u64,
     },
+    /// A link of a copy's chain of exports is not the one the chain needs.
+    #[error(
+        "copy {}: its chain of exports has a foreign link {}: {why}; restore the cut's own export and every export it is incremental to, as `cgsnap backup export` wrote them",
+        copy.display(),
+        link.display()
+    )]
+    ChainLink {
+        /// The copy.
+        copy: PathBuf,
+        /// The link refused.
+        link: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A link of a copy's chain of exports is missing.
+    #[error(
+        "copy {}: its chain of exports misses {}, the base of {}: restore that export too (the export of the cut it is incremental to)",
+        copy.display(),
+        link.display(),
+        of.display()
+    )]
+    ChainMissing {
+        /// The copy.
+        copy: PathBuf,
+        /// The missing file.
+        link: PathBuf,
+        /// The link whose base it is.
+        of: PathBuf,
+    },
     /// A lost-commit check would have nothing to check.
     #[error(
         "member {domain}: {log} has no acknowledged {kind} of {db} before the consistency point {cp}: \

@@ -39,6 +39,7 @@
 pub mod beacon;
 pub mod bound;
 pub mod cassandra;
+pub mod chain;
 pub mod cross;
 pub mod inputs;
 pub mod isolate;

@@ -38,6 +38,10 @@ pub struct ManifestView {
     /// Milliseconds between two cuts of `unsafe_disk_order`.
     #[serde(default)]
     pub unsafe_disk_gap_ms: Option<u64>,
+    /// Set for a backup cut (`cgsnap backup begin`): its images were never frozen, so it is
+    /// verified from its exports only.
+    #[serde(default)]
+    pub backup: Option<serde_json::Value>,
 }
 
 /// The marker of a negative control: never a consistent cut.

@@ -7,6 +7,7 @@
 //! [`run`] returns, whatever happened (they are dropped before it does); checks cut short by
 //! the free-space watch make the run could-not-run, never a verdict.
 
+use crate::chain;
 use crate::cross::{self, Conn};
 use crate::inputs::{self, InputError};
 use crate::isolate::{self, IsolateError};
@@ -35,6 +36,11 @@ pub enum CouldNotRun {
         /// Its state.
         state: String,
     },
+    /// A backup cut verified without its exports.
+    #[error(
+        "cannot verify: {0} is a backup cut, whose images were never frozen (the guests write on): verify its export with --images DIR (`cgsnap backup export {0} --to DIR`)"
+    )]
+    BackupNeedsImages(String),
     /// The manifest records no consistency point.
     #[error("cannot verify: snapshot {0} has no consistency point")]
     NoConsistencyPoint(String),
@@ -121,9 +127,14 @@ type Started<'a> = (&'a MemberView, &'a MemberProfile, Sandbox);
 /// Restore every member, run its checks and the cross-member checks, tear everything down.
 pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     let started_at = Utc::now();
-    let (cp, acks) = preflight(req)?;
+    let Checked {
+        cp,
+        acks,
+        chain_notes,
+    } = preflight(req)?;
     // What killed runs left holds room the floor must not be measured without.
     let mut notes = stale::sweep(&req.sandbox_root);
+    notes.extend(chain_notes);
     // Declared before the sandboxes: it watches as long as any of them exists.
     let watch = start_watch(req)?;
     let sandboxes = start_sandboxes(req, &watch)?;
@@ -158,11 +169,21 @@ pub fn run(req: &Request) -> Result<Report, CouldNotRun> {
     Ok(report)
 }
 
-/// Everything refused before a sandbox starts: a snapshot that is not held (nor copied), no
-/// consistency point, too little memory, an unreadable ack log or one with nothing to check.
-/// Returns the consistency point and the acknowledgements.
-fn preflight(req: &Request) -> Result<(DateTime<Utc>, Vec<Ack>), CouldNotRun> {
+/// What preflight found: the consistency point, the acknowledgements, the chains' notes.
+struct Checked {
+    cp: DateTime<Utc>,
+    acks: Vec<Ack>,
+    chain_notes: Vec<String>,
+}
+
+/// Everything refused before a sandbox starts: a snapshot that is not held (nor copied), a
+/// backup cut without its exports, no consistency point, too little memory, an unreadable ack
+/// log or one with nothing to check, a chain of exports with a missing or foreign link.
+fn preflight(req: &Request) -> Result<Checked, CouldNotRun> {
     let m = req.manifest;
+    if m.backup.is_some() && req.images_dir.is_none() {
+        return Err(CouldNotRun::BackupNeedsImages(m.id.clone()));
+    }
     // Frozen images are only frozen while the snapshot is held; copies (--images) outlive it.
     if m.state != "taken" && !(req.images_dir.is_some() && m.state == "released") {
         return Err(CouldNotRun::NotHeld {
@@ -189,7 +210,41 @@ fn preflight(req: &Request) -> Result<(DateTime<Utc>, Vec<Ack>), CouldNotRun> {
     };
     let domains: Vec<&str> = m.members.iter().map(|x| x.domain.as_str()).collect();
     inputs::acks_cover(req.profile, &domains, &acks, cp)?;
-    Ok((cp, acks))
+    Ok(Checked {
+        cp,
+        acks,
+        chain_notes: chains(req)?,
+    })
+}
+
+/// Check the chain of exports each copy under `--images` is restored from; one note per
+/// distinct chain, naming it.
+fn chains(req: &Request) -> Result<Vec<String>, CouldNotRun> {
+    let m = req.manifest;
+    let Some(dir) = req.images_dir else {
+        return Ok(Vec::new());
+    };
+    let all: Vec<&str> = m
+        .members
+        .iter()
+        .flat_map(|x| x.disks.iter().map(|d| d.image.as_str()))
+        .collect();
+    let mut notes = Vec::new();
+    for d in m.members.iter().flat_map(|x| &x.disks) {
+        let copy = inputs::image_for(Some(dir), &all, d)?;
+        let links = chain::check(&copy, &d.image, &m.group, &m.id, m.backup.is_some())?;
+        if links.is_empty() {
+            continue;
+        }
+        let note = format!(
+            "restored from the chain of exports {}",
+            chain::describe(&links)
+        );
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    Ok(notes)
 }
 
 /// Judge the free-space floor, then watch it while the sandboxes run.
