@@ -289,7 +289,11 @@ fn make_dirs(plan: &[PlannedMember], man: &Manifest) -> Result<(), BackupError> 
         })?;
     for (p, m) in plan.iter().zip(&b.members) {
         let dir = Path::new(&m.socket).parent().unwrap_or(top);
-        prepare::member_dir(dir, prepare::dac_owner(&p.domain_xml))?;
+        let owner = prepare::dac_owner(&p.domain_xml);
+        prepare::member_dir(dir, owner)?;
+        for d in &m.disks {
+            prepare::scratch(&d.scratch, d.virtual_size, owner)?;
+        }
     }
     Ok(())
 }
@@ -388,9 +392,9 @@ fn undo(
         }
     }
     if let (true, Some(b)) = (left.is_empty(), &man.backup) {
-        // The jobs are gone, so their scratch files are too (libvirt deletes them); only what
-        // QEMU left behind (its socket) and our directories remain. A job that may still run
-        // keeps its directory: its scratch file holds what the guest overwrote.
+        // The jobs are gone: their pre-created scratch files, QEMU's socket and our
+        // directories go. A job that may still run keeps its directory: its scratch file
+        // holds what the guest overwrote.
         let _ = std::fs::remove_dir_all(&b.scratch_dir);
     }
     let (state, outcome) = if left.is_empty() {

@@ -87,6 +87,16 @@ pub enum CopyError {
         /// The libnbd failure.
         source: NbdError,
     },
+    /// `qemu-img convert` of a full copy failed.
+    #[error(
+        "cannot copy disk {uri}: {detail}; check that the backup job still runs and that the target's folder has room"
+    )]
+    Convert {
+        /// The disk's NBD URI.
+        uri: String,
+        /// qemu-img's exit status and message.
+        detail: String,
+    },
     /// The export lacks a meta context the copy needs.
     #[error(
         "disk {uri} does not export {context}: start the backup with that checkpoint's bitmap, or make a full copy"
@@ -145,7 +155,7 @@ impl Classify for CopyError {
     /// error, which `Internal` covers.
     fn exit_code(&self) -> ExitCode {
         match self {
-            CopyError::Source { .. } => ExitCode::Hypervisor,
+            CopyError::Source { .. } | CopyError::Convert { .. } => ExitCode::Hypervisor,
             CopyError::NoContext { .. }
             | CopyError::TargetExists { .. }
             | CopyError::BackingSize { .. }
@@ -265,6 +275,19 @@ pub fn copy_disk(job: &CopyJob, progress: &AtomicU64) -> Result<CopyStats, CopyE
     let (size, chunks) = plan_sized(job)?;
     // Dropped last on an error path: the server is gone before the partial file is removed.
     let mut file = target::create(job, size)?;
+    if job.dirty_context.is_none() && job.backing.is_none() {
+        let planned: u64 = chunks.iter().filter(|c| !c.zero).map(|c| c.len).sum();
+        target::convert_full(job, &file, progress)?;
+        file.keep()?;
+        progress.store(planned, Ordering::Relaxed);
+        return Ok(CopyStats {
+            bytes_read: planned,
+            bytes_zeroed: 0,
+            extents: chunks.len() as u64,
+            planned_bytes: planned,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
     let workers = job.workers.clamp(1, chunks.len().max(1));
     // `main` is held until the end: qemu-nbd exits when its last client leaves.
     let (server, main) = target::Server::start(&file, workers + 1)?;

@@ -123,6 +123,35 @@ pub fn check_reachable(scratch: &Path, owner: Option<(u32, u32)>) -> Result<(), 
 /// QEMU (the catalog directory is its owner's alone).
 pub const DEFAULT_SCRATCH: &str = "/var/tmp/cgsnap";
 
+/// Pre-create a scratch file (qcow2 of `size` bytes, no data), outside the freeze: created by
+/// libvirt inside `virDomainBackupBegin` it costs a blockdev-create job per disk in the
+/// window. Owned like the member directory, so QEMU can open it before libvirt labels it.
+pub fn scratch(path: &str, size: u64, owner: Option<(u32, u32)>) -> Result<(), BackupError> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", path, &size.to_string()])
+        .output()
+        .map_err(|e| BackupError::Io {
+            path: path.to_string(),
+            detail: format!("cannot run qemu-img create: {e}; install qemu-utils"),
+        })?;
+    if !out.status.success() {
+        return Err(BackupError::Io {
+            path: path.to_string(),
+            detail: format!(
+                "qemu-img create failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| BackupError::Io {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 /// Where one member's socket and scratch files live: `SCRATCH/ID/DOMAIN`.
 pub fn member_path(scratch: &Path, id: &str, domain: &str) -> PathBuf {
     scratch.join(id).join(domain)

@@ -42,9 +42,16 @@ impl LibvirtHost {
         let b = self.cstr("begin backup", dom, backup_xml)?;
         let c = self.cstr("begin backup", dom, checkpoint_xml)?;
         // SAFETY: valid domain pointer (`d` lives to the end of the function) and two
-        // NUL-terminated XML strings. Flags 0: libvirt creates the scratch files itself and
-        // refuses any that exist (REUSE_EXTERNAL is the only flag 9.0 knows).
-        let rc = unsafe { sys::virDomainBackupBegin(d.as_ptr(), b.as_ptr(), c.as_ptr(), 0) };
+        // NUL-terminated XML strings. REUSE_EXTERNAL (the only flag 9.0 knows): the scratch
+        // files were pre-created outside the freeze; libvirt neither creates nor deletes them.
+        let rc = unsafe {
+            sys::virDomainBackupBegin(
+                d.as_ptr(),
+                b.as_ptr(),
+                c.as_ptr(),
+                sys::VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
+            )
+        };
         if rc < 0 {
             return Err(self.last_err("begin backup", dom));
         }

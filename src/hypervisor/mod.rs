@@ -231,6 +231,8 @@ pub trait Host: Send + Sync {
     /// Start a pull-mode backup job of the (running) domain from `<domainbackup>` XML, creating
     /// the `<domaincheckpoint>` in the same call: both cover the domain's disks at one instant.
     /// The disks' chains are not changed; the job serves each disk over NBD until aborted.
+    /// Its scratch files exist already (pre-created, qcow2 of the disk's size): libvirt
+    /// neither creates nor deletes them.
     fn backup_begin(&self, dom: &str, _backup_xml: &str, _checkpoint_xml: &str) -> HvResult<()> {
         Err(unsupported(self.uri(), "begin backup", dom))
     }
@@ -238,8 +240,8 @@ pub trait Host: Send + Sync {
     fn backup_xml(&self, dom: &str) -> HvResult<Option<String>> {
         Err(unsupported(self.uri(), "get backup XML", dom))
     }
-    /// End the domain's backup job (`virDomainAbortJob`): libvirt stops its NBD server and
-    /// deletes its scratch files once QEMU has cancelled the per-disk jobs.
+    /// End the domain's backup job (`virDomainAbortJob`): libvirt stops its NBD server once
+    /// QEMU has cancelled the per-disk jobs.
     fn backup_abort(&self, dom: &str) -> HvResult<()> {
         Err(unsupported(self.uri(), "abort backup job", dom))
     }

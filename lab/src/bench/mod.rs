@@ -7,6 +7,7 @@
 //! - Every round is released before the next (disk chains identical at each round's start).
 //! - Results are medians/p95/p99/max over rounds; nothing is extrapolated.
 
+mod backup;
 mod baseline;
 pub(crate) mod compare;
 pub(crate) mod cpu;
@@ -66,6 +67,14 @@ pub struct BenchArgs {
     /// Directory for the benchmark VMs' images.
     #[arg(long, default_value = "/var/lib/libvirt/images/cgsnap-bench")]
     pub dir: PathBuf,
+    /// Also cut the group through the backup API in every round (freeze window, merge bytes
+    /// avoided), and measure exports (see `--export-gib`).
+    #[arg(long)]
+    pub backup: bool,
+    /// With `--backup`: disk size in GiB of the export measurements (full vs `qemu-img
+    /// convert`, incrementals after 1 % and 10 % rewritten); 0 skips them.
+    #[arg(long, default_value_t = 4)]
+    pub export_gib: u64,
     /// Compare this run with committed results (e.g. docs/bench/default/results.json).
     #[arg(long, value_name = "RESULTS_JSON")]
     pub compare: Option<PathBuf>,
@@ -208,9 +217,20 @@ fn run_config(
     let members = members(&guests);
     let host = ctx.pool.get(&uri)?;
     let (mut bwin, mut bfreeze) = (vec![], vec![]);
+    let mut cuts = match a.backup {
+        true => Some(backup::Cuts::new(snap_options(
+            &tuning,
+            "bench",
+            Duration::from_secs(120),
+        )?)),
+        false => None,
+    };
     for r in 0..rounds {
         for i in ours::order(ours.len(), r) {
             ours[i].round(ctx, &hosts, cat, &ropts, report)?;
+        }
+        if let Some(c) = cuts.as_mut() {
+            c.round(ctx, &hosts, cat, report)?;
         }
 
         let b = baseline::round(&uri, &members, &format!("baseline-{r}"))
@@ -230,7 +250,58 @@ fn run_config(
     }
     group::remove(&hosts, "bench", &[])?;
     drop(guests);
-    row(c, &ours, &bwin, &bfreeze)
+    let mut r = row(c, &ours, &bwin, &bfreeze)?;
+    if let (Some(cuts), Some(first)) = (&cuts, ours.first()) {
+        let window_ms = cuts.window()?;
+        r.backup = Some(results::BackupRow {
+            ratio_to_ours: window_ms.median / r.ours_window_ms.median,
+            window_ms,
+            overlay_merge_bytes: summary(&first.merge)?,
+        });
+    }
+    Ok(r)
+}
+
+/// The export measurements on one guest with one disk of `a.export_gib` GiB, full of data.
+fn run_exports(
+    ctx: &Ctx,
+    a: &BenchArgs,
+    cat: &Catalog,
+    assets: &assets::Assets,
+) -> Result<backup::ExportResults, Failure> {
+    let uri = ctx
+        .uris
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "qemu:///system".into());
+    let size = a.export_gib * GIB;
+    let mut spec = guest::Spec::writer("cgsnap-bench-export", 1);
+    spec.disk_size = size;
+    spec.prefill = size;
+    let g = guest::Guest::start(&uri, &a.dir, spec, assets).map_err(|e| fail(e.to_string()))?;
+    g.wait_console("seq ", Duration::from_secs(300))
+        .map_err(|e| fail(e.to_string()))?;
+    let hosts = ctx.hosts()?;
+    let names = vec![g.name().to_string()];
+    group::add(&hosts, "bench", &names)?;
+    let t = tuning(a);
+    let cuts = backup::Cuts::new(snap_options(&t, "bench", Duration::from_secs(120))?);
+    let inc = backup::options(snap_options(&t, "bench", Duration::from_secs(120))?, true);
+    let work = a.dir.join("exports");
+    let _ = std::fs::remove_dir_all(&work);
+    let r = backup::exports(
+        ctx,
+        cat,
+        &cuts,
+        &inc,
+        g.name(),
+        size,
+        a.rounds.min(3),
+        &work,
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    group::remove(&hosts, "bench", &[])?;
+    r
 }
 
 /// Start the configuration's guests and wait until each writes its records.
@@ -315,6 +386,7 @@ fn row(c: Config, ours: &[ours::Ours], bwin: &[f64], bfreeze: &[f64]) -> Result<
         config: c,
         resume,
         ratio: first.window_ms.median / base.median,
+        backup: None,
         ours_window_ms: first.window_ms,
         ours_member_freeze_ms: first.member_freeze_ms,
         ours_phases: first.phases,
@@ -375,7 +447,22 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs, report: &dyn Reporter) -> R
     for c in configs {
         let r = run_config(ctx, a, &cat, &assets, c, a.rounds, report)?;
         table::print_row(c, &r);
+        if let Some(b) = &r.backup {
+            println!(
+                "  backup cut: window median {:.1} ms ({:.2}x the overlay snapshot), overlay merge per cycle {:.1} MiB (backup cut: 0)",
+                b.window_ms.median,
+                b.ratio_to_ours,
+                b.overlay_merge_bytes.median / (1 << 20) as f64
+            );
+        }
         rows.push(r);
+    }
+    let backup_exports = match a.backup && a.export_gib > 0 {
+        true => Some(run_exports(ctx, a, &cat, &assets)?),
+        false => None,
+    };
+    if let Some(e) = &backup_exports {
+        backup::print(e);
     }
     let (size_inv, usage_inv, size_rel, usage_rel) = table::invariances(&rows);
     let results = Results {
@@ -388,6 +475,7 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs, report: &dyn Reporter) -> R
         usage_invariance_pct: usage_inv,
         size_invariance_vs_baseline_pct: size_rel,
         usage_invariance_vs_baseline_pct: usage_rel,
+        backup_exports,
     };
     write_results(&a.out, &results)?;
     if let Some(path) = &a.compare {

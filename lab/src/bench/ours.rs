@@ -26,6 +26,8 @@ pub struct Ours {
     snap: Vec<f64>,
     res: Vec<f64>,
     rel: Vec<f64>,
+    /// Bytes the overlays held at release: what each cycle's commit merges back.
+    pub merge: Vec<f64>,
 }
 
 /// Summaries of one policy's rounds.
@@ -52,6 +54,7 @@ impl Ours {
             snap: vec![],
             res: vec![],
             rel: vec![],
+            merge: vec![],
         }
     }
 
@@ -76,6 +79,13 @@ impl Ours {
         self.pause.push(m.phases.pause_ms);
         self.snap.push(m.phases.snapshot_ms);
         self.res.push(m.phases.resume_ms);
+        self.merge.push(
+            m.members
+                .iter()
+                .flat_map(|x| &x.disks)
+                .map(|d| super::backup::allocated(&d.overlay) as f64)
+                .sum(),
+        );
         let t = Instant::now();
         release::release_snapshot(&ctx.pool, cat, &m.id, ropts, ev.unprobed())?;
         self.rel.push(ms(t.elapsed()));

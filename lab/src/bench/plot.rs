@@ -189,6 +189,7 @@ mod tests {
     fn row(vms: usize, ours: f64, base: f64) -> Row {
         let s = |v: f64| summarize(&[v, v * 1.1]).expect("summary");
         Row {
+            backup: None,
             config: Config {
                 vms,
                 disks: 2,

@@ -71,6 +71,19 @@ pub struct Row {
     /// Median freeze window, ours / baseline.
     pub ratio: f64,
     pub alternatives: Vec<Alternative>,
+    /// Backup cuts of the same guests in the same rounds (`--backup`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupRow>,
+}
+
+/// A configuration's backup cuts next to its overlay snapshots.
+#[derive(Debug, Serialize)]
+pub struct BackupRow {
+    pub window_ms: Summary,
+    /// Median backup-cut window / median overlay-snapshot window (ours).
+    pub ratio_to_ours: f64,
+    /// Bytes an overlay cycle's release merged back (a backup cut merges nothing).
+    pub overlay_merge_bytes: Summary,
 }
 
 /// A whole run, as written to `results.json`.
@@ -90,4 +103,7 @@ pub struct Results {
     /// machine, and the baseline measured in the same rounds cancels that drift.
     pub size_invariance_vs_baseline_pct: Option<f64>,
     pub usage_invariance_vs_baseline_pct: Option<f64>,
+    /// Full and incremental exports (`--backup --export-gib N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_exports: Option<super::backup::ExportResults>,
 }

@@ -37,8 +37,11 @@ impl NewFile {
         }
     }
 
-    /// The copy is complete: make the file's name durable and keep it.
+    /// The copy is complete (qemu-nbd gone): make the file's data and name durable and keep it.
     pub(super) fn keep(&mut self) -> Result<(), CopyError> {
+        File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| self.error(format!("sync: {e}")))?;
         if let Some(dir) = self.path.parent() {
             File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -199,7 +202,10 @@ impl Server {
         let child = Command::new("qemu-nbd")
             .arg("--format=qcow2")
             .arg(format!("--socket={}", sock.display()))
-            .args(["--cache=writeback", "--discard=unmap"])
+            // No flush until the end: with writeback, qcow2 flushes the file for every new
+            // metadata cluster the parallel writers allocate (3x slower on disk, measured).
+            // A copy cut short is deleted anyway; a complete one is fsynced once in `keep`.
+            .args(["--cache=unsafe", "--discard=unmap"])
             .arg(format!("--shared={clients}"))
             .arg(&file.path)
             .stdin(Stdio::null())
@@ -288,4 +294,66 @@ impl Drop for Server {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A full copy by `qemu-img convert` from the export into the new, empty `file`: QEMU's own
+/// client reads only the extents block status reports as data (what [`super::plan`] counts)
+/// with many requests in flight and writes them out of order, which the two hops through
+/// `qemu-nbd` cannot match (1.7x slower on a 1 GiB disk here). `progress` follows the file's
+/// allocated bytes.
+pub(super) fn convert_full(
+    job: &CopyJob,
+    file: &NewFile,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<(), CopyError> {
+    use std::os::unix::fs::MetadataExt;
+    let allocated = || std::fs::metadata(&file.path).map_or(0, |m| m.blocks() * 512);
+    // The empty qcow2's own metadata is no progress.
+    let empty = allocated();
+    let mut child = Command::new("qemu-img")
+        // -n --target-is-zero: the file was just made empty (no backing), so zero extents are
+        // skipped; -W: out-of-order writes; cache unsafe (the default): fsynced once in `keep`.
+        .args([
+            "convert",
+            "-n",
+            "--target-is-zero",
+            "-W",
+            "-m",
+            "8",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+        ])
+        .arg(&job.source_uri)
+        .arg(&file.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(tool("qemu-img"))?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => return Err(file.error(format!("qemu-img convert: {e}"))),
+        }
+        progress.store(
+            allocated().saturating_sub(empty),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(CopyError::Convert {
+            uri: job.source_uri.clone(),
+            detail: format!("qemu-img convert {status}: {}", err.trim()),
+        });
+    }
+    Ok(())
 }
