@@ -215,6 +215,16 @@ pub fn destroy_by_name(uri: &str, name: &str) {
     virt::error::clear_error_callback();
     if let Ok(d) = Connect::open(Some(uri)).and_then(|c| c.lookup_domain_by_name(name)) {
         let _ = d.destroy();
+        undefine(&d);
+    }
+}
+
+/// Undefine a domain with whatever metadata libvirt would refuse to leave behind: the
+/// checkpoints of backup cuts (and snapshot metadata), which make a plain undefine fail.
+fn undefine(d: &virt::domain::Domain) {
+    let flags = virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+    if d.undefine_flags(flags).is_err() {
         let _ = d.undefine();
     }
 }
@@ -470,7 +480,7 @@ impl Guest {
         match self.conn.lookup_domain_by_name(&self.spec.name) {
             Ok(d) => {
                 let _ = d.destroy();
-                let _ = d.undefine();
+                undefine(&d);
             }
             Err(_) => destroy_by_name(&self.uri, &self.spec.name),
         }

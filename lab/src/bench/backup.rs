@@ -141,6 +141,11 @@ fn rewrite(dom: &str, disk_bytes: u64, bytes: u64, seed: u64) -> Result<u64, Fai
     Ok(n * MIB)
 }
 
+/// Write back whatever is dirty, so a timed copy does not pay for the one before it.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -194,17 +199,35 @@ pub fn exports(
         k += 1;
         work.join(format!("e{k}"))
     };
-    for _ in 0..rounds {
+    let mut previous: Option<PathBuf> = None;
+    for r in 0..rounds {
         let m = backup::begin(&hosts, cat, &cuts.opts, chrono::Utc::now(), ev)?;
-        let cdir = next_dir();
+        let (cdir, edir) = (next_dir(), next_dir());
         std::fs::create_dir_all(&cdir).map_err(|e| fail(e.to_string()))?;
+        // Each timed copy starts with nothing dirty in the page cache, and the two take turns
+        // going first: this disk's speed drifts by 1.7x between runs of the same copy.
+        let ours_first = r % 2 == 1;
+        let mut timed_export = || -> Result<u64, Failure> {
+            settle();
+            let t = Instant::now();
+            let e = backup::export::export(cat, &m.id, &edir, 4, ev)?;
+            ours.push(t.elapsed().as_secs_f64());
+            Ok(e.backup.and_then(|b| b.export).map_or(0, |x| x.bytes_read))
+        };
+        if ours_first {
+            full_read = timed_export()?;
+        }
+        settle();
         conv.push(convert(&m, &cdir)?);
-        let t = Instant::now();
-        let e = backup::export::export(cat, &m.id, &next_dir(), 4, ev)?;
-        ours.push(t.elapsed().as_secs_f64());
-        full_read = e.backup.and_then(|b| b.export).map_or(0, |x| x.bytes_read);
-        backup::end(&ctx.pool, cat, &m.id)?;
         let _ = std::fs::remove_dir_all(&cdir);
+        if !ours_first {
+            full_read = timed_export()?;
+        }
+        backup::end(&ctx.pool, cat, &m.id)?;
+        // Only the newest full export stays: the incrementals below are based on it.
+        if let Some(p) = previous.replace(edir) {
+            let _ = std::fs::remove_dir_all(p);
+        }
     }
     let mut incrementals = Vec::new();
     for (i, pct) in [1.0f64, 10.0].into_iter().enumerate() {

@@ -15,6 +15,7 @@ mod ours;
 mod plot;
 pub(crate) mod results;
 pub(crate) mod stats;
+mod sustained;
 mod table;
 
 use cgsnap::catalog::Catalog;
@@ -75,6 +76,19 @@ pub struct BenchArgs {
     /// convert`, incrementals after 1 % and 10 % rewritten); 0 skips them.
     #[arg(long, default_value_t = 4)]
     pub export_gib: u64,
+    /// Instead of the sweep: protect a group of writer VMs for this many minutes with a backup
+    /// cut and incremental export every `--sustained-interval` (results in OUT).
+    #[arg(long, value_name = "MINUTES")]
+    pub sustained_minutes: Option<f64>,
+    /// Writer VMs of the sustained run.
+    #[arg(long, default_value_t = 4)]
+    pub sustained_vms: usize,
+    /// Time between two cuts of the sustained run.
+    #[arg(long, default_value = "60s", value_parser = cgsnap::duration::parse)]
+    pub sustained_interval: Duration,
+    /// Minutes the sustained run's guests write without cuts first (the throughput baseline).
+    #[arg(long, default_value_t = 3.0)]
+    pub sustained_baseline_minutes: f64,
     /// Compare this run with committed results (e.g. docs/bench/default/results.json).
     #[arg(long, value_name = "RESULTS_JSON")]
     pub compare: Option<PathBuf>,
@@ -427,6 +441,37 @@ fn write_results(out: &Path, results: &Results) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `--sustained-minutes`: the sustained run alone, its summary on stdout.
+fn run_sustained(ctx: &Ctx, cat: &Catalog, a: &BenchArgs, minutes: f64) -> Result<(), Failure> {
+    let plan = sustained::Plan {
+        vms: a.sustained_vms,
+        minutes,
+        baseline_minutes: a.sustained_baseline_minutes,
+        interval: a.sustained_interval,
+        dir: &a.dir,
+        out: &a.out,
+    };
+    let r = sustained::run(
+        ctx,
+        cat,
+        &plan,
+        snap_options(&tuning(a), "sustained", Duration::from_secs(120))?,
+    )?;
+    println!(
+        "sustained: {} cuts, interval median {:.1} s (max {:.1}), loss bound median {:.1} s (max {:.1}), freeze median {:.1} ms, throughput {:.1} -> {:.1} rounds/s ({:.1} % lost)",
+        r.cycles.len(),
+        r.achieved_interval_s.median,
+        r.achieved_interval_s.max,
+        r.loss_bound_s.median,
+        r.loss_bound_s.max,
+        r.freeze_window_ms.median,
+        r.throughput_unprotected,
+        r.throughput_protected,
+        r.throughput_lost_pct
+    );
+    Ok(())
+}
+
 /// `cgsnap bench`; the engine's progress and notes go to `report`.
 pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs, report: &dyn Reporter) -> Result<(), Failure> {
     ours::check_policies(&a.resume)?;
@@ -440,6 +485,9 @@ pub fn run(ctx: &Ctx, catalog: &Path, a: &BenchArgs, report: &dyn Reporter) -> R
         Events::reporting(report),
     )? {
         println!("bench: released snapshot {id}, left by an interrupted run");
+    }
+    if let Some(minutes) = a.sustained_minutes {
+        return run_sustained(ctx, &cat, a, minutes);
     }
     let mut rows = Vec::new();
     table::print_header();

@@ -165,6 +165,23 @@ fn series(out: &mut String, sweep: &[&Row], lo: f64, hi: f64) {
         "5,4",
         "cgsnap p99",
     );
+    // Backup cuts (`bench --backup`), measured in the same rounds, when every row has them.
+    if sweep.iter().all(|r| r.backup.is_some()) {
+        let med = |r: &Row| {
+            r.backup
+                .as_ref()
+                .map_or(0.0, |b| b.window_ms.median.max(lo))
+        };
+        line(out, &pts(&med), "#27ae60", "", "backup cut median");
+        let _ = write!(
+            out,
+            "<rect x='{}' y='{}' width='12' height='4' fill='#27ae60'/><text x='{}' y='{}'>cgsnap backup cut (median)</text>",
+            L + 400.0,
+            T + 6.0,
+            L + 418.0,
+            T + 11.0
+        );
+    }
     let _ = write!(
         out,
         "<rect x='{}' y='{}' width='12' height='4' fill='#1f6fb2'/><text x='{}' y='{}'>cgsnap (parallel freeze)</text>\
