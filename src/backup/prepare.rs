@@ -7,9 +7,9 @@
 
 use super::BackupError;
 use crate::catalog::DiskRecord;
+use crate::hypervisor::qemu_img;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Refuse an image that cannot hold persistent bitmaps: raw, or qcow2 v2 (compat 0.10).
 pub fn check_format(domain: &str, d: &DiskRecord) -> Result<(), BackupError> {
@@ -26,27 +26,15 @@ pub fn check_format(domain: &str, d: &DiskRecord) -> Result<(), BackupError> {
             "convert it with the VM shut off (`qemu-img convert -O qcow2 -o compat=1.1`) or leave the member out",
         ));
     }
-    let out = Command::new("qemu-img")
-        .args(["info", "-U", "--output=json", &d.image])
-        .output()
-        .map_err(|e| BackupError::Io {
+    let info =
+        qemu_img::run(&["info", "-U", "--output=json", &d.image]).map_err(|e| BackupError::Io {
             path: d.image.clone(),
-            detail: format!("cannot run qemu-img info: {e}; install qemu-utils"),
+            detail: e.to_string(),
         })?;
-    if !out.status.success() {
-        return Err(BackupError::Io {
-            path: d.image.clone(),
-            detail: format!(
-                "qemu-img info failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| BackupError::Io {
-            path: d.image.clone(),
-            detail: format!("unreadable qemu-img info: {e}"),
-        })?;
+    let v: serde_json::Value = serde_json::from_slice(&info).map_err(|e| BackupError::Io {
+        path: d.image.clone(),
+        detail: format!("unreadable qemu-img info: {e}"),
+    })?;
     let compat = v["format-specific"]["data"]["compat"]
         .as_str()
         .unwrap_or("");
@@ -127,22 +115,10 @@ pub const DEFAULT_SCRATCH: &str = "/var/tmp/cgsnap";
 /// libvirt inside `virDomainBackupBegin` it costs a blockdev-create job per disk in the
 /// window. Owned like the member directory, so QEMU can open it before libvirt labels it.
 pub fn scratch(path: &str, size: u64, owner: Option<(u32, u32)>) -> Result<(), BackupError> {
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", path, &size.to_string()])
-        .output()
-        .map_err(|e| BackupError::Io {
-            path: path.to_string(),
-            detail: format!("cannot run qemu-img create: {e}; install qemu-utils"),
-        })?;
-    if !out.status.success() {
-        return Err(BackupError::Io {
-            path: path.to_string(),
-            detail: format!(
-                "qemu-img create failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
+    qemu_img::create_qcow2(path, size, &[]).map_err(|e| BackupError::Io {
+        path: path.to_string(),
+        detail: e.to_string(),
+    })?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| BackupError::Io {
             path: path.to_string(),

@@ -115,29 +115,33 @@ impl LibvirtHost {
         Ok(names)
     }
 
-    pub(super) fn probe_checkpoint(&self, dom: &str, name: &str) -> HvResult<()> {
+    /// The checkpoint `name` of `dom`, and the `DOM/NAME` errors name it by.
+    fn lookup_checkpoint(&self, dom: &str, name: &str) -> HvResult<(Checkpoint, String)> {
         let d = self.dom(dom)?;
         let target = format!("{dom}/{name}");
-        let c = self.cstr("probe checkpoint", &target, name)?;
-        // SAFETY: valid domain pointer and NUL-terminated name; the handle is freed below.
+        let c = self.cstr("look up checkpoint", &target, name)?;
+        // SAFETY: valid domain pointer and NUL-terminated name; a non-null result is owned by
+        // the returned `Checkpoint`, which frees it once.
         let cp = unsafe { sys::virDomainCheckpointLookupByName(d.as_ptr(), c.as_ptr(), 0) };
         if cp.is_null() {
             return Err(self.last_err("look up checkpoint", &target));
         }
-        // SAFETY: `cp` is valid; the returned string is ours (take_string) and the handle is
-        // freed exactly once, after the error (if any) was read.
-        unsafe {
-            let x = sys::virDomainCheckpointGetXMLDesc(cp, sys::VIR_DOMAIN_CHECKPOINT_XML_SIZE);
+        Ok((Checkpoint(cp), target))
+    }
+
+    pub(super) fn probe_checkpoint(&self, dom: &str, name: &str) -> HvResult<()> {
+        let (cp, target) = self.lookup_checkpoint(dom, name)?;
+        // SAFETY: `cp` is valid until dropped (after the error, if any, was read); the
+        // returned string is ours (take_string).
+        let err = unsafe {
+            let x = sys::virDomainCheckpointGetXMLDesc(cp.0, sys::VIR_DOMAIN_CHECKPOINT_XML_SIZE);
             let err = x
                 .is_null()
                 .then(|| self.last_err("probe checkpoint", &target));
             take_string(x);
-            sys::virDomainCheckpointFree(cp);
-            match err {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
-        }
+            err
+        };
+        err.map_or(Ok(()), Err)
     }
 
     pub(super) fn delete_checkpoint(
@@ -146,29 +150,31 @@ impl LibvirtHost {
         name: &str,
         metadata_only: bool,
     ) -> HvResult<()> {
-        let d = self.dom(dom)?;
-        let target = format!("{dom}/{name}");
-        let c = self.cstr("delete checkpoint", &target, name)?;
-        // SAFETY: valid domain pointer and NUL-terminated name; the handle is freed below.
-        let cp = unsafe { sys::virDomainCheckpointLookupByName(d.as_ptr(), c.as_ptr(), 0) };
-        if cp.is_null() {
-            return Err(self.last_err("look up checkpoint", &target));
-        }
+        let (cp, target) = self.lookup_checkpoint(dom, name)?;
         let flags = if metadata_only {
             sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
         } else {
             0
         };
-        // SAFETY: `cp` is the valid handle looked up above, freed exactly once after the call.
-        let rc = unsafe {
-            let rc = sys::virDomainCheckpointDelete(cp, flags);
-            let err = (rc < 0).then(|| self.last_err("delete checkpoint", &target));
-            sys::virDomainCheckpointFree(cp);
-            err
-        };
-        match rc {
-            Some(e) => Err(e),
-            None => Ok(()),
+        // SAFETY: `cp` is valid until dropped, after the error (if any) was read.
+        let rc = unsafe { sys::virDomainCheckpointDelete(cp.0, flags) };
+        if rc < 0 {
+            return Err(self.last_err("delete checkpoint", &target));
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint handle looked up by name, freed when dropped: every path frees it exactly once,
+/// and only after libvirt's error for a failed call was read (freeing resets it).
+struct Checkpoint(sys::virDomainCheckpointPtr);
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        // SAFETY: the handle came non-null from virDomainCheckpointLookupByName and is freed
+        // only here.
+        unsafe {
+            sys::virDomainCheckpointFree(self.0);
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod fake;
 pub mod libvirt;
 pub mod nbd;
 pub mod pool;
+pub mod qemu_img;
 pub mod qemu_text;
 pub mod uri;
 

@@ -24,7 +24,7 @@ pub mod watchdog;
 
 pub use plan::plan;
 pub(crate) use rollback::{not_known_running, roll_back_into};
-pub use take::take;
+pub use take::{claim, take};
 pub(crate) use take::{failure_cause, record_timings};
 
 use crate::catalog::{Catalog, CatalogError, SnapState, TransitionError};

@@ -57,22 +57,13 @@ pub(crate) fn precreate(d: &DiskRecord) -> Result<(), SnapshotError> {
 /// Write the qcow2 header of `d`'s (just claimed) overlay and give it the image's owner.
 fn fill_overlay(d: &DiskRecord) -> Result<(), SnapshotError> {
     // -u: do not open the backing image (QEMU holds its write lock); the size is given instead.
-    let out = std::process::Command::new("qemu-img")
-        .args([
-            "create", "-q", "-f", "qcow2", "-u", "-F", &d.format, "-b", &d.image, &d.overlay,
-        ])
-        .arg(d.virtual_size.to_string())
-        .output()
-        .map_err(|e| SnapshotError::Precreate {
+    let backing = ["-u", "-F", &d.format, "-b", &d.image];
+    crate::hypervisor::qemu_img::create_qcow2(&d.overlay, d.virtual_size, &backing).map_err(
+        |e| SnapshotError::Precreate {
             path: d.overlay.clone(),
-            detail: format!("qemu-img: {e}"),
-        })?;
-    if !out.status.success() {
-        return Err(SnapshotError::Precreate {
-            path: d.overlay.clone(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+            detail: e.to_string(),
+        },
+    )?;
     // The overlay belongs to whoever owns the image: an unprivileged (session) QEMU must be
     // able to write it; a system daemon relabels it anyway.
     use std::os::unix::fs::MetadataExt;

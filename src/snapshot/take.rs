@@ -25,6 +25,19 @@ use preflight::PlannedMember;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The start of every cut of a group, overlay snapshot or backup cut: its name checked, its
+/// lock held (for the whole cut: one cut of a group at a time) and the new cut's ID, so both
+/// kinds refuse the same names and serialize the same way.
+pub fn claim(
+    cat: &Catalog,
+    group: &str,
+    now: DateTime<Utc>,
+) -> Result<(catalog::lock::GroupLock, String), SnapshotError> {
+    group::validate_name(group)?;
+    let lock = cat.lock(group)?;
+    Ok((lock, catalog::new_id(group, now)))
+}
+
 /// Take a group snapshot. `now` names the snapshot; timings use the monotonic clock. `ev`
 /// hears the notes of a rollback; its probe is passed [`Point::Resolved`], [`Point::Watched`]
 /// and the protocol's points (see [`crate::events`]).
@@ -36,9 +49,7 @@ pub fn take(
     ev: Events,
 ) -> Result<Manifest, SnapshotError> {
     let t0 = Instant::now();
-    group::validate_name(&opts.group)?;
-    let _lock = cat.lock(&opts.group)?;
-    let id = catalog::new_id(&opts.group, now);
+    let (_lock, id) = claim(cat, &opts.group, now)?;
     let Recorded {
         plan,
         staged,

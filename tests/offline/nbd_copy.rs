@@ -12,6 +12,7 @@
 //!
 //! Skips (printing why) when qemu-nbd, qemu-img or qemu-io is missing.
 
+use crate::common::run_ok;
 use cgsnap::backup::copy::{CopyError, CopyJob, CopyStats, copy_disk, plan};
 use cgsnap::hypervisor::nbd::Nbd;
 use std::path::{Path, PathBuf};
@@ -41,17 +42,6 @@ macro_rules! skip_without_qemu {
     };
 }
 
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// What each 64 KiB granule of the source holds.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Gr {
@@ -79,7 +69,7 @@ fn write(img: &Path, model: &mut [Gr], writes: &[Write]) -> Vec<u64> {
             touched.push(g);
         }
     }
-    run(cmd.arg(img));
+    run_ok(cmd.arg(img));
     touched.sort_unstable();
     touched.dedup();
     touched
@@ -167,10 +157,12 @@ fn identical(a: &Path, b: &Path) -> bool {
 /// The bytes of `img` (through its backing chain) at `offset`.
 fn bytes(img: &Path, offset: u64, len: usize) -> Vec<u8> {
     let raw = img.with_extension("raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
-        .arg(img)
-        .arg(&raw));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+            .arg(img)
+            .arg(&raw),
+    );
     let all = std::fs::read(&raw).expect("read raw");
     std::fs::remove_file(&raw).expect("rm raw");
     all[offset as usize..offset as usize + len].to_vec()
@@ -197,16 +189,20 @@ fn full_then_incremental_copies_equal_their_sources() {
     skip_without_qemu!();
     let tmp = tempfile::tempdir().expect("tempdir");
     let (src, pre) = (tmp.path().join("src.qcow2"), tmp.path().join("pre.qcow2"));
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&src)
-        .arg(SIZE.to_string()));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&src)
+            .arg(SIZE.to_string()),
+    );
     let mut model = vec![Gr::Unallocated; (SIZE / G) as usize];
     write(&src, &mut model, FIRST);
-    run(Command::new("qemu-img")
-        .args(["bitmap", "--add", "-g", "65536"])
-        .arg(&src)
-        .arg("b0"));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["bitmap", "--add", "-g", "65536"])
+            .arg(&src)
+            .arg("b0"),
+    );
     std::fs::copy(&src, &pre).expect("copy pre-state");
     let pre_data = data_bytes(model.iter());
     let dirty = write(&src, &mut model, SECOND);
@@ -243,10 +239,12 @@ fn full_then_incremental_copies_equal_their_sources() {
         "inc.qcow2 (with its backing) differs from src"
     );
 
-    let info = run(Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(&inc));
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    let info = run_ok(
+        Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(&inc),
+    );
+    let info: serde_json::Value = serde_json::from_str(&info).expect("json");
     assert_eq!(
         info["backing-filename"], "../full.qcow2",
         "backing recorded as given"
@@ -264,20 +262,24 @@ fn existing_targets_and_resized_backings_are_refused() {
     skip_without_qemu!();
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = tmp.path().join("src.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&src)
-        .arg(SIZE.to_string()));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&src)
+            .arg(SIZE.to_string()),
+    );
     write(
         &src,
         &mut vec![Gr::Unallocated; (SIZE / G) as usize],
         &[(3, 2, Some(9))],
     );
     let small = tmp.path().join("small.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&small)
-        .arg((SIZE / 2).to_string()));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&small)
+            .arg((SIZE / 2).to_string()),
+    );
     let served = serve(&src, None);
     let progress = AtomicU64::new(0);
 
@@ -320,13 +322,17 @@ fn a_missing_or_dying_source_leaves_no_target() {
 
     // 256 MiB of data: the copy is still running when its source is killed.
     let src = tmp.path().join("big.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&src)
-        .arg("256M"));
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 90 0 256M"])
-        .arg(&src));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&src)
+            .arg("256M"),
+    );
+    run_ok(
+        Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 90 0 256M"])
+            .arg(&src),
+    );
     let mut served = serve(&src, None);
     let j = job(&served.uri, None, &target, None);
     let r = std::thread::scope(|s| {
