@@ -458,7 +458,7 @@ fn run_sustained(ctx: &Ctx, cat: &Catalog, a: &BenchArgs, minutes: f64) -> Resul
         snap_options(&tuning(a), "sustained", Duration::from_secs(120))?,
     )?;
     println!(
-        "sustained: {} cuts, interval median {:.1} s (max {:.1}), loss bound median {:.1} s (max {:.1}), freeze median {:.1} ms, throughput {:.1} -> {:.1} rounds/s ({:.1} % lost)",
+        "sustained: {} cuts, interval median {:.1} s (max {:.1}), loss bound median {:.1} s (max {:.1}), freeze median {:.1} ms, throughput {:.1} (before {:.1}, after {:.1}) -> {:.1} rounds/s ({:.1} % lost)",
         r.cycles.len(),
         r.achieved_interval_s.median,
         r.achieved_interval_s.max,
@@ -466,6 +466,8 @@ fn run_sustained(ctx: &Ctx, cat: &Catalog, a: &BenchArgs, minutes: f64) -> Resul
         r.loss_bound_s.max,
         r.freeze_window_ms.median,
         r.throughput_unprotected,
+        r.throughput_unprotected_before,
+        r.throughput_unprotected_after,
         r.throughput_protected,
         r.throughput_lost_pct
     );

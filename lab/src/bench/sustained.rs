@@ -1,7 +1,7 @@
 //! `cgsnap bench --sustained-minutes M`: sustained protection of a group of writer VMs by
 //! backup cuts, each incrementally exported, every `--sustained-interval`: the interval
 //! achieved, the data-loss bound it gives, and the guests' write throughput against the same
-//! guests with no cuts, measured first in the same run.
+//! guests with no cuts, measured in the same run before and after the protected phase.
 //!
 //! Invariants: the bound at any instant is its distance to the consistency point of the newest
 //! cut whose export had completed then, so its maximum over the run is the longest stretch
@@ -40,8 +40,11 @@ pub struct Sustained {
     pub interval_s: f64,
     pub minutes: f64,
     pub baseline_minutes: f64,
-    /// Writer rounds per second, all guests, without cuts and with them.
+    /// Writer rounds per second, all guests, without cuts (the mean of the stretches before
+    /// and after the protected phase, so host drift over the run is bracketed) and with them.
     pub throughput_unprotected: f64,
+    pub throughput_unprotected_before: f64,
+    pub throughput_unprotected_after: f64,
     pub throughput_protected: f64,
     /// 1 - protected / unprotected, in percent.
     pub throughput_lost_pct: f64,
@@ -101,12 +104,55 @@ pub fn run(
     let names: Vec<String> = guests.iter().map(|g| g.name().to_string()).collect();
     cgsnap::group::add(&hosts, "sustained", &names)?;
     let unprotected = rate(&guests, Duration::from_secs_f64(p.baseline_minutes * 60.0));
+    let exports = p.dir.join("sustained-exports");
+    let (cycles, protected) = protect(ctx, cat, p, snap, &hosts, &guests, &exports)?;
+    // The same guests again without cuts: a baseline on both sides of the protected phase
+    // separates the cuts' cost from the guests' own drift (caches filling, disks growing).
+    let after = rate(&guests, Duration::from_secs_f64(p.baseline_minutes * 60.0));
+    let unprotected_mean = (unprotected + after) / 2.0;
+    cgsnap::group::remove(&hosts, "sustained", &[])?;
+    drop(guests);
+    let _ = std::fs::remove_dir_all(&exports);
+    let gaps: Vec<f64> = cycles.windows(2).map(|w| w[1].at_s - w[0].at_s).collect();
+    let loss: Vec<f64> = cycles.iter().filter_map(|c| c.loss_bound_s).collect();
+    let win: Vec<f64> = cycles.iter().map(|c| c.freeze_window_ms).collect();
+    let s = |v: &[f64]| stats::summarize(v).ok_or_else(|| fail("too few cycles"));
+    let r = Sustained {
+        vms: p.vms,
+        disks: 2,
+        interval_s: p.interval.as_secs_f64(),
+        minutes: p.minutes,
+        baseline_minutes: p.baseline_minutes,
+        throughput_unprotected: unprotected_mean,
+        throughput_unprotected_before: unprotected,
+        throughput_unprotected_after: after,
+        throughput_protected: protected,
+        throughput_lost_pct: (1.0 - protected / unprotected_mean.max(1e-9)) * 100.0,
+        achieved_interval_s: s(&gaps)?,
+        loss_bound_s: s(&loss)?,
+        freeze_window_ms: s(&win)?,
+        cycles,
+    };
+    write(p.out, &r)?;
+    Ok(r)
+}
+
+/// The protected phase: a cut, its incremental export into `exports` and its end every
+/// interval; returns the cycles and the writers' rounds per second meanwhile.
+fn protect(
+    ctx: &Ctx,
+    cat: &Catalog,
+    p: &Plan,
+    snap: cgsnap::snapshot::Options,
+    hosts: &[std::sync::Arc<dyn cgsnap::hypervisor::Host>],
+    guests: &[guest::Guest],
+    exports: &Path,
+) -> Result<(Vec<Cycle>, f64), Failure> {
     let mut opts = super::backup::options(snap, true);
     opts.snap.group = "sustained".into();
-    let exports = p.dir.join("sustained-exports");
-    let _ = std::fs::remove_dir_all(&exports);
+    let _ = std::fs::remove_dir_all(exports);
     let ev = Events::reporting(&NoReport);
-    let (t0, s0) = (Instant::now(), rounds(&guests));
+    let (t0, s0) = (Instant::now(), rounds(guests));
     let end = Duration::from_secs_f64(p.minutes * 60.0);
     let mut cycles: Vec<Cycle> = Vec::new();
     let mut last_cp: Option<f64> = None;
@@ -117,7 +163,7 @@ pub fn run(
             std::thread::sleep(wait);
         }
         k += 1;
-        let m = backup::begin(&hosts, cat, &opts, chrono::Utc::now(), ev)?;
+        let m = backup::begin(hosts, cat, &opts, chrono::Utc::now(), ev)?;
         let at = t0.elapsed().as_secs_f64();
         let te = Instant::now();
         let e = backup::export::export(cat, &m.id, &exports.join(format!("c{k:03}")), 4, ev)?;
@@ -136,30 +182,8 @@ pub fn run(
         });
         last_cp = Some(at);
     }
-    let protected = rounds(&guests).saturating_sub(s0) as f64 / t0.elapsed().as_secs_f64();
-    cgsnap::group::remove(&hosts, "sustained", &[])?;
-    drop(guests);
-    let _ = std::fs::remove_dir_all(&exports);
-    let gaps: Vec<f64> = cycles.windows(2).map(|w| w[1].at_s - w[0].at_s).collect();
-    let loss: Vec<f64> = cycles.iter().filter_map(|c| c.loss_bound_s).collect();
-    let win: Vec<f64> = cycles.iter().map(|c| c.freeze_window_ms).collect();
-    let s = |v: &[f64]| stats::summarize(v).ok_or_else(|| fail("too few cycles"));
-    let r = Sustained {
-        vms: p.vms,
-        disks: 2,
-        interval_s: p.interval.as_secs_f64(),
-        minutes: p.minutes,
-        baseline_minutes: p.baseline_minutes,
-        throughput_unprotected: unprotected,
-        throughput_protected: protected,
-        throughput_lost_pct: (1.0 - protected / unprotected.max(1e-9)) * 100.0,
-        achieved_interval_s: s(&gaps)?,
-        loss_bound_s: s(&loss)?,
-        freeze_window_ms: s(&win)?,
-        cycles,
-    };
-    write(p.out, &r)?;
-    Ok(r)
+    let protected = rounds(guests).saturating_sub(s0) as f64 / t0.elapsed().as_secs_f64();
+    Ok((cycles, protected))
 }
 
 fn write(out: &Path, r: &Sustained) -> Result<(), Failure> {
