@@ -137,6 +137,8 @@ pub enum Note<'a> {
         state: SnapState,
         /// The hook token of the job that took it, if any.
         token: Option<&'a str>,
+        /// It is a backup cut (ended, not released).
+        cut: bool,
     },
 }
 
@@ -176,14 +178,19 @@ impl fmt::Display for Note<'_> {
                 group,
                 state,
                 token,
+                cut,
             } => {
                 let owner = match token {
                     Some(t) => format!("token {t}"),
                     None => "no token".to_string(),
                 };
+                let (what, fix) = match cut {
+                    true => ("backup cut", "end it with `cgsnap backup end"),
+                    false => ("snapshot", "release it with `cgsnap release"),
+                };
                 write!(
                     f,
-                    "snapshot {id} of group {group} ({state}, {owner}) belongs to another job and was left outstanding: once that job is done, release it with `cgsnap release {id}`"
+                    "{what} {id} of group {group} ({state}, {owner}) belongs to another job and was left outstanding: once that job is done, {fix} {id}`"
                 )
             }
         }
@@ -343,10 +350,25 @@ mod tests {
             group: "g",
             state: SnapState::Taken,
             token: None,
+            cut: false,
         };
         assert!(
             n.to_string()
                 .starts_with("snapshot g-1 of group g (taken, no token) belongs")
+        );
+        let n = Note::OtherJobs {
+            id: "g-2",
+            group: "g",
+            state: SnapState::Taken,
+            token: Some("t"),
+            cut: true,
+        };
+        assert!(
+            n.to_string()
+                .starts_with("backup cut g-2 of group g (taken, token t) belongs to another job")
+                && n.to_string()
+                    .ends_with("end it with `cgsnap backup end g-2`"),
+            "{n}"
         );
     }
 }

@@ -19,7 +19,15 @@
 //!   no freeze window and ends with its `NOT CONSISTENT (negative control)` line.
 //! - A token is 1 to [`MAX_TOKEN`] printable ASCII characters without spaces; an empty or
 //!   malformed one is a usage error, never a silent fallback to "release everything".
+//! - `pre --backup-to STAGING` takes a backup cut instead ([`backup`]): exported into the
+//!   staging directory and ended within `pre`, so nothing is held between the hooks and a
+//!   second `pre` is a new cut. `post` ends whatever backup cut of its job is still
+//!   outstanding (a `pre` whose export or end failed) with `backup end`, never a merge, and
+//!   releases overlay snapshots as before: `post` is the same call in both modes.
 
+pub mod backup;
+
+use crate::backup::BackupError;
 use crate::catalog::Catalog;
 use crate::events::{Events, Note};
 use crate::hypervisor::Host;
@@ -30,6 +38,32 @@ use crate::snapshot::{self, SnapshotError};
 use chrono::{DateTime, Utc};
 use std::ffi::OsString;
 use std::sync::Arc;
+
+/// A failed `post`: a snapshot's release or a backup cut's end.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// Releasing an overlay snapshot failed.
+    #[error(transparent)]
+    Release(#[from] SnapshotReleaseError),
+    /// Ending a backup cut failed (boxed: it is the larger of the two).
+    #[error(transparent)]
+    End(Box<BackupError>),
+}
+
+impl From<BackupError> for PostError {
+    fn from(e: BackupError) -> Self {
+        PostError::End(Box::new(e))
+    }
+}
+
+impl Classify for PostError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            PostError::Release(e) => e.exit_code(),
+            PostError::End(e) => e.exit_code(),
+        }
+    }
+}
 
 /// The environment variable read when `--token` is not given.
 pub const TOKEN_ENV: &str = "CGSNAP_HOOK_TOKEN";
@@ -107,9 +141,9 @@ fn pre_line(m: &crate::catalog::Manifest) -> String {
     }
 }
 
-/// Release the group's outstanding snapshots of this job (all without a token); returns the
-/// summary line. Once they are released (not after a failure), `ev` is told of each snapshot
-/// of another job left outstanding.
+/// Release the group's outstanding snapshots of this job (all without a token) and end its
+/// outstanding backup cuts; returns the summary line. Once they are done (not after a
+/// failure), `ev` is told of each snapshot or cut of another job left outstanding.
 pub fn post(
     pool: &Pool,
     cat: &Catalog,
@@ -117,9 +151,10 @@ pub fn post(
     token: Option<&str>,
     opts: &release::Options,
     ev: Events,
-) -> Result<String, SnapshotReleaseError> {
+) -> Result<String, PostError> {
     let (mine, others): (Vec<_>, Vec<_>) = cat
-        .outstanding(group)?
+        .outstanding(group)
+        .map_err(SnapshotReleaseError::from)?
         .into_iter()
         .partition(|m| token.is_none() || m.hook_token.as_deref() == token);
     let notes = || {
@@ -129,6 +164,7 @@ pub fn post(
                 group,
                 state: m.state,
                 token: m.hook_token.as_deref(),
+                cut: m.backup.is_some(),
             });
         }
     };
@@ -145,15 +181,27 @@ pub fn post(
             "cgsnap: nothing to release for group {group}{job}{left}"
         ));
     }
-    let mut ids = Vec::new();
+    let (mut released, mut ended) = (Vec::new(), Vec::new());
     for m in mine {
-        release::release_snapshot(pool, cat, &m.id, opts, ev)?;
-        ids.push(m.id);
+        if m.backup.is_some() {
+            crate::backup::end(pool, cat, &m.id)?;
+            ended.push(m.id);
+        } else {
+            release::release_snapshot(pool, cat, &m.id, opts, ev)?;
+            released.push(m.id);
+        }
     }
     notes();
+    let mut done = Vec::new();
+    if !released.is_empty() {
+        done.push(format!("released {}", released.join(", ")));
+    }
+    if !ended.is_empty() {
+        done.push(format!("ended backup cut {}", ended.join(", ")));
+    }
     Ok(format!(
-        "cgsnap: released {} of group {group}{left}",
-        ids.join(", ")
+        "cgsnap: {} of group {group}{left}",
+        done.join(", ")
     ))
 }
 

@@ -59,11 +59,14 @@ pub enum Cmd {
     },
     /// Print one manifest as JSON.
     Show { id: String },
-    /// Entry points for backup schedulers: pre = snapshot, post = release.
+    /// Entry points for backup schedulers: pre = snapshot (or, with --backup-to, a backup cut
+    /// exported into a staging directory), post = release (or end what pre left).
     Hook {
         phase: Phase,
         #[command(flatten)]
         snap: SnapTuning,
+        #[command(flatten)]
+        backup: crate::backup_cmd::HookBackupArgs,
         #[arg(long)]
         group: String,
         /// Identifies one backup job, the same for its pre and post, different for concurrent

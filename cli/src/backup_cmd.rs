@@ -39,6 +39,10 @@ pub struct BeginArgs {
     /// cut, saying why, when that cut cannot be a sound base).
     #[arg(long)]
     pub incremental: bool,
+    /// With --incremental: take a full cut instead once the chain of the base holds N cuts,
+    /// its full one included (bounds what a restore reads; 1 = always full).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "incremental")]
+    pub full_every: Option<u64>,
     /// Directory for the NBD sockets and scratch files (QEMU must be able to reach it).
     /// Default: /var/tmp/cgsnap.
     #[arg(long, value_name = "DIR")]
@@ -74,6 +78,61 @@ pub struct ExportArgs {
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The backup-cut mode of `cgsnap hook pre`.
+#[derive(Args)]
+pub struct HookBackupArgs {
+    /// pre: take a backup cut instead of an overlay snapshot, export it into DIR/ID (the
+    /// directory the backup tool reads) and end its jobs; incremental to the last cut
+    /// exported there when that is sound. The disk chains are never changed.
+    #[arg(long, value_name = "DIR")]
+    pub backup_to: Option<PathBuf>,
+    /// With --backup-to: take a full cut once the chain holds N cuts, its full one included
+    /// (1 = always full).
+    #[arg(long, value_name = "N", default_value_t = cgsnap::hook::backup::DEFAULT_FULL_EVERY as u64, requires = "backup_to", value_parser = clap::value_parser!(u64).range(1..))]
+    pub full_every: u64,
+    /// With --backup-to: directory for the NBD sockets and scratch files.
+    /// Default: /var/tmp/cgsnap.
+    #[arg(long, value_name = "DIR", requires = "backup_to")]
+    pub scratch_dir: Option<PathBuf>,
+    /// With --backup-to: parallel NBD connections per disk.
+    #[arg(long, default_value_t = 4, requires = "backup_to")]
+    pub workers: usize,
+}
+
+/// The options of `hook pre --backup-to`: the hook's snapshot tuning (its freeze budget,
+/// min free space, connections and resume policy), incremental within the chain limit.
+pub fn hook_options(
+    t: &SnapTuning,
+    a: &HookBackupArgs,
+    group: &str,
+) -> Result<cgsnap::hook::backup::Options, Failure> {
+    if t.overlay_dir.is_some() || t.unsafe_stagger.is_some() || t.unsafe_disk_order.is_some() {
+        return Err(Failure::usage(
+            "--overlay-dir, --unsafe-stagger and --unsafe-disk-order apply to overlay snapshots, not to --backup-to: drop them (the scratch files go to --scratch-dir)",
+        ));
+    }
+    let tuning = SnapTuning {
+        no_precreate: true,
+        ..t.clone()
+    };
+    Ok(cgsnap::hook::backup::Options {
+        begin: backup::Options {
+            snap: snap_options(&tuning, group, Duration::from_secs(300))?,
+            scratch_dir: a
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(backup::prepare::DEFAULT_SCRATCH)),
+            incremental: true,
+            rules: backup::base::Rules {
+                full_every: usize::try_from(a.full_every).ok(),
+                export_under: None,
+            },
+        },
+        staging: a.backup_to.clone().unwrap_or_default(),
+        workers: a.workers.max(1),
+    })
 }
 
 /// `cgsnap backup ...`.
@@ -120,6 +179,10 @@ pub fn begin_options(a: &BeginArgs) -> Result<backup::Options, Failure> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(backup::prepare::DEFAULT_SCRATCH)),
         incremental: a.incremental,
+        rules: backup::base::Rules {
+            full_every: a.full_every.and_then(|n| usize::try_from(n).ok()),
+            export_under: None,
+        },
     })
 }
 

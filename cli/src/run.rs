@@ -53,6 +53,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Hook {
             phase,
             snap,
+            backup,
             group,
             token,
             timeout,
@@ -60,6 +61,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let hook = crate::snap_cmd::HookCall {
                 phase: *phase,
                 snap,
+                backup,
                 group,
                 token: token.clone(),
                 timeout: *timeout,

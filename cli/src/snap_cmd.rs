@@ -55,6 +55,7 @@ pub fn release(ctx: &Ctx, cat: &Catalog, a: &ReleaseArgs, ev: Events) -> Result<
 pub struct HookCall<'a> {
     pub phase: Phase,
     pub snap: &'a SnapTuning,
+    pub backup: &'a crate::backup_cmd::HookBackupArgs,
     pub group: &'a str,
     pub token: Option<String>,
     pub timeout: Duration,
@@ -64,6 +65,11 @@ pub struct HookCall<'a> {
 pub fn hook(ctx: &Ctx, cat: &Catalog, h: HookCall, ev: Events) -> Result<(), Failure> {
     let token = hook::token(h.token, std::env::var_os(hook::TOKEN_ENV))?;
     let line = match h.phase {
+        Phase::Pre if h.backup.backup_to.is_some() => {
+            let mut opts = crate::backup_cmd::hook_options(h.snap, h.backup, h.group)?;
+            opts.begin.snap.hook_token = token;
+            hook::backup::pre(&ctx.hosts()?, &ctx.pool, cat, opts, chrono::Utc::now(), ev)?
+        }
         Phase::Pre => {
             let opts = snapshot::Options {
                 hook_token: token,

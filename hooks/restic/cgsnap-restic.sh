@@ -10,6 +10,11 @@
 # Environment: CGSNAP (cgsnap executable, default `cgsnap`; its global options come from
 #   CGSNAP_CATALOG, CGSNAP_METRICS_DIR and LIBVIRT_DEFAULT_URI), RESTIC (restic executable,
 #   default `restic`).
+#   CGSNAP_BACKUP_TO=DIR: backup-cut mode. pre takes a backup cut through libvirt's backup API
+#   instead of an overlay snapshot, exports it into DIR/ID (incremental to the last cut
+#   exported there, a full one every CGSNAP_FULL_EVERY cuts, default 7) and ends its jobs; the
+#   disk chains are never changed. PATH then defaults to DIR, which holds the whole chain, so
+#   every restic snapshot restores on its own (restic reads only the new cut's files).
 #
 # Flow: `cgsnap hook pre --group GROUP --token restic-UUID` (a token new for every run);
 # `restic backup --exclude ... PATH...` when pre succeeded; `cgsnap hook post --group GROUP
@@ -40,7 +45,16 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   shift
 done
 [ "${1:-}" = "--" ] && shift
-[ ${#paths[@]} -gt 0 ] || paths=(/var/lib/libvirt/images)
+staging=${CGSNAP_BACKUP_TO:-}
+if [ ${#paths[@]} -eq 0 ]; then
+  if [ -n "$staging" ]; then paths=("$staging"); else paths=(/var/lib/libvirt/images); fi
+fi
+pre_mode=()
+what=snapshot
+if [ -n "$staging" ]; then
+  pre_mode=(--backup-to "$staging" --full-every "${CGSNAP_FULL_EVERY:-7}")
+  what="backup cut"
+fi
 cgsnap=${CGSNAP:-cgsnap}
 restic=${RESTIC:-restic}
 
@@ -60,12 +74,17 @@ trap 'rm -f "$out"' EXIT
 token=restic-$(new_token)
 release_cmd="cgsnap hook post --group $group --token $token"
 
-run 0 "$cgsnap" hook pre --group "$group" --token "$token" >"$out"
+run 0 "$cgsnap" hook pre --group "$group" --token "$token" "${pre_mode[@]}" >"$out"
 pre_rc=$rc
 cat "$out" >&2
-# `cgsnap: snapshot ID of group G taken: ...`
-snap=$(sed -n 's/^cgsnap: snapshot \([^ ]*\) of group .*/\1/p' "$out")
+# `cgsnap: snapshot ID of group G taken: ...` or `cgsnap: backup cut ID of group G exported ...`
+snap=$(sed -n 's/^cgsnap: \(snapshot\|backup cut\) \([^ ]*\) of group .*/\2/p' "$out")
 snap=${snap:-?}
+if [ -n "$staging" ]; then
+  # `..., 4 disks, incremental since ID, ...` or `..., full (why), ...`
+  mode=$(sed -n 's/^cgsnap: backup cut .* disks, \(incremental since [^ ,]*\|full\).*/\1/p' "$out")
+  [ -z "$mode" ] || snap="$snap ($mode)"
+fi
 
 restic_rc=""
 if [ $pre_rc -eq 0 ] && [ -z "$signal" ]; then
@@ -80,8 +99,14 @@ saved=$(sed -n 's/^snapshot \([0-9a-f]*\) saved.*/\1/p' "$out")
 run 0 "$cgsnap" hook post --group "$group" --token "$token" >"$out"
 post_rc=$rc
 cat "$out" >&2
-if [ $post_rc -ne 0 ]; then
+if [ $post_rc -ne 0 ] && [ -n "$staging" ]; then
+  released="ending its jobs FAILED (cgsnap exit $post_rc; retry: $release_cmd)"
+elif [ $post_rc -ne 0 ]; then
   released="release FAILED (cgsnap exit $post_rc; retry: $release_cmd)"
+elif [ -n "$staging" ]; then
+  # pre ends its cut's jobs once the export is complete; post ends them only after a pre that
+  # failed half-way.
+  released="jobs ended"
 elif grep -q '^cgsnap: nothing to release' "$out"; then
   released="nothing to release"
 else
@@ -90,18 +115,18 @@ fi
 
 if [ $pre_rc -ne 0 ]; then
   code=$pre_rc
-  summary "snapshot FAILED (cgsnap exit $pre_rc), nothing backed up, $released; exit $code"
+  summary "$what FAILED (cgsnap exit $pre_rc), nothing backed up, $released; exit $code"
 elif [ -n "$signal" ]; then
   code=$(signal_code)
-  summary "snapshot $snap: backup interrupted by SIG$signal, $released; exit $code"
+  summary "$what $snap: backup interrupted by SIG$signal, $released; exit $code"
 elif [ "$restic_rc" -eq 3 ]; then
   code=3
-  summary "snapshot $snap: PARTIAL backup, restic snapshot ${saved:-?} saved but some source files could not be read (restic exit 3), $released; exit $code"
+  summary "$what $snap: PARTIAL backup, restic snapshot ${saved:-?} saved but some source files could not be read (restic exit 3), $released; exit $code"
 elif [ "$restic_rc" -ne 0 ]; then
   code=$restic_rc
-  summary "snapshot $snap: restic backup FAILED (restic exit $restic_rc), $released; exit $code"
+  summary "$what $snap: restic backup FAILED (restic exit $restic_rc), $released; exit $code"
 else
   code=$post_rc
-  summary "snapshot $snap backed up as restic snapshot ${saved:-?}, $released; exit $code"
+  summary "$what $snap backed up as restic snapshot ${saved:-?}, $released; exit $code"
 fi
 exit $code

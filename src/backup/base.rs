@@ -1,17 +1,60 @@
 //! Which cut an incremental is based on, or why it must be full.
 //!
-//! Invariant: the base is the newest ended cut of the group whose export completed, taken of
-//! the same members with the same disks (targets and sizes), whose checkpoint every member
-//! still has with whole bitmaps. Anything else makes the cut full, with the reason recorded:
-//! never an incremental on a doubtful base.
+//! Invariant: the base is the newest ended cut of the group whose export completed and is
+//! still where its manifest says (under the directory the [`Rules`] name, if any), whose
+//! chain is shorter than the rules allow, taken of the same members with the same disks
+//! (targets and sizes), whose checkpoint every member still has with whole bitmaps. Anything
+//! else makes the cut full, with the reason recorded: never an incremental on a doubtful base,
+//! and never one whose export would fail for want of its base's files.
 
 use crate::catalog::Manifest;
 use crate::hypervisor::HvErrorKind;
+use crate::model::backup::EXPORT_SIDECAR;
 use crate::model::manifest::SnapState;
 use crate::snapshot::preflight::PlannedMember;
+use std::path::PathBuf;
+
+/// What a base must satisfy besides being sound.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// The most cuts a chain may hold, its full cut included, before the next cut is full
+    /// again (`Some(1)`: always full). A restore reads every link, so an unbounded chain
+    /// makes restores ever slower and one damaged link loses every later point.
+    pub full_every: Option<usize>,
+    /// A directory the base's export must lie under: a hook's staging directory, so every
+    /// archive the backup tool makes of it holds the whole chain.
+    pub export_under: Option<PathBuf>,
+}
+
+/// How many cuts the chain ending at `id` holds (1 for a full cut), following `since`.
+pub fn chain_len(history: &[Manifest], id: &str) -> usize {
+    let mut len = 1;
+    let mut cur = id.to_string();
+    // Bounded by the history: a corrupt catalog with a loop cannot hang a cut.
+    for _ in 0..history.len() {
+        let since = history
+            .iter()
+            .find(|m| m.id == cur)
+            .and_then(|m| m.backup.as_ref())
+            .and_then(|b| b.since.clone());
+        match since {
+            Some(s) => {
+                len += 1;
+                cur = s;
+            }
+            None => break,
+        }
+    }
+    len
+}
 
 /// The base of an incremental (`Ok`), or why the cut is full (`Err`).
-pub fn choose(history: &[Manifest], group: &str, plan: &[PlannedMember]) -> Result<String, String> {
+pub fn choose(
+    history: &[Manifest],
+    group: &str,
+    plan: &[PlannedMember],
+    rules: &Rules,
+) -> Result<String, String> {
     let Some(base) = history
         .iter()
         .filter(|m| m.group == group && m.state == SnapState::Released)
@@ -22,6 +65,7 @@ pub fn choose(history: &[Manifest], group: &str, plan: &[PlannedMember]) -> Resu
             "group {group} has no exported backup cut to be incremental to"
         ));
     };
+    check_export(history, base, rules)?;
     let cp = base
         .backup
         .as_ref()
@@ -90,4 +134,125 @@ pub fn choose(history: &[Manifest], group: &str, plan: &[PlannedMember]) -> Resu
         }
     }
     Ok(base.id.clone())
+}
+
+/// The base's export is still in place, where the rules want it, and its chain has room.
+fn check_export(history: &[Manifest], base: &Manifest, rules: &Rules) -> Result<(), String> {
+    let dir = base
+        .backup
+        .as_ref()
+        .and_then(|b| b.export.as_ref())
+        .map(|e| PathBuf::from(&e.dir))
+        .unwrap_or_default();
+    if !dir.join(EXPORT_SIDECAR).exists() {
+        return Err(format!(
+            "the export of {} is no longer at {}",
+            base.id,
+            dir.display()
+        ));
+    }
+    if let Some(under) = &rules.export_under
+        && !dir.starts_with(under)
+    {
+        return Err(format!(
+            "{} was exported to {}, outside {}",
+            base.id,
+            dir.display(),
+            under.display()
+        ));
+    }
+    let len = chain_len(history, &base.id);
+    match rules.full_every {
+        Some(n) if len >= n => Err(format!(
+            "the chain ending at {} holds {len} cuts, the most --full-every {n} allows",
+            base.id
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::backup::{BackupMode, BackupRecord, ExportRecord};
+    use chrono::Utc;
+    use std::path::Path;
+
+    /// An ended cut exported to `dir` (a sidecar is written there).
+    fn cut(id: &str, since: Option<&str>, dir: &Path) -> Manifest {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::write(dir.join(EXPORT_SIDECAR), b"{}").expect("sidecar");
+        let mut m = Manifest::new(id, "g", SnapState::Released, Utc::now());
+        m.backup = Some(BackupRecord {
+            mode: if since.is_some() {
+                BackupMode::Incremental
+            } else {
+                BackupMode::Full
+            },
+            checkpoint: id.into(),
+            since: since.map(str::to_string),
+            full_reason: None,
+            scratch_dir: String::new(),
+            members: Vec::new(),
+            export: Some(ExportRecord {
+                dir: dir.display().to_string(),
+                parent_dir: None,
+                finished_at: Utc::now(),
+                bytes_read: 0,
+                bytes_zeroed: 0,
+                seconds: 0.0,
+            }),
+            ended_at: Some(Utc::now()),
+        });
+        m
+    }
+
+    #[test]
+    fn a_base_needs_its_export_in_place_under_the_staging_and_room_in_its_chain() {
+        let t = tempfile::tempdir().expect("tmp");
+        let s = t.path().join("staging");
+        let h = vec![
+            cut("g-1", None, &s.join("g-1")),
+            cut("g-2", Some("g-1"), &s.join("g-2")),
+        ];
+        assert_eq!(chain_len(&h, "g-1"), 1);
+        assert_eq!(chain_len(&h, "g-2"), 2);
+        assert_eq!(check_export(&h, &h[1], &Rules::default()), Ok(()));
+        let every = |n| Rules {
+            full_every: Some(n),
+            export_under: None,
+        };
+        assert_eq!(check_export(&h, &h[1], &every(3)), Ok(()));
+        assert_eq!(
+            check_export(&h, &h[1], &every(2)),
+            Err("the chain ending at g-2 holds 2 cuts, the most --full-every 2 allows".into())
+        );
+        assert!(
+            check_export(&h, &h[0], &every(1)).is_err(),
+            "1: always full"
+        );
+        let under = |d: &Path| Rules {
+            full_every: None,
+            export_under: Some(d.to_path_buf()),
+        };
+        assert_eq!(check_export(&h, &h[1], &under(&s)), Ok(()));
+        let e = check_export(&h, &h[1], &under(&t.path().join("other"))).expect_err("outside");
+        assert!(
+            e.starts_with("g-2 was exported to ") && e.ends_with("other"),
+            "{e}"
+        );
+        std::fs::remove_file(s.join("g-2").join(EXPORT_SIDECAR)).expect("rm");
+        let e = check_export(&h, &h[1], &Rules::default()).expect_err("gone");
+        assert!(e.starts_with("the export of g-2 is no longer at "), "{e}");
+    }
+
+    #[test]
+    fn a_chain_that_loops_is_counted_without_hanging() {
+        let t = tempfile::tempdir().expect("tmp");
+        let h = vec![
+            cut("g-1", Some("g-2"), &t.path().join("a")),
+            cut("g-2", Some("g-1"), &t.path().join("b")),
+        ];
+        assert!(chain_len(&h, "g-1") <= h.len() + 1);
+    }
 }

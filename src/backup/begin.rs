@@ -15,9 +15,8 @@ use super::end::{drop_checkpoint, end_job};
 use super::prepare::{self, SOCKET_MAX};
 use super::xml::{self, JobDisk};
 use super::{BackupError, base};
-use crate::catalog::{self, Catalog, Manifest, MemberRecord, SnapState};
+use crate::catalog::{Catalog, Manifest, MemberRecord, SnapState};
 use crate::events::{Events, Point};
-use crate::group;
 use crate::hypervisor::is_local;
 use crate::model::backup::{self as rec, BackupDisk, BackupMember, BackupMode, BackupRecord};
 use crate::snapshot::preflight::{self, PlannedMember};
@@ -38,6 +37,8 @@ pub struct Options {
     pub scratch_dir: PathBuf,
     /// Base the cut on the group's last exported cut when that is sound; else full.
     pub incremental: bool,
+    /// What else that base must satisfy (chain length, where its export lies).
+    pub rules: base::Rules,
 }
 
 /// Take a backup cut of the group: returns its manifest, `taken` (every job serving).
@@ -50,9 +51,7 @@ pub fn begin(
 ) -> Result<Manifest, BackupError> {
     let t0 = Instant::now();
     let s = &opts.snap;
-    group::validate_name(&s.group).map_err(SnapshotError::from)?;
-    let _lock = cat.lock(&s.group).map_err(SnapshotError::from)?;
-    let id = catalog::new_id(&s.group, now);
+    let (_lock, id) = snapshot::claim(cat, &s.group, now)?;
     let (plan, mut man) = plan_and_record(hosts, cat, opts, &id, now)?;
     ev.probe.at(Point::Resolved);
     if let Err(e) = make_dirs(&plan, &man) {
@@ -156,7 +155,7 @@ fn plan_and_record(
     }
     let (since, full_reason) = match opts.incremental {
         false => (None, None),
-        true => match base::choose(&cat.list()?, &s.group, &plan) {
+        true => match base::choose(&cat.list()?, &s.group, &plan, &opts.rules) {
             Ok(b) => (Some(b), None),
             Err(why) => (None, Some(why)),
         },

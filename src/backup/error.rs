@@ -86,6 +86,16 @@ pub enum BackupError {
         /// What went wrong, and the fix where known.
         detail: String,
     },
+    /// A hook's staging directory cannot be used.
+    #[error(
+        "staging directory {path}: {detail}: give --backup-to a directory cgsnap can create and write, on a filesystem with room for a full export"
+    )]
+    Staging {
+        /// The directory.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The id names an overlay snapshot.
     #[error("{id} is an overlay snapshot, not a backup cut: release it with `cgsnap release {id}`")]
     NotBackup {
@@ -153,6 +163,7 @@ impl Classify for BackupError {
             | BackupError::Remote { .. }
             | BackupError::JobRunning { .. }
             | BackupError::SocketPath { .. }
+            | BackupError::Staging { .. }
             | BackupError::State { .. } => ExitCode::Precondition,
             BackupError::Outstanding { .. } => ExitCode::Outstanding,
             BackupError::Io { .. } => ExitCode::Internal,

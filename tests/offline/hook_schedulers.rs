@@ -471,3 +471,42 @@ fn borgmatic_hooks_use_one_token_per_run_also_on_error() {
         ]
     );
 }
+
+const BORGMATIC_CUT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../hooks/borgmatic/config-backup-cut.yaml"
+);
+
+#[test]
+fn borgmatic_backup_cut_config_validates_and_its_hooks_parse() {
+    let out = Command::new("validate-borgmatic-config")
+        .args(["-c", BORGMATIC_CUT])
+        .output()
+        .expect("validate-borgmatic-config (package borgmatic)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let staging = tempfile::tempdir().expect("staging");
+    let text = std::fs::read_to_string(BORGMATIC_CUT).expect("config");
+    let hooks: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- cgsnap "))
+        .map(|l| {
+            l.replace("\"borgmatic-$PPID\"", "borgmatic-1")
+                .replace("/var/lib/cgsnap/staging", &staging.path().to_string_lossy())
+        })
+        .collect();
+    assert_eq!(hooks.len(), 3, "before_backup, after_backup, on_error");
+    assert!(
+        hooks[0].starts_with("hook pre ") && hooks[0].contains(" --backup-to "),
+        "{}",
+        hooks[0]
+    );
+    for h in &hooks {
+        let words: Vec<&str> = h.split_whitespace().collect();
+        assert_cli_accepts(&words);
+    }
+}

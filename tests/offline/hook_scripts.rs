@@ -31,7 +31,11 @@ echo "cgsnap $*" >> "$FAKE_LOG"
 case "$1 $2" in
   "hook pre")
     sleep "${FAKE_PRE_SLEEP:-0}"
-    [ "${FAKE_PRE_RC:-0}" = 0 ] && echo "cgsnap: snapshot $4-20250102T030405Z of group $4 taken: 2 members, 4 disks"
+    case "$*" in
+      *--backup-to*) line="cgsnap: backup cut $4-20250102T030405Z of group $4 exported to /s/$4-20250102T030405Z: 2 members, 4 disks, incremental since $4-20250101T030405Z, 65536 bytes read, freeze window 9.0 ms, consistency point 2025-01-02T03:04:05+00:00" ;;
+      *) line="cgsnap: snapshot $4-20250102T030405Z of group $4 taken: 2 members, 4 disks" ;;
+    esac
+    [ "${FAKE_PRE_RC:-0}" = 0 ] && echo "$line"
     exit "${FAKE_PRE_RC:-0}" ;;
   "hook post")
     echo "${FAKE_POST_OUT:-cgsnap: released $4-20250102T030405Z of group $4}"
@@ -501,5 +505,52 @@ fn post_waits_for_what_a_finished_backup_left_running() {
         r.stderr.contains("waiting for the processes it started"),
         "{}",
         r.stderr
+    );
+}
+
+#[test]
+fn restic_backup_cut_mode_stages_then_backs_up_the_staging_directory() {
+    let f = Fakes::new();
+    let r = run(f
+        .cmd(RESTIC_SH, &[("CGSNAP_BACKUP_TO", "/stage")])
+        .arg("g1"));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let raw = f.raw_calls();
+    assert!(
+        raw[0].starts_with("cgsnap hook pre --group g1 --token restic-")
+            && raw[0].ends_with(" --backup-to /stage --full-every 7"),
+        "{raw:?}"
+    );
+    let calls = f.calls();
+    assert_eq!(
+        calls[1],
+        format!("backup backup {EXCLUDES} /stage"),
+        "the staging directory is the default path"
+    );
+    assert_eq!(calls[2], POST);
+    assert_eq!(
+        one_line(&r),
+        "cgsnap-restic: group g1: backup cut g1-20250102T030405Z (incremental since g1-20250101T030405Z) backed up as restic snapshot 0123abcd, jobs ended; exit 0"
+    );
+
+    // A failed pre (here an export that failed, exit 13): no backup, post still runs, the
+    // summary names the mode; CGSNAP_FULL_EVERY is passed on.
+    let f = Fakes::new();
+    let env = [
+        ("CGSNAP_BACKUP_TO", "/stage"),
+        ("CGSNAP_FULL_EVERY", "1"),
+        ("FAKE_PRE_RC", "13"),
+    ];
+    let r = run(f.cmd(RESTIC_SH, &env).arg("g1"));
+    assert_eq!(r.code, Some(13), "{}", r.stderr);
+    assert!(
+        f.raw_calls()[0].ends_with(" --full-every 1"),
+        "{:?}",
+        f.raw_calls()
+    );
+    assert_eq!(f.calls(), [PRE.to_string(), POST.to_string()]);
+    assert_eq!(
+        one_line(&r),
+        "cgsnap-restic: group g1: backup cut FAILED (cgsnap exit 13), nothing backed up, jobs ended; exit 13"
     );
 }

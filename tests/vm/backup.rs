@@ -26,9 +26,9 @@ pub fn backup_json(lab: &Lab, args: &[&str]) -> serde_json::Value {
 
 /// Each member's disk sources, and whether each runs: what a backup cut must leave alone.
 /// A domain, its state and its disks (target, source).
-type Chain = (String, String, Vec<(String, String)>);
+pub type Chain = (String, String, Vec<(String, String)>);
 
-fn chains(names: &[String]) -> Vec<Chain> {
+pub fn chains(names: &[String]) -> Vec<Chain> {
     names
         .iter()
         .map(|n| (n.clone(), domstate(n), domblklist(n)))

@@ -1,6 +1,11 @@
 //! End to end with a real backup tool: borgmatic (Debian package) using the shipped
 //! `hooks/borgmatic/config.yaml` backs up the frozen images of the running PostgreSQL testbed,
 //! the archive is extracted, and `cgsnap verify --images` proves the extracted images recover.
+//! Then `hooks/borgmatic/config-backup-cut.yaml` backs the same running pair up twice through
+//! backup cuts (a full one, then an incremental) without changing a disk chain, and the second
+//! archive alone restores the chain and verifies, the report naming it; in that extract a
+//! chain with a missing or a foreign link is refused (exit 12) with the link named, and the
+//! cut itself, never frozen, cannot be verified without its export.
 
 use crate::common;
 
@@ -12,6 +17,8 @@ use std::time::Duration;
 
 const DIR: &str = "/var/lib/libvirt/images/cgsnap-tests/borg";
 const RESTORE: &str = "/var/lib/libvirt/images/cgsnap-tests/borg-restore";
+const STAGING: &str = "/var/lib/libvirt/images/cgsnap-tests/borg-staging";
+const RESTORE_CUT: &str = "/var/lib/libvirt/images/cgsnap-tests/borg-restore-cut";
 
 /// A command that may touch the test's unencrypted borg repository without asking.
 fn borg_env(program: &str) -> Command {
@@ -23,7 +30,7 @@ fn borg_env(program: &str) -> Command {
 #[test]
 fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     let lab = lab("cgt-borg", 0, 0);
-    let _down = TestbedDown::new(&lab, &[DIR, RESTORE]);
+    let _down = TestbedDown::new(&lab, &[DIR, RESTORE, STAGING, RESTORE_CUT]);
     lab.cgsnap()
         .args(["testbed", "up", "--ports", "25531,25532", "--dir", DIR])
         .timeout(Duration::from_secs(900))
@@ -136,6 +143,168 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     assert!(text.contains("recovery "), "{text}");
 
     dr_drill(snap["id"].as_str().expect("id"), &lab, &profile);
+    backup_cut_mode(&lab, work.path(), &cgsnap, &profile);
+}
+
+/// The last backup cut of the catalog, as `list --json` shows it.
+fn last_cut(lab: &Lab) -> serde_json::Value {
+    list_json(lab)
+        .as_array()
+        .and_then(|a| a.iter().rev().find(|m| m["backup"].is_object()).cloned())
+        .expect("a backup cut")
+}
+
+/// `config-backup-cut.yaml` on the running pair: a full cut, then an incremental, each staged
+/// and ended by pre; the second archive, extracted, verifies from its chain of exports.
+fn backup_cut_mode(lab: &Lab, work: &Path, cgsnap: &str, profile: &Path) {
+    let names: Vec<String> = ["cgsnap-orders", "cgsnap-payments"]
+        .map(String::from)
+        .to_vec();
+    let before = crate::backup::chains(&names);
+    let repo = work.join("repo-cut");
+    run_ok(
+        borg_env("borg")
+            .args(["init", "--encryption=none"])
+            .arg(&repo),
+    );
+    let cfg = include_str!("../../hooks/borgmatic/config-backup-cut.yaml")
+        .replace("/var/lib/cgsnap/staging", STAGING)
+        .replace(
+            "/var/lib/cgsnap/snapshots",
+            &lab.catalog.path().join("snapshots").to_string_lossy(),
+        )
+        .replace("/var/backups/cgsnap-borg", &repo.to_string_lossy())
+        .replace("cgsnap hook", &format!("{cgsnap} hook"))
+        .replace("GROUP", pair::NAME);
+    let cfg_path = work.join("borgmatic-cut.yaml");
+    std::fs::write(&cfg_path, cfg).expect("config");
+    let borgmatic = || {
+        run_ok(
+            borg_env("borgmatic")
+                .arg("-c")
+                .arg(&cfg_path)
+                .args(["create", "--verbosity", "1"]),
+        )
+    };
+    borgmatic();
+    let a = last_cut(lab);
+    let a_id = a["id"].as_str().expect("id").to_string();
+    assert_eq!(a["backup"]["mode"], "full", "{a}");
+    assert_eq!(a["state"], "released", "pre ended the jobs: {a}");
+    std::thread::sleep(Duration::from_secs(5));
+    borgmatic();
+    let b = last_cut(lab);
+    let b_id = b["id"].as_str().expect("id").to_string();
+    assert_eq!(b["backup"]["since"], a_id.as_str(), "{b}");
+    assert_eq!(b["state"], "released", "{b}");
+    let (full, inc) = (
+        a["backup"]["export"]["bytes_read"].as_u64().expect("bytes"),
+        b["backup"]["export"]["bytes_read"].as_u64().expect("bytes"),
+    );
+    println!("backup cuts by borgmatic: full read {full} bytes, incremental {inc}");
+    assert!(inc < full, "the incremental read less: {inc} vs {full}");
+    assert_eq!(crate::backup::chains(&names), before, "chains unchanged");
+    assert!(files_under(Path::new(DIR), ".cgsnap-overlay").is_empty());
+
+    let archive = run_ok(borg_env("borg").args(["list", "--short"]).arg(&repo));
+    let archive = archive
+        .lines()
+        .last()
+        .expect("an archive")
+        .trim()
+        .to_string();
+    let _ = std::fs::remove_dir_all(RESTORE_CUT);
+    std::fs::create_dir_all(RESTORE_CUT).expect("restore dir");
+    run_ok(
+        borg_env("borg")
+            .arg("extract")
+            .arg(format!("{}::{archive}", repo.display()))
+            .current_dir(RESTORE_CUT),
+    );
+    run_ok(borg_env("chmod").args(["-R", "a+rX", RESTORE_CUT]));
+    let top = Path::new(RESTORE_CUT)
+        .join(STAGING.trim_start_matches('/'))
+        .join(&b_id);
+    let top = top.to_string_lossy().into_owned();
+    let verify = |images: Option<&str>| {
+        let mut c = lab.std_cgsnap();
+        c.args([
+            "verify",
+            &b_id,
+            "--json",
+            "--base-port",
+            "40430",
+            "--profile",
+        ])
+        .arg(profile);
+        if let Some(d) = images {
+            c.args(["--images", d]);
+        }
+        let out = c.output().expect("verify");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Its images were never frozen: only its export can be verified.
+    let (code, _, err) = verify(None);
+    assert_eq!(code, 12, "{err}");
+    assert!(err.contains("is a backup cut"), "{err}");
+
+    let (code, out, err) = verify(Some(&top));
+    assert_eq!(code, 0, "verify from the extracted chain: {err}\n{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("report json");
+    assert_eq!(r["verdict"], "pass", "{r}");
+    let chain = format!("{b_id} (incremental) <- {a_id} (full)");
+    assert!(
+        r["notes"].to_string().contains(&chain),
+        "the report names the chain: {}",
+        r["notes"]
+    );
+    println!(
+        "verified the second archive's extract from the chain {chain}: {} failed checks",
+        failed_checks(&r).len()
+    );
+
+    // A missing link: the full cut's export moved away inside the extract.
+    let full = Path::new(RESTORE_CUT)
+        .join(STAGING.trim_start_matches('/'))
+        .join(&a_id);
+    let moved = full.with_extension("moved");
+    std::fs::rename(&full, &moved).expect("move");
+    let (code, _, err) = verify(Some(&top));
+    assert_eq!(code, 12, "{err}");
+    assert!(
+        err.contains("misses") && err.contains(&*full.to_string_lossy()),
+        "{err}"
+    );
+    println!("missing link refused: {}", err.trim());
+    std::fs::rename(&moved, &full).expect("move back");
+
+    // A foreign link: one increment rebased onto a file of the same size no export wrote.
+    let disk = &b["members"][0]["disks"][0];
+    let file = Path::new(&top).join(
+        disk["image"]
+            .as_str()
+            .expect("image")
+            .trim_start_matches('/'),
+    );
+    let foreign = format!("{RESTORE_CUT}/foreign.qcow2");
+    let size = disk["virtual_size"].as_u64().expect("size").to_string();
+    run_ok(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", &foreign, &size]));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["rebase", "-u", "-F", "qcow2", "-b", &foreign])
+            .arg(&file),
+    );
+    let (code, _, err) = verify(Some(&top));
+    assert_eq!(code, 12, "{err}");
+    assert!(
+        err.contains("foreign link") && err.contains(&foreign),
+        "{err}"
+    );
+    println!("foreign link refused: {}", err.trim());
 }
 
 /// The disaster-recovery drill on a spare host, from the extracted archive alone: it holds the

@@ -12,7 +12,6 @@ mod common;
 
 mod backup;
 mod backup_faults;
-mod backup_verify;
 mod bacula;
 mod bad_input;
 mod bench;

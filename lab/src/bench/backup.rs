@@ -70,6 +70,7 @@ pub fn options(opts: cgsnap::snapshot::Options, incremental: bool) -> backup::Op
         snap: opts,
         scratch_dir: PathBuf::from(backup::prepare::DEFAULT_SCRATCH),
         incremental,
+        rules: backup::base::Rules::default(),
     }
 }
 
