@@ -240,6 +240,11 @@ pub enum Point<'a> {
         /// Place among the members paused together (0 for the first).
         order: usize,
     },
+    /// An export's scratch guard runs and no disk has been read yet.
+    Exporting {
+        /// The cut exported.
+        id: &'a str,
+    },
     /// A release started the commits of `domain`'s disks and has not yet waited for them.
     CommitsStarted {
         /// The member whose commits were started.

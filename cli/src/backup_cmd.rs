@@ -75,6 +75,11 @@ pub struct ExportArgs {
     /// Parallel NBD connections per disk.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// Free bytes the scratch filesystem must keep while the export reads: below it every job
+    /// of the cut is ended (the guests write on) and the export fails with exit 13. Default:
+    /// the cut's `backup begin --min-free`.
+    #[arg(long, value_name = "BYTES")]
+    pub min_free: Option<u64>,
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,
@@ -149,7 +154,11 @@ pub fn run(ctx: &Ctx, cat: &Catalog, cmd: &BackupCmd, ev: Events) -> Result<(), 
             print(&m, a.json)
         }
         BackupCmd::Export(a) => {
-            let m = backup::export::export(cat, &a.id, &a.to, a.workers, ev)?;
+            let how = backup::export::Reading {
+                workers: a.workers,
+                min_free: a.min_free,
+            };
+            let m = backup::export::export(&ctx.pool, cat, &a.id, &a.to, how, ev)?;
             print(&m, a.json)
         }
         BackupCmd::End { id, json } => {

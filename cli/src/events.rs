@@ -37,6 +37,8 @@ pub struct EnvHolds {
     watched: Option<Duration>,
     /// A release's commits started, before it waits for them.
     commit: Option<Duration>,
+    /// An export's guard started, before it reads.
+    exporting: Option<Duration>,
 }
 
 impl EnvHolds {
@@ -55,9 +57,16 @@ impl EnvHolds {
             resolved: hold("CGSNAP_TEST_HOLD_RESOLVED_MS"),
             watched: hold("CGSNAP_TEST_HOLD_WATCHED_MS"),
             commit: hold("CGSNAP_TEST_HOLD_COMMIT_MS"),
+            exporting: hold("CGSNAP_TEST_HOLD_EXPORTING_MS"),
         };
         let any = [
-            h.frozen, h.snapped, h.pausing, h.resolved, h.watched, h.commit,
+            h.frozen,
+            h.snapped,
+            h.pausing,
+            h.resolved,
+            h.watched,
+            h.commit,
+            h.exporting,
         ]
         .iter()
         .any(Option::is_some);
@@ -93,6 +102,10 @@ impl Probe for EnvHolds {
             Point::CommitsStarted { domain } => {
                 hold_at(self.commit, &format!("commits of {domain} started"))
             }
+            Point::Exporting { id } => hold_at(
+                self.exporting,
+                &format!("export of {id} guarded, not yet read"),
+            ),
         }
     }
 }

@@ -203,6 +203,7 @@ mod tests {
                 seconds: 0.0,
             }),
             ended_at: Some(Utc::now()),
+            min_free: None,
         });
         m
     }

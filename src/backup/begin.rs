@@ -160,7 +160,8 @@ fn plan_and_record(
             Err(why) => (None, Some(why)),
         },
     };
-    let record = record(&opts.scratch_dir, id, &plan, since, full_reason)?;
+    let mut record = record(&opts.scratch_dir, id, &plan, since, full_reason)?;
+    record.min_free = Some(s.min_free);
     let mut man = Manifest {
         members: plan
             .iter()
@@ -271,6 +272,7 @@ fn record(
         members,
         export: None,
         ended_at: None,
+        min_free: None,
     })
 }
 

@@ -150,6 +150,16 @@ pub enum BackupError {
         /// The first disk that failed, and why.
         cause: String,
     },
+    /// The scratch guard ended the cut's jobs while it was exported; the guests wrote on.
+    #[error(
+        "export of backup cut {id} stopped: {trip}; nothing of the export was kept and the cut is no base for an incremental: give the scratch files room (`--scratch-dir` on a larger filesystem, or a lower --min-free) and cut again"
+    )]
+    ScratchGuard {
+        /// The cut.
+        id: String,
+        /// What the guard saw and did (boxed: the largest variant otherwise).
+        trip: Box<super::guard::Trip>,
+    },
 }
 
 impl Classify for BackupError {
@@ -167,7 +177,7 @@ impl Classify for BackupError {
             | BackupError::State { .. } => ExitCode::Precondition,
             BackupError::Outstanding { .. } => ExitCode::Outstanding,
             BackupError::Io { .. } => ExitCode::Internal,
-            BackupError::Export { .. } => ExitCode::ExportFailed,
+            BackupError::Export { .. } | BackupError::ScratchGuard { .. } => ExitCode::ExportFailed,
             BackupError::NotBackup { .. } => ExitCode::Usage,
             BackupError::Cut { .. } | BackupError::End { .. } => ExitCode::Hypervisor,
             BackupError::Budget { .. } => ExitCode::FreezeBudget,

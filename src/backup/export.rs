@@ -11,14 +11,19 @@
 //!   export of the cut removes such leftovers. An existing export file is never overwritten.
 //! - The manifest records the export (and so makes the cut a base for the next incremental)
 //!   only after the files and the sidecar are in place.
+//! - The scratch filesystem is guarded for as long as the disks are read ([`guard`]): when the
+//!   guard ends the jobs, the export fails (exit 13) and the manifest says why.
 
-use super::BackupError;
 use super::copy::{self, CopyJob, CopyStats};
+use super::{BackupError, guard};
 use crate::catalog::{Catalog, Manifest, SnapState};
-use crate::events::{Events, Progress};
+use crate::events::{Events, Point, Progress};
+use crate::hypervisor::pool::Pool;
 use crate::model::backup::{
-    BackupMode, EXPORT_SIDECAR, ExportRecord, ExportSidecar, SIDECAR_FORMAT, SidecarDisk,
+    BackupMode, BackupRecord, EXPORT_SIDECAR, ExportRecord, ExportSidecar, SIDECAR_FORMAT,
+    SidecarDisk,
 };
+use crate::snapshot::preflight::DEFAULT_MIN_FREE;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,12 +41,24 @@ struct Planned {
     job: CopyJob,
 }
 
-/// Export the cut `id` under `to` with `workers` NBD connections per disk.
+/// How an export reads a cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// Parallel NBD connections per disk.
+    pub workers: usize,
+    /// Free bytes the scratch filesystem must keep while the export runs ([`guard`]); `None`:
+    /// what the cut was begun with, else [`DEFAULT_MIN_FREE`].
+    pub min_free: Option<u64>,
+}
+
+/// Export the cut `id` under `to`, its scratch filesystem guarded; `pool` reaches the
+/// members, whose jobs the guard ends when it trips.
 pub fn export(
+    pool: &Pool,
     cat: &Catalog,
     id: &str,
     to: &Path,
-    workers: usize,
+    how: Reading,
     ev: Events,
 ) -> Result<Manifest, BackupError> {
     let group = cat.load(id)?.group;
@@ -70,9 +87,32 @@ pub fn export(
         Some(base) => Some(base_dir(cat, base)?),
         None => None,
     };
-    let plan = plan(&man, &to, parent.as_deref(), workers.max(1))?;
+    let plan = plan(&man, &to, parent.as_deref(), how.workers.max(1))?;
+    let guard = guard::Guard::start(
+        guarded(pool, &b)?,
+        PathBuf::from(&b.scratch_dir),
+        how.min_free.or(b.min_free).unwrap_or(DEFAULT_MIN_FREE),
+    );
+    ev.probe.at(Point::Exporting { id });
     let t0 = Instant::now();
-    let stats = run_all(id, &plan, ev).inspect_err(|_| remove_partials(&plan))?;
+    let copied = run_all(id, &plan, ev);
+    let stats = match (copied, guard.finish()) {
+        // Every block was read before any trip: the export is whole (its jobs may be gone).
+        (Ok(stats), _) => stats,
+        (Err(_), Some(trip)) => {
+            remove_partials(&plan);
+            man.error = Some(format!("export stopped: {trip}"));
+            cat.write(&man)?;
+            return Err(BackupError::ScratchGuard {
+                id: id.to_string(),
+                trip: Box::new(trip),
+            });
+        }
+        (Err(e), None) => {
+            remove_partials(&plan);
+            return Err(e);
+        }
+    };
     for p in &plan {
         if let Err(e) = std::fs::rename(partial(&p.file), &p.file) {
             remove_partials(&plan);
@@ -92,6 +132,26 @@ pub fn export(
     }
     cat.write(&man)?;
     Ok(man)
+}
+
+/// Every member of the cut, connected, for the guard.
+fn guarded(pool: &Pool, b: &BackupRecord) -> Result<Vec<guard::Member>, BackupError> {
+    b.members
+        .iter()
+        .map(|m| {
+            let host = pool.get(&m.uri).map_err(|e| BackupError::Export {
+                id: b.checkpoint.clone(),
+                cause: format!(
+                    "{}: {e}: its job could not be ended if the scratch filesystem filled",
+                    m.domain
+                ),
+            })?;
+            Ok(guard::Member {
+                host,
+                domain: m.domain.clone(),
+            })
+        })
+        .collect()
 }
 
 fn io(path: &Path, e: std::io::Error) -> BackupError {

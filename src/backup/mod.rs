@@ -13,7 +13,11 @@
 //!   target. Only libnbd speaks NBD (`hypervisor::nbd`); qcow2 files are created by
 //!   `qemu-img` and written through `qemu-nbd`, never by hand ([`copy`], [`export`]).
 //!
+//! - While a cut is exported, its scratch filesystem is guarded ([`guard`]): filling up, it
+//!   would pause the guests; the jobs end first, and the export fails instead.
+//!
 //! Files: [`begin`], [`end`], [`export`] (every disk of a cut), [`copy`] (one disk),
+//! [`guard`] (the scratch filesystem while an export reads),
 //! [`base`] (the base of an incremental), [`prepare`] (image checks, member directories),
 //! [`xml`] (the job and checkpoint documents), [`error`].
 
@@ -23,6 +27,7 @@ pub mod copy;
 pub mod end;
 mod error;
 pub mod export;
+pub mod guard;
 pub mod prepare;
 pub mod xml;
 

@@ -54,7 +54,11 @@ pub fn pre(
     begin.rules.export_under = Some(staging.clone());
     let cut = backup::begin(hosts, cat, &begin, now, ev)?;
     let to = staging.join(&cut.id);
-    let exported = match backup::export::export(cat, &cut.id, &to, opts.workers, ev) {
+    let how = backup::export::Reading {
+        workers: opts.workers,
+        min_free: Some(begin.snap.min_free),
+    };
+    let exported = match backup::export::export(pool, cat, &cut.id, &to, how, ev) {
         Ok(m) => m,
         Err(e) => {
             // The export error is the one to report; an end that fails too leaves the cut
@@ -197,6 +201,7 @@ mod tests {
                 seconds: 0.1,
             }),
             ended_at: None,
+            min_free: None,
         });
         m
     }

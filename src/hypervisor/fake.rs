@@ -58,6 +58,8 @@ pub struct FakeHost {
     /// Image file -> the backing file its header names, which libvirt reads when it starts a
     /// domain on the image and shows as the disk's `<backingStore>`.
     pub backing: Mutex<BTreeMap<String, String>>,
+    /// Domains with a running backup job (only what `backup_xml` and `backup_abort` need).
+    pub backup_jobs: Mutex<HashSet<String>>,
 }
 
 impl FakeHost {
@@ -255,6 +257,26 @@ impl Host for FakeHost {
                 "connection closed",
             ));
         }
+        Ok(())
+    }
+
+    /// [`DomState::PausedOther`] stands for a pause on an I/O error here.
+    fn paused_on_io_error(&self, dom: &str) -> HvResult<bool> {
+        self.with("paused_on_io_error", dom, |d| {
+            Ok(d.state == DomState::PausedOther)
+        })
+    }
+
+    fn backup_xml(&self, dom: &str) -> HvResult<Option<String>> {
+        self.with("backup_xml", dom, |_| Ok(()))?;
+        let jobs = self.backup_jobs.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(jobs.contains(dom).then(|| "<domainbackup/>".to_string()))
+    }
+
+    fn backup_abort(&self, dom: &str) -> HvResult<()> {
+        self.with("backup_abort", dom, |_| Ok(()))?;
+        let mut jobs = self.backup_jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.remove(dom);
         Ok(())
     }
 

@@ -251,6 +251,19 @@ impl Host for LibvirtHost {
         raw_state(&d).ok_or_else(|| self.last_err("get state", dom))
     }
 
+    fn paused_on_io_error(&self, dom: &str) -> HvResult<bool> {
+        let d = self.dom(dom)?;
+        let (mut state, mut reason) = (-1, -1);
+        // SAFETY: `d` holds a valid domain pointer for the duration of the call; the two
+        // out-parameters are plain ints that outlive it.
+        let rc = unsafe { sys::virDomainGetState(d.as_ptr(), &mut state, &mut reason, 0) };
+        if rc < 0 {
+            return Err(self.last_err("get state", dom));
+        }
+        Ok(state as u32 == sys::VIR_DOMAIN_PAUSED
+            && reason as u32 == sys::VIR_DOMAIN_PAUSED_IOERROR)
+    }
+
     fn xml(&self, dom: &str) -> HvResult<String> {
         self.dom(dom)?
             .xml_desc(0)

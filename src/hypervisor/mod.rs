@@ -170,6 +170,12 @@ pub trait Host: Send + Sync {
             r => r,
         }
     }
+    /// Whether the domain is paused because a disk write failed (QEMU stops a guest whose
+    /// write hit ENOSPC, e.g. on a full copy-before-write scratch file). The default knows no
+    /// such pause.
+    fn paused_on_io_error(&self, _dom: &str) -> HvResult<bool> {
+        Ok(false)
+    }
     /// Live XML of a running domain (inactive XML otherwise).
     fn xml(&self, dom: &str) -> HvResult<String>;
     /// Whether the domain has a persistent definition.

@@ -52,6 +52,10 @@ pub struct BackupRecord {
     pub export: Option<ExportRecord>,
     /// When the jobs were ended.
     pub ended_at: Option<DateTime<Utc>>,
+    /// Free bytes the scratch filesystem must keep (`begin --min-free`): what its export's
+    /// guard keeps unless told otherwise. Absent in cuts recorded before the guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free: Option<u64>,
 }
 
 /// One member's backup job.

@@ -97,10 +97,12 @@ fi
 
 mode=writer
 interval_ms=20
+churn=
 for opt in $(cat /proc/cmdline); do
   case "$opt" in
     cgsnap.mode=*) mode=${opt#cgsnap.mode=} ;;
     cgsnap.interval_ms=*) interval_ms=${opt#cgsnap.interval_ms=} ;;
+    cgsnap.churn=*) churn=${opt#cgsnap.churn=} ;;
   esac
 done
 
@@ -108,6 +110,25 @@ i=0
 while [ $i -lt 100 ] && ! ls /dev/vd? >/dev/null 2>&1; do usleep 100000; i=$((i + 1)); done
 disks=$(ls /dev/vd? 2>/dev/null | sed 's,/dev/,,' | sort | tr '\n' ' ')
 echo "CGSNAP-GUEST: disks $disks" > /dev/console
+
+# cgsnap.churn=AFTER_S:MIB: AFTER_S seconds after boot, overwrite MIB MiB of the last disk from
+# 8 MiB on with bytes 'c' (0x63), one flushed MiB at a time, beside the writer's records; then
+# "CGSNAP-GUEST: churned MIB MiB rc=N" (N = 0 when every write succeeded).
+if [ -n "$churn" ] && [ -n "$disks" ]; then
+  last=$(echo $disks | tr ' ' '\n' | sed -n '$p')
+  (
+    sleep "${churn%%:*}"
+    mib=${churn#*:}
+    dd if=/dev/zero bs=1048576 count=1 2>/dev/null | tr '\000' c > /tmp/churn
+    echo "CGSNAP-GUEST: churning $mib MiB on $last" > /dev/console
+    rc=0 n=0
+    while [ $n -lt "$mib" ]; do
+      dd if=/tmp/churn of=/dev/$last bs=1048576 seek=$((n + 8)) count=1 conv=notrunc,fsync 2>/dev/null || rc=1
+      n=$((n + 1))
+    done
+    echo "CGSNAP-GUEST: churned $mib MiB rc=$rc" > /dev/console
+  ) &
+fi
 
 if [ "$mode" = writer ] && [ -n "$disks" ]; then
   seq=1

@@ -393,6 +393,16 @@ pub fn assert_own_images(g: &guest::Guest) {
 /// Spawn `cmd` with stderr piped and wait (up to 60 s) until a stderr line contains
 /// `pattern`; stderr keeps being drained afterwards so the child never blocks on it.
 pub fn spawn_until(cmd: &mut Command, pattern: &str) -> std::process::Child {
+    let (child, rx) = spawn_watched(cmd, pattern);
+    std::thread::spawn(move || for _ in rx {});
+    child
+}
+
+/// [`spawn_until`], handing back the stderr lines after the one with `pattern`.
+pub fn spawn_watched(
+    cmd: &mut Command,
+    pattern: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -422,8 +432,7 @@ pub fn spawn_until(cmd: &mut Command, pattern: &str) -> std::process::Child {
             break;
         }
     }
-    std::thread::spawn(move || for _ in rx {});
-    child
+    (child, rx)
 }
 
 /// Wait until every domain is running; returns how long that took.

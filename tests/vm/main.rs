@@ -12,6 +12,7 @@ mod common;
 
 mod backup;
 mod backup_faults;
+mod backup_scratch;
 mod bacula;
 mod bad_input;
 mod bench;

@@ -64,6 +64,12 @@ impl Cuts {
     }
 }
 
+/// How the benchmark exports: the command's defaults.
+pub const READING: backup::export::Reading = backup::export::Reading {
+    workers: 4,
+    min_free: None,
+};
+
 /// Backup options over the snapshot's `opts`, in the default scratch directory.
 pub fn options(opts: cgsnap::snapshot::Options, incremental: bool) -> backup::Options {
     backup::Options {
@@ -211,7 +217,7 @@ pub fn exports(
         let mut timed_export = || -> Result<u64, Failure> {
             settle();
             let t = Instant::now();
-            let e = backup::export::export(cat, &m.id, &edir, 4, ev)?;
+            let e = backup::export::export(&ctx.pool, cat, &m.id, &edir, READING, ev)?;
             ours.push(t.elapsed().as_secs_f64());
             Ok(e.backup.and_then(|b| b.export).map_or(0, |x| x.bytes_read))
         };
@@ -246,7 +252,7 @@ pub fn exports(
                 return Err(fail(format!("cut {} is not incremental", m.id)));
             }
             let t = Instant::now();
-            let e = backup::export::export(cat, &m.id, &next_dir(), 4, ev)?;
+            let e = backup::export::export(&ctx.pool, cat, &m.id, &next_dir(), READING, ev)?;
             secs.push(t.elapsed().as_secs_f64());
             read.push(e.backup.and_then(|b| b.export).map_or(0, |x| x.bytes_read) as f64);
             backup::end(&ctx.pool, cat, &m.id)?;

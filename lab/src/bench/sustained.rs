@@ -166,7 +166,14 @@ fn protect(
         let m = backup::begin(hosts, cat, &opts, chrono::Utc::now(), ev)?;
         let at = t0.elapsed().as_secs_f64();
         let te = Instant::now();
-        let e = backup::export::export(cat, &m.id, &exports.join(format!("c{k:03}")), 4, ev)?;
+        let e = backup::export::export(
+            &ctx.pool,
+            cat,
+            &m.id,
+            &exports.join(format!("c{k:03}")),
+            super::backup::READING,
+            ev,
+        )?;
         let export_s = te.elapsed().as_secs_f64();
         backup::end(&ctx.pool, cat, &m.id)?;
         let b = e.backup.as_ref();
