@@ -268,11 +268,25 @@ fn split(pieces: &[Chunk]) -> Vec<Chunk> {
     out
 }
 
-/// Copy the disk `job` names into its new target, counting bytes read or zeroed into
-/// `progress` as chunks complete.
-pub fn copy_disk(job: &CopyJob, progress: &AtomicU64) -> Result<CopyStats, CopyError> {
+/// What a running copy tells whoever watches it (a progress line).
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Bytes read or zeroed so far.
+    pub done: AtomicU64,
+    /// Bytes the copy will read or zero, added once its plan is made.
+    pub planned: AtomicU64,
+}
+
+/// Copy the disk `job` names into its new target, adding its plan to `tally.planned` once made
+/// (the disk's block status is read once) and counting bytes read or zeroed into
+/// `tally.done` as chunks complete.
+pub fn copy_disk(job: &CopyJob, tally: &Tally) -> Result<CopyStats, CopyError> {
     let t0 = Instant::now();
+    let progress = &tally.done;
     let (size, chunks) = plan_sized(job)?;
+    tally
+        .planned
+        .fetch_add(chunks.iter().map(|c| c.len).sum(), Ordering::Relaxed);
     // Dropped last on an error path: the server is gone before the partial file is removed.
     let mut file = target::create(job, size)?;
     if job.dirty_context.is_none() && job.backing.is_none() {

@@ -14,7 +14,7 @@
 //! - The scratch filesystem is guarded for as long as the disks are read ([`guard`]): when the
 //!   guard ends the jobs, the export fails (exit 13) and the manifest says why.
 
-use super::copy::{self, CopyJob, CopyStats};
+use super::copy::{self, CopyJob, CopyStats, Tally};
 use super::{BackupError, guard};
 use crate::catalog::{Catalog, Manifest, SnapState};
 use crate::events::{Events, Point, Progress};
@@ -276,22 +276,17 @@ fn plan(
 
 /// Copy every disk at once, reporting progress every few seconds; the first failure wins.
 fn run_all(id: &str, plan: &[Planned], ev: Events) -> Result<Vec<CopyStats>, BackupError> {
-    let done: Vec<AtomicU64> = plan.iter().map(|_| AtomicU64::new(0)).collect();
-    let total = AtomicU64::new(0);
+    let tallies: Vec<Tally> = plan.iter().map(|_| Tally::default()).collect();
     let finished = AtomicU64::new(0);
     let t0 = Instant::now();
     let results: Vec<Result<CopyStats, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .iter()
-            .zip(&done)
-            .map(|(p, d)| {
-                let (total, finished) = (&total, &finished);
+            .zip(&tallies)
+            .map(|(p, t)| {
+                let finished = &finished;
                 s.spawn(move || {
-                    let r = copy::plan(&p.job)
-                        .map(|chunks| {
-                            total.fetch_add(chunks.iter().map(|c| c.len).sum(), Ordering::Relaxed);
-                        })
-                        .and_then(|()| copy::copy_disk(&p.job, d))
+                    let r = copy::copy_disk(&p.job, t)
                         .map_err(|e| format!("{}/{}: {e}", p.domain, p.target));
                     finished.fetch_add(1, Ordering::Relaxed);
                     r
@@ -303,13 +298,16 @@ fn run_all(id: &str, plan: &[Planned], ev: Events) -> Result<Vec<CopyStats>, Bac
             std::thread::sleep(Duration::from_millis(200));
             if last.elapsed() >= Duration::from_secs(5) {
                 last = Instant::now();
-                let sum: u64 = done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
+                let sum = |f: fn(&Tally) -> &AtomicU64| -> u64 {
+                    tallies.iter().map(|t| f(t).load(Ordering::Relaxed)).sum()
+                };
+                let done = sum(|t| &t.done);
                 let secs = t0.elapsed().as_secs_f64().max(0.001);
                 ev.report.progress(&Progress::Export {
                     id,
-                    done: sum,
-                    total: total.load(Ordering::Relaxed),
-                    rate: (sum as f64 / secs) as u64,
+                    done,
+                    total: sum(|t| &t.planned),
+                    rate: (done as f64 / secs) as u64,
                 });
             }
         }

@@ -13,11 +13,11 @@
 //! Skips (printing why) when qemu-nbd, qemu-img or qemu-io is missing.
 
 use crate::common::run_ok;
-use cgsnap::backup::copy::{CopyError, CopyJob, CopyStats, copy_disk, plan};
+use cgsnap::backup::copy::{CopyError, CopyJob, CopyStats, Tally, copy_disk, plan};
 use cgsnap::hypervisor::nbd::Nbd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Bitmap granularity and qcow2 cluster size: every write below is aligned to it.
@@ -134,10 +134,10 @@ fn job(uri: &str, dirty: Option<&str>, target: &Path, backing: Option<&str>) -> 
 }
 
 fn copy(job: &CopyJob) -> CopyStats {
-    let progress = AtomicU64::new(0);
+    let progress = Tally::default();
     let stats = copy_disk(job, &progress).unwrap_or_else(|e| panic!("copy: {e}"));
     assert_eq!(
-        progress.load(Ordering::Relaxed),
+        progress.done.load(Ordering::Relaxed),
         stats.bytes_read + stats.bytes_zeroed
     );
     assert_eq!(stats.planned_bytes, stats.bytes_read + stats.bytes_zeroed);
@@ -281,7 +281,7 @@ fn existing_targets_and_resized_backings_are_refused() {
             .arg((SIZE / 2).to_string()),
     );
     let served = serve(&src, None);
-    let progress = AtomicU64::new(0);
+    let progress = Tally::default();
 
     let exists = tmp.path().join("exists.qcow2");
     std::fs::write(&exists, b"an older export").expect("write");
@@ -308,7 +308,7 @@ fn existing_targets_and_resized_backings_are_refused() {
 fn a_missing_or_dying_source_leaves_no_target() {
     skip_without_qemu!();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let progress = AtomicU64::new(0);
+    let progress = Tally::default();
     let target = tmp.path().join("vda.qcow2");
     let gone = format!(
         "nbd+unix:///?socket={}",
@@ -337,14 +337,14 @@ fn a_missing_or_dying_source_leaves_no_target() {
     let j = job(&served.uri, None, &target, None);
     let r = std::thread::scope(|s| {
         let copying = s.spawn(|| copy_disk(&j, &progress));
-        while progress.load(Ordering::Relaxed) == 0 && !copying.is_finished() {
+        while progress.done.load(Ordering::Relaxed) == 0 && !copying.is_finished() {
             std::thread::sleep(Duration::from_micros(200));
         }
         served.child.kill().expect("kill qemu-nbd");
         copying.join().expect("join")
     });
     assert!(
-        progress.load(Ordering::Relaxed) < 256 << 20,
+        progress.done.load(Ordering::Relaxed) < 256 << 20,
         "the copy ended before its source was killed: the test proves nothing"
     );
     match r {
