@@ -174,7 +174,7 @@ fn check_export(history: &[Manifest], base: &Manifest, rules: &Rules) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::backup::{BackupMode, BackupRecord, ExportRecord};
+    use crate::model::backup::BackupRecord;
     use chrono::Utc;
     use std::path::Path;
 
@@ -184,26 +184,8 @@ mod tests {
         std::fs::write(dir.join(EXPORT_SIDECAR), b"{}").expect("sidecar");
         let mut m = Manifest::new(id, "g", SnapState::Released, Utc::now());
         m.backup = Some(BackupRecord {
-            mode: if since.is_some() {
-                BackupMode::Incremental
-            } else {
-                BackupMode::Full
-            },
-            checkpoint: id.into(),
-            since: since.map(str::to_string),
-            full_reason: None,
-            scratch_dir: String::new(),
-            members: Vec::new(),
-            export: Some(ExportRecord {
-                dir: dir.display().to_string(),
-                parent_dir: None,
-                finished_at: Utc::now(),
-                bytes_read: 0,
-                bytes_zeroed: 0,
-                seconds: 0.0,
-            }),
             ended_at: Some(Utc::now()),
-            min_free: None,
+            ..BackupRecord::exported(id, since, &dir.display().to_string(), 0)
         });
         m
     }

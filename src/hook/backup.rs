@@ -177,32 +177,11 @@ fn line(m: &Manifest, to: &Path, pruned: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::backup::{BackupMode, BackupRecord, ExportRecord};
+    use crate::model::backup::BackupRecord;
 
     fn cut(id: &str, group: &str, since: Option<&str>, state: SnapState) -> Manifest {
         let mut m = Manifest::new(id, group, state, Utc::now());
-        m.backup = Some(BackupRecord {
-            mode: if since.is_some() {
-                BackupMode::Incremental
-            } else {
-                BackupMode::Full
-            },
-            checkpoint: id.into(),
-            since: since.map(str::to_string),
-            full_reason: None,
-            scratch_dir: String::new(),
-            members: Vec::new(),
-            export: Some(ExportRecord {
-                dir: String::new(),
-                parent_dir: None,
-                finished_at: Utc::now(),
-                bytes_read: 7,
-                bytes_zeroed: 0,
-                seconds: 0.1,
-            }),
-            ended_at: None,
-            min_free: None,
-        });
+        m.backup = Some(BackupRecord::exported(id, since, "", 7));
         m
     }
 

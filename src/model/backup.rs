@@ -58,6 +58,36 @@ pub struct BackupRecord {
     pub min_free: Option<u64>,
 }
 
+#[cfg(test)]
+impl BackupRecord {
+    /// A memberless cut `id` (incremental since `since`, else full) whose export to `dir`
+    /// read `bytes_read` bytes, not ended: what unit tests of bases and staging build on.
+    pub(crate) fn exported(id: &str, since: Option<&str>, dir: &str, bytes_read: u64) -> Self {
+        BackupRecord {
+            mode: if since.is_some() {
+                BackupMode::Incremental
+            } else {
+                BackupMode::Full
+            },
+            checkpoint: id.into(),
+            since: since.map(str::to_string),
+            full_reason: None,
+            scratch_dir: String::new(),
+            members: Vec::new(),
+            export: Some(ExportRecord {
+                dir: dir.into(),
+                parent_dir: None,
+                finished_at: Utc::now(),
+                bytes_read,
+                bytes_zeroed: 0,
+                seconds: 0.1,
+            }),
+            ended_at: None,
+            min_free: None,
+        }
+    }
+}
+
 /// One member's backup job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

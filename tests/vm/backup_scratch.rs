@@ -86,6 +86,29 @@ fn id(m: &serde_json::Value) -> String {
     m["id"].as_str().expect("id").to_string()
 }
 
+/// `backup begin GROUP [--incremental]` with its scratch files on `fs` and `floor` free
+/// bytes required there.
+fn begin(
+    lab: &Lab,
+    group: &str,
+    fs: &SmallFs,
+    floor: &str,
+    incremental: bool,
+) -> serde_json::Value {
+    let mut args = vec![
+        "begin",
+        group,
+        "--scratch-dir",
+        fs.dir(),
+        "--min-free",
+        floor,
+    ];
+    if incremental {
+        args.push("--incremental");
+    }
+    backup_json(lab, &args)
+}
+
 /// `backup export ID --to DIR --min-free FLOOR`, held after its guard started: the child
 /// and its later stderr lines.
 fn guarded_export(lab: &Lab, id: &str, to: &Path, floor: &str) -> (Child, Receiver<String>) {
@@ -135,10 +158,7 @@ fn a_filling_scratch_filesystem_ends_the_jobs_and_no_guest_write_is_lost() {
     let exports = tempfile::tempdir().expect("exports");
 
     // A completed cut of the floor group: the base the next incremental must come back to.
-    let base = id(&backup_json(
-        &lab,
-        &["begin", &ga, "--scratch-dir", fa.dir(), "--min-free", FLOOR],
-    ));
+    let base = id(&begin(&lab, &ga, &fa, FLOOR, false));
     backup_json(
         &lab,
         &[
@@ -152,22 +172,8 @@ fn a_filling_scratch_filesystem_ends_the_jobs_and_no_guest_write_is_lost() {
 
     // The cuts whose exports the churn overtakes: one guarded by a floor of 24 MiB, one by
     // none (it can only react to the pause that a full filesystem causes).
-    let cut_a = id(&backup_json(
-        &lab,
-        &[
-            "begin",
-            &ga,
-            "--incremental",
-            "--scratch-dir",
-            fa.dir(),
-            "--min-free",
-            FLOOR,
-        ],
-    ));
-    let cut_b = id(&backup_json(
-        &lab,
-        &["begin", &gb, "--scratch-dir", fb.dir(), "--min-free", "0"],
-    ));
+    let cut_a = id(&begin(&lab, &ga, &fa, FLOOR, true));
+    let cut_b = id(&begin(&lab, &gb, &fb, "0", false));
     let ea = guarded_export(&lab, &cut_a, &exports.path().join("a"), FLOOR);
     let eb = guarded_export(&lab, &cut_b, &exports.path().join("b"), "0");
     for n in [&a, &b] {
@@ -225,18 +231,7 @@ fn a_filling_scratch_filesystem_ends_the_jobs_and_no_guest_write_is_lost() {
         let why = m["error"].as_str().expect("the manifest says why");
         assert!(why.starts_with("export stopped: "), "{why}");
     }
-    let next = backup_json(
-        &lab,
-        &[
-            "begin",
-            &ga,
-            "--incremental",
-            "--scratch-dir",
-            fa.dir(),
-            "--min-free",
-            FLOOR,
-        ],
-    );
+    let next = begin(&lab, &ga, &fa, FLOOR, true);
     assert_eq!(next["backup"]["since"], base.as_str(), "{next}");
     backup_json(&lab, &["end", &id(&next)]);
     assert_eq!(

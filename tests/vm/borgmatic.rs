@@ -27,6 +27,38 @@ fn borg_env(program: &str) -> Command {
     c
 }
 
+/// A shipped configuration pointed at this lab: its catalog, the repository `repo`, the
+/// `cgsnap` binary under test and the PostgreSQL pair's group.
+fn shipped(config: &str, lab: &Lab, repo: &Path, cgsnap: &str) -> String {
+    config
+        .replace(
+            "/var/lib/cgsnap/snapshots",
+            &lab.catalog.path().join("snapshots").to_string_lossy(),
+        )
+        .replace("/var/backups/cgsnap-borg", &repo.to_string_lossy())
+        .replace("cgsnap hook", &format!("{cgsnap} hook"))
+        .replace("GROUP", pair::NAME)
+}
+
+/// `borg extract` of the repository's newest archive into `into`, made anew.
+fn extract_last(repo: &Path, into: &str) {
+    let archive = run_ok(borg_env("borg").args(["list", "--short"]).arg(repo));
+    let archive = archive
+        .lines()
+        .last()
+        .expect("an archive")
+        .trim()
+        .to_string();
+    let _ = std::fs::remove_dir_all(into);
+    std::fs::create_dir_all(into).expect("restore dir");
+    run_ok(
+        borg_env("borg")
+            .arg("extract")
+            .arg(format!("{}::{archive}", repo.display()))
+            .current_dir(into),
+    );
+}
+
 #[test]
 fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     let lab = lab("cgt-borg", 0, 0);
@@ -50,15 +82,13 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
         assert_cmd::cargo::cargo_bin("cgsnap").display(),
         lab.catalog.path().display()
     );
-    let cfg = include_str!("../../hooks/borgmatic/config.yaml")
-        .replace("/var/lib/libvirt/images\n", &format!("{DIR}\n"))
-        .replace(
-            "/var/lib/cgsnap/snapshots",
-            &lab.catalog.path().join("snapshots").to_string_lossy(),
-        )
-        .replace("/var/backups/cgsnap-borg", &repo.to_string_lossy())
-        .replace("cgsnap hook", &format!("{cgsnap} hook"))
-        .replace("GROUP", pair::NAME);
+    let cfg = shipped(
+        &include_str!("../../hooks/borgmatic/config.yaml")
+            .replace("/var/lib/libvirt/images\n", &format!("{DIR}\n")),
+        &lab,
+        &repo,
+        &cgsnap,
+    );
     let cfg_path = work.path().join("borgmatic.yaml");
     std::fs::write(&cfg_path, cfg).expect("config");
     std::thread::sleep(Duration::from_secs(3));
@@ -79,21 +109,7 @@ fn borgmatic_backup_of_a_running_group_restores_and_verifies() {
     assert_eq!(snap["state"], "released");
     assert!(files_under(Path::new(DIR), ".cgsnap-overlay").is_empty());
 
-    let archive = run_ok(borg_env("borg").args(["list", "--short"]).arg(&repo));
-    let archive = archive
-        .lines()
-        .last()
-        .expect("an archive")
-        .trim()
-        .to_string();
-    let _ = std::fs::remove_dir_all(RESTORE);
-    std::fs::create_dir_all(RESTORE).expect("restore dir");
-    run_ok(
-        borg_env("borg")
-            .arg("extract")
-            .arg(format!("{}::{archive}", repo.display()))
-            .current_dir(RESTORE),
-    );
+    extract_last(&repo, RESTORE);
     assert!(
         files_under(Path::new(RESTORE), ".cgsnap-overlay").is_empty(),
         "overlays excluded from the backup"
@@ -167,15 +183,13 @@ fn backup_cut_mode(lab: &Lab, work: &Path, cgsnap: &str, profile: &Path) {
             .args(["init", "--encryption=none"])
             .arg(&repo),
     );
-    let cfg = include_str!("../../hooks/borgmatic/config-backup-cut.yaml")
-        .replace("/var/lib/cgsnap/staging", STAGING)
-        .replace(
-            "/var/lib/cgsnap/snapshots",
-            &lab.catalog.path().join("snapshots").to_string_lossy(),
-        )
-        .replace("/var/backups/cgsnap-borg", &repo.to_string_lossy())
-        .replace("cgsnap hook", &format!("{cgsnap} hook"))
-        .replace("GROUP", pair::NAME);
+    let cfg = shipped(
+        &include_str!("../../hooks/borgmatic/config-backup-cut.yaml")
+            .replace("/var/lib/cgsnap/staging", STAGING),
+        lab,
+        &repo,
+        cgsnap,
+    );
     let cfg_path = work.join("borgmatic-cut.yaml");
     std::fs::write(&cfg_path, cfg).expect("config");
     let borgmatic = || {
@@ -206,21 +220,7 @@ fn backup_cut_mode(lab: &Lab, work: &Path, cgsnap: &str, profile: &Path) {
     assert_eq!(crate::backup::chains(&names), before, "chains unchanged");
     assert!(files_under(Path::new(DIR), ".cgsnap-overlay").is_empty());
 
-    let archive = run_ok(borg_env("borg").args(["list", "--short"]).arg(&repo));
-    let archive = archive
-        .lines()
-        .last()
-        .expect("an archive")
-        .trim()
-        .to_string();
-    let _ = std::fs::remove_dir_all(RESTORE_CUT);
-    std::fs::create_dir_all(RESTORE_CUT).expect("restore dir");
-    run_ok(
-        borg_env("borg")
-            .arg("extract")
-            .arg(format!("{}::{archive}", repo.display()))
-            .current_dir(RESTORE_CUT),
-    );
+    extract_last(&repo, RESTORE_CUT);
     run_ok(borg_env("chmod").args(["-R", "a+rX", RESTORE_CUT]));
     let top = Path::new(RESTORE_CUT)
         .join(STAGING.trim_start_matches('/'))
