@@ -8,7 +8,7 @@
 //! Invariants: a group name is a short token safe in file names; a domain name given on the
 //! command line must match exactly one domain across all connected hosts.
 
-use crate::hypervisor::{DomState, Host, HvError};
+use crate::hypervisor::{DomState, Host, HvError, HvErrorKind};
 use crate::model::exit::{Classify, ExitCode};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -242,7 +242,13 @@ pub fn list(hosts: &[Arc<dyn Host>]) -> Result<BTreeMap<String, Vec<Member>>, Gr
     let mut out: BTreeMap<String, Vec<Member>> = BTreeMap::new();
     for h in hosts {
         for d in h.list_domains()? {
-            for g in groups_of(h.as_ref(), &d.name)? {
+            let groups = match groups_of(h.as_ref(), &d.name) {
+                // Destroyed between the listing and this lookup (a transient domain going
+                // away): it is a member of nothing now, and no reason to fail every group.
+                Err(GroupError::Hv(e)) if e.kind == HvErrorKind::NoDomain => continue,
+                r => r?,
+            };
+            for g in groups {
                 out.entry(g).or_default().push(Member {
                     host: h.clone(),
                     domain: d.name.clone(),
@@ -332,6 +338,16 @@ mod tests {
             Err(GroupError::UnknownGroup { .. })
         ));
         assert_eq!(resolve(&hs, "other").expect("still there").len(), 1);
+    }
+
+    #[test]
+    fn a_domain_gone_between_listing_and_lookup_is_in_no_group() {
+        let (a, _b, hs) = hosts();
+        add(&hs, "g", &["db1".to_string()]).expect("add");
+        a.fail_on("vanish", "web");
+        let m = resolve(&hs, "g").expect("resolves despite the vanished domain");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].domain, "db1");
     }
 
     #[test]

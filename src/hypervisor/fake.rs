@@ -230,7 +230,12 @@ impl Host for FakeHost {
         self.with("capacity", dom, |_| Ok(64 << 20))
     }
 
+    /// With `fail_on("vanish", dom)` the domain is still listed but gone when its metadata
+    /// is read, as a transient domain destroyed between the two calls.
     fn metadata(&self, dom: &str, _ns: &str) -> HvResult<Option<String>> {
+        if self.injected("vanish", dom) {
+            return Err(self.error("metadata", dom, HvErrorKind::NoDomain, "no such domain"));
+        }
         self.with("metadata", dom, |d| Ok(d.metadata.clone()))
     }
 
