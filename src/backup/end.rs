@@ -126,8 +126,9 @@ pub(crate) fn end_job(host: &dyn Host, dom: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Delete the checkpoint `name` of the domain if it has it. A domain that is gone has none;
-/// one shut off keeps it (libvirt deletes checkpoints of running domains only).
+/// Delete the checkpoint `name` of the domain if it has it (only its metadata when a bitmap of
+/// it is missing). A domain that is gone has none; one shut off keeps it (libvirt deletes
+/// checkpoints of running domains only).
 pub(crate) fn drop_checkpoint(host: &dyn Host, dom: &str, name: &str) -> Result<(), String> {
     if not_running(host, dom) {
         return Ok(());
@@ -136,7 +137,12 @@ pub(crate) fn drop_checkpoint(host: &dyn Host, dom: &str, name: &str) -> Result<
     if !names.iter().any(|n| n == name) {
         return Ok(());
     }
-    match host.checkpoint_delete(dom, name, false) {
+    // A checkpoint whose bitmap QEMU lost on some disk cannot be deleted (libvirt would merge
+    // that bitmap into its parent's): only libvirt's record of it goes, and its bitmaps on
+    // the other disks stay in the images, unused (`qemu-img bitmap --remove` with the VM off).
+    let broken = matches!(host.checkpoint_probe(dom, name),
+        Err(e) if e.kind == HvErrorKind::CheckpointInconsistent);
+    match host.checkpoint_delete(dom, name, broken) {
         Ok(()) => Ok(()),
         Err(e) if e.kind == HvErrorKind::NoCheckpoint => Ok(()),
         Err(e) => Err(format!("{dom}: {e}")),

@@ -6,7 +6,7 @@
 //! every checkpoint handle is freed, on error paths too. Nothing here retries or waits.
 
 use super::libvirt::LibvirtHost;
-use super::{HvErrorKind, HvResult};
+use super::{HvError, HvErrorKind, HvResult};
 use std::ffi::{CStr, c_char, c_void};
 use virt::sys;
 
@@ -133,15 +133,31 @@ impl LibvirtHost {
         let (cp, target) = self.lookup_checkpoint(dom, name)?;
         // SAFETY: `cp` is valid until dropped (after the error, if any, was read); the
         // returned string is ours (take_string).
-        let err = unsafe {
+        let xml = unsafe {
             let x = sys::virDomainCheckpointGetXMLDesc(cp.0, sys::VIR_DOMAIN_CHECKPOINT_XML_SIZE);
             let err = x
                 .is_null()
                 .then(|| self.last_err("probe checkpoint", &target));
-            take_string(x);
-            err
+            match (take_string(x), err) {
+                (_, Some(e)) => return Err(e),
+                (x, None) => x.unwrap_or_default(),
+            }
         };
-        err.map_or(Ok(()), Err)
+        // libvirt 9.0 sizes what it can and silently leaves out a disk whose bitmap QEMU no
+        // longer has; an incremental from it would then fail inside the freeze.
+        match unsized_disks(&xml).as_slice() {
+            [] => Ok(()),
+            disks => Err(HvError {
+                uri: crate::hypervisor::Host::uri(self).to_string(),
+                op: "probe checkpoint",
+                target,
+                message: format!(
+                    "no size for disk {}: bitmap {name} is missing or broken there",
+                    disks.join(", ")
+                ),
+                kind: HvErrorKind::CheckpointInconsistent,
+            }),
+        }
     }
 
     pub(super) fn delete_checkpoint(
@@ -176,5 +192,37 @@ impl Drop for Checkpoint {
         unsafe {
             sys::virDomainCheckpointFree(self.0);
         }
+    }
+}
+
+/// The disks of a `<domaincheckpoint>` (asked for with sizes) that have a bitmap but no size.
+fn unsized_disks(xml: &str) -> Vec<String> {
+    let Ok(doc) = roxmltree::Document::parse(xml) else {
+        return vec!["(unreadable checkpoint XML)".into()];
+    };
+    doc.root_element()
+        .children()
+        .filter(|n| n.has_tag_name("disks"))
+        .flat_map(|n| n.children())
+        .filter(|d| d.has_tag_name("disk") && d.attribute("checkpoint") == Some("bitmap"))
+        .filter(|d| d.attribute("size").is_none())
+        .map(|d| d.attribute("name").unwrap_or("?").to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsized_disks;
+
+    #[test]
+    fn a_disk_libvirt_could_not_size_is_named() {
+        let xml = "<domaincheckpoint><name>c</name><disks>\
+            <disk name='vda' checkpoint='bitmap' bitmap='c' size='65536'/>\
+            <disk name='sda' checkpoint='bitmap' bitmap='c'/>\
+            <disk name='vdc' checkpoint='no'/></disks>\
+            <domain><devices><disk><target dev='x'/></disk></devices></domain></domaincheckpoint>";
+        assert_eq!(unsized_disks(xml), ["sda"]);
+        let whole = xml.replace("bitmap='c'/>", "bitmap='c' size='0'/>");
+        assert!(unsized_disks(&whole).is_empty(), "{whole}");
     }
 }

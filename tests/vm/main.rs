@@ -11,6 +11,7 @@
 mod common;
 
 mod backup;
+mod backup_base;
 mod backup_faults;
 mod backup_scratch;
 mod bacula;
