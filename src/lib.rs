@@ -17,8 +17,9 @@
 //! 6. [`snapshot`]: preflight, the group cut protocol, its watchdog, rollback, the negative
 //!    controls and the tuning every snapshot-taking command shares (a failed cut rolls back
 //!    through release, hence above it);
-//! 7. [`backup`]: a backup cut's disks copied out of their NBD exports into qcow2 files (full
-//!    or incremental from a dirty bitmap);
+//! 7. [`backup`]: the backup cut, its end, and its disks copied out of their NBD exports into
+//!    qcow2 files (full or incremental from a dirty bitmap) while a guard keeps its scratch
+//!    filesystem from filling under the guests;
 //! 8. [`report`]: the catalog and the groups' DR policies rendered for people (compliance
 //!    status, trends, HTML and JSON);
 //! 9. [`hook`]: the backup-scheduler contract; [`metrics`]: the catalog rendered for

@@ -86,7 +86,8 @@ pub struct BenchArgs {
     /// Time between two cuts of the sustained run.
     #[arg(long, default_value = "60s", value_parser = cgsnap::duration::parse)]
     pub sustained_interval: Duration,
-    /// Minutes the sustained run's guests write without cuts first (the throughput baseline).
+    /// Minutes the sustained run's guests write without cuts before and again after the
+    /// protected phase (the throughput baseline, drift bracketed).
     #[arg(long, default_value_t = 3.0)]
     pub sustained_baseline_minutes: f64,
     /// Compare this run with committed results (e.g. docs/bench/default/results.json).
