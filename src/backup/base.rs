@@ -26,26 +26,24 @@ pub struct Rules {
     pub export_under: Option<PathBuf>,
 }
 
-/// How many cuts the chain ending at `id` holds (1 for a full cut), following `since`.
-pub fn chain_len(history: &[Manifest], id: &str) -> usize {
-    let mut len = 1;
-    let mut cur = id.to_string();
-    // Bounded by the history: a corrupt catalog with a loop cannot hang a cut.
-    for _ in 0..history.len() {
-        let since = history
+/// The cuts of the chain ending at `id`, newest first (one for a full cut), following
+/// `since` through the catalog.
+pub fn chain(history: &[Manifest], id: &str) -> Vec<String> {
+    let mut out = vec![id.to_string()];
+    while let Some(since) = out.last().and_then(|cur| {
+        history
             .iter()
-            .find(|m| m.id == cur)
+            .find(|m| m.id == *cur)
             .and_then(|m| m.backup.as_ref())
-            .and_then(|b| b.since.clone());
-        match since {
-            Some(s) => {
-                len += 1;
-                cur = s;
-            }
-            None => break,
+            .and_then(|b| b.since.clone())
+    }) {
+        // A corrupt catalog with a loop cannot hang a cut: a link seen twice ends the walk.
+        if out.contains(&since) {
+            break;
         }
+        out.push(since);
     }
-    len
+    out
 }
 
 /// The base of an incremental (`Ok`), or why the cut is full (`Err`).
@@ -161,7 +159,7 @@ fn check_export(history: &[Manifest], base: &Manifest, rules: &Rules) -> Result<
             under.display()
         ));
     }
-    let len = chain_len(history, &base.id);
+    let len = chain(history, &base.id).len();
     match rules.full_every {
         Some(n) if len >= n => Err(format!(
             "the chain ending at {} holds {len} cuts, the most --full-every {n} allows",
@@ -198,8 +196,8 @@ mod tests {
             cut("g-1", None, &s.join("g-1")),
             cut("g-2", Some("g-1"), &s.join("g-2")),
         ];
-        assert_eq!(chain_len(&h, "g-1"), 1);
-        assert_eq!(chain_len(&h, "g-2"), 2);
+        assert_eq!(chain(&h, "g-1").len(), 1);
+        assert_eq!(chain(&h, "g-2").len(), 2);
         assert_eq!(check_export(&h, &h[1], &Rules::default()), Ok(()));
         let every = |n| Rules {
             full_every: Some(n),
@@ -236,6 +234,6 @@ mod tests {
             cut("g-1", Some("g-2"), &t.path().join("a")),
             cut("g-2", Some("g-1"), &t.path().join("b")),
         ];
-        assert!(chain_len(&h, "g-1") <= h.len() + 1);
+        assert!(chain(&h, "g-1").len() <= h.len() + 1);
     }
 }

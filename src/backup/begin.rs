@@ -160,8 +160,7 @@ fn plan_and_record(
             Err(why) => (None, Some(why)),
         },
     };
-    let mut record = record(&opts.scratch_dir, id, &plan, since, full_reason)?;
-    record.min_free = Some(s.min_free);
+    let record = record(&opts.scratch_dir, id, &plan, since, full_reason, s.min_free)?;
     let mut man = Manifest {
         members: plan
             .iter()
@@ -226,6 +225,7 @@ fn record(
     plan: &[PlannedMember],
     since: Option<String>,
     full_reason: Option<String>,
+    min_free: u64,
 ) -> Result<BackupRecord, BackupError> {
     let mut members = Vec::with_capacity(plan.len());
     for p in plan {
@@ -272,7 +272,7 @@ fn record(
         members,
         export: None,
         ended_at: None,
-        min_free: None,
+        min_free: Some(min_free),
     })
 }
 

@@ -22,6 +22,7 @@
 
 use super::end::end_job;
 use crate::hypervisor::Host;
+use crate::release::room::free_bytes;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -225,12 +226,6 @@ fn trip(members: &[Member], dir: &Path, floor: u64, cause: Cause) -> Trip {
         resumed,
         left,
     }
-}
-
-/// Bytes available to unprivileged writers on the filesystem holding `dir`.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let st = crate::release::room::statvfs(dir)?;
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 #[cfg(test)]

@@ -82,24 +82,6 @@ fn staging_dir(dir: &Path) -> Result<PathBuf, BackupError> {
     std::fs::canonicalize(dir).map_err(io)
 }
 
-/// The cuts of `cut`'s chain, newest first, by following `since` through the catalog.
-fn chain(history: &[Manifest], cut: &Manifest) -> Vec<String> {
-    let mut out = vec![cut.id.clone()];
-    let mut since = cut.backup.as_ref().and_then(|b| b.since.clone());
-    while let Some(id) = since {
-        if out.contains(&id) {
-            break;
-        }
-        since = history
-            .iter()
-            .find(|m| m.id == id)
-            .and_then(|m| m.backup.as_ref())
-            .and_then(|b| b.since.clone());
-        out.push(id);
-    }
-    out
-}
-
 /// Remove from `staging` the directories of this group's cuts that are not in `cut`'s chain;
 /// returns their names. A directory is only ever removed when its name is a cut of the group
 /// in the catalog (so a file of anyone else's, or another group's cut, stays).
@@ -110,7 +92,7 @@ fn prune(cat: &Catalog, staging: &Path, cut: &Manifest) -> Result<Vec<String>, B
         return Ok(Vec::new());
     };
     let history = cat.list()?;
-    let keep = chain(&history, cut);
+    let keep = backup::base::chain(&history, &cut.id);
     let io = |p: &Path, e: std::io::Error| BackupError::Io {
         path: p.display().to_string(),
         detail: format!("cannot prune the staging directory: {e}"),
@@ -119,17 +101,13 @@ fn prune(cat: &Catalog, staging: &Path, cut: &Manifest) -> Result<Vec<String>, B
     for entry in std::fs::read_dir(staging).map_err(|e| io(staging, e))? {
         let entry = entry.map_err(|e| io(staging, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = history
-            .iter()
-            .any(|m| m.id == name && m.group == cut.group && m.backup.is_some());
-        if !ours || keep.contains(&name) || !entry.path().is_dir() {
+        let Some(m) = history.iter().find(|m| m.id == name) else {
             continue;
-        }
+        };
+        let ours = m.group == cut.group && m.backup.is_some();
         // A cut still being read by its own (stuck) export keeps its directory.
-        let outstanding = history
-            .iter()
-            .any(|m| m.id == name && m.state == SnapState::Taken);
-        if outstanding {
+        let outstanding = m.state == SnapState::Taken;
+        if !ours || outstanding || keep.contains(&name) || !entry.path().is_dir() {
             continue;
         }
         std::fs::remove_dir_all(entry.path()).map_err(|e| io(&entry.path(), e))?;
@@ -209,7 +187,10 @@ mod tests {
         for kept in ["g-3", "g-4", "h-1", "g-5", "notes", "g-0"] {
             assert!(staging.join(kept).exists(), "{kept} kept");
         }
-        assert_eq!(chain(&cat.list().expect("list"), &cuts[3]), ["g-4", "g-3"]);
+        assert_eq!(
+            backup::base::chain(&cat.list().expect("list"), &cuts[3].id),
+            ["g-4", "g-3"]
+        );
     }
 
     #[test]

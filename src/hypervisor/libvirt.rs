@@ -207,11 +207,17 @@ fn map_state(state: i32, reason: i32) -> DomState {
     }
 }
 
-fn raw_state(d: &Domain) -> Option<DomState> {
+/// libvirt's state and reason of the domain, `None` when the call failed.
+fn state_reason(d: &Domain) -> Option<(i32, i32)> {
     let (mut state, mut reason) = (-1, -1);
-    // SAFETY: `d` holds a valid domain pointer for the duration of the call.
+    // SAFETY: `d` holds a valid domain pointer for the duration of the call; the two
+    // out-parameters are plain ints that outlive it.
     let rc = unsafe { sys::virDomainGetState(d.as_ptr(), &mut state, &mut reason, 0) };
-    (rc >= 0).then(|| map_state(state, reason))
+    (rc >= 0).then_some((state, reason))
+}
+
+fn raw_state(d: &Domain) -> Option<DomState> {
+    state_reason(d).map(|(state, reason)| map_state(state, reason))
 }
 
 impl Host for LibvirtHost {
@@ -253,13 +259,7 @@ impl Host for LibvirtHost {
 
     fn paused_on_io_error(&self, dom: &str) -> HvResult<bool> {
         let d = self.dom(dom)?;
-        let (mut state, mut reason) = (-1, -1);
-        // SAFETY: `d` holds a valid domain pointer for the duration of the call; the two
-        // out-parameters are plain ints that outlive it.
-        let rc = unsafe { sys::virDomainGetState(d.as_ptr(), &mut state, &mut reason, 0) };
-        if rc < 0 {
-            return Err(self.last_err("get state", dom));
-        }
+        let (state, reason) = state_reason(&d).ok_or_else(|| self.last_err("get state", dom))?;
         Ok(state as u32 == sys::VIR_DOMAIN_PAUSED
             && reason as u32 == sys::VIR_DOMAIN_PAUSED_IOERROR)
     }
